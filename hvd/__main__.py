@@ -1,0 +1,3 @@
+from hvd.cli.main import main
+
+main()

@@ -1,0 +1,74 @@
+"""The aiohttp application: middlewares, meta routes and every /v1 route module."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+
+import hvd
+from hvd.api.helpers import json_response
+from hvd.api.middleware import auth_middleware, error_middleware, request_id_middleware
+from hvd.api.routing import Router, openapi_document
+from hvd.api.services import SERVICES, ApiServices
+from hvd.api.v1 import admin, auth, flavors, identity, keypairs
+
+ROUTER_KEY = web.AppKey("hvd.router", Router)
+ROUTE_MODULES = [auth, identity, flavors, keypairs, admin]
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    host: str
+    leader: str | None
+
+
+class Versions(BaseModel):
+    version: str
+    links: dict[str, str]
+
+
+async def healthz(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    coord = svc.catalog.coordinator
+    return json_response(
+        {"status": "ok", "version": hvd.__version__, "host": svc.config.host_name, "leader": coord.leader_id}
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_document(request.app[ROUTER_KEY], "hvd", hvd.__version__))
+
+
+async def versions(request: web.Request) -> web.Response:
+    return json_response({"version": "v1", "links": {"openapi": "/v1/openapi.json", "tokens": "/v1/auth/tokens"}})
+
+
+def build_router(extra_modules: list[object] | None = None) -> Router:
+    router = Router()
+    router.add("GET", "/healthz", healthz, "Liveness and leader", response=Health, public=True, tag="meta")
+    router.add("GET", "/metrics", metrics, "Prometheus metrics", public=True, tag="meta",
+               raw_response="text/plain")
+    router.add("GET", "/v1/openapi.json", openapi, "This document", public=True, tag="meta")
+    router.add("GET", "/v1", versions, "API version", response=Versions, public=True, tag="meta")
+    for module in [*ROUTE_MODULES, *(extra_modules or [])]:
+        module.register(router)  # type: ignore[attr-defined]
+    return router
+
+
+def build_app(services: ApiServices, extra_modules: list[object] | None = None) -> web.Application:
+    """The public API app over already-started services."""
+    app = web.Application(
+        middlewares=[request_id_middleware, error_middleware, auth_middleware],
+        client_max_size=services.config.api.max_body_mib * 1024 * 1024,
+    )
+    app[SERVICES] = services
+    router = build_router(extra_modules)
+    app[ROUTER_KEY] = router
+    router.install(app)
+    return app

@@ -1,0 +1,96 @@
+"""Middlewares: request id + log context, metrics, authentication, and the ONE place errors
+become HTTP responses."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from aiohttp import web
+from prometheus_client import Counter, Histogram
+
+from hvd.api.helpers import CONTEXT_KEY
+from hvd.api.routing import Handler
+from hvd.api.services import SERVICES
+from hvd.errors import HvdError, Unauthorized
+from hvd.log import project_var, request_id_var, user_var
+
+log = logging.getLogger("hvd.api")
+
+REQUESTS = Counter("hvd_api_requests_total", "API requests", ["method", "route", "status"])
+LATENCY = Histogram("hvd_api_request_seconds", "API request latency", ["method", "route"])
+
+_REQ_ID = re.compile(r"^req-[0-9a-f-]{36}$")
+PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/v1/openapi.json", "/v1/auth/tokens", "/v1"})
+
+
+def error_body(status: int, title: str, message: str) -> dict[str, object]:
+    return {"error": {"code": status, "title": title, "message": message, "request_id": request_id_var.get()}}
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Take X-Request-Id from the caller (if well-formed) or make one; echo it; log the request."""
+    given = request.headers.get("X-Request-Id", "")
+    rid = given if _REQ_ID.match(given) else f"req-{uuid.uuid4()}"
+    request_id_var.set(rid)
+    user_var.set("-")
+    project_var.set("-")
+    started = time.perf_counter()
+    route = request.match_info.route.resource
+    route_name = route.canonical if route is not None else "unmatched"
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers["X-Request-Id"] = rid
+        return response
+    finally:
+        elapsed = time.perf_counter() - started
+        REQUESTS.labels(request.method, route_name, str(status)).inc()
+        LATENCY.labels(request.method, route_name).observe(elapsed)
+        log.info("%s %s -> %s in %.1f ms", request.method, request.path_qs, status, elapsed * 1000)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every error to `{"error": {code, title, message, request_id}}`."""
+    try:
+        return await handler(request)
+    except HvdError as exc:
+        if exc.status >= 500:
+            log.error("%s: %s", type(exc).__name__, exc.message)
+        return web.json_response(error_body(exc.status, exc.title, exc.message), status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        if exc.status == 405:
+            message = f"method {request.method} not allowed on {request.path}"
+        elif exc.status == 404:
+            message = f"no resource at {request.path}"
+        return web.json_response(error_body(exc.status, exc.reason, message), status=exc.status)
+    except Exception:
+        log.exception("unexpected error handling %s %s", request.method, request.path)
+        return web.json_response(
+            error_body(500, "Internal Server Error", "unexpected error; see the daemon log for the request id"),
+            status=500,
+        )
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Resolve the token (Authorization: Bearer or X-Auth-Token) into a RequestContext."""
+    if request.path in PUBLIC_PATHS or request.path.startswith("/internal/"):
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("X-Auth-Token", "")
+    if not token:
+        raise Unauthorized("The request you have made requires authentication.")
+    ctx = await request.app[SERVICES].identity.validate(token)
+    request[CONTEXT_KEY] = ctx
+    user_var.set(ctx.user_name)
+    project_var.set(ctx.project_name)
+    return await handler(request)

@@ -1,0 +1,156 @@
+"""/v1/quotas/{project} and /v1/hosts."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from hvd.api.helpers import context, json_response, page_params, paginate, parse_body
+from hvd.api.routing import Router
+from hvd.api.services import services
+from hvd.catalog import queries, quota
+from hvd.catalog.cmd_hosts import HostSetEnabled, capacity, claimed
+from hvd.catalog.cmd_resources import QuotaSet
+from hvd.catalog.sql import fetch_all, require
+from hvd.catalog.usage import project_usage
+from hvd.errors import NotFound
+
+
+class QuotaItem(BaseModel):
+    limit: int
+    in_use: int
+
+
+class QuotaSetView(BaseModel):
+    project_id: str
+    quotas: dict[str, QuotaItem]
+
+
+class QuotaIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    quotas: dict[str, int] = Field(description="resource -> limit (-1 = unlimited)")
+
+
+class HostView(BaseModel):
+    name: str
+    availability_zone: str
+    enabled: bool
+    disabled_reason: str
+    hypervisor_type: str
+    hypervisor_version: str
+    arch: str
+    cpu_model: str
+    api_url: str
+    updated_at: str
+    resources: dict[str, dict[str, float]]
+    instances: int
+
+
+class HostList(BaseModel):
+    hosts: list[HostView]
+    next: str | None
+
+
+class HostPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool
+    reason: str = Field("", max_length=255)
+
+
+def _quota_view(conn: sqlite3.Connection, project_id: str) -> dict[str, Any]:
+    usage = project_usage(conn, project_id)
+    return {
+        "project_id": project_id,
+        "quotas": {
+            res: {"limit": quota.limit_of(conn, project_id, res), "in_use": usage.get(res, 0)}
+            for res in quota.DEFAULT_LIMITS
+        },
+    }
+
+
+async def _quota_project(request: web.Request) -> str:
+    svc, ctx = services(request), context(request)
+    row = await svc.catalog.read(queries.find, "projects", request.match_info["project"], "Project")
+    if row["id"] != ctx.project_id and not svc.policy.allowed(ctx.roles, "quota:set"):
+        raise NotFound(f"Project {request.match_info['project']} could not be found")
+    return str(row["id"])
+
+
+async def show_quotas(request: web.Request) -> web.Response:
+    svc, ctx = services(request), context(request)
+    svc.policy.enforce(ctx.roles, "quota:read")
+    project_id = await _quota_project(request)
+    return json_response(await svc.catalog.read(_quota_view, project_id))
+
+
+async def set_quotas(request: web.Request) -> web.Response:
+    svc, ctx = services(request), context(request)
+    svc.policy.enforce(ctx.roles, "quota:set")
+    body = await parse_body(request, QuotaIn)
+    project_id = await _quota_project(request)
+    await svc.catalog.propose(QuotaSet(project_id=project_id, limits=body.quotas))
+    return json_response(await svc.catalog.read(_quota_view, project_id))
+
+
+def host_view(conn: sqlite3.Connection, host: dict[str, Any]) -> dict[str, Any]:
+    cap, used = capacity(host), claimed(conn, host["name"])
+    resources = {
+        res: {
+            "total": host[res],
+            "reserved": host[f"reserved_{res}"],
+            "ratio": host[ratio],
+            "capacity": cap[res],
+            "claimed": used[res],
+            "free": cap[res] - used[res],
+        }
+        for res, ratio in (("vcpus", "cpu_ratio"), ("memory_mb", "ram_ratio"), ("disk_gb", "disk_ratio"))
+    }
+    keys = ("name", "availability_zone", "enabled", "disabled_reason", "hypervisor_type", "hypervisor_version",
+            "arch", "cpu_model", "api_url", "updated_at")
+    return {**{k: host[k] for k in keys}, "resources": resources, "instances": used["count"]}
+
+
+def _host_views(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    return [host_view(conn, h) for h in fetch_all(conn, "SELECT * FROM hosts ORDER BY name")]
+
+
+def _one_host(conn: sqlite3.Connection, name: str) -> dict[str, Any]:
+    return host_view(conn, require(conn, "hosts", "name", name, "Host"))
+
+
+async def list_hosts(request: web.Request) -> web.Response:
+    svc, ctx = services(request), context(request)
+    svc.policy.enforce(ctx.roles, "host:read")
+    page, nxt = paginate(await svc.catalog.read(_host_views), *page_params(request), key="name")
+    return json_response({"hosts": page, "next": nxt})
+
+
+async def show_host(request: web.Request) -> web.Response:
+    svc, ctx = services(request), context(request)
+    svc.policy.enforce(ctx.roles, "host:read")
+    return json_response(await svc.catalog.read(_one_host, request.match_info["name"]))
+
+
+async def update_host(request: web.Request) -> web.Response:
+    svc, ctx = services(request), context(request)
+    svc.policy.enforce(ctx.roles, "host:manage")
+    body = await parse_body(request, HostPatch)
+    name = request.match_info["name"]
+    await svc.catalog.propose(HostSetEnabled(name=name, enabled=body.enabled, reason=body.reason))
+    return json_response(await svc.catalog.read(_one_host, name))
+
+
+def register(router: Router) -> None:
+    page = (("limit", "integer", "page size"), ("marker", "string", "last name of the previous page"))
+    router.add("GET", "/v1/quotas/{project}", show_quotas, "Show a project's quotas and usage",
+               response=QuotaSetView, tag="identity")
+    router.add("PUT", "/v1/quotas/{project}", set_quotas, "Set a project's quotas", body=QuotaIn,
+               response=QuotaSetView, tag="identity")
+    router.add("GET", "/v1/hosts", list_hosts, "List hosts and their resources", response=HostList, query=page,
+               tag="compute")
+    router.add("GET", "/v1/hosts/{name}", show_host, "Show a host", response=HostView, tag="compute")
+    router.add("PATCH", "/v1/hosts/{name}", update_host, "Enable or disable a host", body=HostPatch,
+               response=HostView, tag="compute")

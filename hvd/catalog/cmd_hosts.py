@@ -1,0 +1,138 @@
+"""Apply handlers: host records and resource claims (the ledger the scheduler trusts)."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from typing import Any, Literal
+
+from pydantic import Field
+
+from hvd.catalog.commands import Command, Result, handles
+from hvd.catalog.sql import dumps, fetch_one, require
+from hvd.errors import CapacityExceeded, Conflict, NotFound
+
+
+class HostRegister(Command):
+    """A host reports itself (at start-up and when its resources change); keeps enabled state."""
+
+    type: Literal["host.register"] = "host.register"
+    name: str
+    node_id: str
+    availability_zone: str
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+    reserved_vcpus: int
+    reserved_memory_mb: int
+    reserved_disk_gb: int
+    cpu_ratio: float
+    ram_ratio: float
+    disk_ratio: float
+    hypervisor_type: str
+    hypervisor_version: str
+    arch: str
+    cpu_model: str
+    capabilities: dict[str, Any] = Field(default_factory=dict)
+    api_url: str
+    updated_at: str
+
+
+class HostSetEnabled(Command):
+    type: Literal["host.set_enabled"] = "host.set_enabled"
+    name: str
+    enabled: bool
+    reason: str = ""
+
+
+class ClaimResources(Command):
+    """Reserve a flavor's resources on a host for an instance; refused beyond capacity × ratio."""
+
+    type: Literal["claim.create"] = "claim.create"
+    instance_id: str
+    kind: Literal["instance", "resize"] = "instance"
+    host: str
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+    created_at: str
+
+
+class ReleaseClaim(Command):
+    type: Literal["claim.release"] = "claim.release"
+    instance_id: str
+    kind: Literal["instance", "resize"] | None = None  # None = every claim of the instance
+
+
+def capacity(host: dict[str, Any]) -> dict[str, int]:
+    """What the scheduler may hand out on `host`: (total - reserved) × ratio, per resource."""
+    return {
+        "vcpus": math.floor((host["vcpus"] - host["reserved_vcpus"]) * host["cpu_ratio"]),
+        "memory_mb": math.floor((host["memory_mb"] - host["reserved_memory_mb"]) * host["ram_ratio"]),
+        "disk_gb": math.floor((host["disk_gb"] - host["reserved_disk_gb"]) * host["disk_ratio"]),
+    }
+
+
+def claimed(conn: sqlite3.Connection, host: str) -> dict[str, int]:
+    row = conn.execute(
+        "SELECT COALESCE(SUM(vcpus),0), COALESCE(SUM(memory_mb),0), COALESCE(SUM(disk_gb),0), COUNT(*)"
+        " FROM claims WHERE host=?",
+        (host,),
+    ).fetchone()
+    return {"vcpus": row[0], "memory_mb": row[1], "disk_gb": row[2], "count": row[3]}
+
+
+@handles(HostRegister)
+def host_register(conn: sqlite3.Connection, cmd: HostRegister) -> Result:
+    values = cmd.model_dump(exclude={"type"})
+    values["capabilities"] = dumps(cmd.capabilities)
+    cols = list(values)
+    conn.execute(
+        f"INSERT INTO hosts ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
+        f" ON CONFLICT(name) DO UPDATE SET {', '.join(f'{c}=excluded.{c}' for c in cols if c != 'name')}",
+        tuple(values[c] for c in cols),
+    )
+    return {"name": cmd.name}
+
+
+@handles(HostSetEnabled)
+def host_set_enabled(conn: sqlite3.Connection, cmd: HostSetEnabled) -> Result:
+    require(conn, "hosts", "name", cmd.name, "Host")
+    conn.execute(
+        "UPDATE hosts SET enabled=?, disabled_reason=? WHERE name=?",
+        (int(cmd.enabled), "" if cmd.enabled else cmd.reason, cmd.name),
+    )
+    return {"name": cmd.name, "enabled": cmd.enabled}
+
+
+@handles(ClaimResources)
+def claim_create(conn: sqlite3.Connection, cmd: ClaimResources) -> Result:
+    host = require(conn, "hosts", "name", cmd.host, "Host")
+    if fetch_one(conn, "SELECT host FROM claims WHERE instance_id=? AND kind=?", (cmd.instance_id, cmd.kind)):
+        raise Conflict(f"instance {cmd.instance_id} already holds a {cmd.kind} claim")
+    cap = capacity(host)
+    used = claimed(conn, cmd.host)
+    for resource, want in (("vcpus", cmd.vcpus), ("memory_mb", cmd.memory_mb), ("disk_gb", cmd.disk_gb)):
+        if used[resource] + want > cap[resource]:
+            raise CapacityExceeded(
+                f"host {cmd.host} lacks {resource}: requested {want}, claimed {used[resource]},"
+                f" capacity {cap[resource]}",
+                host=cmd.host,
+                resource=resource,
+            )
+    conn.execute(
+        "INSERT INTO claims VALUES (?,?,?,?,?,?,?)",
+        (cmd.instance_id, cmd.kind, cmd.host, cmd.vcpus, cmd.memory_mb, cmd.disk_gb, cmd.created_at),
+    )
+    return {"instance_id": cmd.instance_id, "host": cmd.host}
+
+
+@handles(ReleaseClaim)
+def claim_release(conn: sqlite3.Connection, cmd: ReleaseClaim) -> Result:
+    if cmd.kind is None:
+        cur = conn.execute("DELETE FROM claims WHERE instance_id=?", (cmd.instance_id,))
+    else:
+        cur = conn.execute("DELETE FROM claims WHERE instance_id=? AND kind=?", (cmd.instance_id, cmd.kind))
+    if cur.rowcount == 0 and cmd.kind is not None:
+        raise NotFound(f"instance {cmd.instance_id} holds no {cmd.kind} claim")
+    return {"released": cur.rowcount}

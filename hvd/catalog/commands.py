@@ -1,0 +1,69 @@
+"""Commands: every change to cluster-wide state, as a typed, JSON-serialisable model.
+
+A command carries everything its apply needs that is not in the database: ids, timestamps,
+hashes and random choices are made by the proposer, so apply is deterministic on every replica.
+Handlers are registered per command type with `@handles(CommandClass)`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from hvd.errors import BadRequest
+
+Result = dict[str, Any]
+C = TypeVar("C", bound="Command")
+Handler = Callable[[sqlite3.Connection, Any], Result]
+
+_REGISTRY: dict[str, tuple[type[Command], Handler]] = {}
+
+
+class Command(BaseModel):
+    """Base of all commands; subclasses set `type: Literal["resource.verb"] = "resource.verb"`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    type: str
+
+
+def handles(cmd_cls: type[C]) -> Callable[[Callable[[sqlite3.Connection, C], Result]], Handler]:
+    """Register the apply handler of a command class."""
+    type_name = cmd_cls.model_fields["type"].default
+    if not isinstance(type_name, str) or not type_name:
+        raise TypeError(f"{cmd_cls.__name__} needs a default for its 'type' field")
+
+    def register(fn: Callable[[sqlite3.Connection, C], Result]) -> Handler:
+        if type_name in _REGISTRY:
+            raise TypeError(f"command type {type_name!r} registered twice")
+        _REGISTRY[type_name] = (cmd_cls, fn)
+        return fn
+
+    return register
+
+
+def encode(cmd: Command) -> bytes:
+    return cmd.model_dump_json().encode()
+
+
+def decode(data: bytes) -> Command:
+    """Parse a command from its JSON; unknown types and bad fields raise BadRequest."""
+    try:
+        raw = json.loads(data)
+        cmd_cls, _ = _REGISTRY[str(raw.get("type"))]
+        return cmd_cls.model_validate(raw)
+    except (ValueError, KeyError, AttributeError, ValidationError) as exc:
+        raise BadRequest(f"malformed command: {exc}") from exc
+
+
+def dispatch(conn: sqlite3.Connection, cmd: Command) -> Result:
+    """Run the registered handler of `cmd` (inside the caller's transaction)."""
+    _, fn = _REGISTRY[cmd.type]
+    return fn(conn, cmd)
+
+
+def registered_types() -> list[str]:
+    return sorted(_REGISTRY)

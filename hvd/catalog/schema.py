@@ -1,0 +1,111 @@
+"""Catalog schema and its migrations (by `PRAGMA user_version`).
+
+Append new migrations to MIGRATIONS; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('applied_index', '0');
+
+CREATE TABLE projects (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, description TEXT NOT NULL DEFAULT '',
+  enabled INTEGER NOT NULL DEFAULT 1, created_at TEXT NOT NULL);
+CREATE TABLE users (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, password_hash TEXT NOT NULL,
+  enabled INTEGER NOT NULL DEFAULT 1, email TEXT NOT NULL DEFAULT '', created_at TEXT NOT NULL);
+CREATE TABLE assignments (
+  user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+  role TEXT NOT NULL, PRIMARY KEY (user_id, project_id, role));
+CREATE TABLE tokens (
+  token_hash TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+  issued_at TEXT NOT NULL, expires_at TEXT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX tokens_user ON tokens(user_id);
+
+CREATE TABLE flavors (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, vcpus INTEGER NOT NULL, ram_mb INTEGER NOT NULL,
+  disk_gb INTEGER NOT NULL, ephemeral_gb INTEGER NOT NULL, swap_mb INTEGER NOT NULL,
+  is_public INTEGER NOT NULL, extra_specs TEXT NOT NULL, description TEXT NOT NULL DEFAULT '',
+  created_at TEXT NOT NULL);
+CREATE TABLE flavor_access (
+  flavor_id TEXT NOT NULL REFERENCES flavors(id) ON DELETE CASCADE,
+  project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+  PRIMARY KEY (flavor_id, project_id));
+
+CREATE TABLE keypairs (
+  id TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  project_id TEXT NOT NULL, name TEXT NOT NULL, public_key TEXT NOT NULL, fingerprint TEXT NOT NULL,
+  key_type TEXT NOT NULL, created_at TEXT NOT NULL, UNIQUE (user_id, name));
+
+CREATE TABLE server_groups (
+  id TEXT PRIMARY KEY, project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+  user_id TEXT NOT NULL, name TEXT NOT NULL, policy TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE server_group_members (
+  group_id TEXT NOT NULL REFERENCES server_groups(id) ON DELETE CASCADE,
+  instance_id TEXT NOT NULL, PRIMARY KEY (group_id, instance_id));
+
+CREATE TABLE quotas (
+  project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE, resource TEXT NOT NULL,
+  hard_limit INTEGER NOT NULL, PRIMARY KEY (project_id, resource));
+
+CREATE TABLE hosts (
+  name TEXT PRIMARY KEY, node_id TEXT NOT NULL, availability_zone TEXT NOT NULL,
+  enabled INTEGER NOT NULL DEFAULT 1, disabled_reason TEXT NOT NULL DEFAULT '',
+  vcpus INTEGER NOT NULL, memory_mb INTEGER NOT NULL, disk_gb INTEGER NOT NULL,
+  reserved_vcpus INTEGER NOT NULL, reserved_memory_mb INTEGER NOT NULL, reserved_disk_gb INTEGER NOT NULL,
+  cpu_ratio REAL NOT NULL, ram_ratio REAL NOT NULL, disk_ratio REAL NOT NULL,
+  hypervisor_type TEXT NOT NULL, hypervisor_version TEXT NOT NULL, arch TEXT NOT NULL,
+  cpu_model TEXT NOT NULL, capabilities TEXT NOT NULL, api_url TEXT NOT NULL, updated_at TEXT NOT NULL);
+CREATE TABLE claims (
+  instance_id TEXT NOT NULL, kind TEXT NOT NULL, host TEXT NOT NULL REFERENCES hosts(name),
+  vcpus INTEGER NOT NULL, memory_mb INTEGER NOT NULL, disk_gb INTEGER NOT NULL, created_at TEXT NOT NULL,
+  PRIMARY KEY (instance_id, kind));
+CREATE INDEX claims_host ON claims(host);
+
+CREATE TABLE images (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, owner TEXT NOT NULL, status TEXT NOT NULL,
+  disk_format TEXT NOT NULL, container_format TEXT NOT NULL, visibility TEXT NOT NULL,
+  protected INTEGER NOT NULL, min_disk INTEGER NOT NULL, min_ram INTEGER NOT NULL,
+  size INTEGER, virtual_size INTEGER, checksum TEXT, properties TEXT NOT NULL, host TEXT NOT NULL DEFAULT '',
+  created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+
+CREATE TABLE instances (
+  id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE, name TEXT NOT NULL, project_id TEXT NOT NULL,
+  user_id TEXT NOT NULL, host TEXT, flavor_id TEXT NOT NULL, flavor TEXT NOT NULL, image_id TEXT NOT NULL,
+  key_name TEXT, public_key TEXT, user_data TEXT, metadata TEXT NOT NULL, availability_zone TEXT,
+  server_group_id TEXT, config_drive INTEGER NOT NULL, vm_state TEXT NOT NULL, task_state TEXT,
+  power_state INTEGER NOT NULL, locked INTEGER NOT NULL DEFAULT 0, locked_by TEXT,
+  fault TEXT, extra TEXT NOT NULL DEFAULT '{}', created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+  launched_at TEXT, deleted_at TEXT);
+CREATE INDEX instances_project ON instances(project_id);
+CREATE INDEX instances_host ON instances(host);
+CREATE TABLE instance_actions (
+  id TEXT PRIMARY KEY, instance_id TEXT NOT NULL, action TEXT NOT NULL, request_id TEXT NOT NULL,
+  user_id TEXT NOT NULL, project_id TEXT NOT NULL, start_time TEXT NOT NULL, finish_time TEXT,
+  result TEXT, message TEXT);
+CREATE INDEX instance_actions_instance ON instance_actions(instance_id);
+"""
+
+MIGRATIONS: list[str] = [_V1]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to the newest version; returns it. Each step commits atomically."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in script.split(";\n"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(MIGRATIONS)

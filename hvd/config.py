@@ -1,0 +1,251 @@
+"""The model of hvd.toml.
+
+Frozen pydantic sections with `extra="forbid"`: an unknown key is an error naming the key. Every
+field has a default and a description; `hvd.toml.example` is generated from this model
+(`hvd config example`) and a test fails when the committed file differs.
+
+Environment overrides: `HVD_<SECTION>__<FIELD>=value` (value parsed as JSON when it parses,
+else taken as a string), e.g. `HVD_API__PORT=8775`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hvd.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class HostSection(Section):
+    name: str = Field("", description="This host's name in the cluster; empty = the machine's hostname.")
+    data_dir: Path = Field(
+        Path("/var/lib/hvd"), description="Catalog, image store and tokens live here (see also instances_path)."
+    )
+    instances_path: Path = Field(
+        Path("/var/lib/hvd/instances"),
+        description="Instance dirs and the image cache (_base); must be searchable by libvirt-qemu.",
+    )
+    availability_zone: str = Field("nova", description="Availability zone of this host (Nova's default 'nova').")
+
+
+class ApiSection(Section):
+    listen: str = Field("127.0.0.1", description="Listen address; loopback by default so nothing is exposed.")
+    port: int = Field(8774, ge=1, le=65535, description="TCP port of the public and peer API.")
+    max_body_mib: int = Field(
+        1, ge=1, description="Largest JSON request body; bigger bodies get 413 (image uploads are streamed apart)."
+    )
+    wait_timeout_s: float = Field(
+        600.0, gt=0, description="Longest time `?wait=true` blocks before answering with the current state."
+    )
+
+
+class LibvirtSection(Section):
+    uri: str = Field("qemu:///system", description="libvirt connection URI.")
+    virt_type: Literal["kvm", "qemu"] = Field(
+        "kvm", description="Domain type: kvm (hardware) or qemu (TCG, for hosts without usable KVM)."
+    )
+
+
+class LogSection(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
+    file: str = Field("", description="Log file; empty = standard error (journald under systemd).")
+
+
+class IdentitySection(Section):
+    token_ttl_s: int = Field(86400, ge=60, description="Token lifetime (Keystone's default is 24 h).")
+    admin_password: str = Field(
+        "", description="Password of the bootstrap admin; empty = generated once and written to openrc_path."
+    )
+    openrc_path: str = Field(
+        "", description="Where the first start writes admin credentials (mode 0600); empty = <data_dir>/openrc."
+    )
+    policy: dict[str, str] = Field(
+        default_factory=dict,
+        description="Policy overrides, rule name -> 'admin' | 'member' | 'reader' | 'any' (e.g. compute:migrate).",
+    )
+
+
+class ComputeSection(Section):
+    driver: Literal["libvirt", "fake"] = Field(
+        "libvirt", description="Compute driver; 'fake' is for tests and scale benchmarks only."
+    )
+    cpu_allocation_ratio: float = Field(16.0, gt=0, description="vCPUs per physical CPU (Nova default 16).")
+    ram_allocation_ratio: float = Field(1.5, gt=0, description="RAM over-commit ratio (Nova default 1.5).")
+    disk_allocation_ratio: float = Field(1.0, gt=0, description="Disk over-commit ratio (Nova default 1.0).")
+    reserved_host_memory_mb: int = Field(512, ge=0, description="RAM kept for the host itself.")
+    reserved_host_disk_mb: int = Field(0, ge=0, description="Disk kept for the host itself.")
+    reserved_host_cpus: int = Field(0, ge=0, description="Physical CPUs kept for the host itself.")
+    force_raw_images: bool = Field(
+        True, description="Convert cached qcow2 bases to raw (faster overlays; costs cache disk space)."
+    )
+    image_cache_max_age_s: int = Field(
+        86400, ge=0, description="Unused cached bases older than this are removed; 0 = never."
+    )
+    reboot_timeout_s: float = Field(
+        60.0, gt=0, description="Soft reboot falls back to hard reboot after this long."
+    )
+    shutdown_timeout_s: float = Field(
+        60.0, gt=0, description="Clean (ACPI) stop waits this long before powering the domain off."
+    )
+    resize_confirm_window_s: int = Field(
+        0, ge=0, description="Resized instances are confirmed automatically after this long; 0 = never."
+    )
+    sync_power_state_interval_s: float = Field(
+        60.0, gt=0, description="Period of the power-state sync with the hypervisor (events cover the rest)."
+    )
+
+
+class SchedulerSection(Section):
+    max_attempts: int = Field(3, ge=1, description="Hosts tried per placement (Nova's scheduler_max_attempts).")
+    filters: list[str] = Field(
+        default_factory=lambda: [
+            "RetryFilter",
+            "AvailabilityZoneFilter",
+            "RamFilter",
+            "DiskFilter",
+            "ComputeFilter",
+            "ComputeCapabilitiesFilter",
+            "ImagePropertiesFilter",
+            "ServerGroupAntiAffinityFilter",
+            "ServerGroupAffinityFilter",
+        ],
+        description="Filters in order (CoreFilter is optional, as in Nova).",
+    )
+    ram_weight_multiplier: float = Field(1.0, description="Weight of free RAM (positive = spread).")
+    disk_weight_multiplier: float = Field(0.0, description="Weight of free disk.")
+    vcpu_weight_multiplier: float = Field(0.0, description="Weight of free vCPUs.")
+    instance_count_weight_multiplier: float = Field(0.0, description="Weight of instance count (negative = spread).")
+
+
+class NetworkSection(Section):
+    tenant_network_types: list[Literal["local", "flat", "vlan", "vxlan"]] = Field(
+        default_factory=lambda: ["vxlan", "local"],  # type: ignore[arg-type]
+        description="Types for tenant networks, tried in order (fallback when a range is exhausted).",
+    )
+    flat_networks: list[str] = Field(default_factory=list, description="Physical labels usable by flat networks.")
+    physical_interface_mappings: dict[str, str] = Field(
+        default_factory=dict, description="Physical label -> this host's NIC (labels are cluster-wide)."
+    )
+    network_vlan_ranges: list[str] = Field(
+        default_factory=lambda: ["default:3001:4000"], description="label:first:last VLAN ids for tenant networks."
+    )
+    vni_ranges: list[str] = Field(default_factory=lambda: ["1001:2000"], description="first:last VXLAN VNIs.")
+    local_ip: str = Field("", description="VTEP address already on a NIC of this host; empty = no VXLAN here.")
+    vxlan_underlay: str = Field("", description="NIC carrying VXLAN; empty = the one holding local_ip.")
+
+
+class ClusterSection(Section):
+    node_id: str = Field("", description="Stable id of this node; empty = host.name.")
+    peers: list[str] = Field(
+        default_factory=list, description="Peer API URLs of the other hosts; empty = all-in-one (one voter)."
+    )
+    voters: int = Field(3, ge=1, le=7, description="The first N hosts vote in Raft; the rest are learners.")
+    cluster_key: str = Field("", description="Shared secret that signs peer requests; required with peers.")
+    election_timeout_ms: int = Field(
+        600, ge=50, description="Base election timeout (randomised up to 2x); lower = faster failover, more noise."
+    )
+    heartbeat_ms: int = Field(100, ge=10, description="Leader heartbeat period; well under the election timeout.")
+
+
+class Config(Section):
+    host: HostSection = Field(default_factory=HostSection, description="This host.")
+    api: ApiSection = Field(default_factory=ApiSection, description="HTTP API.")
+    libvirt: LibvirtSection = Field(default_factory=LibvirtSection, description="Hypervisor connection.")
+    log: LogSection = Field(default_factory=LogSection, description="Logging.")
+    identity: IdentitySection = Field(default_factory=IdentitySection, description="Users, tokens, policy.")
+    compute: ComputeSection = Field(default_factory=ComputeSection, description="Compute service.")
+    scheduler: SchedulerSection = Field(default_factory=SchedulerSection, description="Placement.")
+    network: NetworkSection = Field(default_factory=NetworkSection, description="Networking.")
+    cluster: ClusterSection = Field(default_factory=ClusterSection, description="Cluster membership.")
+
+    @property
+    def host_name(self) -> str:
+        return self.host.name or os.uname().nodename
+
+    @property
+    def node_id(self) -> str:
+        return self.cluster.node_id or self.host_name
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key, raw in environ.items():
+        if not key.startswith("HVD_") or "__" not in key:
+            continue
+        section, _, field = key[4:].lower().partition("__")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        out.setdefault(section, {})[field] = value
+    return out
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{where}'")
+        else:
+            parts.append(f"'{where}': {err['msg']}")
+    return "; ".join(parts)
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read hvd.toml (if given), apply HVD_* environment overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    for section, fields in _env_overrides(os.environ if environ is None else environ).items():
+        current = data.setdefault(section, {})
+        if isinstance(current, dict):
+            current.update(fields)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config{f' {path}' if path else ''}: {_describe(exc)}") from exc
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Path):
+        return json.dumps(str(value))
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def example_toml() -> str:
+    """The text of hvd.toml.example: every section and field with its description and default."""
+    lines = ["# hvd.toml — generated by `hvd config example`; every key shows its default.", ""]
+    defaults = Config()
+    for section_name, section_field in Config.model_fields.items():
+        lines.append(f"# {section_field.description}")
+        lines.append(f"[{section_name}]")
+        section = getattr(defaults, section_name)
+        for name, field in type(section).model_fields.items():
+            lines.append(f"# {field.description}")
+            lines.append(f"{name} = {_toml_value(getattr(section, name))}")
+        lines.append("")
+    return "\n".join(lines)

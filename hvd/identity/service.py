@@ -1,0 +1,176 @@
+"""Identity: authenticate users, issue and validate tokens, bootstrap the first admin."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import secrets
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from hvd.api.context import RequestContext
+from hvd.catalog.cmd_identity import ProjectCreate, RoleGrant, TokenIssue, TokenPurge, UserCreate
+from hvd.catalog.service import Catalog
+from hvd.catalog.sql import fetch_all, fetch_one
+from hvd.errors import Unauthorized
+from hvd.identity.passwords import hash_password, verify_password
+
+log = logging.getLogger(__name__)
+
+_BAD_CREDENTIALS = "The request you have made requires authentication."
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def token_hash(token: str) -> str:
+    # tokens are 256 random bits: a fast hash is enough, and keeps validation cheap
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    expires_at: str
+    context: RequestContext
+
+
+def _lookup_login(conn: sqlite3.Connection, username: str, project: str) -> dict[str, Any] | None:
+    user = fetch_one(conn, "SELECT * FROM users WHERE name=? OR id=?", (username, username))
+    proj = fetch_one(conn, "SELECT * FROM projects WHERE name=? OR id=?", (project, project))
+    if user is None or proj is None:
+        return None
+    roles = [
+        r["role"]
+        for r in fetch_all(
+            conn, "SELECT role FROM assignments WHERE user_id=? AND project_id=?", (user["id"], proj["id"])
+        )
+    ]
+    return {"user": user, "project": proj, "roles": roles}
+
+
+def _lookup_token(conn: sqlite3.Connection, digest: str) -> dict[str, Any] | None:
+    row = fetch_one(
+        conn,
+        "SELECT t.*, u.name AS user_name, u.enabled AS user_enabled, p.name AS project_name,"
+        " p.enabled AS project_enabled FROM tokens t JOIN users u ON u.id=t.user_id"
+        " JOIN projects p ON p.id=t.project_id WHERE t.token_hash=?",
+        (digest,),
+    )
+    if row is None:
+        return None
+    row["roles"] = [
+        r["role"]
+        for r in fetch_all(
+            conn, "SELECT role FROM assignments WHERE user_id=? AND project_id=?", (row["user_id"], row["project_id"])
+        )
+    ]
+    return row
+
+
+class IdentityService:
+    """Keystone's faithful subset over the catalog."""
+
+    def __init__(self, catalog: Catalog, token_ttl_s: int) -> None:
+        self.catalog = catalog
+        self.token_ttl_s = token_ttl_s
+
+    async def issue_token(self, username: str, password: str, project: str) -> IssuedToken:
+        found = await self.catalog.read(_lookup_login, username, project)
+        # verify even for an unknown user, so timing does not reveal which names exist
+        stored = found["user"]["password_hash"] if found else hash_password("not-a-user")
+        ok = await asyncio.get_running_loop().run_in_executor(None, verify_password, password, stored)
+        if not found or not ok or not found["user"]["enabled"] or not found["project"]["enabled"]:
+            raise Unauthorized(_BAD_CREDENTIALS)
+        if not found["roles"]:
+            raise Unauthorized(f"user {username} has no role on project {project}")
+        token = secrets.token_urlsafe(32)
+        issued = datetime.now(UTC)
+        expires = (issued + timedelta(seconds=self.token_ttl_s)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        digest = token_hash(token)
+        await self.catalog.propose(
+            TokenIssue(
+                token_hash=digest,
+                user_id=found["user"]["id"],
+                project_id=found["project"]["id"],
+                issued_at=issued.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                expires_at=expires,
+            )
+        )
+        ctx = RequestContext(
+            user_id=found["user"]["id"],
+            user_name=found["user"]["name"],
+            project_id=found["project"]["id"],
+            project_name=found["project"]["name"],
+            roles=tuple(sorted(found["roles"])),
+            token_hash=digest,
+            expires_at=expires,
+        )
+        return IssuedToken(token=token, expires_at=expires, context=ctx)
+
+    async def validate(self, token: str) -> RequestContext:
+        """The context of a valid token; Unauthorized when missing, expired, revoked or orphaned."""
+        row = await self.catalog.read(_lookup_token, token_hash(token))
+        if (
+            row is None
+            or row["revoked"]
+            or row["expires_at"] <= now_iso()
+            or not row["user_enabled"]
+            or not row["project_enabled"]
+            or not row["roles"]
+        ):
+            raise Unauthorized(_BAD_CREDENTIALS)
+        return RequestContext(
+            user_id=row["user_id"],
+            user_name=row["user_name"],
+            project_id=row["project_id"],
+            project_name=row["project_name"],
+            roles=tuple(sorted(row["roles"])),
+            token_hash=row["token_hash"],
+            expires_at=row["expires_at"],
+        )
+
+    async def purge_expired(self) -> None:
+        await self.catalog.propose(TokenPurge(now=now_iso()))
+
+    async def bootstrap(self, admin_password: str, openrc_path: Path, api_url: str) -> bool:
+        """On first start create project+user admin (role admin), project demo and user demo
+        (role member); write admin credentials to `openrc_path` (0600). False if already done."""
+        count = await self.catalog.read(lambda c: c.execute("SELECT COUNT(*) FROM users").fetchone()[0])
+        if count:
+            return False
+        password = admin_password or secrets.token_urlsafe(18)
+        demo_password = secrets.token_urlsafe(18)
+        created = now_iso()
+        admin_project, demo_project = str(uuid.uuid4()), str(uuid.uuid4())
+        admin_user, demo_user = str(uuid.uuid4()), str(uuid.uuid4())
+        loop = asyncio.get_running_loop()
+        admin_hash = await loop.run_in_executor(None, hash_password, password)
+        demo_hash = await loop.run_in_executor(None, hash_password, demo_password)
+        for cmd in (
+            ProjectCreate(id=admin_project, name="admin", description="Bootstrap admin project", created_at=created),
+            ProjectCreate(id=demo_project, name="demo", description="Bootstrap demo project", created_at=created),
+            UserCreate(id=admin_user, name="admin", password_hash=admin_hash, created_at=created),
+            UserCreate(id=demo_user, name="demo", password_hash=demo_hash, created_at=created),
+            RoleGrant(user_id=admin_user, project_id=admin_project, role="admin"),
+            RoleGrant(user_id=demo_user, project_id=demo_project, role="member"),
+        ):
+            await self.catalog.propose(cmd)
+        openrc_path.parent.mkdir(parents=True, exist_ok=True)
+        text = (
+            f"export HVD_URL={api_url}\nexport HVD_USERNAME=admin\nexport HVD_PASSWORD={password}\n"
+            "export HVD_PROJECT=admin\n"
+            f"# demo user (role member in project demo): HVD_USERNAME=demo HVD_PASSWORD={demo_password}\n"
+        )
+        fd = os.open(openrc_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        log.info("bootstrapped identity: admin credentials written to %s", openrc_path)
+        return True
