@@ -1,0 +1,164 @@
+"""Domain XML from an InstanceSpec: pure, no I/O, no policy beyond the spec and the virt type.
+
+Disk order is fixed: vda root, then ephemeral, swap and the config drive as the last virtio disk;
+in rescue ``disk.rescue`` is vda and the instance's ``disk`` vdb. No ``<graphics>`` element:
+the console is the serial port, written to ``console.log``.
+"""
+
+from __future__ import annotations
+
+import string
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from hvd.drivers.base import (
+    CONSOLE_LOG,
+    DISK,
+    DISK_EPH0,
+    DISK_RESCUE,
+    DISK_SWAP,
+    InstanceSpec,
+    Nic,
+)
+
+METADATA_NS = "https://hvd.dev/xmlns/libvirt/instance/1"
+VirtType = Literal["kvm", "qemu"]
+
+
+@dataclass(frozen=True)
+class DiskDevice:
+    """One guest disk: file, its format, and the guest device (vda, vdb, ...)."""
+
+    path: Path
+    fmt: str
+    dev: str
+
+
+def disk_dev(index: int) -> str:
+    """vda, vdb, ..., vdz (26 disks are far more than an instance has)."""
+    return "vd" + string.ascii_lowercase[index]
+
+
+def disk_layout(spec: InstanceSpec) -> list[DiskDevice]:
+    """The guest disks of ``spec`` in device order."""
+    files: list[tuple[Path, str]] = []
+    if spec.rescue:
+        files.append((spec.path(DISK_RESCUE), "qcow2"))
+    files.append((spec.path(DISK), "qcow2"))
+    if spec.ephemeral_gb > 0:
+        files.append((spec.path(DISK_EPH0), "qcow2"))
+    if spec.swap_mb > 0:
+        files.append((spec.path(DISK_SWAP), "qcow2"))
+    if spec.config_drive is not None:
+        files.append((spec.config_drive, "raw"))
+    return [DiskDevice(path, fmt, disk_dev(i)) for i, (path, fmt) in enumerate(files)]
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    el = ET.SubElement(parent, tag, attrs)
+    if text is not None:
+        el.text = text
+    return el
+
+
+def _disk(devices: ET.Element, disk: DiskDevice, cache: str) -> None:
+    el = _sub(devices, "disk", type="file", device="disk")
+    _sub(el, "driver", name="qemu", type=disk.fmt, cache=cache)
+    _sub(el, "source", file=str(disk.path))
+    _sub(el, "target", dev=disk.dev, bus="virtio")
+
+
+def interface_element(nic: Nic) -> ET.Element:
+    """``<interface type='bridge'>`` of one NIC (also used for hot-plug)."""
+    el = ET.Element("interface", type="bridge")
+    _sub(el, "mac", address=nic.mac)
+    _sub(el, "source", bridge=nic.bridge)
+    _sub(el, "target", dev=nic.tap)
+    _sub(el, "model", type="virtio")
+    _sub(el, "mtu", size=str(nic.mtu))
+    return el
+
+
+def interface_xml(nic: Nic) -> str:
+    return ET.tostring(interface_element(nic), encoding="unicode")
+
+
+def _metadata(domain: ET.Element, spec: InstanceSpec) -> None:
+    # Lets an operator (and orphan cleanup) tell which instance a domain is, without the catalog.
+    meta = _sub(domain, "metadata")
+    inst = _sub(meta, f"{{{METADATA_NS}}}instance")
+    for tag, value in (
+        ("name", spec.name),
+        ("hostname", spec.hostname),
+        ("image", spec.image_id),
+        ("vcpus", str(spec.vcpus)),
+        ("memory_mib", str(spec.memory_mib)),
+        ("root_gb", str(spec.root_gb)),
+    ):
+        _sub(inst, f"{{{METADATA_NS}}}{tag}", value)
+
+
+def _sysinfo(domain: ET.Element, spec: InstanceSpec) -> None:
+    # cloud-init recognises an OpenStack guest by the SMBIOS product name.
+    sysinfo = _sub(domain, "sysinfo", type="smbios")
+    system = _sub(sysinfo, "system")
+    for name, value in (
+        ("manufacturer", "hvd"),
+        ("product", "OpenStack Compute"),
+        ("serial", spec.uuid),
+        ("uuid", spec.uuid),
+        ("family", "Virtual Machine"),
+    ):
+        _sub(system, "entry", value, name=name)
+
+
+def domain_xml(spec: InstanceSpec, virt_type: VirtType, disk_cache: str = "none") -> str:
+    """The libvirt domain XML of ``spec``.
+
+    ``virt_type`` kvm adds ``<cpu mode='host-model'/>``; qemu (TCG) keeps QEMU's default CPU.
+    ``disk_cache`` is the QEMU cache mode; the driver picks it (none needs O_DIRECT support).
+    """
+    ET.register_namespace("hvd", METADATA_NS)
+    domain = ET.Element("domain", type=virt_type)
+    _sub(domain, "name", spec.domain_name)
+    _sub(domain, "uuid", spec.uuid)
+    _sub(domain, "title", spec.name)
+    _metadata(domain, spec)
+    _sub(domain, "memory", str(spec.memory_mib), unit="MiB")
+    _sub(domain, "currentMemory", str(spec.memory_mib), unit="MiB")
+    _sub(domain, "vcpu", str(spec.vcpus), placement="static")
+    _sysinfo(domain, spec)
+    os_el = _sub(domain, "os")
+    _sub(os_el, "type", "hvm")
+    _sub(os_el, "boot", dev="hd")
+    _sub(os_el, "smbios", mode="sysinfo")
+    features = _sub(domain, "features")
+    _sub(features, "acpi")
+    _sub(features, "apic")
+    if virt_type == "kvm":
+        _sub(domain, "cpu", mode="host-model")
+    clock = _sub(domain, "clock", offset="utc")
+    _sub(clock, "timer", name="rtc", tickpolicy="catchup")
+    _sub(clock, "timer", name="pit", tickpolicy="delay")
+    _sub(domain, "on_poweroff", "destroy")
+    _sub(domain, "on_reboot", "restart")
+    _sub(domain, "on_crash", "destroy")
+
+    devices = _sub(domain, "devices")
+    for disk in disk_layout(spec):
+        _disk(devices, disk, disk_cache)
+    for nic in spec.nics:
+        devices.append(interface_element(nic))
+    console_log = str(spec.path(CONSOLE_LOG))
+    serial = _sub(devices, "serial", type="file")
+    _sub(serial, "source", path=console_log)
+    _sub(serial, "target", port="0")
+    console = _sub(devices, "console", type="file")
+    _sub(console, "source", path=console_log)
+    _sub(console, "target", type="serial", port="0")
+    _sub(devices, "memballoon", model="virtio")
+
+    ET.indent(domain)
+    return ET.tostring(domain, encoding="unicode") + "\n"
