@@ -1,0 +1,56 @@
+"""Running the few external tools the network layer needs (nft, dnsmasq, sysctl).
+
+Always an argv list, never a shell; namespaces are entered with `ip netns exec`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class NetError(Exception):
+    """A host network operation failed."""
+
+
+class KernelFeatureMissing(NetError):
+    """The running kernel lacks a feature the requested network needs."""
+
+
+class CommandFailed(NetError):
+    def __init__(self, argv: Sequence[str], returncode: int, stderr: str) -> None:
+        super().__init__(f"{' '.join(argv)} exited {returncode}: {stderr.strip()}")
+        self.argv = tuple(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+@dataclass(frozen=True)
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def in_netns(netns: str | None, argv: Sequence[str]) -> list[str]:
+    """`argv` run inside `netns` (unchanged when None: the caller's own namespace)."""
+    if netns is None:
+        return list(argv)
+    return ["ip", "netns", "exec", netns, *argv]
+
+
+async def run(argv: Sequence[str], *, stdin: str | None = None, check: bool = True) -> Result:
+    """Run `argv` to completion without blocking the event loop."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+    assert proc.returncode is not None
+    result = Result(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+    if check and result.returncode != 0:
+        raise CommandFailed(argv, result.returncode, result.stderr)
+    return result
