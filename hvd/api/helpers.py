@@ -13,7 +13,7 @@ from hvd.errors import BadRequest, Forbidden, UnsupportedMediaType
 
 M = TypeVar("M", bound=BaseModel)
 
-CONTEXT_KEY = "hvd.context"
+CONTEXT_KEY = web.RequestKey("hvd.context", RequestContext)
 MAX_LIMIT = 1000
 
 
@@ -46,8 +46,8 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
 
 
 def context(request: web.Request) -> RequestContext:
-    ctx = request.get(CONTEXT_KEY)
-    if not isinstance(ctx, RequestContext):
+    ctx: RequestContext | None = request.get(CONTEXT_KEY)
+    if ctx is None:
         raise Forbidden("this route needs an authenticated caller")
     return ctx
 

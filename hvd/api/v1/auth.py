@@ -67,6 +67,7 @@ async def issue_token(request: web.Request) -> web.Response:
             "roles": list(ctx.roles),
         },
         status=201,
+        location="/v1/auth/token",
     )
 
 
