@@ -1,0 +1,1 @@
+"""Embedded Raft: a pure node (node.py), durable storage, transports and an asyncio driver."""
