@@ -58,7 +58,8 @@ class Client:
         return Response(resp.status_code, body, resp.headers)
 
     def login(self, username: str, password: str, project: str) -> dict[str, Any]:
-        r = self.call("POST", "/v1/auth/tokens", {"username": username, "password": password, "project": project})
+        creds = {"username": username, "password": password, "project": project}
+        r = self.call("POST", "/v1/auth/tokens", creds)
         assert r.status == 201, r.body
         self.token = r.body["token"]
         return dict(r.body)

@@ -97,12 +97,14 @@ MATRIX: list[tuple[str, str, Callable[[str, int], Any] | None, str, int]] = [
     ("POST", "/v1/projects", lambda role, n: {"name": f"pm-{role}-{n}"}, "admin", 201),
     ("PATCH", "/v1/projects/{p}", lambda role, n: {"description": role}, "admin", 200),
     ("GET", "/v1/users", None, "admin", 200),
-    ("POST", "/v1/users", lambda role, n: {"name": f"pm-{role}-{n}", "password": "long-enough"}, "admin", 201),
+    ("POST", "/v1/users", lambda role, n: {"name": f"pm-{role}-{n}", "password": "long-enough"}, "admin",
+     201),
     ("GET", "/v1/projects/{p}/users/pm-admin/roles", None, "admin", 200),
     ("PUT", "/v1/projects/{p}/users/pm-reader/roles/reader", None, "admin", 200),
     ("GET", "/v1/flavors", None, "reader", 200),
     ("GET", "/v1/flavors/pm.public", None, "reader", 200),
-    ("POST", "/v1/flavors", lambda role, n: {"name": f"pm.{role}.{n}", "vcpus": 1, "ram_mb": 64}, "admin", 201),
+    ("POST", "/v1/flavors", lambda role, n: {"name": f"pm.{role}.{n}", "vcpus": 1, "ram_mb": 64}, "admin",
+     201),
     ("POST", "/v1/flavors/pm.public/extra-specs", lambda role, n: {"set": {"k": role}}, "admin", 200),
     ("GET", "/v1/flavors/pm.public/access", None, "admin", 200),
     ("DELETE", "/v1/flavors/pm.victim-{role}", None, "admin", 204),
@@ -124,9 +126,11 @@ MATRIX: list[tuple[str, str, Callable[[str, int], Any] | None, str, int]] = [
 def role_clients(live: LiveServer, admin: Client) -> dict[str, Client]:
     assert admin.call("POST", "/v1/projects", {"name": "pm"}).status == 201
     assert admin.call("POST", "/v1/flavors", {"name": "pm.public", "vcpus": 1, "ram_mb": 64}).status == 201
-    clients = {role: live.user(admin, "pm", role, name=f"pm-{role}") for role in ("admin", "member", "reader")}
-    for role in clients:
-        assert admin.call("POST", "/v1/flavors", {"name": f"pm.victim-{role}", "vcpus": 1, "ram_mb": 64}).status == 201
+    clients = {}
+    for role in ("admin", "member", "reader"):
+        clients[role] = live.user(admin, "pm", role, name=f"pm-{role}")
+        victim = {"name": f"pm.victim-{role}", "vcpus": 1, "ram_mb": 64}
+        assert admin.call("POST", "/v1/flavors", victim).status == 201
     return clients
 
 

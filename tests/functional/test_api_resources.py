@@ -60,8 +60,9 @@ def test_create_answers_201_with_a_location_that_shows_it(admin: Client) -> None
 
 
 def test_flavor_by_name_or_id_with_specs_and_access(admin: Client) -> None:
-    created = admin.call("POST", "/v1/flavors", {"name": "m1.spec", "id": "spec-id", "vcpus": 2, "ram_mb": 512,
-                                                 "extra_specs": {"hw:a": "1"}, "is_public": False}).body
+    created = admin.call("POST", "/v1/flavors", {"name": "m1.spec", "id": "spec-id", "vcpus": 2,
+                                                 "ram_mb": 512, "extra_specs": {"hw:a": "1"},
+                                                 "is_public": False}).body
     assert created["id"] == "spec-id"
     assert admin.get("/v1/flavors/m1.spec") == admin.get("/v1/flavors/spec-id")
     r = admin.call("POST", "/v1/flavors/m1.spec/extra-specs", {"set": {"hw:b": "2"}, "unset": ["hw:a"]})
@@ -147,4 +148,4 @@ def test_catalog_and_token_info(admin: Client) -> None:
     types = {s["type"] for s in admin.get("/v1/catalog")["catalog"]}
     assert {"identity", "compute", "image", "network", "volume"} <= types
     info = admin.get("/v1/auth/token")
-    assert info["user"]["name"] == "admin" and info["project"]["name"] == "admin" and info["roles"] == ["admin"]
+    assert (info["user"]["name"], info["project"]["name"], info["roles"]) == ("admin", "admin", ["admin"])
