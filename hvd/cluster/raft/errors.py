@@ -21,3 +21,8 @@ class ProposalDroppedError(RaftError):
 
 class MembershipError(RaftError):
     """A membership change or leadership transfer was refused (see message)."""
+
+
+class OutcomeUnknownError(RaftError):
+    """The proposal may or may not have been applied (e.g. it was covered by an installed snapshot,
+    or the driver stopped while waiting); the caller must re-read state before retrying."""

@@ -1,0 +1,272 @@
+"""Asyncio driver: runs a RaftNode with a real clock, durable storage, a transport and a state machine.
+
+One task ticks the node; one task drains ``Ready``: persist (in a dedicated thread, so fsync never
+blocks the loop) -> send -> apply -> advance. Proposals that arrive while a Ready is being
+persisted are appended to the in-memory log and leave together in the next round (group commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from hvd.cluster.raft.errors import NotLeaderError, OutcomeUnknownError, ProposalDroppedError, RaftError
+from hvd.cluster.raft.messages import EntryKind, Message
+from hvd.cluster.raft.node import ConfChangeOp, RaftConfig, RaftNode, Ready, Role
+from hvd.cluster.raft.statemachine import StateMachine
+from hvd.cluster.raft.storage import Storage
+from hvd.cluster.raft.transport import Transport
+
+NotLeader = NotLeaderError  # the name callers catch to forward a request to ``leader_id``
+
+
+class RaftDriver:
+    """The embedded-Raft side of the Coordinator: ``propose``, ``read_barrier``, membership.
+
+    All public coroutines must be awaited on the loop that called ``start()``.
+    """
+
+    def __init__(
+        self,
+        config: RaftConfig,
+        storage: Storage,
+        transport: Transport,
+        state_machine: StateMachine,
+        *,
+        tick_seconds: float = 0.05,  # election timeout = election_ticks..2x ticks of this
+        snapshot_every: int = 1000,  # applied entries between local snapshots (log compaction)
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._storage = storage
+        self._transport = transport
+        self._sm = state_machine
+        self._tick_seconds = tick_seconds
+        self._snapshot_every = snapshot_every
+        self._rng = rng or random.Random()
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft-{config.id}")
+        self._node: RaftNode | None = None
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sends: set[asyncio.Task[None]] = set()
+        self._proposals: dict[int, tuple[int, asyncio.Future[bytes]]] = {}
+        self._reads: dict[bytes, asyncio.Future[int]] = {}
+        self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._read_seq = 0
+        self.persist_rounds = 0  # number of Ready rounds written (group commit makes this < proposals)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Load durable state, restore the state machine if it lags the snapshot, start ticking."""
+        loop = asyncio.get_running_loop()
+        hs, snap, entries = await loop.run_in_executor(self._io, self._storage.load)
+        if self._sm.applied_index() < snap.meta.index:
+            await loop.run_in_executor(self._io, self._sm.restore, snap.meta.index, snap.data)
+        self._node = RaftNode(self._config, self._rng, hs, snap, entries, self._sm.applied_index())
+        self._transport.set_receiver(self._receive)
+        self._tasks = [asyncio.create_task(self._tick_loop()), asyncio.create_task(self._ready_loop())]
+
+    async def stop(self) -> None:
+        """Stop ticking and processing; pending callers get OutcomeUnknownError."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        self._transport.set_receiver(lambda m: None)
+        error = OutcomeUnknownError("raft driver stopped")
+        for _, fut in self._proposals.values():
+            _fail(fut, error)
+        for rfut in self._reads.values():
+            _fail(rfut, error)
+        for _, wfut in self._applied_waiters:
+            _fail(wfut, error)
+        self._proposals.clear()
+        self._reads.clear()
+        self._applied_waiters.clear()
+        self._io.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def node(self) -> RaftNode:
+        assert self._node is not None, "driver not started"
+        return self._node
+
+    @property
+    def is_leader(self) -> bool:
+        return self.node.role == Role.LEADER
+
+    @property
+    def leader_id(self) -> str | None:
+        return self.node.lead
+
+    @property
+    def term(self) -> int:
+        """The current term: a fencing epoch for anything the leader does outside the log."""
+        return self.node.term
+
+    @property
+    def applied_index(self) -> int:
+        return self.node.applied
+
+    # ------------------------------------------------------------------ client API
+    async def propose(self, data: bytes) -> bytes:
+        """Replicate ``data``; returns the state machine's result once committed and applied here.
+
+        Raises NotLeader (forward to ``leader_id``), ProposalDroppedError (never applied: safe to
+        retry) or OutcomeUnknownError.
+        """
+        index, term = self.node.propose(data)
+        return await self._await_entry(index, term)
+
+    async def read_barrier(self) -> int:
+        """Read-index: returns once local state reflects every write committed before the call."""
+        self._read_seq += 1
+        ctx = f"{self._config.id}:{self._read_seq}".encode()
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.node.read_index(ctx)
+        self._reads[ctx] = fut
+        self._wake.set()
+        index = await fut
+        await self.wait_applied(index)
+        return index
+
+    async def wait_applied(self, index: int) -> None:
+        """Wait until the local state machine has applied ``index``."""
+        if self.node.applied >= index:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._applied_waiters.append((index, fut))
+        await fut
+
+    async def add_voter(self, node_id: str) -> None:
+        await self._change(ConfChangeOp.ADD_VOTER, node_id)
+
+    async def add_learner(self, node_id: str) -> None:
+        await self._change(ConfChangeOp.ADD_LEARNER, node_id)
+
+    async def promote(self, node_id: str) -> None:
+        await self._change(ConfChangeOp.PROMOTE, node_id)
+
+    async def remove(self, node_id: str) -> None:
+        await self._change(ConfChangeOp.REMOVE, node_id)
+
+    async def transfer_leadership(self, to: str, timeout: float = 5.0) -> None:
+        """Hand leadership to ``to`` and wait until this node has stepped down."""
+        self.node.transfer_leadership(to)
+        self._wake.set()
+        async with asyncio.timeout(timeout):
+            while self.is_leader:
+                await asyncio.sleep(self._tick_seconds)
+
+    async def _change(self, op: ConfChangeOp, node_id: str) -> None:
+        index, term = self.node.change_membership(op, node_id)
+        await self._await_entry(index, term)
+
+    async def _await_entry(self, index: int, term: int) -> bytes:
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._proposals[index] = (term, fut)
+        self._wake.set()
+        return await fut
+
+    # ------------------------------------------------------------------ loops
+    def _receive(self, msg: Message) -> None:
+        if self._node is not None:
+            self._node.step(msg)
+            self._wake.set()
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick_seconds)
+            self.node.tick()
+            self._wake.set()
+
+    async def _ready_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.node.has_ready():
+                rd = self.node.ready()
+                await loop.run_in_executor(self._io, self._persist, rd)
+                self.persist_rounds += 1
+                for msg in rd.messages:
+                    task = asyncio.create_task(self._send(msg))
+                    self._sends.add(task)
+                    task.add_done_callback(self._sends.discard)
+                results = await loop.run_in_executor(self._io, self._apply, rd)
+                self.node.advance(rd)
+                self._after_advance(rd, results)
+                await self._maybe_snapshot()
+
+    def _persist(self, rd: Ready) -> None:
+        self._storage.persist(rd.hard_state, rd.snapshot, rd.entries)
+        if rd.snapshot is not None:
+            self._sm.restore(rd.snapshot.meta.index, rd.snapshot.data)
+
+    def _apply(self, rd: Ready) -> list[tuple[int, int, bytes]]:
+        results = []
+        for e in rd.committed_entries:
+            out = self._sm.apply(e.index, e.data) if e.kind == EntryKind.NORMAL else b""
+            results.append((e.index, e.term, out))
+        return results
+
+    def _after_advance(self, rd: Ready, results: list[tuple[int, int, bytes]]) -> None:
+        for index, term, out in results:
+            waiting = self._proposals.pop(index, None)
+            if waiting is not None:
+                want, fut = waiting
+                if want == term:
+                    _resolve(fut, out)
+                else:
+                    _fail(fut, ProposalDroppedError(f"entry {index} was overwritten by term {term}"))
+        if rd.snapshot is not None:  # entries covered by an installed snapshot were never seen here
+            for index in [i for i in self._proposals if i <= rd.snapshot.meta.index]:
+                _fail(
+                    self._proposals.pop(index)[1], OutcomeUnknownError(f"entry {index} covered by a snapshot")
+                )
+        for rs in rd.read_states:
+            rfut = self._reads.pop(rs.ctx, None)
+            if rfut is not None:
+                _resolve(rfut, rs.index)
+        for ctx in rd.dropped_reads:
+            rfut = self._reads.pop(ctx, None)
+            if rfut is not None:
+                _fail(rfut, NotLeaderError(self.node.lead))
+        applied = self.node.applied
+        still = []
+        for index, wfut in self._applied_waiters:
+            if index <= applied:
+                _resolve(wfut, None)
+            else:
+                still.append((index, wfut))
+        self._applied_waiters = still
+
+    async def _maybe_snapshot(self) -> None:
+        node = self.node
+        if node.applied - node.log.snapshot.meta.index < self._snapshot_every:
+            return
+        loop = asyncio.get_running_loop()
+        index = node.applied
+        # NOOP/CONF entries do not change the state machine, so its image is also the image at `index`
+        _, data = await loop.run_in_executor(self._io, self._sm.snapshot)
+        snap = node.compact(index, data)
+        await loop.run_in_executor(self._io, self._storage.compact, snap)
+
+    async def _send(self, msg: Message) -> None:
+        with contextlib.suppress(OSError, RaftError):  # Raft retries by itself on the next heartbeat
+            await self._transport.send(msg.to, msg)
+
+
+def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _fail(fut: asyncio.Future[Any], error: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(error)
