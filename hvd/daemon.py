@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import shutil
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -21,46 +20,54 @@ import hvd
 from hvd import systemd
 from hvd.api.app import build_app
 from hvd.api.services import ApiServices
+from hvd.api.v1.events import EVENTS
+from hvd.api.v1.images import IMAGE_STORE
+from hvd.api.v1.servers import COMPUTE
 from hvd.catalog.service import Catalog
 from hvd.compute.hostinfo import host_register_command
+from hvd.compute.manager import ComputeManager
+from hvd.compute.reconcile import Reconciler
+from hvd.compute.service import ComputeService
 from hvd.config import Config
+from hvd.drivers.base import ComputeDriver
+from hvd.events import EventBus
 from hvd.identity.policy import Policy
 from hvd.identity.service import IdentityService, now_iso
+from hvd.scheduler.placement import Placement
+from hvd.storage.image_cache import ImageCache
+from hvd.storage.image_store import ImageStore
 
 log = logging.getLogger(__name__)
 
 
-def _meminfo_mb() -> int:
-    with open("/proc/meminfo") as fh:
-        for line in fh:
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) // 1024
-    return 0
+def make_driver(config: Config) -> ComputeDriver:
+    """The configured compute driver (the only place that names the concrete classes)."""
+    instances = Path(config.host.instances_path)
+    if config.compute.driver == "fake":
+        from hvd.drivers.fake import FakeDriver
+
+        return FakeDriver(instances)
+    from hvd.drivers.libvirt.driver import LibvirtDriver
+
+    return LibvirtDriver(instances, uri=config.libvirt.uri, virt_type=config.libvirt.virt_type)
 
 
-async def register_host(config: Config, catalog: Catalog, api_url: str) -> None:
-    """Record this host and its resources in the catalog (done at every start)."""
-    disk = shutil.disk_usage(config.host.instances_path)
+async def register_host(config: Config, catalog: Catalog, driver: ComputeDriver, api_url: str) -> None:
+    """Record this host and its resources (from the driver) in the catalog, at every start."""
+    res = await driver.host_resources()
     cmd = host_register_command(
         config,
         api_url,
         now_iso(),
-        vcpus=os.cpu_count() or 1,
-        memory_mb=_meminfo_mb(),
-        disk_gb=disk.total // 2**30,
-        hypervisor_type="QEMU" if config.compute.driver == "libvirt" else "fake",
-        hypervisor_version="",
-        cpu_model=platform_cpu_model(),
+        vcpus=res.vcpus,
+        memory_mb=res.memory_mib,
+        disk_gb=res.disk_gb,
+        hypervisor_type=res.hypervisor_type,
+        hypervisor_version=str(res.hypervisor_version),
+        cpu_model=res.cpu_model,
+        arch=res.arch,
     )
     await catalog.propose(cmd)
-
-
-def platform_cpu_model() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return ""
 
 
 @contextlib.asynccontextmanager
@@ -76,17 +83,44 @@ async def running_services(config: Config) -> AsyncIterator[ApiServices]:
         identity = IdentityService(catalog, config.identity.token_ttl_s)
         openrc = Path(config.identity.openrc_path or data_dir / "openrc")
         await identity.bootstrap(config.identity.admin_password, openrc, api_url)
-        await register_host(config, catalog, api_url)
-        yield ApiServices(
-            config=config,
-            catalog=catalog,
-            identity=identity,
-            policy=Policy(config.identity.policy),
-            api_url=api_url,
-        )
+        async with running_compute(config, catalog, api_url) as extra:
+            policy = Policy(config.identity.policy)
+            extra[COMPUTE].policy = policy
+            yield ApiServices(config=config, catalog=catalog, identity=identity, policy=policy, api_url=api_url,
+                              extra=extra)
     finally:
         await catalog.coordinator.stop()
         catalog.close()
+
+
+@contextlib.asynccontextmanager
+async def running_compute(config: Config, catalog: Catalog, api_url: str) -> AsyncIterator[dict[str, Any]]:
+    """Driver → host record → image store/cache → manager → placement → crash repair → sync loop."""
+    events = EventBus()
+    driver = make_driver(config)
+    await driver.start()
+    sync: asyncio.Task[None] | None = None
+    service: ComputeService | None = None
+    try:
+        await register_host(config, catalog, driver, api_url)
+        store = ImageStore(Path(config.host.data_dir) / "images")
+        cache = ImageCache(Path(config.host.instances_path), config.compute.force_raw_images)
+        manager = ComputeManager(config, catalog, driver, store, cache, events)
+        host = config.host_name
+        placement = Placement(config, catalog, is_up=lambda name: name == host)
+        service = ComputeService(config, catalog, Policy(config.identity.policy), manager, placement, events)
+        reconciler = Reconciler(service)
+        await reconciler.startup()
+        sync = asyncio.create_task(reconciler.run(config.compute.sync_power_state_interval_s))
+        yield {COMPUTE: service, IMAGE_STORE: store, EVENTS: events}
+    finally:
+        if sync is not None:
+            sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sync
+        if service is not None:
+            await service.drain(timeout=10)
+        await driver.close()
 
 
 async def serve(config: Config) -> None:

@@ -124,6 +124,13 @@ class KernelFeatureMissing(HvdError):
     title = "Not Implemented On This Host"
 
 
+class NotImplementedYet(HvdError):
+    """A documented feature that this build cannot do yet (says what is missing)."""
+
+    status = 501
+    title = "Not Implemented"
+
+
 class DriverError(HvdError):
     """The hypervisor or a host tool failed."""
 

@@ -27,7 +27,7 @@ class ContextFilter(logging.Filter):
 
 
 class HvdFormatter(logging.Formatter):
-    converter = time.gmtime
+    converter = time.gmtime  # type: ignore[assignment]  # UTC timestamps; typeshed types it as a method
 
     def __init__(self) -> None:
         super().__init__(

@@ -80,7 +80,9 @@ def page_params(request: web.Request) -> tuple[int, str | None]:
     return limit, request.query.get("marker") or None
 
 
-def paginate(items: list[dict[str, Any]], limit: int, marker: str | None, key: str = "id") -> tuple[list[dict[str, Any]], str | None]:
+def paginate(
+    items: list[dict[str, Any]], limit: int, marker: str | None, key: str = "id"
+) -> tuple[list[dict[str, Any]], str | None]:
     """Slice a sorted list after `marker`; returns (page, next marker or None)."""
     start = 0
     if marker is not None:

@@ -67,6 +67,7 @@ ERROR_SCHEMA: dict[str, Any] = {
     },
 }
 
+ERROR_REF = {"$ref": "#/components/schemas/Error"}
 _ERROR_CODES = ("400", "401", "403", "404", "405", "409", "413", "415", "500", "501", "503", "504")
 
 
@@ -94,7 +95,7 @@ def openapi_document(router: Router, title: str, version: str) -> dict[str, Any]
             + [{"name": n, "in": "query", "required": False, "schema": {"type": t}, "description": d}
                for n, t, d in r.query],
             "responses": {
-                code: {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+                code: {"description": "error", "content": {"application/json": {"schema": ERROR_REF}}}
                 for code in _ERROR_CODES
             },
         }

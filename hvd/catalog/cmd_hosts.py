@@ -136,3 +136,19 @@ def claim_release(conn: sqlite3.Connection, cmd: ReleaseClaim) -> Result:
     if cur.rowcount == 0 and cmd.kind is not None:
         raise NotFound(f"instance {cmd.instance_id} holds no {cmd.kind} claim")
     return {"released": cur.rowcount}
+
+
+class ClaimPromote(Command):
+    """Confirm a resize: the resize claim becomes the instance's only claim."""
+
+    type: Literal["claim.promote"] = "claim.promote"
+    instance_id: str
+
+
+@handles(ClaimPromote)
+def claim_promote(conn: sqlite3.Connection, cmd: ClaimPromote) -> Result:
+    if fetch_one(conn, "SELECT host FROM claims WHERE instance_id=? AND kind='resize'", (cmd.instance_id,)) is None:
+        raise NotFound(f"instance {cmd.instance_id} holds no resize claim")
+    conn.execute("DELETE FROM claims WHERE instance_id=? AND kind='instance'", (cmd.instance_id,))
+    conn.execute("UPDATE claims SET kind='instance' WHERE instance_id=? AND kind='resize'", (cmd.instance_id,))
+    return {"instance_id": cmd.instance_id}

@@ -43,13 +43,13 @@ class Coordinator(abc.ABC):
     async def wait_applied(self, index: int) -> None:
         """Return once the local catalog has applied `index`."""
 
-    async def read_barrier(self) -> None:
+    async def read_barrier(self) -> None:  # noqa: B027 - optional hook; local reads are current
         """Return once local reads reflect every command committed before the call."""
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook
         """Begin serving (elect, catch up)."""
 
-    async def stop(self) -> None:
+    async def stop(self) -> None:  # noqa: B027 - optional hook
         """Stop serving; pending proposals fail with ServiceUnavailable."""
 
 
@@ -87,13 +87,16 @@ class LocalCoordinator(Coordinator):
             self._writer = asyncio.create_task(self._write_batches())
         return decode_result(await fut)
 
+    def _apply_entries(self, _conn: object, entries: list[tuple[int, bytes]]) -> list[bytes]:
+        return self._state.apply_batch(entries)
+
     async def _write_batches(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
             try:
                 first = await self._db.run(lambda _c: self._state.applied_index()) + 1
                 entries = [(first + i, data) for i, (data, _) in enumerate(batch)]
-                results = await self._db.run(lambda _c: self._state.apply_batch(entries))
+                results = await self._db.run(self._apply_entries, entries)
             except Exception as exc:  # a failed write fails every proposal of the batch
                 for _, fut in batch:
                     if not fut.done():

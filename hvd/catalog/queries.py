@@ -9,7 +9,9 @@ from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.errors import Conflict, NotFound
 
 
-def find(conn: sqlite3.Connection, table: str, ref: str, what: str, where: str = "", args: tuple[Any, ...] = ()) -> dict[str, Any]:
+def find(
+    conn: sqlite3.Connection, table: str, ref: str, what: str, where: str = "", args: tuple[Any, ...] = ()
+) -> dict[str, Any]:
     """The row whose id or (unique) name is `ref`, within an optional extra `where` clause."""
     extra = f" AND ({where})" if where else ""
     row = fetch_one(conn, f"SELECT * FROM {table} WHERE id=?{extra}", (ref, *args))

@@ -32,7 +32,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from hvd.doctor import main as doctor_main
 
-    return doctor_main(load_config(args.config))
+    code: int = doctor_main(load_config(args.config))
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ base, sized to root_gb), ``disk.eph0``, ``disk.swap``, ``disk.config``, ``disk.r
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,9 @@ class InstanceSpec:
     config_drive: Path | None = None
     rescue: bool = False
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # spawn keeps existing disk files in instance_dir instead of creating them (resize, revert,
+    # a disk copied from another host); missing ones are still created
+    reuse_disks: bool = False
 
     @property
     def domain_name(self) -> str:
@@ -112,6 +116,58 @@ class HostResources:
     arch: str
     cpu_model: str
     hostname: str = ""
+
+
+Event = tuple[str, PowerState]
+
+
+class EventStream:
+    """One subscriber's power-state events; subscribed as soon as it is created (not on first
+    iteration), so an event that follows ``driver.events()`` is never missed."""
+
+    def __init__(self, hub: EventHub) -> None:
+        self._hub = hub
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        item = await self._queue.get()
+        if item is None:
+            self.close()
+            raise StopAsyncIteration
+        return item
+
+    def close(self) -> None:
+        """Unsubscribe; the iterator ends."""
+        self._hub._streams.discard(self)
+        self._queue.put_nowait(None)
+
+
+class EventHub:
+    """Fan-out of (uuid, PowerState) events to every open EventStream; call only in the loop."""
+
+    def __init__(self) -> None:
+        self._streams: set[EventStream] = set()
+        self._closed = False
+
+    def subscribe(self) -> EventStream:
+        stream = EventStream(self)
+        if self._closed:
+            stream.close()
+        else:
+            self._streams.add(stream)
+        return stream
+
+    def publish(self, uuid: str, power: PowerState) -> None:
+        for stream in list(self._streams):
+            stream._queue.put_nowait((uuid, power))
+
+    def close(self) -> None:
+        self._closed = True
+        for stream in list(self._streams):
+            stream.close()
 
 
 class ComputeDriver(abc.ABC):
@@ -262,7 +318,7 @@ class ComputeDriver(abc.ABC):
         raise NotImplementedError
 
     @abc.abstractmethod
-    def events(self) -> AsyncIterator[tuple[str, PowerState]]:
+    def events(self) -> AsyncIterator[Event]:
         """Power-state changes as (uuid, new power state), from now on, until ``close``.
 
         Every call gives an independent iterator; a slow consumer does not block others.

@@ -1,0 +1,56 @@
+"""Plain data the scheduler decides over (built from the catalog's host records and claims)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class HostState:
+    """One candidate host: capacity = (total - reserved) × ratio; usage = the claim ledger."""
+
+    name: str
+    availability_zone: str
+    enabled: bool
+    up: bool
+    vcpus_capacity: int
+    vcpus_claimed: int
+    memory_capacity_mb: int
+    memory_claimed_mb: int
+    disk_capacity_gb: int
+    disk_claimed_gb: int
+    instance_count: int
+    hypervisor_type: str
+    arch: str
+    capabilities: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def free_vcpus(self) -> int:
+        return self.vcpus_capacity - self.vcpus_claimed
+
+    @property
+    def free_memory_mb(self) -> int:
+        return self.memory_capacity_mb - self.memory_claimed_mb
+
+    @property
+    def free_disk_gb(self) -> int:
+        return self.disk_capacity_gb - self.disk_claimed_gb
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """What one instance needs, and the placement constraints on it."""
+
+    instance_id: str
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+    availability_zone: str | None = None
+    extra_specs: dict[str, str] = field(default_factory=dict)
+    image_properties: dict[str, str] = field(default_factory=dict)
+    group_policy: str | None = None  # "affinity" | "anti-affinity"
+    group_hosts: frozenset[str] = frozenset()  # hosts of the group's other members
+    tried_hosts: frozenset[str] = frozenset()
+    force_host: str | None = None
+    ignore_hosts: frozenset[str] = frozenset()  # e.g. the source of a migration

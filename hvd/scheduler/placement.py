@@ -1,0 +1,144 @@
+"""The leader's placement service: pick a host, claim on it, ask it to build; the ONLY owner of
+retries (scheduler_max_attempts)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from hvd.catalog.cmd_hosts import ClaimResources, ReleaseClaim, capacity, claimed
+from hvd.catalog.service import Catalog
+from hvd.catalog.sql import fetch_all
+from hvd.config import Config
+from hvd.errors import CapacityExceeded, HvdError, InvalidState, NotFound, NoValidHost
+from hvd.identity.service import now_iso
+from hvd.scheduler.model import HostState, RequestSpec
+from hvd.scheduler.select import Weights, select
+
+log = logging.getLogger(__name__)
+
+Build = Callable[[str], Awaitable[None]]
+
+
+def read_host_states(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    out = []
+    for host in fetch_all(conn, "SELECT * FROM hosts ORDER BY name"):
+        out.append({**host, "capacity": capacity(host), "claimed": claimed(conn, host["name"])})
+    return out
+
+
+def group_hosts(conn: sqlite3.Connection, group_id: str, instance_id: str) -> tuple[str, frozenset[str]]:
+    """(policy, hosts of the group's other live members)."""
+    row = conn.execute("SELECT policy FROM server_groups WHERE id=?", (group_id,)).fetchone()
+    if row is None:
+        return "", frozenset()
+    hosts = conn.execute(
+        "SELECT DISTINCT i.host FROM server_group_members m JOIN instances i ON i.id=m.instance_id"
+        " WHERE m.group_id=? AND i.id != ? AND i.host IS NOT NULL AND i.deleted_at IS NULL",
+        (group_id, instance_id),
+    ).fetchall()
+    return str(row[0]), frozenset(h[0] for h in hosts)
+
+
+class Placement:
+    """Filter/weigh over host records and the claim ledger; claim atomically; build; retry."""
+
+    def __init__(self, config: Config, catalog: Catalog, is_up: Callable[[str], bool]) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.is_up = is_up
+        s = config.scheduler
+        self.weights = Weights(s.ram_weight_multiplier, s.disk_weight_multiplier, s.vcpu_weight_multiplier,
+                               s.instance_count_weight_multiplier)
+
+    async def host_states(self) -> list[HostState]:
+        rows = await self.catalog.read(read_host_states)
+        return [
+            HostState(
+                name=r["name"], availability_zone=r["availability_zone"], enabled=r["enabled"],
+                up=self.is_up(r["name"]),
+                vcpus_capacity=r["capacity"]["vcpus"], vcpus_claimed=r["claimed"]["vcpus"],
+                memory_capacity_mb=r["capacity"]["memory_mb"], memory_claimed_mb=r["claimed"]["memory_mb"],
+                disk_capacity_gb=r["capacity"]["disk_gb"], disk_claimed_gb=r["claimed"]["disk_gb"],
+                instance_count=r["claimed"]["count"], hypervisor_type=r["hypervisor_type"], arch=r["arch"],
+                capabilities=r["capabilities"],
+            )
+            for r in rows
+        ]
+
+    async def request_for(self, inst: dict[str, Any], flavor: dict[str, Any] | None = None,
+                          **overrides: Any) -> RequestSpec:
+        flavor = flavor or inst["flavor"]
+        image = await self.catalog.read(
+            lambda c: c.execute("SELECT properties FROM images WHERE id=?", (inst["image_id"],)).fetchone()
+        )
+        props = json.loads(image[0]) if image else {}
+        policy, hosts = ("", frozenset[str]())
+        if inst.get("server_group_id"):
+            policy, hosts = await self.catalog.read(group_hosts, inst["server_group_id"], inst["id"])
+        spec = RequestSpec(
+            instance_id=inst["id"],
+            vcpus=int(flavor["vcpus"]),
+            memory_mb=int(flavor["ram_mb"]),
+            disk_gb=int(flavor["disk_gb"]) + int(flavor.get("ephemeral_gb", 0)),
+            availability_zone=inst.get("availability_zone"),
+            extra_specs=dict(flavor.get("extra_specs", {})),
+            image_properties={k: str(v) for k, v in props.items()},
+            group_policy=policy or None,
+            group_hosts=hosts,
+        )
+        return replace(spec, **overrides)
+
+    async def place(self, req: RequestSpec, build: Build, kind: str = "instance") -> str:
+        """Claim `req` on the best host and run `build(host)`; on failure release the claim and
+        try the next host, up to max_attempts. Returns the host that built it.
+
+        Raises NoValidHost (naming every host's reason) when no host is left; InvalidState /
+        NotFound from `build` (the instance was deleted meanwhile) stop at once.
+        """
+        tried: set[str] = set(req.tried_hosts)
+        failures: list[str] = []
+        for _ in range(self.config.scheduler.max_attempts):
+            hosts = await self.host_states()
+            selection = select(hosts, replace(req, tried_hosts=frozenset(tried)), self.config.scheduler.filters,
+                               self.weights)
+            if not selection.ranked:
+                raise NoValidHost(
+                    "No valid host was found. " + "; ".join([*failures, selection.explain()]),
+                    rejected=selection.rejected,
+                )
+            host = selection.ranked[0][0].name
+            try:
+                await self.catalog.propose(
+                    ClaimResources(instance_id=req.instance_id, kind=kind,
+                                   host=host, vcpus=req.vcpus, memory_mb=req.memory_mb, disk_gb=req.disk_gb,
+                                   created_at=now_iso())
+                )
+            except CapacityExceeded as exc:
+                tried.add(host)
+                failures.append(f"{host}: {exc.message}")
+                continue
+            try:
+                await build(host)
+            except (InvalidState, NotFound):
+                await self.release(req.instance_id, kind)
+                raise
+            except HvdError as exc:
+                log.warning("build of %s on %s failed: %s", req.instance_id, host, exc.message)
+                await self.release(req.instance_id, kind)
+                tried.add(host)
+                failures.append(f"{host}: {exc.message}")
+                continue
+            return host
+        raise NoValidHost(
+            f"Exceeded maximum number of retries ({self.config.scheduler.max_attempts}). " + "; ".join(failures)
+        )
+
+    async def release(self, instance_id: str, kind: str | None = None) -> None:
+        with contextlib.suppress(NotFound):  # already released: release is idempotent
+            await self.catalog.propose(ReleaseClaim(instance_id=instance_id, kind=kind))

@@ -1,0 +1,75 @@
+"""The local image store (Glance's default 'file' backend): one file per image id."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+CHUNK = 1 << 20
+
+
+class ImageStore:
+    """Files `<root>/<image id>`; writes land under a temporary name and are renamed when whole."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, image_id: str) -> Path:
+        return self.root / image_id
+
+    def partial_path(self, image_id: str) -> Path:
+        return self.root / f".{image_id}.partial"
+
+    async def write(self, image_id: str, chunks: AsyncIterator[bytes], max_bytes: int) -> tuple[int, str]:
+        """Store the stream as the image's data; returns (size, sha256 hex).
+
+        On any failure (including the stream passing `max_bytes`) nothing is left behind.
+        """
+        loop = asyncio.get_running_loop()
+        tmp = self.partial_path(image_id)
+        digest = hashlib.sha256()
+        size = 0
+        fh = await loop.run_in_executor(None, open, tmp, "wb")
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ValueError(f"image data is larger than the limit of {max_bytes} bytes")
+                digest.update(chunk)
+                await loop.run_in_executor(None, fh.write, chunk)
+            await loop.run_in_executor(None, os.fsync, fh.fileno())
+            fh.close()
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.path(image_id))
+        except BaseException:
+            fh.close()
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        return size, digest.hexdigest()
+
+    async def read(self, image_id: str) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        fh = await loop.run_in_executor(None, open, self.path(image_id), "rb")
+        try:
+            while True:
+                chunk = await loop.run_in_executor(None, fh.read, CHUNK)
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            fh.close()
+
+    def delete(self, image_id: str) -> None:
+        """Remove the image's data (and a partial upload); no error when already gone."""
+        for path in (self.path(image_id), self.partial_path(image_id)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def ids(self) -> set[str]:
+        return {p.name for p in self.root.iterdir() if not p.name.startswith(".")}

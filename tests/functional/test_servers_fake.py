@@ -1,0 +1,138 @@
+"""The servers API end to end over real HTTP and SQLite with the fake driver (fast paths and
+every invalid transition); real-VM behaviour is covered by tests/lab with libvirt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Api
+from tests.functional.compute_helpers import action, make_flavor, make_qcow2, upload_image, wait_server
+
+
+@pytest.fixture
+async def env(admin_api: Api, tmp_path: Path) -> dict[str, Any]:
+    image = await upload_image(admin_api, make_qcow2(tmp_path / "base.qcow2"), name="base")
+    flavor = await make_flavor(admin_api)
+    big = await make_flavor(admin_api, name="m1.small", vcpus=2, ram_mb=256, disk_gb=2)
+    return {"image": image, "flavor": flavor, "big": big}
+
+
+async def test_create_reaches_active_and_records_actions(admin_api: Api, env: dict[str, Any]) -> None:
+    status, server = await admin_api.call("POST", "/v1/servers?wait=true",
+                                          {"name": "vm1", "flavor": "m1.tiny", "image": "base"})
+    assert status == 202, server
+    assert server["status"] == "ACTIVE" and server["power_state"] == 1 and server["host"] == "hvd-test"
+    status, actions = await admin_api.call("GET", f"/v1/servers/{server['id']}/actions")
+    assert [a["action"] for a in actions["actions"]] == ["create"]
+    assert actions["actions"][0]["result"] == "success" and actions["actions"][0]["request_id"].startswith("req-")
+    status, hosts = await admin_api.call("GET", "/v1/hosts/hvd-test")
+    assert hosts["resources"]["memory_mb"]["claimed"] == 128 and hosts["instances"] == 1
+
+
+async def test_lifecycle_transitions_and_invalid_ones(admin_api: Api, env: dict[str, Any]) -> None:
+    _, server = await admin_api.call("POST", "/v1/servers?wait=true",
+                                     {"name": "vm2", "flavor": "m1.tiny", "image": "base"})
+    sid = server["id"]
+    expect = [
+        ("stop", "SHUTOFF"), ("start", "ACTIVE"), ("pause", "PAUSED"), ("unpause", "ACTIVE"),
+        ("suspend", "SUSPENDED"), ("resume", "ACTIVE"), ("rescue", "RESCUE"), ("unrescue", "ACTIVE"),
+    ]
+    for name, want in expect:
+        status, body = await action(admin_api, sid, name)
+        assert status == 202, (name, body)
+        assert body["status"] == want, (name, body)
+    status, body = await action(admin_api, sid, "reboot", {"type": "hard"})
+    assert status == 202 and body["status"] == "ACTIVE"
+    await action(admin_api, sid, "stop")
+    status, body = await action(admin_api, sid, "pause")
+    assert status == 409
+    assert body["error"]["message"] == f"Cannot 'pause' instance {sid} while it is in vm_state stopped"
+    _, after = await admin_api.call("GET", f"/v1/servers/{sid}")
+    assert after["status"] == "SHUTOFF" and after["task_state"] is None
+
+
+async def test_bad_requests_change_nothing(admin_api: Api, env: dict[str, Any]) -> None:
+    cases = [
+        ({"name": "x", "flavor": "nope", "image": "base"}, 404, "Flavor nope could not be found"),
+        ({"name": "x", "flavor": "m1.tiny", "image": "nope"}, 404, "Image nope could not be found"),
+        ({"name": "x", "flavor": "m1.tiny", "image": "base", "bogus": 1}, 400, "unknown field 'bogus'"),
+        ({"name": "x", "flavor": "m1.tiny", "image": "base", "key_name": "nokey"}, 400, "nokey"),
+        ({"name": "", "flavor": "m1.tiny", "image": "base"}, 400, "'name'"),
+    ]
+    for body, code, text in cases:
+        status, err = await admin_api.call("POST", "/v1/servers", body)
+        assert status == code, (body, err)
+        assert text in err["error"]["message"]
+    _, servers = await admin_api.call("GET", "/v1/servers")
+    assert servers["servers"] == []
+
+
+async def test_lock_refuses_members_but_not_admin(admin_api: Api, env: dict[str, Any]) -> None:
+    _, server = await admin_api.call("POST", "/v1/servers?wait=true",
+                                     {"name": "vm3", "flavor": "m1.tiny", "image": "base"})
+    status, body = await action(admin_api, server["id"], "lock")
+    assert status == 202 and body["locked"] is True
+    # admin ignores the lock
+    status, body = await action(admin_api, server["id"], "stop")
+    assert status == 202 and body["status"] == "SHUTOFF"
+
+
+async def test_snapshot_rebuild_resize_shelve(admin_api: Api, env: dict[str, Any]) -> None:
+    _, server = await admin_api.call("POST", "/v1/servers?wait=true",
+                                     {"name": "vm4", "flavor": "m1.tiny", "image": "base"})
+    sid = server["id"]
+    status, snap = await action(admin_api, sid, "snapshot", {"name": "snap1"})
+    assert status == 202, snap
+    _, image = await admin_api.call("GET", f"/v1/images/{snap['image_id']}")
+    assert image["status"] == "active" and image["properties"]["image_type"] == "snapshot"
+    status, body = await action(admin_api, sid, "rebuild", {"image": snap["image_id"]})
+    assert status == 202 and body["status"] == "ACTIVE" and body["image"]["id"] == snap["image_id"]
+    status, body = await action(admin_api, sid, "resize", {"flavor": "m1.small"})
+    assert status == 202 and body["status"] == "VERIFY_RESIZE" and body["flavor"]["name"] == "m1.small", body
+    status, body = await action(admin_api, sid, "revert-resize")
+    assert status == 202 and body["status"] == "ACTIVE" and body["flavor"]["name"] == "m1.tiny", body
+    await action(admin_api, sid, "resize", {"flavor": "m1.small"})
+    status, body = await action(admin_api, sid, "confirm-resize")
+    assert body["status"] == "ACTIVE" and body["flavor"]["name"] == "m1.small"
+    _, host = await admin_api.call("GET", "/v1/hosts/hvd-test")
+    assert host["resources"]["memory_mb"]["claimed"] == 256
+    status, body = await action(admin_api, sid, "shelve")
+    assert status == 202 and body["status"] == "SHELVED_OFFLOADED" and body["host"] is None, body
+    _, host = await admin_api.call("GET", "/v1/hosts/hvd-test")
+    assert host["resources"]["memory_mb"]["claimed"] == 0
+    _, images = await admin_api.call("GET", "/v1/images?name=vm4-shelved")
+    assert len(images["images"]) == 1
+    status, body = await action(admin_api, sid, "unshelve")
+    assert status == 202 and body["status"] == "ACTIVE" and body["host"] == "hvd-test", body
+    _, images = await admin_api.call("GET", "/v1/images?name=vm4-shelved")
+    assert images["images"] == []
+
+
+async def test_delete_from_any_state_is_idempotent(admin_api: Api, env: dict[str, Any]) -> None:
+    _, server = await admin_api.call("POST", "/v1/servers?wait=true",
+                                     {"name": "vm5", "flavor": "m1.tiny", "image": "base"})
+    await action(admin_api, server["id"], "pause")
+    status, _ = await admin_api.call("DELETE", f"/v1/servers/{server['id']}?wait=true")
+    assert status == 204
+    status, _ = await admin_api.call("GET", f"/v1/servers/{server['id']}")
+    assert status == 404
+    status, _ = await admin_api.call("DELETE", f"/v1/servers/{server['id']}")
+    assert status == 404
+    _, host = await admin_api.call("GET", "/v1/hosts/hvd-test")
+    assert host["resources"]["memory_mb"]["claimed"] == 0
+
+
+async def test_no_valid_host_names_the_reason(admin_api: Api, env: dict[str, Any]) -> None:
+    await make_flavor(admin_api, name="huge", vcpus=1, ram_mb=10_000_000, disk_gb=1)
+    await admin_api.call("PUT", "/v1/quotas/admin", {"quotas": {"ram": -1}})
+    status, server = await admin_api.call("POST", "/v1/servers?wait=true",
+                                          {"name": "vm6", "flavor": "huge", "image": "base"})
+    assert status == 202
+    assert server["status"] == "ERROR"
+    assert "No valid host" in server["fault"]["message"] and "RamFilter" in server["fault"]["message"]
+    _, host = await admin_api.call("GET", "/v1/hosts/hvd-test")
+    assert host["resources"]["memory_mb"]["claimed"] == 0
+    await wait_server(admin_api, server["id"])
