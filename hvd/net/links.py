@@ -62,8 +62,15 @@ class LinkOps:
             netns.create(step.name)
 
     def _DeleteNamespace(self, step: s.DeleteNamespace) -> None:
-        if step.name in netns.listnetns():
-            netns.remove(step.name)
+        if step.name not in netns.listnetns():
+            return
+        # The kernel destroys a namespace lazily (and never while a process holds it), so its
+        # veth pairs would outlive the unlink; deleting them first makes removal synchronous.
+        with self._ipr(step.name) as ipr:
+            for link in list(ipr.get_links()):
+                if link.get_attr("IFLA_IFNAME") != "lo":
+                    _tolerate_gone(lambda index=link["index"]: ipr.link("del", index=index))
+        netns.remove(step.name)
 
     def _CreateBridge(self, step: s.CreateBridge) -> None:
         with self._ipr() as ipr:

@@ -69,15 +69,21 @@ class Lab:
         _run("ip", "-n", full, "link", "set", "lo", "up")
         return full
 
-    def exec(
-        self, ns: str, *argv: str, check: bool = False, timeout: float = 30
-    ) -> subprocess.CompletedProcess[str]:
+    def exec(self, ns: str, *argv: str, check: bool = False, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["ip", "netns", "exec", ns, *argv], check=check, capture_output=True, text=True, timeout=timeout
         )
 
-    def ping(self, ns: str, address: str, count: int = 1) -> bool:
-        return self.exec(ns, "busybox", "ping", "-c", str(count), "-W", "1", address).returncode == 0
+    def ping(self, ns: str, address: str, attempts: int = 3) -> bool:
+        """True once an echo reply comes back; retried because the lab machine may be busy."""
+        for _ in range(attempts):
+            if self.exec(ns, "busybox", "ping", "-c", "1", "-W", "2", address).returncode == 0:
+                return True
+        return False
+
+    def blocked(self, ns: str, address: str) -> bool:
+        """True if two echo requests a second apart both go unanswered."""
+        return self.exec(ns, "busybox", "ping", "-c", "2", "-W", "1", address).returncode != 0
 
     def guest(self, host_ns: str, tap: str, mac: str, name: str) -> str:
         """A namespace standing in for a VM: `eth0` in it, its veth peer `tap` in `host_ns`
@@ -102,9 +108,7 @@ class Lab:
                 "esac\n"
             )
             script.chmod(0o755)
-        return self.exec(
-            ns, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-t", "5", "-T", "1", "-s", str(script)
-        )
+        return self.exec(ns, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-t", "5", "-T", "1", "-s", str(script))
 
     def cleanup(self) -> None:
         _stop_dnsmasqs(self.workdir)

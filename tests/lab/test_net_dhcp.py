@@ -122,9 +122,7 @@ async def test_guests_get_leases_and_ping_and_delete_is_exact(lab: Lab) -> None:
     assert set(after.links) == {tap_name(p.id) for p in vms}, "VM taps belong to the hypervisor"
     assert all(link.master is None for link in after.links.values())
     assert after.namespaces == {} and after.dhcp == {} and after.nft_tags == {}
-    assert (
-        dhcp_namespace(state.networks[0].id, lab.prefix) not in lab.exec(host, "ip", "netns", "list").stdout
-    )
+    assert dhcp_namespace(state.networks[0].id, lab.prefix) not in lab.exec(host, "ip", "netns", "list").stdout
     assert net.dnsmasq.running_pid(state.networks[0].id) is None
     assert await net.converge(empty) == []
 
