@@ -55,7 +55,11 @@ class LinkOps:
         handler = getattr(self, "_" + type(step).__name__, None)
         if handler is None:
             raise TypeError(f"{type(step).__name__} is not a netlink step")
-        handler(step)
+        try:
+            handler(step)
+        except NetlinkError as exc:
+            # Name the step: the kernel's errno alone ("Invalid argument") says too little.
+            raise NetError(f"{step}: {exc.args[-1] if exc.args else exc}") from exc
 
     def _CreateNamespace(self, step: s.CreateNamespace) -> None:
         if step.name not in netns.listnetns():
