@@ -79,9 +79,7 @@ def dnsmasq_argv(
         net = subnet.network
         tag = _tag(subnet)
         if net.version == 4:
-            argv.append(
-                f"--dhcp-range=set:{tag},{net.network_address},static,{net.netmask},{lease_seconds}s"
-            )
+            argv.append(f"--dhcp-range=set:{tag},{net.network_address},static,{net.netmask},{lease_seconds}s")
             if subnet.gateway:
                 argv.append(f"--dhcp-option=tag:{tag},option:router,{subnet.gateway}")
             else:
@@ -93,18 +91,14 @@ def dnsmasq_argv(
                 routes = ",".join(f"{r.destination},{r.nexthop}" for r in subnet.host_routes)
                 argv.append(f"--dhcp-option=tag:{tag},option:classless-static-route,{routes}")
         else:
-            argv.append(
-                f"--dhcp-range=set:{tag},{net.network_address},static,{net.prefixlen},{lease_seconds}s"
-            )
+            argv.append(f"--dhcp-range=set:{tag},{net.network_address},static,{net.prefixlen},{lease_seconds}s")
             if subnet.dns:
                 dns6 = ",".join(f"[{d}]" for d in subnet.dns)
                 argv.append(f"--dhcp-option=tag:{tag},option6:dns-server,{dns6}")
     return tuple(argv)
 
 
-def render_hosts(
-    ports: Sequence[PortSpec], subnets: Sequence[SubnetSpec], *, exclude: str | None = None
-) -> str:
+def render_hosts(ports: Sequence[PortSpec], subnets: Sequence[SubnetSpec], *, exclude: str | None = None) -> str:
     """`mac,hostname,ip` lines for every fixed IP of `ports` in a DHCP-enabled subnet.
 
     `exclude` is the DHCP port's own id. IPv6 addresses are bracketed as dnsmasq wants.

@@ -185,9 +185,7 @@ class LinkOps:
             found = ipr.link_lookup(ifname=step.device)
             if found:
                 _tolerate_gone(
-                    lambda: ipr.addr(
-                        "del", index=found[0], address=str(iface.ip), prefixlen=iface.network.prefixlen
-                    )
+                    lambda: ipr.addr("del", index=found[0], address=str(iface.ip), prefixlen=iface.network.prefixlen)
                 )
 
     def _AddRoute(self, step: s.AddRoute) -> None:
@@ -295,8 +293,7 @@ def _read_links(ipr: Any, *, with_addresses: bool = False) -> dict[str, Observed
             vxlan_dev=names.get(int(vxlan_link)) if vxlan_link else None,
             vxlan_learning=bool(attrs.get("IFLA_VXLAN_LEARNING", 0)),
             vlan_id=attrs.get("IFLA_VLAN_ID"),
-            bridge_nf_call=bool(attrs.get("IFLA_BR_NF_CALL_IPTABLES"))
-            and bool(attrs.get("IFLA_BR_NF_CALL_IP6TABLES")),
+            bridge_nf_call=bool(attrs.get("IFLA_BR_NF_CALL_IPTABLES")) and bool(attrs.get("IFLA_BR_NF_CALL_IP6TABLES")),
             addresses=frozenset(addresses.get(int(m["index"]), ())),
         )
     return links

@@ -116,9 +116,7 @@ class NetworkSpec:
         seg = self.segmentation_id
         if self.type == "vlan" and not (seg is not None and 1 <= seg <= 4094):
             raise ValueError(f"VLAN id {self.segmentation_id} is outside 1-4094")
-        if self.type == "vxlan" and not (
-            self.segmentation_id is not None and 1 <= self.segmentation_id < 2**24
-        ):
+        if self.type == "vxlan" and not (self.segmentation_id is not None and 1 <= self.segmentation_id < 2**24):
             raise ValueError(f"VNI {self.segmentation_id} is outside 1-16777215")
         if self.type in ("flat", "vlan") and not self.physical_nic:
             raise ValueError(f"{self.type} network {self.id} needs a physical_nic")
@@ -216,9 +214,7 @@ class PortSpec:
         return self.device_owner.startswith(COMPUTE_OWNER_PREFIX)
 
     def ips(self, version: int | None = None) -> tuple[str, ...]:
-        return tuple(
-            f.ip for f in self.fixed_ips if version is None or ipaddress.ip_address(f.ip).version == version
-        )
+        return tuple(f.ip for f in self.fixed_ips if version is None or ipaddress.ip_address(f.ip).version == version)
 
 
 @dataclass(frozen=True)

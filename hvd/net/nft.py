@@ -200,10 +200,9 @@ def render_security_ruleset(
         f"iifname vmap {{ {', '.join(from_map)} }}",
         f"oifname vmap {{ {', '.join(to_map)} }}",
     ]
-    bridge_body = (
-        _chain("forward", bridge_lines, header="type filter hook forward priority -200; policy accept;")
-        + "".join(bridge_chains)
-    )
+    bridge_body = _chain(
+        "forward", bridge_lines, header="type filter hook forward priority -200; policy accept;"
+    ) + "".join(bridge_chains)
     inet_body = (
         "".join(inet_sets)
         + _chain(
@@ -219,9 +218,7 @@ def render_security_ruleset(
     return _tagged(SG_TABLES, [bridge_body, inet_body])
 
 
-def render_router_nat(
-    router: RouterSpec, gateway_device: str, inside_cidrs: Sequence[str]
-) -> NftRuleset | None:
+def render_router_nat(router: RouterSpec, gateway_device: str, inside_cidrs: Sequence[str]) -> NftRuleset | None:
     """SNAT for the subnets behind the router and DNAT+SNAT per floating IP, out of `qg-`.
 
     Traffic between the router's own subnets is routed without translation.

@@ -133,9 +133,7 @@ def desired_layout(state: HostNetworkState) -> HostLayout:
             bridge=net.bridge,
             mac=port.mac,
             mtu=net.mtu,
-            addresses=frozenset(
-                by_id[f.subnet_id].interface(f.ip) for f in port.fixed_ips if f.subnet_id in by_id
-            ),
+            addresses=frozenset(by_id[f.subnet_id].interface(f.ip) for f in port.fixed_ips if f.subnet_id in by_id),
         )
         namespaces[netns] = NamespaceLayout(name=netns, veths=(veth,))
         argv = dnsmasq_argv(device, subnets, dhcp_paths(state.dhcp_dir, net.id), user=state.dnsmasq_user)
@@ -160,9 +158,7 @@ def desired_layout(state: HostNetworkState) -> HostLayout:
     )
 
 
-def _ensure_member(
-    name: str, bridge: str, mtu: int | None, obs: ObservedLink | None, out: list[s.Step]
-) -> None:
+def _ensure_member(name: str, bridge: str, mtu: int | None, obs: ObservedLink | None, out: list[s.Step]) -> None:
     if obs is None or obs.master != bridge:
         out.append(s.SetMaster(name, bridge))
     if mtu is not None and (obs is None or obs.mtu != mtu):
@@ -264,8 +260,7 @@ def plan_layout(layout: HostLayout, existing: ObservedDevices, netns_prefix: str
             deletes.append(s.DeleteLink(name))
             recreated.add(name)
         elif want is None and (
-            name.startswith(VXLAN_PREFIX)
-            or (obs.kind == "vlan" and (obs.master or "").startswith(BRIDGE_PREFIX))
+            name.startswith(VXLAN_PREFIX) or (obs.kind == "vlan" and (obs.master or "").startswith(BRIDGE_PREFIX))
         ):
             deletes.append(s.DeleteLink(name))
     for name in sorted(links):
@@ -355,9 +350,7 @@ def plan_orphans(
         if orphan_link or purge or isinstance(step, s.DeleteNamespace):
             steps.append(step)
     steps += [
-        s.DeleteLink(name)
-        for name in sorted(existing.links)
-        if name.startswith(TAP_PREFIX) and name not in known_taps
+        s.DeleteLink(name) for name in sorted(existing.links) if name.startswith(TAP_PREFIX) and name not in known_taps
     ]
     return [step for step in steps if owned(_subject(step))]
 

@@ -45,8 +45,11 @@ def lab_guard() -> Iterator[str]:
     if "unreachable" not in existing:
         if existing.strip():
             pytest.fail(f"root namespace already routes {LAB_CIDR}: {existing.strip()}")
-        _run("ip", "route", "add", "unreachable", LAB_CIDR)
-        added = True
+        result = _run("ip", "route", "add", "unreachable", LAB_CIDR, check=False)
+        # A concurrent session may have just added the same guard: then it is not ours to remove.
+        added = result.returncode == 0
+        if not added and "unreachable" not in _run("ip", "route", "show", LAB_CIDR).stdout:
+            pytest.fail(f"could not add the guard route for {LAB_CIDR}: {result.stderr.strip()}")
     try:
         yield LAB_CIDR
     finally:

@@ -123,9 +123,7 @@ def _port(pid: str, net: str, mac: str, ip: str, subnet: str, **kw: object) -> P
 
 
 GROUP = default_security_group("sg-default")
-WEB = SecurityGroupSpec(
-    "sg-web", (SecurityGroupRuleSpec("ingress", protocol="tcp", port_min=22, port_max=22),)
-)
+WEB = SecurityGroupSpec("sg-web", (SecurityGroupRuleSpec("ingress", protocol="tcp", port_min=22, port_max=22),))
 NETS = {
     "local": NetworkSpec("aaaaaaaa-0000-0000-0000-000000000001", "local"),
     "vxlan": NetworkSpec("bbbbbbbb-0000-0000-0000-000000000002", "vxlan", segmentation_id=1001, mtu=1450),
@@ -173,9 +171,7 @@ def _ports(key: str, n: int) -> list[PortSpec]:
 ROUTER = RouterSpec(
     "router-1",
     interfaces=(RouterInterface("rif-local-port", SUBNETS["local"].id, "10.1.0.1", "fa:16:3e:aa:00:01"),),
-    gateway=RouterGateway(
-        "rgw-port-id-0", NETS["flat"].id, SUBNETS["flat"].id, "192.0.2.10", "fa:16:3e:aa:00:02"
-    ),
+    gateway=RouterGateway("rgw-port-id-0", NETS["flat"].id, SUBNETS["flat"].id, "192.0.2.10", "fa:16:3e:aa:00:02"),
     floating_ips=(FloatingIp("10.1.0.10", "192.0.2.20"),),
 )
 
@@ -257,9 +253,7 @@ def test_deleting_a_network_removes_exactly_its_objects(removed: str) -> None:
     assert {n: x.master for n, x in a.links.items()} == {n: x.master for n, x in b.links.items()}
     assert a.fdb == b.fdb
     assert set(a.namespaces) == set(b.namespaces)
-    assert {k: (d.argv, d.hosts) for k, d in a.dhcp.items()} == {
-        k: (d.argv, d.hosts) for k, d in b.dhcp.items()
-    }
+    assert {k: (d.argv, d.hosts) for k, d in a.dhcp.items()} == {k: (d.argv, d.hosts) for k, d in b.dhcp.items()}
     assert NETS[removed].bridge not in a.links
 
 
@@ -296,6 +290,17 @@ def _after(state: HostNetworkState) -> ObservedDevices:
     return host.observed()
 
 
+def test_restricted_observation_keeps_foreign_objects_out_of_the_plan() -> None:
+    host = _fake()
+    _converge(host, FULL)
+    host.apply([s.CreateBridge("brqforeign0000", 1500), s.CreateNamespace("qdhcp-foreign")])
+    mine = {n.bridge for n in NETS.values()}
+    observed = host.observed().restricted(lambda name: not name.endswith("foreign") and name != "brqforeign0000")
+    assert plan_host(FULL, observed) == []
+    assert s.DeleteLink("brqforeign0000") in plan_host(FULL, host.observed())
+    assert mine <= set(observed.links)
+
+
 def test_new_port_reloads_dnsmasq_without_restart() -> None:
     host = _fake()
     state = _state(("local",), n=2)
@@ -329,10 +334,7 @@ def test_floating_ip_disassociation_removes_address_and_nat() -> None:
     _converge(host, FULL)
     without = replace(FULL, routers=(replace(ROUTER, floating_ips=()),))
     steps = _converge(host, without)
-    assert (
-        s.DeleteAddress(router_namespace("router-1"), router_gateway_name("rgw-port-id-0"), "192.0.2.20/32")
-        in steps
-    )
+    assert s.DeleteAddress(router_namespace("router-1"), router_gateway_name("rgw-port-id-0"), "192.0.2.20/32") in steps
     assert any(isinstance(x, s.ApplyNftRuleset) and x.netns == router_namespace("router-1") for x in steps)
 
 
@@ -497,9 +499,7 @@ def test_hosts_file_lists_every_port_but_the_dhcp_port() -> None:
     [
         (SecurityGroupRuleSpec("egress"), "return", "meta nfproto ipv4 return"),
         (
-            SecurityGroupRuleSpec(
-                "ingress", protocol="tcp", port_min=22, port_max=22, remote_cidr="10.0.0.0/8"
-            ),
+            SecurityGroupRuleSpec("ingress", protocol="tcp", port_min=22, port_max=22, remote_cidr="10.0.0.0/8"),
             "accept",
             "meta nfproto ipv4 meta l4proto tcp ip saddr 10.0.0.0/8 th dport 22 accept",
         ),
@@ -540,9 +540,7 @@ def test_security_ruleset_protects_ports_and_fills_member_sets() -> None:
         assert f"ip saddr != {port.fixed_ips[0].ip} drop" in text
     assert "udp sport 67 udp dport 68 drop" in text and "ct state established,related accept" in text
     assert "meta l4proto tcp th dport 22 accept" in text
-    assert render_security_ruleset(local, [GROUP, WEB], members=ports) == ruleset, (
-        "rendering is deterministic"
-    )
+    assert render_security_ruleset(local, [GROUP, WEB], members=ports) == ruleset, "rendering is deterministic"
     unprotected = [replace(p, port_security_enabled=False) for p in local]
     assert render_security_ruleset(unprotected, [GROUP]) is None
 
@@ -550,9 +548,7 @@ def test_security_ruleset_protects_ports_and_fills_member_sets() -> None:
 def test_security_ruleset_changes_with_rules_only() -> None:
     port = _ports("local", 1)[1]
     a = render_security_ruleset([port], [GROUP])
-    b = render_security_ruleset(
-        [port], [replace(GROUP, rules=(*GROUP.rules, SecurityGroupRuleSpec("ingress")))]
-    )
+    b = render_security_ruleset([port], [replace(GROUP, rules=(*GROUP.rules, SecurityGroupRuleSpec("ingress")))])
     assert a is not None and b is not None and a.tag != b.tag
 
 
