@@ -300,7 +300,9 @@ class ComputeDriver(abc.ABC):
 
     @abc.abstractmethod
     async def list_domains(self) -> dict[str, PowerState]:
-        """UUID → power state of every hvd domain (name ``instance-*``) on this host."""
+        """UUID → power state of every domain of this driver: named ``instance-*`` and with its
+        disks under this driver's instances_path (so hvd daemons or test suites sharing one
+        hypervisor never see, and never clean up, each other's domains)."""
 
     @abc.abstractmethod
     async def console_log(self, uuid: str, lines: int | None = None) -> str:

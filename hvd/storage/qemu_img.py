@@ -45,9 +45,7 @@ def create_argv(path: Path | str, fmt: str, size_bytes: int) -> list[str]:
     return [QEMU_IMG, "create", "-f", fmt, _p(path), str(size_bytes)]
 
 
-def create_overlay_argv(
-    base: Path | str, path: Path | str, size_bytes: int | None, backing_fmt: str
-) -> list[str]:
+def create_overlay_argv(base: Path | str, path: Path | str, size_bytes: int | None, backing_fmt: str) -> list[str]:
     """A qcow2 overlay on ``base``; ``size_bytes`` None keeps the base's virtual size."""
     argv = [QEMU_IMG, "create", "-f", "qcow2", "-F", qemu_format(backing_fmt), "-b", _p(base), _p(path)]
     if size_bytes is not None:
@@ -182,7 +180,7 @@ def _describe(argv: Sequence[str]) -> str:
     return " ".join(tool[:2])
 
 
-async def run(argv: Sequence[str], timeout: float | None = 3600.0) -> bytes:
+async def run(argv: Sequence[str], timeout: float | None = 3600.0, env: Mapping[str, str] | None = None) -> bytes:
     """Exec ``argv`` (never through a shell); return stdout, raise DriverError on failure.
 
     On timeout the process is killed and Timeout is raised.
@@ -193,6 +191,7 @@ async def run(argv: Sequence[str], timeout: float | None = 3600.0) -> bytes:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            env=None if env is None else dict(env),
         )
     except OSError as exc:
         raise DriverError(f"cannot run {argv[0]}: {exc}") from exc
@@ -220,9 +219,7 @@ async def create(path: Path | str, fmt: str, size_bytes: int) -> None:
     await run(create_argv(path, fmt, size_bytes), timeout=120)
 
 
-async def create_overlay(
-    base: Path | str, path: Path | str, size_bytes: int | None, backing_fmt: str
-) -> None:
+async def create_overlay(base: Path | str, path: Path | str, size_bytes: int | None, backing_fmt: str) -> None:
     await run(create_overlay_argv(base, path, size_bytes, backing_fmt), timeout=120)
 
 

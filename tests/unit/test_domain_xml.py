@@ -90,9 +90,7 @@ def test_root_disk_only() -> None:
 
 
 def test_disk_order_root_eph_swap_config_drive_last() -> None:
-    spec = make_spec(
-        ephemeral_gb=1, swap_mb=512, config_drive=Path(f"/var/lib/hvd/instances/{UUID}/disk.config")
-    )
+    spec = make_spec(ephemeral_gb=1, swap_mb=512, config_drive=Path(f"/var/lib/hvd/instances/{UUID}/disk.config"))
     d = spec.instance_dir
     assert disks(parse(spec)) == [
         ("vda", f"{d}/disk", "qcow2"),

@@ -1,0 +1,347 @@
+"""An in-process compute driver with the same contract as the libvirt driver.
+
+For unit and functional tests (many daemons in one process) and scale benchmarks: every call is a
+few dict operations, plus small files when ``instances_path`` is given (so tests of cleanup see the
+same files as with libvirt). Failures are injected per method with ``fail(...)``; a guest that
+ignores ACPI is simulated with ``set_acpi(uuid, False)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hvd.compute.lifecycle import PowerState
+from hvd.drivers.base import (
+    CONSOLE_LOG,
+    DISK,
+    DISK_EPH0,
+    DISK_RESCUE,
+    DISK_SWAP,
+    DOMAIN_XML,
+    Capabilities,
+    ComputeDriver,
+    EventHub,
+    EventStream,
+    HostResources,
+    InstanceSpec,
+    Nic,
+)
+from hvd.drivers.libvirt.xml import disk_layout, domain_xml
+from hvd.errors import BadRequest, Conflict, DriverError, HvdError, InvalidState, NotFound
+from hvd.storage import qemu_img
+
+GIB = 1 << 30
+
+
+@dataclass
+class FakeDomain:
+    """The fake hypervisor's view of one domain."""
+
+    spec: InstanceSpec
+    power: PowerState = PowerState.SHUTDOWN
+    managed_save: bool = False
+    acpi: bool = True  # does the guest power off on an ACPI power-button press?
+    boots: int = 0
+    nics: list[Nic] = field(default_factory=list)
+
+
+class FakeDriver(ComputeDriver):
+    """Fake hypervisor. ``image_sizes`` maps image paths to virtual sizes (for the root_gb check)."""
+
+    def __init__(
+        self,
+        instances_path: Path | None = None,
+        *,
+        resources: HostResources | None = None,
+        capabilities: Capabilities | None = None,
+        image_sizes: dict[Path, int] | None = None,
+    ) -> None:
+        self.instances_path = instances_path
+        self.domains: dict[str, FakeDomain] = {}
+        self.image_sizes = image_sizes if image_sizes is not None else {}
+        self.calls: dict[str, int] = defaultdict(int)
+        self._caps = capabilities or Capabilities(supports_live_migration=False, supports_attach_interface=True)
+        self._resources = resources or HostResources(
+            vcpus=os.cpu_count() or 1,
+            memory_mib=16384,
+            disk_gb=500,
+            hypervisor_type="fake",
+            hypervisor_version=1000,
+            arch="x86_64",
+            cpu_model="fake",
+            hostname=os.uname().nodename,
+        )
+        self._failures: dict[str, list[HvdError]] = defaultdict(list)
+        self._hub = EventHub()
+
+    # --- test hooks ---------------------------------------------------------------------------
+
+    def fail(self, method: str, error: HvdError | None = None, times: int = 1) -> None:
+        """Make the next ``times`` calls of ``method`` raise ``error`` (default DriverError).
+
+        spawn fails after its disks and domain exist, so the cleanup postcondition is exercised.
+        """
+        for _ in range(times):
+            self._failures[method].append(error or DriverError(f"injected failure in {method}"))
+
+    def set_acpi(self, uuid: str, responds: bool) -> None:
+        """Simulate a guest that ignores (or honours) the ACPI power button."""
+        self._get(uuid).acpi = responds
+
+    def _maybe_fail(self, method: str) -> None:
+        self.calls[method] += 1
+        if self._failures.get(method):
+            raise self._failures[method].pop(0)
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _get(self, uuid: str) -> FakeDomain:
+        dom = self.domains.get(uuid)
+        if dom is None:
+            raise NotFound(f"no domain for instance {uuid} on this host", uuid=uuid)
+        return dom
+
+    def _set_power(self, dom: FakeDomain, power: PowerState) -> None:
+        if dom.power == power:
+            return
+        dom.power = power
+        self._hub.publish(dom.spec.uuid, power)
+
+    def _console(self, dom: FakeDomain, line: str) -> None:
+        if self.instances_path is not None and dom.spec.instance_dir.is_dir():
+            with dom.spec.path(CONSOLE_LOG).open("a") as f:
+                f.write(line + "\n")
+
+    def _boot(self, dom: FakeDomain) -> None:
+        dom.boots += 1
+        if self.instances_path is not None and dom.spec.instance_dir.is_dir():
+            # QEMU truncates a file console at every start; so does the fake.
+            dom.spec.path(CONSOLE_LOG).write_text("")
+        disks = " ".join(d.dev for d in disk_layout(dom.spec))
+        self._console(dom, f"FAKE boot {dom.boots}")
+        self._console(dom, f"FAKE disks={disks}")
+        self._set_power(dom, PowerState.RUNNING)
+
+    def _write_files(self, spec: InstanceSpec) -> None:
+        if self.instances_path is None:
+            return
+        spec.instance_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        spec.path(DISK).touch()
+        if spec.ephemeral_gb:
+            spec.path(DISK_EPH0).touch()
+        if spec.swap_mb:
+            spec.path(DISK_SWAP).touch()
+        if spec.rescue:
+            spec.path(DISK_RESCUE).touch()
+        spec.path(DOMAIN_XML).write_text(domain_xml(spec, "qemu"))
+
+    def _instance_dir(self, target: InstanceSpec | str) -> Path | None:
+        if isinstance(target, InstanceSpec):
+            return target.instance_dir
+        return None if self.instances_path is None else self.instances_path / target
+
+    # --- ComputeDriver --------------------------------------------------------------------------
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._caps
+
+    async def close(self) -> None:
+        self._hub.close()
+
+    async def host_resources(self) -> HostResources:
+        self._maybe_fail("host_resources")
+        return self._resources
+
+    async def spawn(self, spec: InstanceSpec) -> None:
+        if spec.uuid in self.domains:
+            raise Conflict(f"a domain for instance {spec.uuid} already exists on this host")
+        if self.instances_path is not None and not spec.image_path.exists():
+            raise DriverError(f"image {spec.image_path} is not in the cache")
+        size = self.image_sizes.get(spec.image_path, 0)
+        if spec.root_gb and size > spec.root_gb * GIB:
+            raise BadRequest(f"image of {size} bytes does not fit in a {spec.root_gb} GB root disk")
+        self._write_files(spec)
+        dom = FakeDomain(spec=spec, nics=list(spec.nics))
+        self.domains[spec.uuid] = dom
+        try:
+            self._maybe_fail("spawn")
+        except HvdError:
+            await self.destroy(spec)
+            raise
+        self._boot(dom)
+
+    async def destroy(self, target: InstanceSpec | str, keep_disks: bool = False) -> None:
+        self._maybe_fail("destroy")
+        uuid = target.uuid if isinstance(target, InstanceSpec) else target
+        dom = self.domains.pop(uuid, None)
+        if dom is not None:
+            self._set_power(dom, PowerState.NOSTATE)
+        directory = self._instance_dir(target)
+        if not keep_disks and directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    async def power_off(self, uuid: str, timeout: float) -> None:
+        self._maybe_fail("power_off")
+        dom = self._get(uuid)
+        dom.managed_save = False
+        if dom.power in (PowerState.SHUTDOWN, PowerState.NOSTATE, PowerState.SUSPENDED):
+            self._set_power(dom, PowerState.SHUTDOWN)
+            return
+        if timeout > 0 and not (dom.acpi and dom.power == PowerState.RUNNING):
+            await asyncio.sleep(timeout)  # the guest ignores the button: wait, then pull the plug
+        self._console(dom, "FAKE poweroff")
+        self._set_power(dom, PowerState.SHUTDOWN)
+
+    async def power_on(self, spec: InstanceSpec) -> None:
+        self._maybe_fail("power_on")
+        dom = self._get(spec.uuid)
+        if dom.power == PowerState.RUNNING:
+            return
+        if dom.power in (PowerState.PAUSED, PowerState.SUSPENDED):
+            raise InvalidState(f"instance {spec.uuid} is {dom.power.name.lower()}; unpause/resume it")
+        dom.spec = spec
+        self._write_files(spec)
+        self._boot(dom)
+
+    async def reboot(self, target: InstanceSpec | str, hard: bool, timeout: float) -> None:
+        self._maybe_fail("reboot")
+        uuid = target.uuid if isinstance(target, InstanceSpec) else target
+        dom = self._get(uuid)
+        if not hard:
+            if dom.power != PowerState.RUNNING:
+                raise InvalidState(f"cannot soft reboot instance {uuid}: it is not running")
+            if not dom.acpi:
+                await asyncio.sleep(timeout)  # fall back to a hard reboot after the timeout
+        self._set_power(dom, PowerState.SHUTDOWN)
+        dom.managed_save = False
+        if isinstance(target, InstanceSpec):
+            dom.spec = target
+            self._write_files(target)
+        self._boot(dom)
+
+    async def pause(self, uuid: str) -> None:
+        self._maybe_fail("pause")
+        dom = self._get(uuid)
+        if dom.power == PowerState.PAUSED:
+            return
+        if dom.power != PowerState.RUNNING:
+            raise InvalidState(f"cannot pause instance {uuid}: it is not running")
+        self._set_power(dom, PowerState.PAUSED)
+
+    async def unpause(self, uuid: str) -> None:
+        self._maybe_fail("unpause")
+        dom = self._get(uuid)
+        if dom.power == PowerState.RUNNING:
+            return
+        if dom.power != PowerState.PAUSED:
+            raise InvalidState(f"cannot unpause instance {uuid}: it is not paused")
+        self._set_power(dom, PowerState.RUNNING)
+
+    async def suspend(self, uuid: str) -> None:
+        self._maybe_fail("suspend")
+        dom = self._get(uuid)
+        if dom.power == PowerState.SUSPENDED:
+            return
+        if dom.power not in (PowerState.RUNNING, PowerState.PAUSED):
+            raise InvalidState(f"cannot suspend instance {uuid}: it is not running")
+        dom.managed_save = True
+        self._set_power(dom, PowerState.SUSPENDED)
+
+    async def resume(self, uuid: str) -> None:
+        self._maybe_fail("resume")
+        dom = self._get(uuid)
+        if dom.power == PowerState.RUNNING:
+            return
+        if not dom.managed_save:
+            raise InvalidState(f"cannot resume instance {uuid}: it has no saved state")
+        dom.managed_save = False
+        self._set_power(dom, PowerState.RUNNING)
+
+    async def rescue(
+        self, spec: InstanceSpec, rescue_image: Path | None = None, rescue_format: str | None = None
+    ) -> None:
+        self._maybe_fail("rescue")
+        dom = self._get(spec.uuid)
+        if dom.spec.rescue and dom.power == PowerState.RUNNING:
+            return
+        rescue_spec = _replace(spec, rescue=True)
+        self._set_power(dom, PowerState.SHUTDOWN)
+        dom.managed_save = False
+        dom.spec = rescue_spec
+        self._write_files(rescue_spec)
+        self._boot(dom)
+
+    async def unrescue(self, spec: InstanceSpec) -> None:
+        self._maybe_fail("unrescue")
+        dom = self._get(spec.uuid)
+        normal = _replace(spec, rescue=False)
+        if not dom.spec.rescue and dom.power == PowerState.RUNNING:
+            return
+        self._set_power(dom, PowerState.SHUTDOWN)
+        if self.instances_path is not None:
+            normal.path(DISK_RESCUE).unlink(missing_ok=True)
+        dom.spec = normal
+        self._write_files(normal)
+        self._boot(dom)
+
+    async def snapshot(self, uuid: str, dest_path: Path) -> None:
+        dom = self._get(uuid)
+        before = dom.power
+        if before == PowerState.RUNNING:
+            self._set_power(dom, PowerState.PAUSED)
+        try:
+            self._maybe_fail("snapshot")
+            tmp = dest_path.with_name(f".{dest_path.name}.part")
+            if dom.spec.image_path.is_file():
+                # a real qcow2 of the base, so callers can inspect and boot the snapshot image
+                await qemu_img.convert(dom.spec.image_path, tmp, dom.spec.image_format, "qcow2")
+            else:
+                tmp.write_bytes(b"QFI\xfb fake snapshot of " + uuid.encode())
+            tmp.rename(dest_path)
+        finally:
+            if before == PowerState.RUNNING:
+                self._set_power(dom, PowerState.RUNNING)
+
+    async def get_power_state(self, uuid: str) -> PowerState:
+        self._maybe_fail("get_power_state")
+        return self._get(uuid).power
+
+    async def list_domains(self) -> dict[str, PowerState]:
+        self._maybe_fail("list_domains")
+        return {uuid: dom.power for uuid, dom in self.domains.items()}
+
+    async def console_log(self, uuid: str, lines: int | None = None) -> str:
+        dom = self._get(uuid)
+        if self.instances_path is None:
+            text = f"FAKE boot {dom.boots}\n"
+        else:
+            try:
+                text = dom.spec.path(CONSOLE_LOG).read_text(errors="replace")
+            except FileNotFoundError:
+                text = ""
+        return text if lines is None else "".join(text.splitlines(keepends=True)[-lines:])
+
+    async def attach_interface(self, uuid: str, nic: Nic) -> None:
+        self._maybe_fail("attach_interface")
+        dom = self._get(uuid)
+        if all(n.mac != nic.mac for n in dom.nics):
+            dom.nics.append(nic)
+
+    async def detach_interface(self, uuid: str, nic: Nic) -> None:
+        self._maybe_fail("detach_interface")
+        dom = self._get(uuid)
+        dom.nics = [n for n in dom.nics if n.mac != nic.mac]
+
+    def events(self) -> EventStream:
+        return self._hub.subscribe()
+
+
+def _replace(spec: InstanceSpec, **changes: object) -> InstanceSpec:
+    return dataclasses.replace(spec, **changes)  # type: ignore[arg-type]

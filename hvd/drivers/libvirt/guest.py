@@ -1,0 +1,194 @@
+"""Blocking helpers on one libvirt domain; they run in LibvirtHost's worker threads only.
+
+Each function takes the connection first (``LibvirtHost.call`` passes it) and does a short
+sequence of libvirt calls, so one operation costs one hop to a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import xml.etree.ElementTree as ET
+from typing import Any
+
+import libvirt
+
+from hvd.compute.lifecycle import PowerState
+from hvd.drivers.base import DOMAIN_PREFIX
+
+# libvirt domain state → power state, as Nova's libvirt driver maps it.
+_STATE = {
+    libvirt.VIR_DOMAIN_NOSTATE: PowerState.NOSTATE,
+    libvirt.VIR_DOMAIN_RUNNING: PowerState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: PowerState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: PowerState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: PowerState.SHUTDOWN,
+    libvirt.VIR_DOMAIN_SHUTOFF: PowerState.SHUTDOWN,
+    libvirt.VIR_DOMAIN_CRASHED: PowerState.CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: PowerState.SUSPENDED,
+}
+
+UNDEFINE_FLAGS = (
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+)
+
+
+def power_of(dom: Any) -> PowerState:
+    """Power state of a domain; shut off with a managed-save image reads SUSPENDED."""
+    state, _reason = dom.state()
+    if state == libvirt.VIR_DOMAIN_SHUTOFF and dom.hasManagedSaveImage(0):
+        return PowerState.SUSPENDED
+    return _STATE.get(state, PowerState.NOSTATE)
+
+
+def event_power(event: int, detail: int) -> PowerState | None:
+    """Power state after a lifecycle event; None for events that do not change it."""
+    if event in (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_RESUMED):
+        return PowerState.RUNNING
+    if event == libvirt.VIR_DOMAIN_EVENT_SUSPENDED:
+        return PowerState.PAUSED
+    if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+        if detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_SAVED:
+            return PowerState.SUSPENDED
+        if detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED:
+            return PowerState.CRASHED
+        return PowerState.SHUTDOWN
+    if event == libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED:
+        return PowerState.SUSPENDED
+    if event == libvirt.VIR_DOMAIN_EVENT_CRASHED:
+        return PowerState.CRASHED
+    if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
+        return PowerState.NOSTATE
+    return None  # DEFINED, SHUTDOWN (a STOPPED follows), migration-only events
+
+
+def lookup(conn: Any, uuid: str) -> Any:
+    return conn.lookupByUUIDString(uuid)
+
+
+def lookup_or_none(conn: Any, uuid: str) -> Any:
+    try:
+        return conn.lookupByUUIDString(uuid)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
+
+
+def get_power(conn: Any, uuid: str) -> PowerState:
+    return power_of(lookup(conn, uuid))
+
+
+def owns(dom: Any, instances_path: str) -> bool:
+    """Is ``dom`` an hvd domain of this host: named ``instance-*`` with a disk under
+    ``instances_path``? Several daemons or test suites sharing a libvirtd never claim each other's."""
+    if not dom.name().startswith(DOMAIN_PREFIX):
+        return False
+    prefix = instances_path.rstrip("/") + "/"
+    root = ET.fromstring(dom.XMLDesc(0))
+    return any(src.get("file", "").startswith(prefix) for src in root.iterfind("devices/disk/source"))
+
+
+def list_power(conn: Any, instances_path: str) -> dict[str, PowerState]:
+    out: dict[str, PowerState] = {}
+    for dom in conn.listAllDomains(0):
+        try:
+            if owns(dom, instances_path):
+                out[dom.UUIDString()] = power_of(dom)
+        except libvirt.libvirtError as exc:
+            # A domain undefined between the listing and the query is simply not there.
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+    return out
+
+
+def define(conn: Any, xml: str) -> Any:
+    """Define (or redefine) a persistent domain, validating the XML against libvirt's schema."""
+    return conn.defineXMLFlags(xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
+
+
+def force_off(dom: Any) -> None:
+    """Pull the plug if running or paused; no-op when off."""
+    if dom.isActive():
+        try:
+            dom.destroy()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # stopped meanwhile
+                raise
+
+
+def discard_saved_state(dom: Any) -> None:
+    if dom.hasManagedSaveImage(0):
+        dom.managedSaveRemove(0)
+
+
+def destroy_and_undefine(conn: Any, uuid: str) -> bool:
+    """Force off and undefine; False when there was no such domain."""
+    dom = lookup_or_none(conn, uuid)
+    if dom is None:
+        return False
+    try:
+        force_off(dom)
+        dom.undefineFlags(UNDEFINE_FLAGS)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise
+    return True
+
+
+def redefine_and_start(conn: Any, uuid: str, xml: str | None) -> None:
+    """Force off, drop saved state, redefine with ``xml`` when given, boot."""
+    dom = lookup(conn, uuid)
+    force_off(dom)
+    discard_saved_state(dom)
+    if xml is not None:
+        dom = define(conn, xml)
+    dom.create()
+
+
+def acpi_shutdown(conn: Any, uuid: str) -> None:
+    dom = lookup(conn, uuid)
+    with contextlib.suppress(libvirt.libvirtError):  # the guest may have gone off meanwhile
+        dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+
+
+def disk_sources(conn: Any, uuid: str) -> list[str]:
+    """Files of the domain's disks in device order (from its live or inactive XML)."""
+    root = ET.fromstring(lookup(conn, uuid).XMLDesc(0))
+    return [src.get("file", "") for src in root.iterfind("devices/disk/source")]
+
+
+def macs(conn: Any, uuid: str, inactive: bool = False) -> list[str]:
+    """MACs of the domain's interfaces: live definition, or the persistent one (``inactive``)."""
+    flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+    root = ET.fromstring(lookup(conn, uuid).XMLDesc(flags))
+    return [m.get("address", "") for m in root.iterfind("devices/interface/mac")]
+
+
+def change_interface(conn: Any, uuid: str, mac: str, xml: str, attach: bool) -> bool:
+    """Attach/detach an interface where it is missing/present (live and persistent definitions).
+
+    Returns True when a live change was requested (a live detach completes only once the guest
+    releases the device).
+    """
+    dom = lookup(conn, uuid)
+    live = bool(dom.isActive()) and ((mac in macs(conn, uuid)) != attach)
+    config = (mac in macs(conn, uuid, inactive=True)) != attach
+    flags = (libvirt.VIR_DOMAIN_AFFECT_LIVE if live else 0) | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if config else 0)
+    if flags:
+        (dom.attachDeviceFlags if attach else dom.detachDeviceFlags)(xml, flags)
+    return live
+
+
+def host_facts(conn: Any) -> dict[str, Any]:
+    model, memory_mib, cpus, *_rest = conn.getInfo()
+    return {
+        "model": model,
+        "memory_mib": memory_mib,
+        "cpus": cpus,
+        "version": conn.getVersion(),
+        "hostname": conn.getHostname(),
+        "capabilities": conn.getCapabilities(),
+    }

@@ -1,0 +1,525 @@
+"""One contract suite for every ComputeDriver: the fake, and libvirt booting the real test guest.
+
+The libvirt half (marker ``libvirt``) uses qemu:///system with ``virt_type="qemu"`` (TCG), an
+instances_path under /var/tmp that libvirt-qemu can traverse, and domain names from a random id
+base (``instance-7eXXXXnn``) so concurrent suites of other engineers never collide. Guests get no
+NIC except in the NIC test, whose bridge has no uplink and no address (nothing leaves the host).
+Timings are written to /var/tmp/hvd-contract-timings.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+import shutil
+import subprocess
+import time
+import uuid as uuidlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from hvd.compute.lifecycle import PowerState
+from hvd.drivers.base import DISK, DISK_RESCUE, DOMAIN_XML, ComputeDriver, InstanceSpec, Nic
+from hvd.drivers.fake import FakeDriver
+from hvd.errors import BadRequest, Conflict, InvalidState, NotFound
+from hvd.storage import qemu_img
+from hvd.storage.config_drive import drive_files, render_meta_data, write_config_drive
+from hvd.storage.image_cache import ImageCache
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+BOOT_TIMEOUT = 90.0
+SHUTDOWN_TIMEOUT = 30.0
+ID_BASE = 0x7E000000 + secrets.randbelow(0xFFFF) * 0x100
+TIMINGS: dict[str, list[float]] = {}
+_ids = iter(range(ID_BASE, ID_BASE + 0x100))
+
+
+def timed(name: str, seconds: float) -> None:
+    TIMINGS.setdefault(name, []).append(round(seconds, 3))
+
+
+@dataclass
+class Env:
+    """A driver plus what the tests need to tell what the guest did."""
+
+    kind: str
+    driver: ComputeDriver
+    instances_path: Path
+    cache: ImageCache
+    image_path: Path
+    image_format: str
+    created: list[InstanceSpec] = field(default_factory=list)
+
+    def spec(self, **overrides: Any) -> InstanceSpec:
+        uuid = str(uuidlib.uuid4())
+        base = InstanceSpec(
+            uuid=uuid,
+            instance_id=next(_ids),
+            name=f"contract-{uuid[:8]}",
+            hostname=f"vm-{uuid[:8]}",
+            vcpus=1,
+            memory_mib=128,
+            root_gb=1,
+            image_id="hvd-guest",
+            image_path=self.image_path,
+            image_format=self.image_format,
+            instance_dir=self.instances_path / uuid,
+        )
+        spec = replace(base, **overrides)
+        self.created.append(spec)
+        return spec
+
+    @property
+    def real(self) -> bool:
+        return self.kind == "libvirt"
+
+    async def console_line(self, spec: InstanceSpec, pattern: str, timeout: float = BOOT_TIMEOUT) -> str:
+        """The first console line matching ``pattern`` (waits for the real guest)."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + (timeout if self.real else 0)
+        while True:
+            for line in (await self.driver.console_log(spec.uuid)).splitlines():
+                if regex.search(line):
+                    return line.rstrip("\r")
+            if time.monotonic() >= deadline:
+                tail = await self.driver.console_log(spec.uuid, 20)
+                raise AssertionError(f"no console line matching {pattern!r}; tail:\n{tail}")
+            await asyncio.sleep(0.1)
+
+    async def booted(self, spec: InstanceSpec) -> None:
+        await self.console_line(spec, r"HVD-GUEST ready" if self.real else r"FAKE boot")
+
+    async def disks(self, spec: InstanceSpec) -> list[str]:
+        line = await self.console_line(spec, r"(HVD-GUEST|FAKE) disks=")
+        return line.split("disks=", 1)[1].split()
+
+    def ignore_acpi(self, spec: InstanceSpec) -> None:
+        # A real guest that has just been spawned is still in the BIOS: it cannot honour ACPI.
+        if isinstance(self.driver, FakeDriver):
+            self.driver.set_acpi(spec.uuid, False)
+
+    async def macs(self, spec: InstanceSpec) -> list[str]:
+        if isinstance(self.driver, FakeDriver):
+            return [n.mac for n in self.driver.domains[spec.uuid].nics]
+        from hvd.drivers.libvirt import guest
+
+        return await self.driver.host.call(guest.macs, spec.uuid)  # type: ignore[attr-defined,no-any-return]
+
+    async def spawned(self, **overrides: Any) -> InstanceSpec:
+        spec = self.spec(**overrides)
+        started = time.monotonic()
+        await self.driver.spawn(spec)
+        timed("spawn_to_running_s", time.monotonic() - started)
+        return spec
+
+
+def _libvirt_reachable() -> str | None:
+    try:
+        import libvirt
+    except ImportError:
+        return "libvirt-python not installed"
+    try:
+        libvirt.open("qemu:///system").close()
+    except libvirt.libvirtError as exc:
+        return f"libvirtd not reachable at qemu:///system: {exc}"
+    return None
+
+
+async def _copy(src: Path, dest: Path) -> None:
+    await asyncio.to_thread(shutil.copyfile, src, dest)
+
+
+@pytest_asyncio.fixture(
+    scope="module",
+    loop_scope="module",
+    params=["fake", pytest.param("libvirt", marks=[pytest.mark.libvirt, pytest.mark.slow])],
+)
+async def shared_env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
+    """One driver (one libvirt connection) per backend for the whole module."""
+    kind: str = request.param
+    root = Path("/var/tmp") / f"hvd-contract-{kind}-{secrets.token_hex(4)}"
+    root.mkdir(mode=0o755)
+    instances = root / "instances"
+    instances.mkdir(mode=0o755)
+    cache = ImageCache(instances, force_raw=True)
+    driver: ComputeDriver
+    if kind == "fake":
+        image = cache.path_for("hvd-guest")
+        image.parent.mkdir(mode=0o755)
+        image.write_bytes(b"fake image")
+        driver = FakeDriver(instances)
+        fmt = "raw"
+    else:
+        reason = _libvirt_reachable()
+        if reason:
+            shutil.rmtree(root)
+            pytest.skip(reason)
+        from hvd.drivers.libvirt.driver import LibvirtDriver
+        from tests.guest.helpers import guest_image_path
+
+        source = guest_image_path()
+        started = time.monotonic()
+        image = await cache.ensure_cached("hvd-guest", lambda dest: _copy(source, dest), "qcow2")
+        timed("image_cache_fetch_and_convert_s", time.monotonic() - started)
+        fmt = cache.format_of("qcow2")
+        driver = LibvirtDriver(instances, "qemu:///system", "qemu")
+    await driver.start()
+    yield Env(kind, driver, instances, cache, image, fmt)
+    await driver.close()
+    shutil.rmtree(root, ignore_errors=True)
+    out = Path("/var/tmp/hvd-contract-timings.json")
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    previous[kind] = TIMINGS.copy()
+    out.write_text(json.dumps(previous, indent=1))
+    TIMINGS.clear()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def env(shared_env: Env) -> AsyncIterator[Env]:
+    """The shared driver; every instance a test creates is destroyed when the test ends (TCG guests
+    left running would slow the next tests down on a 2-core machine)."""
+    yield shared_env
+    created, shared_env.created = shared_env.created, []
+    for spec in created:
+        try:
+            await shared_env.driver.destroy(spec)
+        except Exception as exc:
+            print(f"teardown: destroy {spec.uuid} failed: {exc}")
+
+
+# --- spawn, list, destroy ---------------------------------------------------------------------
+
+
+async def test_spawn_runs_and_lists(env: Env) -> None:
+    spec = await env.spawned()
+    assert await env.driver.get_power_state(spec.uuid) == PowerState.RUNNING
+    assert (await env.driver.list_domains())[spec.uuid] == PowerState.RUNNING
+    for name in (DISK, DOMAIN_XML):
+        assert spec.path(name).exists(), name
+    assert f"<uuid>{spec.uuid}</uuid>" in spec.path(DOMAIN_XML).read_text()
+    started = time.monotonic()
+    await env.booted(spec)
+    timed("running_to_guest_ready_s", time.monotonic() - started)
+    assert await env.disks(spec) == ["vda"]
+    if env.real:
+        info = await qemu_img.info(spec.path(DISK), "qcow2", force_share=True)
+        assert info.virtual_size == 1 << 30 and info.backing_file == str(env.image_path)
+
+
+async def test_spawn_with_ephemeral_swap_and_config_drive(env: Env) -> None:
+    spec = env.spec(ephemeral_gb=1, swap_mb=64)
+    spec.instance_dir.mkdir(mode=0o755)
+    drive = spec.instance_dir / "disk.config"
+    await write_config_drive(drive, drive_files(render_meta_data(uuid=spec.uuid, name=spec.name, hostname="cd-host")))
+    spec = replace(spec, config_drive=drive)
+    env.created.append(spec)
+    await env.driver.spawn(spec)
+    assert await env.disks(spec) == ["vda", "vdb", "vdc", "vdd"]
+    if env.real:
+        line = await env.console_line(spec, r"HVD-GUEST hostname=")
+        assert line.endswith(f"hostname=cd-host instance-id={spec.uuid}")
+
+
+async def test_spawn_of_an_existing_uuid_is_refused_and_harmless(env: Env) -> None:
+    spec = await env.spawned()
+    with pytest.raises(Conflict):
+        await env.driver.spawn(spec)
+    assert await env.driver.get_power_state(spec.uuid) == PowerState.RUNNING
+    assert spec.path(DISK).exists()
+
+
+async def test_failed_spawn_leaves_nothing(env: Env) -> None:
+    big = env.cache.base_dir / "big-image"
+    if env.real:
+        await qemu_img.create(big, "raw", 2 << 30)  # sparse, larger than a 1 GB root disk
+    else:
+        big.write_bytes(b"big")
+        env.driver.image_sizes[big] = 2 << 30  # type: ignore[attr-defined]
+    spec = env.spec(image_path=big, image_format="raw", root_gb=1)
+    with pytest.raises(BadRequest, match=r"larger than|does not fit"):
+        await env.driver.spawn(spec)
+    assert spec.uuid not in await env.driver.list_domains()
+    assert not spec.instance_dir.exists()
+
+
+async def test_destroy_removes_domain_and_files_and_is_idempotent(env: Env) -> None:
+    spec = await env.spawned()
+    started = time.monotonic()
+    await env.driver.destroy(spec)
+    timed("destroy_s", time.monotonic() - started)
+    assert spec.uuid not in await env.driver.list_domains()
+    assert not spec.instance_dir.exists()
+    with pytest.raises(NotFound):
+        await env.driver.get_power_state(spec.uuid)
+    await env.driver.destroy(spec)
+    await env.driver.destroy(spec.uuid)
+    await env.driver.destroy(str(uuidlib.uuid4()))
+
+
+async def test_destroy_keep_disks(env: Env) -> None:
+    spec = await env.spawned()
+    await env.driver.destroy(spec.uuid, keep_disks=True)
+    assert spec.uuid not in await env.driver.list_domains()
+    assert spec.path(DISK).exists()
+    await env.driver.destroy(spec.uuid)
+    assert not spec.instance_dir.exists()
+
+
+# --- power ------------------------------------------------------------------------------------
+
+
+async def test_power_off_and_on(env: Env) -> None:
+    spec = await env.spawned()
+    await env.booted(spec)
+    started = time.monotonic()
+    await env.driver.power_off(spec.uuid, SHUTDOWN_TIMEOUT)
+    elapsed = time.monotonic() - started
+    timed("acpi_power_off_s", elapsed)
+    assert await env.driver.get_power_state(spec.uuid) == PowerState.SHUTDOWN
+    assert elapsed < SHUTDOWN_TIMEOUT  # the guest honoured ACPI: no forced power-off
+    if env.real:
+        assert "HVD-GUEST poweroff" in await env.driver.console_log(spec.uuid)
+    await env.driver.power_off(spec.uuid, SHUTDOWN_TIMEOUT)  # idempotent
+    assert (await env.driver.list_domains())[spec.uuid] == PowerState.SHUTDOWN
+    with pytest.raises(InvalidState):
+        await env.driver.pause(spec.uuid)
+    started = time.monotonic()
+    await env.driver.power_on(spec)
+    timed("power_on_s", time.monotonic() - started)
+    assert await env.driver.get_power_state(spec.uuid) == PowerState.RUNNING
+    await env.driver.power_on(spec)  # idempotent
+    await env.booted(spec)
+
+
+async def test_power_off_forces_a_guest_ignoring_acpi(env: Env) -> None:
+    spec = await env.spawned()
+    env.ignore_acpi(spec)
+    started = time.monotonic()
+    await env.driver.power_off(spec.uuid, 1.0)
+    elapsed = time.monotonic() - started
+    assert await env.driver.get_power_state(spec.uuid) == PowerState.SHUTDOWN
+    assert 0.9 <= elapsed < 10
+
+
+async def test_soft_reboot(env: Env) -> None:
+    spec = await env.spawned()
+    await env.booted(spec)
+    started = time.monotonic()
+    await env.driver.reboot(spec.uuid, hard=False, timeout=SHUTDOWN_TIMEOUT)
+    elapsed = time.monotonic() - started
+    timed("soft_reboot_s", elapsed)
+    assert elapsed < SHUTDOWN_TIMEOUT  # a clean reboot, not the hard fallback
+    assert await env.driver.get_power_state(spec.uuid) == PowerState.RUNNING
+    await env.booted(spec)
+    await env.driver.power_off(spec.uuid, 0)
+    with pytest.raises(InvalidState):
+        await env.driver.reboot(spec.uuid, hard=False, timeout=1)
+
+
+async def test_hard_reboot_from_running_paused_and_stopped(env: Env) -> None:
+    spec = await env.spawned()
+    started = time.monotonic()
+    await env.driver.reboot(spec, hard=True, timeout=1)
+    timed("hard_reboot_s", time.monotonic() - started)
+    assert await env.driver.get_power_state(spec.uuid) == PowerState.RUNNING
+    await env.driver.pause(spec.uuid)
+    await env.driver.reboot(spec.uuid, hard=True, timeout=1)
+    assert await env.driver.get_power_state(spec.uuid) == PowerState.RUNNING
+    await env.driver.power_off(spec.uuid, 0)
+    await env.driver.reboot(spec, hard=True, timeout=1)
+    assert await env.driver.get_power_state(spec.uuid) == PowerState.RUNNING
+    await env.booted(spec)
+
+
+async def test_pause_unpause_with_events(env: Env) -> None:
+    spec = await env.spawned()
+    stream = env.driver.events()
+    started = time.monotonic()
+    await env.driver.pause(spec.uuid)
+    timed("pause_s", time.monotonic() - started)
+    assert await env.driver.get_power_state(spec.uuid) == PowerState.PAUSED
+    await env.driver.pause(spec.uuid)  # idempotent
+    with pytest.raises(InvalidState):
+        await env.driver.power_on(spec)
+    await env.driver.unpause(spec.uuid)
+    await env.driver.unpause(spec.uuid)
+    assert await env.driver.get_power_state(spec.uuid) == PowerState.RUNNING
+    seen: list[PowerState] = []
+    async with asyncio.timeout(10):
+        async for uuid, power in stream:
+            if uuid == spec.uuid:
+                seen.append(power)
+            if seen[-2:] == [PowerState.PAUSED, PowerState.RUNNING]:
+                break
+    stream.close()  # type: ignore[attr-defined]
+
+
+async def test_suspend_resume(env: Env) -> None:
+    spec = await env.spawned()
+    await env.booted(spec)
+    started = time.monotonic()
+    await env.driver.suspend(spec.uuid)
+    timed("suspend_managed_save_s", time.monotonic() - started)
+    assert await env.driver.get_power_state(spec.uuid) == PowerState.SUSPENDED
+    assert (await env.driver.list_domains())[spec.uuid] == PowerState.SUSPENDED
+    await env.driver.suspend(spec.uuid)  # idempotent
+    with pytest.raises(InvalidState):
+        await env.driver.power_on(spec)
+    started = time.monotonic()
+    await env.driver.resume(spec.uuid)
+    timed("resume_s", time.monotonic() - started)
+    await env.driver.resume(spec.uuid)
+    assert await env.driver.get_power_state(spec.uuid) == PowerState.RUNNING
+    if env.real:
+        # Restored, not rebooted: heartbeats continue and no boot marker appears.
+        await env.console_line(spec, r"HVD-GUEST heartbeat", timeout=15)
+        assert "HVD-GUEST boot" not in await env.driver.console_log(spec.uuid)
+    await env.driver.power_off(spec.uuid, 0)  # discards the saved state
+    with pytest.raises(InvalidState):
+        await env.driver.resume(spec.uuid)
+
+
+# --- rescue, snapshot ---------------------------------------------------------------------------
+
+
+async def test_rescue_sees_two_disks_and_unrescue_restores(env: Env) -> None:
+    spec = await env.spawned()
+    await env.booted(spec)
+    started = time.monotonic()
+    await env.driver.rescue(spec)
+    timed("rescue_s", time.monotonic() - started)
+    assert await env.driver.get_power_state(spec.uuid) == PowerState.RUNNING
+    assert spec.path(DISK_RESCUE).exists()
+    assert await env.disks(spec) == ["vda", "vdb"]
+    await env.driver.rescue(spec)  # idempotent
+    await env.driver.unrescue(spec)
+    assert not spec.path(DISK_RESCUE).exists()
+    assert await env.driver.get_power_state(spec.uuid) == PowerState.RUNNING
+    assert await env.disks(spec) == ["vda"]
+    await env.driver.unrescue(spec)  # idempotent
+
+
+async def test_snapshot_is_standalone_and_bootable(env: Env) -> None:
+    spec = await env.spawned()
+    await env.booted(spec)
+    dest = env.instances_path / f"snapshot-{spec.uuid}.qcow2"
+    started = time.monotonic()
+    await env.driver.snapshot(spec.uuid, dest)
+    timed("snapshot_s", time.monotonic() - started)
+    assert dest.exists() and dest.stat().st_size > 0
+    assert await env.driver.get_power_state(spec.uuid) == PowerState.RUNNING
+    assert not any(p.name.endswith(".part") for p in env.instances_path.iterdir())
+    if not env.real:
+        return
+    info = await qemu_img.info(dest)
+    assert info.format == "qcow2" and info.backing_file is None
+    qemu_img.check_safe_upload(info, "qcow2")
+    image_id = f"snapshot-{spec.uuid}"
+    base = await env.cache.ensure_cached(image_id, lambda d: _copy(dest, d), "qcow2")
+    clone = await env.spawned(image_id=image_id, image_path=base, image_format=env.cache.format_of("qcow2"))
+    await env.booted(clone)
+
+
+async def test_snapshot_of_a_stopped_instance(env: Env) -> None:
+    spec = await env.spawned()
+    await env.driver.power_off(spec.uuid, 0)
+    dest = env.instances_path / f"snapshot-{spec.uuid}.qcow2"
+    await env.driver.snapshot(spec.uuid, dest)
+    assert dest.exists()
+    assert await env.driver.get_power_state(spec.uuid) == PowerState.SHUTDOWN
+
+
+# --- misc ---------------------------------------------------------------------------------------
+
+
+async def test_unknown_uuid_is_not_found(env: Env) -> None:
+    ghost = str(uuidlib.uuid4())
+    for call in (
+        env.driver.get_power_state(ghost),
+        env.driver.pause(ghost),
+        env.driver.power_off(ghost, 0),
+        env.driver.console_log(ghost),
+    ):
+        with pytest.raises(NotFound):
+            await call
+
+
+async def test_host_resources(env: Env) -> None:
+    res = await env.driver.host_resources()
+    assert res.vcpus >= 1 and res.memory_mib >= 256 and res.disk_gb >= 1
+    assert res.arch and res.cpu_model and res.hypervisor_version > 0
+    if env.real:
+        assert res.hypervisor_type == "qemu"
+
+
+async def test_console_log_tail(env: Env) -> None:
+    spec = await env.spawned()
+    await env.booted(spec)
+    assert len((await env.driver.console_log(spec.uuid, 1)).splitlines()) == 1
+
+
+@pytest.fixture
+def bridge(env: Env) -> Iterator[str]:
+    name = f"brqhvdct{secrets.token_hex(3)}"
+    if env.real:
+        subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
+        subprocess.run(["ip", "link", "set", name, "up"], check=True)
+    yield name
+    if env.real:
+        subprocess.run(["ip", "link", "del", name], check=False)
+
+
+async def test_nics_and_hotplug(env: Env, bridge: str) -> None:
+    tag = secrets.token_hex(2)
+    first = Nic(f"fa:16:3e:7e:{tag[:2]}:{tag[2:]}", bridge, f"tapct{tag}a", 1450)
+    second = Nic(f"fa:16:3e:7f:{tag[:2]}:{tag[2:]}", bridge, f"tapct{tag}b", 1450)
+    spec = await env.spawned(nics=(first,))
+    assert await env.macs(spec) == [first.mac]
+    if env.real:
+        assert Path(f"/sys/class/net/{first.tap}/master").resolve().name == bridge
+        assert Path(f"/sys/class/net/{first.tap}/mtu").read_text().strip() == "1450"
+    await env.booted(spec)  # a live unplug needs a guest that handles ACPI hotplug, not a BIOS
+    started = time.monotonic()
+    await env.driver.attach_interface(spec.uuid, second)
+    timed("attach_interface_s", time.monotonic() - started)
+    await env.driver.attach_interface(spec.uuid, second)  # idempotent
+    assert await env.macs(spec) == [first.mac, second.mac]
+    started = time.monotonic()
+    await env.driver.detach_interface(spec.uuid, second)
+    timed("detach_interface_s", time.monotonic() - started)
+    await env.driver.detach_interface(spec.uuid, second)
+    assert await env.macs(spec) == [first.mac]
+
+
+async def test_domains_of_another_instances_path_are_not_listed(env: Env) -> None:
+    """Two drivers on one hypervisor (two daemons, or two test suites) never list each other's."""
+    other_path = env.instances_path.parent / "other-instances"
+    other_path.mkdir(mode=0o755, exist_ok=True)
+    other: ComputeDriver
+    if env.real:
+        from hvd.drivers.libvirt.driver import LibvirtDriver
+
+        other = LibvirtDriver(other_path, "qemu:///system", "qemu")
+    else:
+        other = FakeDriver(other_path)
+    await other.start()
+    try:
+        mine = await env.spawned()
+        theirs = env.spec(instance_dir=other_path / "x")
+        theirs = replace(theirs, instance_dir=other_path / theirs.uuid)
+        env.created.append(theirs)
+        await other.spawn(theirs)
+        assert theirs.uuid not in await env.driver.list_domains()
+        assert mine.uuid in await env.driver.list_domains()
+        assert set(await other.list_domains()) == {theirs.uuid}
+        await other.destroy(theirs)
+    finally:
+        await other.close()
