@@ -181,11 +181,16 @@ class Reconciler:
         """Remove domains, instance dirs and claims of this host that the catalog does not know."""
         known = await self.catalog.read(known_ids)
         mine = {i["id"] for i in await self.catalog.read(instances_of_host, self.host)}
-        for uuid in await self.driver.list_domains():
-            if uuid not in mine:
-                log.warning("removing orphan domain of instance %s", uuid)
-                await self.driver.destroy(uuid, keep_disks=uuid in known)
         root = Path(self.service.config.host.instances_path)
+        for uuid in await self.driver.list_domains():
+            if uuid in mine:
+                continue
+            if not (root / uuid).exists() and not (root / (uuid + RESIZE_SUFFIX)).exists():
+                # not built under our instances_path: another hvd (or a person) shares this libvirtd
+                log.info("leaving domain of instance %s alone: its files are not under %s", uuid, root)
+                continue
+            log.warning("removing orphan domain of instance %s", uuid)
+            await self.driver.destroy(uuid, keep_disks=uuid in known)
         loop = asyncio.get_running_loop()
         for entry in await loop.run_in_executor(None, lambda: list(root.iterdir()) if root.exists() else []):
             name = entry.name
@@ -214,17 +219,33 @@ class Reconciler:
         for inst in await self.catalog.read(instances_of_host, self.host):
             await self.sync_one(inst, domains.get(inst["id"]))
 
-    async def sync_one(self, inst: dict[str, Any], power: PowerState | None) -> None:
-        if inst["task_state"] is not None or self.service.locks.holder(inst["id"]) is not None:
-            return  # an operation owns this instance now
+    async def sync_one(self, inst: dict[str, Any], hint: PowerState | None) -> None:
+        """Bring one instance's power_state (and vm_state, Nova-style) in line with the domain.
+
+        `hint` is what a listing or an event said; when it disagrees with the catalog the
+        domain is asked again and the instance re-read, so an operation that finished in
+        between is not mistaken for drift.
+        """
+        if self._busy(inst):
+            return
+        if hint is not None and int(hint) == inst["power_state"]:
+            return
+        try:
+            power: PowerState | None = await self.driver.get_power_state(inst["id"])
+        except NotFound:
+            power = None
+        inst = await self.service.instance(inst["id"])
+        if self._busy(inst) or inst["deleted_at"] is not None:
+            return
         vm_state = VmState(inst["vm_state"])
         if vm_state in (VmState.SHELVED_OFFLOADED, VmState.ERROR, VmState.DELETED, VmState.BUILDING):
             return
         if power is None:
-            await self.catalog.propose(InstanceUpdate(
-                id=inst["id"], expect_task_state=[None], vm_state=VmState.ERROR,
-                power_state=int(PowerState.NOSTATE), updated_at=now_iso(),
-                fault=self._fault("the domain disappeared from the hypervisor")))
+            with contextlib.suppress(HvdError):
+                await self.catalog.propose(InstanceUpdate(
+                    id=inst["id"], expect_task_state=[None], vm_state=VmState.ERROR,
+                    power_state=int(PowerState.NOSTATE), updated_at=now_iso(),
+                    fault=self._fault("the domain disappeared from the hypervisor")))
             return
         changes: dict[str, Any] = {}
         if int(power) != inst["power_state"]:
@@ -240,17 +261,21 @@ class Reconciler:
                     InstanceUpdate(id=inst["id"], expect_task_state=[None], updated_at=now_iso(), **changes)
                 )
 
+    def _busy(self, inst: dict[str, Any]) -> bool:
+        """An operation owns the instance now (task_state set or operation lock held)."""
+        return inst["task_state"] is not None or self.service.locks.holder(inst["id"]) is not None
+
     async def on_event(self, uuid: str, power: PowerState) -> None:
         row = await self.service.catalog.read(
             lambda c: c.execute("SELECT id FROM instances WHERE id=? AND host=?", (uuid, self.host)).fetchone()
         )
         if row is None:
             return
-        # events can arrive mid-operation; let the settle delay pass, then read current truth
+        # events arrive mid-operation too; let it settle, then compare with current truth
         await asyncio.sleep(0.5)
         inst = await self.service.instance(uuid)
         if inst["deleted_at"] is None:
-            await self.sync_one(inst, await self._power(uuid) if power != PowerState.NOSTATE else None)
+            await self.sync_one(inst, None)
 
     async def run(self, interval: float) -> None:
         """The periodic sync plus the driver's event stream, until cancelled."""
