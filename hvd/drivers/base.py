@@ -200,7 +200,8 @@ class ComputeDriver(abc.ABC):
         ``spec.instance_dir``; a persistent domain named ``spec.domain_name`` with ``spec.uuid``
         is defined and RUNNING when this returns.
         If this fails, any partial instance is completely cleaned up (domain undefined, instance
-        directory removed) and the error is raised.
+        directory removed) and the error is raised; with ``spec.reuse_disks`` only the domain is
+        undefined and the directory (the kept disks) stays.
         Not idempotent: raises Conflict when a domain with this UUID already exists (untouched).
         Raises BadRequest when the image does not fit in root_gb.
         """

@@ -173,7 +173,9 @@ class FakeDriver(ComputeDriver):
         try:
             self._maybe_fail("spawn")
         except HvdError:
-            await self.destroy(spec)
+            self.domains.pop(spec.uuid, None)
+            if not spec.reuse_disks and spec.instance_dir.exists():
+                shutil.rmtree(spec.instance_dir, ignore_errors=True)
             raise
         self._boot(dom)
 

@@ -28,7 +28,7 @@ import pytest_asyncio
 from hvd.compute.lifecycle import PowerState
 from hvd.drivers.base import DISK, DISK_RESCUE, DOMAIN_XML, ComputeDriver, InstanceSpec, Nic
 from hvd.drivers.fake import FakeDriver
-from hvd.errors import BadRequest, Conflict, InvalidState, NotFound
+from hvd.errors import BadRequest, Conflict, HvdError, InvalidState, NotFound
 from hvd.storage import qemu_img
 from hvd.storage.config_drive import drive_files, render_meta_data, write_config_drive
 from hvd.storage.image_cache import ImageCache
@@ -523,3 +523,47 @@ async def test_domains_of_another_instances_path_are_not_listed(env: Env) -> Non
         await other.destroy(theirs)
     finally:
         await other.close()
+
+
+async def test_failed_spawn_with_reuse_disks_keeps_the_disks(env: Env) -> None:
+    """Resize/revert respawn on kept disks: a failure must never delete the user's disk."""
+    spec = await env.spawned()
+    await env.driver.destroy(spec.uuid, keep_disks=True)
+    inode = spec.path(DISK).stat().st_ino
+    broken = replace(spec, reuse_disks=True, config_drive=spec.instance_dir / "missing.config")
+    if isinstance(env.driver, FakeDriver):
+        env.driver.fail("spawn")
+    with pytest.raises(HvdError):
+        await env.driver.spawn(broken)
+    assert spec.path(DISK).stat().st_ino == inode
+    assert spec.uuid not in await env.driver.list_domains()
+    await env.driver.spawn(replace(spec, reuse_disks=True))
+    assert spec.path(DISK).stat().st_ino == inode  # booted from the kept disk, not a new one
+    assert await env.driver.get_power_state(spec.uuid) == PowerState.RUNNING
+
+
+async def test_injected_failure_then_success(env: Env) -> None:
+    if not isinstance(env.driver, FakeDriver):
+        pytest.skip("failure injection is a fake-driver feature")
+    spec = await env.spawned()
+    env.driver.fail("pause", InvalidState("injected"))
+    with pytest.raises(InvalidState, match="injected"):
+        await env.driver.pause(spec.uuid)
+    await env.driver.pause(spec.uuid)
+    assert await env.driver.get_power_state(spec.uuid) == PowerState.PAUSED
+    env.driver.fail("spawn")
+    failed = env.spec()
+    with pytest.raises(HvdError):
+        await env.driver.spawn(failed)
+    assert failed.uuid not in await env.driver.list_domains() and not failed.instance_dir.exists()
+
+
+async def test_reconnects_after_a_lost_connection(env: Env) -> None:
+    if not env.real:
+        pytest.skip("the fake has no connection")
+    host = env.driver.host  # type: ignore[attr-defined]
+    before = host.reconnects
+    host._dead = True  # what the close callback does when libvirtd goes away
+    spec = await env.spawned()
+    assert spec.uuid in await env.driver.list_domains()
+    assert host.reconnects == before + 1

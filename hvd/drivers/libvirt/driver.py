@@ -191,7 +191,8 @@ class LibvirtDriver(ComputeDriver):
         except (HvdError, OSError, asyncio.CancelledError) as exc:
             log.warning("spawn of %s failed (%s); cleaning up", spec.uuid, exc)
             with contextlib.suppress(HvdError, OSError):
-                await asyncio.shield(self.destroy(spec))
+                # Kept disks (resize, revert) are the user's data: never delete them here.
+                await asyncio.shield(self.destroy(spec, keep_disks=spec.reuse_disks))
             raise
         log.info("spawned %s as %s in %.2f s", spec.uuid, spec.domain_name, time.monotonic() - started)
 
