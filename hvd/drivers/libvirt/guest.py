@@ -15,13 +15,14 @@ import libvirt
 from hvd.compute.lifecycle import PowerState
 from hvd.drivers.base import DOMAIN_PREFIX
 
-# libvirt domain state → power state, as Nova's libvirt driver maps it.
+# libvirt domain state → power state. Unlike Nova, VIR_DOMAIN_SHUTDOWN ("being shut down": the
+# QEMU process still runs) reads RUNNING, so a wait for SHUTDOWN means the domain really stopped.
 _STATE = {
     libvirt.VIR_DOMAIN_NOSTATE: PowerState.NOSTATE,
     libvirt.VIR_DOMAIN_RUNNING: PowerState.RUNNING,
     libvirt.VIR_DOMAIN_BLOCKED: PowerState.RUNNING,
     libvirt.VIR_DOMAIN_PAUSED: PowerState.PAUSED,
-    libvirt.VIR_DOMAIN_SHUTDOWN: PowerState.SHUTDOWN,
+    libvirt.VIR_DOMAIN_SHUTDOWN: PowerState.RUNNING,
     libvirt.VIR_DOMAIN_SHUTOFF: PowerState.SHUTDOWN,
     libvirt.VIR_DOMAIN_CRASHED: PowerState.CRASHED,
     libvirt.VIR_DOMAIN_PMSUSPENDED: PowerState.SUSPENDED,
