@@ -142,6 +142,29 @@ class NetworkSection(Section):
     vni_ranges: list[str] = Field(default_factory=lambda: ["1001:2000"], description="first:last VXLAN VNIs.")
     local_ip: str = Field("", description="VTEP address already on a NIC of this host; empty = no VXLAN here.")
     vxlan_underlay: str = Field("", description="NIC carrying VXLAN; empty = the one holding local_ip.")
+    backend: Literal["auto", "linux", "fake"] = Field(
+        "auto",
+        description="Host networking: linux (bridges, dnsmasq, nftables), fake (in memory, for tests);"
+        " auto = fake with the fake compute driver, else linux.",
+    )
+    host_netns: str = Field(
+        "", description="Namespace holding the bridges; empty = the daemon's own (production). Labs use one per host."
+    )
+    netns_prefix: str = Field(
+        "", description="Prefix of this host's qdhcp-/qrouter- namespaces, so daemons sharing a kernel stay apart."
+    )
+    dhcp_dir: str = Field("", description="dnsmasq state (hosts, leases, pid files); empty = <data_dir>/dhcp.")
+    dnsmasq_user: str = Field(
+        "", description="User dnsmasq drops to; empty = its default (nobody, which must be able to read dhcp_dir)."
+    )
+    claim_all_devices: bool = Field(
+        True,
+        description="Every brq/tap/vxlan device and prefixed namespace here is hvd's (removed when unknown);"
+        " false = only those this daemon recorded creating (several daemons sharing one host namespace).",
+    )
+    converge_interval_s: float = Field(
+        30.0, gt=0, description="Period of the full converge and dnsmasq supervision (changes converge at once)."
+    )
 
 
 class ClusterSection(Section):

@@ -22,6 +22,7 @@ from hvd.api.app import build_app
 from hvd.api.services import ApiServices
 from hvd.api.v1.events import EVENTS
 from hvd.api.v1.images import IMAGE_STORE
+from hvd.api.v1.netcommon import NETWORK
 from hvd.api.v1.servers import COMPUTE
 from hvd.catalog.service import Catalog
 from hvd.compute.hostinfo import host_register_command
@@ -33,6 +34,7 @@ from hvd.drivers.base import ComputeDriver
 from hvd.events import EventBus
 from hvd.identity.policy import Policy
 from hvd.identity.service import IdentityService, now_iso
+from hvd.net.service import NetworkService
 from hvd.scheduler.placement import Placement
 from hvd.storage.image_cache import ImageCache
 from hvd.storage.image_store import ImageStore
@@ -50,6 +52,22 @@ def make_driver(config: Config) -> ComputeDriver:
     from hvd.drivers.libvirt.driver import LibvirtDriver
 
     return LibvirtDriver(instances, uri=config.libvirt.uri, virt_type=config.libvirt.virt_type)
+
+
+def make_network(config: Config, catalog: Catalog) -> NetworkService:
+    """This host's network service over the configured backend (linux, or fake with the fake driver)."""
+    from hvd.net.service import FakeHostNetwork, HostAdapter, OwnedNames
+
+    net = config.network
+    backend = net.backend if net.backend != "auto" else ("fake" if config.compute.driver == "fake" else "linux")
+    dhcp_dir = net.dhcp_dir or str(Path(config.host.data_dir) / "dhcp")
+    adapter: HostAdapter = FakeHostNetwork(net.netns_prefix, dhcp_dir)
+    if backend == "linux":
+        from hvd.net.apply import HostNetwork
+
+        adapter = HostNetwork(net.host_netns or None, dhcp_dir=dhcp_dir, netns_prefix=net.netns_prefix)
+    owned = None if net.claim_all_devices else OwnedNames(Path(config.host.data_dir) / "network-owned.json")
+    return NetworkService(config, catalog, adapter, owned)
 
 
 async def register_host(config: Config, catalog: Catalog, driver: ComputeDriver, api_url: str) -> None:
@@ -101,18 +119,22 @@ async def running_compute(config: Config, catalog: Catalog, api_url: str) -> Asy
     await driver.start()
     sync: asyncio.Task[None] | None = None
     service: ComputeService | None = None
+    network: NetworkService | None = None
     try:
         await register_host(config, catalog, driver, api_url)
         store = ImageStore(Path(config.host.data_dir) / "images")
         cache = ImageCache(Path(config.host.instances_path), config.compute.force_raw_images)
         manager = ComputeManager(config, catalog, driver, store, cache, events)
+        network = make_network(config, catalog)
+        await network.start()
+        manager.network = network
         host = config.host_name
         placement = Placement(config, catalog, is_up=lambda name: name == host)
         service = ComputeService(config, catalog, Policy(config.identity.policy), manager, placement, events)
         reconciler = Reconciler(service)
         await reconciler.startup()
         sync = asyncio.create_task(reconciler.run(config.compute.sync_power_state_interval_s))
-        yield {COMPUTE: service, IMAGE_STORE: store, EVENTS: events}
+        yield {COMPUTE: service, IMAGE_STORE: store, EVENTS: events, NETWORK: network}
     finally:
         if sync is not None:
             sync.cancel()
@@ -120,6 +142,8 @@ async def running_compute(config: Config, catalog: Catalog, api_url: str) -> Asy
                 await sync
         if service is not None:
             await service.drain(timeout=10)
+        if network is not None:
+            await network.stop()
         await driver.close()
 
 

@@ -91,7 +91,54 @@ CREATE TABLE instance_actions (
 CREATE INDEX instance_actions_instance ON instance_actions(instance_id);
 """
 
-MIGRATIONS: list[str] = [_V1]
+_V2 = """
+CREATE TABLE networks (
+  id TEXT PRIMARY KEY, project_id TEXT NOT NULL, name TEXT NOT NULL, type TEXT NOT NULL,
+  physical_network TEXT, segmentation_id INTEGER, mtu INTEGER NOT NULL, shared INTEGER NOT NULL,
+  external INTEGER NOT NULL, status TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE INDEX networks_project ON networks(project_id);
+CREATE UNIQUE INDEX networks_segment ON networks(type, COALESCE(physical_network, ''), segmentation_id)
+  WHERE segmentation_id IS NOT NULL;
+CREATE TABLE subnets (
+  id TEXT PRIMARY KEY, network_id TEXT NOT NULL REFERENCES networks(id), project_id TEXT NOT NULL,
+  name TEXT NOT NULL, cidr TEXT NOT NULL, ip_version INTEGER NOT NULL, gateway_ip TEXT,
+  allocation_pools TEXT NOT NULL, enable_dhcp INTEGER NOT NULL, dns_nameservers TEXT NOT NULL,
+  host_routes TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE INDEX subnets_network ON subnets(network_id);
+CREATE TABLE ports (
+  id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE, network_id TEXT NOT NULL REFERENCES networks(id),
+  project_id TEXT NOT NULL, name TEXT NOT NULL, mac_address TEXT NOT NULL, device_owner TEXT NOT NULL,
+  device_id TEXT NOT NULL, host TEXT NOT NULL, status TEXT NOT NULL, port_security_enabled INTEGER NOT NULL,
+  auto_delete INTEGER NOT NULL, created_at TEXT NOT NULL, UNIQUE (network_id, mac_address));
+CREATE INDEX ports_network ON ports(network_id);
+CREATE INDEX ports_device ON ports(device_id);
+CREATE TABLE ip_allocations (
+  subnet_id TEXT NOT NULL REFERENCES subnets(id), ip TEXT NOT NULL,
+  port_id TEXT NOT NULL REFERENCES ports(id), PRIMARY KEY (subnet_id, ip));
+CREATE INDEX ip_allocations_port ON ip_allocations(port_id);
+CREATE TABLE security_groups (
+  id TEXT PRIMARY KEY, project_id TEXT NOT NULL, name TEXT NOT NULL, description TEXT NOT NULL,
+  created_at TEXT NOT NULL);
+CREATE INDEX security_groups_project ON security_groups(project_id);
+CREATE TABLE security_group_rules (
+  id TEXT PRIMARY KEY, group_id TEXT NOT NULL REFERENCES security_groups(id), project_id TEXT NOT NULL,
+  direction TEXT NOT NULL, ethertype TEXT NOT NULL, protocol TEXT, port_range_min INTEGER,
+  port_range_max INTEGER, remote_ip_prefix TEXT, remote_group_id TEXT, created_at TEXT NOT NULL);
+CREATE INDEX security_group_rules_group ON security_group_rules(group_id);
+CREATE TABLE port_security_groups (
+  port_id TEXT NOT NULL REFERENCES ports(id), group_id TEXT NOT NULL REFERENCES security_groups(id),
+  PRIMARY KEY (port_id, group_id));
+CREATE TABLE routers (
+  id TEXT PRIMARY KEY, project_id TEXT NOT NULL, name TEXT NOT NULL, host TEXT NOT NULL,
+  gateway_network_id TEXT, gateway_port_id TEXT, created_at TEXT NOT NULL);
+CREATE TABLE floating_ips (
+  id TEXT PRIMARY KEY, project_id TEXT NOT NULL, network_id TEXT NOT NULL REFERENCES networks(id),
+  fip_port_id TEXT NOT NULL, floating_ip TEXT NOT NULL, port_id TEXT, fixed_ip TEXT, router_id TEXT,
+  created_at TEXT NOT NULL);
+CREATE TABLE host_vteps (host TEXT PRIMARY KEY, ip TEXT NOT NULL);
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2]
 
 
 def migrate(conn: sqlite3.Connection) -> int:

@@ -12,6 +12,14 @@ USAGE_SQL: dict[str, str] = {
     "key_pairs": "SELECT COUNT(*) FROM keypairs WHERE project_id=?",
     "server_groups": "SELECT COUNT(*) FROM server_groups WHERE project_id=?",
     "images": "SELECT COUNT(*) FROM images WHERE owner=? AND status != 'deleted'",
+    "networks": "SELECT COUNT(*) FROM networks WHERE project_id=?",
+    "subnets": "SELECT COUNT(*) FROM subnets WHERE project_id=?",
+    # ports hvd makes for DHCP, routers and floating IPs are not the project's to count
+    "ports": "SELECT COUNT(*) FROM ports WHERE project_id=? AND device_owner NOT LIKE 'network:%'",
+    "routers": "SELECT COUNT(*) FROM routers WHERE project_id=?",
+    "floating_ips": "SELECT COUNT(*) FROM floating_ips WHERE project_id=?",
+    "security_groups": "SELECT COUNT(*) FROM security_groups WHERE project_id=?",
+    "security_group_rules": "SELECT COUNT(*) FROM security_group_rules WHERE project_id=?",
 }
 
 

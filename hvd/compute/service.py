@@ -406,6 +406,8 @@ class ComputeService:
     async def finish_delete(self, inst: dict[str, Any]) -> None:
         """Remove the instance from this host and the catalog (idempotent; used by reconcile)."""
         await self.manager.cleanup_host(inst)
+        if self.manager.network is not None:  # its own ports go, ports the user passed in are unbound
+            await self.manager.network.release_instance(inst)
         shelved = inst["extra"].get("shelved_image_id")
         if shelved:
             with contextlib.suppress(NotFound):

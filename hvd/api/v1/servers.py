@@ -13,6 +13,7 @@ from hvd.api.context import RequestContext
 from hvd.api.helpers import context, json_response, page_params, paginate, parse_body, query_bool
 from hvd.api.routing import Router
 from hvd.api.services import ApiServices, services
+from hvd.api.v1 import server_ports
 from hvd.api.v1.flavors import find_flavor
 from hvd.api.v1.images import find_image
 from hvd.catalog import queries
@@ -46,6 +47,8 @@ class ServerCreate(BaseModel):
     min_count: int = Field(1, ge=1, le=100)
     max_count: int | None = Field(None, ge=1, le=100)
     config_drive: bool = True
+    networks: server_ports.Networks = Field(
+        "auto", description="NICs: [{network, fixed_ip?} | {port}], 'auto' (the project's only network) or 'none'.")
 
 
 class FlavorRef(BaseModel):
@@ -282,6 +285,7 @@ async def create_server(request: web.Request) -> web.Response:
     if max_count < body.min_count:
         raise BadRequest("max_count must not be less than min_count")
     refs = await _resolve_create(svc, ctx, body)
+    nics = await server_ports.resolve(request, body.networks, max_count)
     flavor = refs["flavor"]
     records = []
     for n in range(max_count):
@@ -301,7 +305,12 @@ async def create_server(request: web.Request) -> web.Response:
     created: list[str] = []
     try:
         for record in records:
-            created += await comp.create(ctx, [record], refs["force_host"])
+            ports = await server_ports.create_for(request, record.id, nics)
+            try:
+                created += await comp.create(ctx, [record], refs["force_host"])
+            except BaseException:
+                await server_ports.undo(request, ports)  # no server: no ports either
+                raise
     except QuotaExceeded:
         if len(created) < body.min_count:
             for inst_id in created:  # all or nothing below min_count
