@@ -46,6 +46,7 @@ admin_password = "admin-secret"
 virt_type = "qemu"
 [compute]
 driver = "{driver}"
+instance_name_prefix = "instance-t{port}-"
 {extra}
 """
     )

@@ -135,6 +135,7 @@ class ComputeManager:
             config_drive=config_drive,
             rescue=rescue,
             metadata=dict(inst["metadata"]),
+            name_prefix=self.config.compute.instance_name_prefix,
         )
 
     async def write_config_drive(self, inst: dict[str, Any], spec: InstanceSpec) -> None:

@@ -294,10 +294,24 @@ class Reconciler:
                 try:
                     await self.sync_power_states()
                     await self.auto_confirm_resizes()
+                    await self.clean_image_cache()
                 except HvdError as exc:
                     log.warning("power sync failed: %s", exc.message)
         finally:
             watcher.cancel()
+
+    async def clean_image_cache(self) -> None:
+        """Remove cached bases no instance of this host uses and nobody touched for a while."""
+        max_age = self.service.config.compute.image_cache_max_age_s
+        if not max_age:
+            return
+        instances = await self.catalog.read(instances_of_host, self.host)
+        in_use = {i["image_id"] for i in instances}
+        removed = await asyncio.get_running_loop().run_in_executor(
+            None, self.manager.cache.remove_unused, in_use, float(max_age)
+        )
+        for path in removed:
+            log.info("removed unused cached image %s", path.name)
 
     async def auto_confirm_resizes(self) -> None:
         window = self.service.config.compute.resize_confirm_window_s

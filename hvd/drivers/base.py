@@ -81,10 +81,13 @@ class InstanceSpec:
     # spawn keeps existing disk files in instance_dir instead of creating them (resize, revert,
     # a disk copied from another host); missing ones are still created
     reuse_disks: bool = False
+    # "instance-" + %08x as in Nova; a longer prefix (still starting "instance-") keeps several
+    # hvd daemons sharing one libvirtd (tests) from colliding on domain names
+    name_prefix: str = DOMAIN_PREFIX
 
     @property
     def domain_name(self) -> str:
-        return domain_name(self.instance_id)
+        return f"{self.name_prefix}{self.instance_id:08x}"
 
     def path(self, name: str) -> Path:
         """A file of this instance, e.g. ``spec.path(DISK)``."""

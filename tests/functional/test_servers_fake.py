@@ -136,3 +136,29 @@ async def test_no_valid_host_names_the_reason(admin_api: Api, env: dict[str, Any
     _, host = await admin_api.call("GET", "/v1/hosts/hvd-test")
     assert host["resources"]["memory_mb"]["claimed"] == 0
     await wait_server(admin_api, server["id"])
+
+
+async def test_events_stream_actions_of_the_callers_project(admin_api: Api, env: dict[str, Any]) -> None:
+    import asyncio
+    import json
+
+    events: list[dict[str, Any]] = []
+
+    async def listen() -> None:
+        async with admin_api.session.get(admin_api.url + "/v1/events",
+                                         headers={"Authorization": f"Bearer {admin_api.token}"}) as resp:
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
+            async for line in resp.content:
+                if line.startswith(b"data: "):
+                    events.append(json.loads(line[6:]))
+                    if events[-1]["type"] == "instance.action.finish":
+                        return
+
+    listener = asyncio.create_task(listen())
+    await asyncio.sleep(0.2)
+    _, server = await admin_api.call("POST", "/v1/servers", {"name": "ev", "flavor": "m1.tiny", "image": "base"})
+    await asyncio.wait_for(listener, 10)
+    mine = [e for e in events if e.get("instance_id") == server["id"]]
+    assert [e["type"] for e in mine if e["type"].startswith("instance.action")] == [
+        "instance.action.start", "instance.action.finish"]
+    assert mine[-1]["action"] == "create" and mine[-1]["result"] == "success"

@@ -30,8 +30,8 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
             except TimeoutError:
                 await response.write(b": keepalive\n\n")
                 continue
-            if not admin and event.get("project_id") not in (None, ctx.project_id):
-                continue
+            if not admin and event.get("project_id") != ctx.project_id:
+                continue  # events without a project (host-level, task steps) are for admins
             data = json.dumps(event, default=str)
             await response.write(f"event: {event['type']}\ndata: {data}\n\n".encode())
 

@@ -30,6 +30,14 @@ T = TypeVar("T")
 KEEPALIVE_INTERVAL_S = 5  # a dead libvirtd is noticed after interval * (count + 1) seconds
 KEEPALIVE_COUNT = 3
 
+
+
+def _quiet(_ctx: object, _err: object) -> None:
+    """libvirt prints every error to stderr by default; ours are raised and logged instead."""
+
+
+libvirt.registerErrorHandler(_quiet, None)
+
 _event_thread: threading.Thread | None = None
 _event_lock = threading.Lock()
 
