@@ -1,0 +1,101 @@
+"""/v1/images over real HTTP, SQLite and qemu-img: upload checks, states, visibility, protection."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+from tests.conftest import Api
+from tests.functional.compute_helpers import make_flavor, make_qcow2, upload_image
+
+
+async def _create(api: Api, **fields: object) -> dict[str, object]:
+    status, image = await api.call("POST", "/v1/images", {"name": "img", **fields})
+    assert status == 201, image
+    return image
+
+
+async def _put(api: Api, image_id: object, data: bytes) -> tuple[int, object]:
+    return await api.call("PUT", f"/v1/images/{image_id}/file", data=data,
+                          headers={"Content-Type": "application/octet-stream"})
+
+
+async def test_upload_download_round_trip(admin_api: Api, tmp_path: Path) -> None:
+    path = make_qcow2(tmp_path / "a.qcow2", "16M")
+    image = await upload_image(admin_api, path, name="a")
+    data = path.read_bytes()
+    assert image["size"] == len(data) and image["virtual_size"] == 16 * 2**20
+    assert image["checksum"] == hashlib.sha256(data).hexdigest()
+    async with admin_api.session.get(f"{admin_api.url}/v1/images/{image['id']}/file",
+                                     headers={"Authorization": f"Bearer {admin_api.token}"}) as resp:
+        assert resp.status == 200
+        assert await resp.read() == data
+
+
+async def test_declared_format_must_match_and_failed_upload_is_killed(admin_api: Api, tmp_path: Path) -> None:
+    image = await _create(admin_api, disk_format="raw")
+    status, err = await _put(admin_api, image["id"], make_qcow2(tmp_path / "q.qcow2", "1M").read_bytes())
+    assert status == 400 and "qcow2" in err["error"]["message"], err
+    _, shown = await admin_api.call("GET", f"/v1/images/{image['id']}")
+    assert shown["status"] == "killed" and shown["size"] is None
+    assert not any(p.name == image["id"] for p in (tmp_path / "hvd" / "data" / "images").iterdir())
+    status, err = await _put(admin_api, image["id"], b"again")
+    assert status == 409  # killed images take no more data
+
+
+async def test_qcow2_with_a_backing_file_is_refused(admin_api: Api, tmp_path: Path) -> None:
+    secret = tmp_path / "host-secret.raw"
+    secret.write_bytes(b"x" * 4096)
+    evil = tmp_path / "evil.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(secret), "-F", "raw", str(evil)],
+                   check=True)
+    image = await _create(admin_api, disk_format="qcow2")
+    status, err = await _put(admin_api, image["id"], evil.read_bytes())
+    assert status == 400 and "backing" in err["error"]["message"], err
+    _, shown = await admin_api.call("GET", f"/v1/images/{image['id']}")
+    assert shown["status"] == "killed"
+
+
+async def test_protected_image_cannot_be_deleted(admin_api: Api) -> None:
+    image = await _create(admin_api, protected=True)
+    status, err = await admin_api.call("DELETE", f"/v1/images/{image['id']}")
+    assert status == 409 and "protected" in err["error"]["message"]
+    status, _ = await admin_api.call("PATCH", f"/v1/images/{image['id']}", {"protected": False})
+    assert status == 200
+    status, _ = await admin_api.call("DELETE", f"/v1/images/{image['id']}")
+    assert status == 204
+    status, _ = await admin_api.call("GET", f"/v1/images/{image['id']}")
+    assert status == 404
+
+
+async def test_visibility_and_project_isolation(admin_api: Api, tmp_path: Path) -> None:
+    await admin_api.call("POST", "/v1/users", {"name": "alice", "password": "alice-secret", "project": "demo",
+                                               "role": "member"})
+    private = await upload_image(admin_api, make_qcow2(tmp_path / "p.qcow2", "1M"), name="private")
+    public = await upload_image(admin_api, make_qcow2(tmp_path / "u.qcow2", "1M"), name="public",
+                                visibility="public")
+    alice = admin_api.as_other()
+    await alice.login("alice", "alice-secret", "demo")
+    _, images = await alice.call("GET", "/v1/images")
+    assert [i["id"] for i in images["images"]] == [public["id"]]
+    status, _ = await alice.call("GET", f"/v1/images/{private['id']}")
+    assert status == 404
+    status, err = await alice.call("POST", "/v1/images", {"name": "mine", "visibility": "public"})
+    assert status == 403, err
+    status, _ = await alice.call("DELETE", f"/v1/images/{public['id']}")
+    assert status == 404  # visible, but not hers to change
+    _, images = await admin_api.call("GET", "/v1/images")
+    assert len(images["images"]) == 2
+
+
+async def test_min_disk_and_min_ram_are_enforced_at_create(admin_api: Api, tmp_path: Path) -> None:
+    await upload_image(admin_api, make_qcow2(tmp_path / "m.qcow2", "1M"), name="needy", min_disk=5, min_ram=512)
+    await make_flavor(admin_api, name="small", ram_mb=128, disk_gb=1)
+    status, err = await admin_api.call("POST", "/v1/servers", {"name": "s", "flavor": "small", "image": "needy"})
+    assert status == 400 and "disk is too small" in err["error"]["message"]
+    await make_flavor(admin_api, name="roomy", ram_mb=128, disk_gb=10)
+    status, err = await admin_api.call("POST", "/v1/servers", {"name": "s", "flavor": "roomy", "image": "needy"})
+    assert status == 400 and "memory is too small" in err["error"]["message"]
+    _, servers = await admin_api.call("GET", "/v1/servers")
+    assert servers["servers"] == []
