@@ -162,3 +162,26 @@ async def test_events_stream_actions_of_the_callers_project(admin_api: Api, env:
     assert [e["type"] for e in mine if e["type"].startswith("instance.action")] == [
         "instance.action.start", "instance.action.finish"]
     assert mine[-1]["action"] == "create" and mine[-1]["result"] == "success"
+
+
+async def test_lock_stops_members_names_the_lock_and_admin_lock_needs_admin_to_unlock(
+        admin_api: Api, env: dict[str, Any]) -> None:
+    await admin_api.call("POST", "/v1/users", {"name": "bob", "password": "bob-secret", "project": "admin",
+                                               "role": "member"})
+    bob = admin_api.as_other()
+    await bob.login("bob", "bob-secret", "admin")
+    _, server = await bob.call("POST", "/v1/servers?wait=true", {"name": "locky", "flavor": "m1.tiny", "image": "base"})
+    sid = server["id"]
+    status, body = await action(bob, sid, "lock")
+    assert status == 202 and body["locked"]
+    status, err = await action(bob, sid, "stop")
+    assert status == 409 and "is locked" in err["error"]["message"]
+    status, err = await bob.call("DELETE", f"/v1/servers/{sid}")
+    assert status == 409
+    status, body = await action(bob, sid, "unlock")  # any member may unlock an owner's lock
+    assert status == 202 and not body["locked"]
+    await action(admin_api, sid, "lock")  # locked by admin: a member may not lift it
+    status, err = await action(bob, sid, "unlock")
+    assert status == 403, err
+    _, after = await bob.call("GET", f"/v1/servers/{sid}")
+    assert after["locked"] and after["status"] == "ACTIVE"
