@@ -158,9 +158,10 @@ class NetworkSection(Section):
         "", description="User dnsmasq drops to; empty = its default (nobody, which must be able to read dhcp_dir)."
     )
     claim_all_devices: bool = Field(
-        True,
-        description="Every brq/tap/vxlan device and prefixed namespace here is hvd's (removed when unknown);"
-        " false = only those this daemon recorded creating (several daemons sharing one host namespace).",
+        False,
+        description="true = every brq/tap/vxlan device and prefixed namespace here is hvd's (removed when"
+        " unknown); false = only those this daemon recorded creating in data_dir (safe when other daemons"
+        " or tools share the host namespace).",
     )
     converge_interval_s: float = Field(
         30.0, gt=0, description="Period of the full converge and dnsmasq supervision (changes converge at once)."

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -34,8 +35,7 @@ class LinkOps:
     @contextmanager
     def _ipr(self, ns: str | None = None) -> Iterator[Any]:
         target = ns if ns is not None else self.host_netns
-        # flags=0: never create a namespace as a side effect of opening a socket in it.
-        ipr = IPRoute() if target is None else IPRoute(netns=target, flags=0)
+        ipr = IPRoute() if target is None else _socket_in(target)
         try:
             yield ipr
         finally:
@@ -240,6 +240,28 @@ class LinkOps:
                 continue  # deleted while we looked
             found[name] = ObservedNamespace(name=name, links=links, routes=routes)
         return found
+
+
+def _socket_in(name: str) -> Any:
+    """An IPRoute socket inside namespace `name`, opened by this thread entering it and coming back.
+
+    pyroute2's own netns sockets fork a helper and SIGTERM it; the forked child still holds the
+    daemon's signal wake-up fd, so that SIGTERM reached the daemon's handler and shut it down.
+    Never creates the namespace (FileNotFoundError when it is gone).
+    """
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+        try:
+            netns.setns(target, flags=0, fork=False)
+            try:
+                return IPRoute()
+            finally:
+                netns.setns(own, flags=0, fork=False)
+        finally:
+            os.close(target)
+    finally:
+        os.close(own)
 
 
 def _tolerate_gone(call: Any) -> None:

@@ -42,6 +42,7 @@ from hvd.storage.config_drive import NetworkDataNic
 log = logging.getLogger(__name__)
 
 Owned = Callable[[str], bool]
+SG_TABLES_NAME = "nft:hvd_sg"  # ownership record entry for the host's security-group tables
 
 
 class HostAdapter(Protocol):
@@ -104,6 +105,8 @@ def desired_names(state: HostNetworkState) -> set[str]:
     """Every name `state` makes or plugs on the host (for the ownership record)."""
     layout = desired_layout(state)
     names = set(layout.bridges) | set(layout.segments) | set(layout.nics) | set(layout.taps) | set(layout.dhcp)
+    if layout.security is not None:
+        names.add(SG_TABLES_NAME)
     for ns in layout.namespaces.values():
         names.add(ns.name)
         names |= {v.tap for v in ns.veths}
@@ -171,7 +174,11 @@ class NetworkService:
 
     async def _observe(self, desired: HostNetworkState) -> ObservedDevices:
         observed = await self.adapter.observe(desired)
-        return observed if self.owned is None else observed.restricted(self.owned)
+        if self.owned is None:
+            return observed
+        restricted = observed.restricted(self.owned)
+        # the host's security-group tables have fixed names: ours only once we have loaded them
+        return restricted if self.owned(SG_TABLES_NAME) else replace(restricted, nft_tags={})
 
     async def sync(self) -> None:
         """Make the host match the catalog; concurrent callers share one converge. Raises on failure."""
