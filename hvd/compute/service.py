@@ -28,6 +28,7 @@ from hvd.catalog.cmd_hosts import ClaimPromote
 from hvd.catalog.service import Catalog
 from hvd.catalog.sql import fetch_one
 from hvd.compute import lifecycle
+from hvd.compute.faults import checkpoint
 from hvd.compute.lifecycle import Op, PowerState, TaskState, VmState
 from hvd.compute.manager import ComputeManager
 from hvd.compute.oplock import OperationLocks
@@ -85,6 +86,8 @@ class ComputeService:
         self.locks = OperationLocks()
         self.host = config.host_name
         self._tasks: set[asyncio.Task[None]] = set()
+        self._settled = asyncio.Condition()  # notified whenever an operation finishes
+        self._finished = 0  # how many operations finished: a waiter that saw N misses no wake-up
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -114,15 +117,23 @@ class ComputeService:
                         user_id=ctx.user_id if ctx else "hvd", project_id=ctx.project_id if ctx else inst["project_id"],
                         start_time=now_iso())
         )
-        self.events.publish("instance.action.start", instance_id=inst["id"], action=action,
+        self.events.publish("instance.action.start", instance_id=inst["id"], project_id=inst["project_id"],
+                            action=action,
                             request_id=request_id_var.get())
         return action_id
 
-    async def finish_action(self, inst_id: str, action_id: str, action: str, error: str = "") -> None:
+    async def finish_action(self, inst_id: str, action_id: str, action: str, error: str = "",
+                            project_id: str | None = None) -> None:
         await self.catalog.propose(
             ActionFinish(id=action_id, finish_time=now_iso(), result="error" if error else "success", message=error)
         )
-        self.events.publish("instance.action.finish", instance_id=inst_id, action=action,
+        if project_id is None:
+            row = await self.catalog.read(get_instance, inst_id)
+            project_id = row["project_id"] if row else None
+        async with self._settled:
+            self._finished += 1
+            self._settled.notify_all()
+        self.events.publish("instance.action.finish", instance_id=inst_id, project_id=project_id, action=action,
                             result="error" if error else "success", message=error)
 
     def check_lock(self, ctx: RequestContext, inst: dict[str, Any]) -> None:
@@ -140,7 +151,7 @@ class ComputeService:
             await self.catalog.propose(cmd)
             inst = await self.instance(cmd.id)
             action_id = await self.start_action(ctx, inst, "create")
-            self.events.publish("instance.create", instance_id=cmd.id)
+            self.events.publish("instance.create", instance_id=cmd.id, project_id=cmd.project_id)
             self._background(self._build(cmd.id, action_id, force_host))
             created.append(cmd.id)
         return created
@@ -339,6 +350,7 @@ class ComputeService:
                 {"image_type": "snapshot", "instance_uuid": inst["id"], "shelved": "true"},
             )
             await self.manager.set_task(inst["id"], TaskState.SHELVING_IMAGE_UPLOADING, TaskState.SHELVING_OFFLOADING)
+            checkpoint("shelve.offloading")
             await self.offload(inst)
             return {"vm_state": VmState.SHELVED_OFFLOADED, "power_state": int(PowerState.SHUTDOWN), "host": None,
                     "extra": {"shelved_image_id": image_id}}
@@ -406,6 +418,7 @@ class ComputeService:
     async def finish_delete(self, inst: dict[str, Any]) -> None:
         """Remove the instance from this host and the catalog (idempotent; used by reconcile)."""
         await self.manager.cleanup_host(inst)
+        checkpoint("delete.cleaned")
         if self.manager.network is not None:  # its own ports go, ports the user passed in are unbound
             await self.manager.network.release_instance(inst)
         shelved = inst["extra"].get("shelved_image_id")
@@ -414,21 +427,29 @@ class ComputeService:
                 await self.catalog.propose(ImageDelete(id=shelved, updated_at=now_iso()))
             self.manager.store.delete(shelved)
         await self.catalog.propose(InstanceDestroy(id=inst["id"], deleted_at=now_iso()))
-        self.events.publish("instance.delete", instance_id=inst["id"])
+        self.events.publish("instance.delete", instance_id=inst["id"], project_id=inst["project_id"])
 
     # --- waiting ----------------------------------------------------------------------------
 
     async def wait_stable(self, instance_id: str, timeout: float) -> dict[str, Any]:
-        """Poll until the instance has no task_state (or is deleted); Timeout after `timeout`."""
+        """Return once the instance has no task_state (or is deleted); Timeout after `timeout`.
+
+        Wakes when an operation finishes (and re-checks every 0.5 s for changes made elsewhere).
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
+            seen = self._finished
             row = await self.instance(instance_id)
             if row["task_state"] is None or row["deleted_at"] is not None:
                 return row
-            if loop.time() >= deadline:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
                 raise Timeout(f"instance {instance_id} is still {row['task_state']} after {timeout:.0f} s")
-            await asyncio.sleep(0.05)
+            async with self._settled:
+                if self._finished == seen:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._settled.wait(), min(remaining, 0.5))
 
     # --- migrations -------------------------------------------------------------------------
 
