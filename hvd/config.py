@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hvd.errors import ConfigError
 
@@ -158,10 +158,9 @@ class NetworkSection(Section):
         "", description="User dnsmasq drops to; empty = its default (nobody, which must be able to read dhcp_dir)."
     )
     claim_all_devices: bool = Field(
-        False,
-        description="true = every brq/tap/vxlan device and prefixed namespace here is hvd's (removed when"
-        " unknown); false = only those this daemon recorded creating in data_dir (safe when other daemons"
-        " or tools share the host namespace).",
+        True,
+        description="Every brq/tap/vxlan device and prefixed namespace here is hvd's (removed when unknown);"
+        " false = only those this daemon recorded creating (several daemons sharing one host namespace).",
     )
     converge_interval_s: float = Field(
         30.0, gt=0, description="Period of the full converge and dnsmasq supervision (changes converge at once)."
@@ -171,14 +170,45 @@ class NetworkSection(Section):
 class ClusterSection(Section):
     node_id: str = Field("", description="Stable id of this node; empty = host.name.")
     peers: list[str] = Field(
-        default_factory=list, description="Peer API URLs of the other hosts; empty = all-in-one (one voter)."
+        default_factory=list,
+        description="Members as 'node_id=http://host:port' (this node may be listed too); empty = all-in-one,"
+        " a one-voter cluster of this node. Every member must list the same set (see voters).",
     )
-    voters: int = Field(3, ge=1, le=7, description="The first N hosts vote in Raft; the rest are learners.")
-    cluster_key: str = Field("", description="Shared secret that signs peer requests; required with peers.")
+    voters: int = Field(
+        3, ge=1, le=7,
+        description="The first N members by sorted node id vote in Raft; the rest replicate as learners.",
+    )
+    cluster_key: str = Field(
+        "", description="Shared secret (>= 16 chars) that signs peer requests (HMAC-SHA256); required with peers."
+    )
     election_timeout_ms: int = Field(
         600, ge=50, description="Base election timeout (randomised up to 2x); lower = faster failover, more noise."
     )
     heartbeat_ms: int = Field(100, ge=10, description="Leader heartbeat period; well under the election timeout.")
+    propose_timeout_s: float = Field(
+        10.0, gt=0, description="How long a write waits for a leader (election, forwarding) before 503."
+    )
+
+    @field_validator("peers")
+    @classmethod
+    def _peer_format(cls, peers: list[str]) -> list[str]:
+        for peer in peers:
+            node, sep, url = peer.partition("=")
+            if not sep or not node.strip() or not url.startswith(("http://", "https://")):
+                raise ValueError(f"peer {peer!r} is not 'node_id=http://host:port'")
+        return peers
+
+    @model_validator(mode="after")
+    def _key_with_peers(self) -> ClusterSection:
+        if self.peers and len(self.cluster_key) < 16:
+            raise ValueError("cluster_key (>= 16 characters) is required when peers are configured")
+        if self.heartbeat_ms * 3 > self.election_timeout_ms:
+            raise ValueError("heartbeat_ms must be at most a third of election_timeout_ms")
+        return self
+
+    def peer_urls(self) -> dict[str, str]:
+        """node_id -> peer API base URL, for every listed member."""
+        return {node.strip(): url.strip().rstrip("/") for node, _, url in (p.partition("=") for p in self.peers)}
 
 
 class Config(Section):

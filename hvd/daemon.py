@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,18 +20,23 @@ from aiohttp import web
 import hvd
 from hvd import systemd
 from hvd.api.app import build_app
+from hvd.api.internal import PEER_SERVICE, PeerEndpoint, StartupListener
 from hvd.api.services import ApiServices
 from hvd.api.v1.events import EVENTS
 from hvd.api.v1.images import IMAGE_STORE
 from hvd.api.v1.netcommon import NETWORK
 from hvd.api.v1.servers import COMPUTE
 from hvd.catalog.service import Catalog
+from hvd.cluster.coordinator import RaftCoordinator
+from hvd.cluster.member import open_raft_coordinator
+from hvd.cluster.peer_auth import PeerVerifier
 from hvd.compute.hostinfo import host_register_command
 from hvd.compute.manager import ComputeManager
 from hvd.compute.reconcile import Reconciler
 from hvd.compute.service import ComputeService
 from hvd.config import Config
 from hvd.drivers.base import ComputeDriver
+from hvd.errors import Conflict, ServiceUnavailable
 from hvd.events import EventBus
 from hvd.identity.policy import Policy
 from hvd.identity.service import IdentityService, now_iso
@@ -88,25 +94,85 @@ async def register_host(config: Config, catalog: Catalog, driver: ComputeDriver,
     await catalog.propose(cmd)
 
 
+STARTUP_LISTENER = "startup_listener"
+
+
+def open_catalog(config: Config, data_dir: Path) -> tuple[Catalog, RaftCoordinator]:
+    """The catalog replicated by embedded Raft; a host without peers is a one-voter cluster."""
+    catalog = Catalog.open_raft(
+        data_dir / "catalog.db",
+        lambda db, state: open_raft_coordinator(config.cluster, config.node_id, data_dir / "raft.db", db, state),
+    )
+    assert isinstance(catalog.coordinator, RaftCoordinator)
+    return catalog, catalog.coordinator
+
+
+async def bootstrap_identity(config: Config, identity: IdentityService, openrc: Path, api_url: str) -> None:
+    """Create the admin on a new cluster. Members starting together may race: the first command
+    of the bootstrap (the admin project) decides, and the others find it taken."""
+    try:
+        await identity.bootstrap(config.identity.admin_password, openrc, api_url)
+    except Conflict:
+        log.info("identity was bootstrapped by another cluster member")
+
+
+async def wait_for_cluster(coordinator: RaftCoordinator) -> None:
+    """Wait (as long as it takes: members of a new cluster start one by one) until this member
+    has caught up with a leader, so start-up decisions like "no users yet" are the cluster's."""
+    while True:
+        try:
+            await coordinator.read_barrier()
+            return
+        except ServiceUnavailable as exc:
+            log.warning("waiting for a Raft leader: %s", exc.message)
+
+
+def listen_socket(config: Config) -> socket.socket:
+    """The API's listening TCP socket (bound early in a cluster: peers reach us during start-up)."""
+    family = socket.AF_INET6 if ":" in config.api.listen else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((config.api.listen, config.api.port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
 @contextlib.asynccontextmanager
-async def running_services(config: Config) -> AsyncIterator[ApiServices]:
-    """Start every service in order; stop them in reverse on exit."""
+async def running_services(config: Config, listener: socket.socket | None = None) -> AsyncIterator[ApiServices]:
+    """Start every service in order; stop them in reverse on exit.
+
+    With ``listener`` (a clustered daemon) the peer routes are served on it from the moment Raft
+    runs, because the start-up writes below go through the leader; ``serve`` hands the socket
+    over to the public app, then closes the start-up listener (``extra[STARTUP_LISTENER]``).
+    """
     data_dir = Path(config.host.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     Path(config.host.instances_path).mkdir(parents=True, exist_ok=True)
     api_url = f"http://{config.api.listen}:{config.api.port}"
-    catalog = Catalog.open_local(data_dir / "catalog.db", config.node_id)
+    catalog, coordinator = open_catalog(config, data_dir)
+    startup: StartupListener | None = None
     try:
-        await catalog.coordinator.start()
+        await coordinator.start()
+        key = config.cluster.cluster_key.encode()
+        endpoint = PeerEndpoint(coordinator, PeerVerifier(key) if key else None)
+        if listener is not None:
+            startup = StartupListener(endpoint, listener)
+            await startup.start()
+        await wait_for_cluster(coordinator)
         identity = IdentityService(catalog, config.identity.token_ttl_s)
         openrc = Path(config.identity.openrc_path or data_dir / "openrc")
-        await identity.bootstrap(config.identity.admin_password, openrc, api_url)
+        await bootstrap_identity(config, identity, openrc, api_url)
         async with running_compute(config, catalog, api_url) as extra:
+            extra[PEER_SERVICE] = endpoint
+            extra[STARTUP_LISTENER] = startup
             policy = Policy(config.identity.policy)
             extra[COMPUTE].policy = policy
             yield ApiServices(config=config, catalog=catalog, identity=identity, policy=policy, api_url=api_url,
                               extra=extra)
     finally:
+        if startup is not None:
+            await startup.close()
         await catalog.coordinator.stop()
         catalog.close()
 
@@ -153,12 +219,23 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running_services(config) as services:
+    listener = listen_socket(config) if config.cluster.peers else None
+    async with contextlib.AsyncExitStack() as stack:
+        if listener is not None:
+            stack.callback(listener.close)
+        services = await stack.enter_async_context(running_services(config, listener))
         app = build_app(services)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, config.api.listen, config.api.port, reuse_address=True)
+        site: web.BaseSite
+        if listener is not None:
+            site = web.SockSite(runner, listener)
+        else:
+            site = web.TCPSite(runner, config.api.listen, config.api.port, reuse_address=True)
         await site.start()
+        startup = services.extra.pop(STARTUP_LISTENER, None)
+        if startup is not None:
+            await startup.close()  # the public app accepts on the same socket now
         log.info("hvd %s listening on %s (host %s)", hvd.__version__, services.api_url, config.host_name)
         systemd.notify("READY=1")
         interval = systemd.watchdog_interval()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,12 +37,26 @@ class Database:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalog-db")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalog-db", initializer=self._mark)
+        self._thread: int | None = None
+
+    def _mark(self) -> None:
+        self._thread = threading.get_ident()
 
     async def run(self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kw: P.kwargs) -> T:
         """Run `fn(conn, *args)` in the database thread."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(self.conn, *args, **kw))
+
+    def call(self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kw: P.kwargs) -> T:
+        """Run `fn(conn, *args)` in the database thread and block until it returns.
+
+        For other worker threads (the Raft driver's I/O thread), never for the event loop. Called
+        from the database thread itself it runs inline, since waiting on its own queue would deadlock.
+        """
+        if threading.get_ident() == self._thread:
+            return fn(self.conn, *args, **kw)
+        return self._pool.submit(fn, self.conn, *args, **kw).result()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

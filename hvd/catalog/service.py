@@ -32,6 +32,20 @@ class Catalog:
         state = CatalogState(db.conn)
         return cls(db, state, LocalCoordinator(db, state, node_id))
 
+    @classmethod
+    def open_raft(cls, path: Path | str, make_coordinator: Callable[[Database, CatalogState], Coordinator]) -> Catalog:
+        """A replicated catalog at `path`, changed only through the coordinator built by
+        `make_coordinator(db, state)` (a Raft member that applies committed commands here).
+
+        The catalog commits with synchronous=NORMAL: the Raft log is fsynced (FULL) before anything
+        is applied, so a power loss that drops the catalog's last transactions only rolls it back
+        to an earlier consistent state (WAL; the applied index is in the same transaction), and
+        Raft applies the lost tail again from the log at start-up.
+        """
+        db = Database(connect(path, synchronous="NORMAL"))
+        state = CatalogState(db.conn)
+        return cls(db, state, make_coordinator(db, state))
+
     async def propose(self, cmd: Command) -> dict[str, Any]:
         return await self.coordinator.propose(cmd)
 

@@ -72,10 +72,13 @@ class CatalogState:
         return read_applied_index(self.conn)
 
     def apply(self, index: int, data: bytes) -> bytes:
-        return self.apply_batch([(index, data)])[0]
+        """StateMachine.apply: Raft indices skip the entries that are not commands (leader no-ops,
+        membership changes), so any index above the applied one is accepted."""
+        return self.apply_batch([(index, data)], contiguous=False)[0]
 
-    def apply_batch(self, entries: list[tuple[int, bytes]]) -> list[bytes]:
-        """Apply consecutive entries in ONE transaction (group commit: one fsync for the batch)."""
+    def apply_batch(self, entries: list[tuple[int, bytes]], contiguous: bool = True) -> list[bytes]:
+        """Apply entries in ONE transaction (group commit: one fsync for the batch); with
+        `contiguous`, each index must follow the previous one (a gap is a bug upstream)."""
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -86,7 +89,7 @@ class CatalogState:
                     # already applied before a crash/restart: replaying must not apply twice
                     results.append(encode_result(error=HvdError(f"entry {index} already applied")))
                     continue
-                if index != applied + 1:
+                if contiguous and index != applied + 1:
                     raise RuntimeError(f"catalog gap: applied {applied}, got entry {index}")
                 results.append(_apply_one(conn, data))
                 applied = index
@@ -104,6 +107,8 @@ class CatalogState:
             dest = sqlite3.connect(str(path))
             try:
                 self.conn.backup(dest)
+                # the copy inherits WAL mode from its header, which an in-memory database cannot open
+                dest.execute("PRAGMA journal_mode=DELETE")
             finally:
                 dest.close()
             data = path.read_bytes()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class StateMachine(Protocol):
@@ -26,4 +26,14 @@ class StateMachine(Protocol):
 
     def restore(self, index: int, data: bytes) -> None:
         """Replace the whole state with an image taken at ``index``."""
+        ...
+
+
+@runtime_checkable
+class BatchStateMachine(StateMachine, Protocol):
+    """Optional: a state machine that applies several committed commands in one atomic step
+    (e.g. one SQLite transaction), so group commit also saves the state machine's commits."""
+
+    def apply_batch(self, entries: list[tuple[int, bytes]]) -> list[bytes]:
+        """Apply ``(index, data)`` pairs in order, atomically with the last index; one result each."""
         ...

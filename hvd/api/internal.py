@@ -1,0 +1,150 @@
+"""Peer routes under /internal/v1: Raft messages, forwarded proposals, read-index, cluster status.
+
+The auth middleware lets /internal/ through without a user token, so every handler here first
+checks the peer signature (HMAC-SHA256 with the cluster key, time window, replay cache) and
+answers 401 before doing anything. These routes are not in the public OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from hvd.api.middleware import error_middleware, request_id_middleware
+from hvd.cluster.coordinator import RaftCoordinator, routing_error_response
+from hvd.cluster.http_transport import APPLIED_HEADER, MESSAGE_PATH, PROPOSE_PATH, READ_INDEX_PATH, STATUS_PATH
+from hvd.cluster.peer_auth import TIMESTAMP_HEADER, PeerAuthError, PeerVerifier
+from hvd.errors import BadRequest, NotLeader, PayloadTooLarge, ServiceUnavailable, Unauthorized
+
+MAX_PEER_BODY = 512 * 1024 * 1024  # a Raft snapshot carries the whole catalog
+
+
+@dataclass
+class PeerEndpoint:
+    """What the peer routes serve: this member's coordinator and the shared replay cache."""
+
+    coordinator: RaftCoordinator
+    verifier: PeerVerifier | None  # None when no cluster_key is set: every peer request is refused
+
+
+PEER = web.AppKey("hvd.peer", PeerEndpoint)
+PEER_SERVICE = "peer"  # key of the PeerEndpoint in ApiServices.extra
+
+
+async def _authenticated_body(request: web.Request) -> bytes:
+    endpoint = request.app[PEER]
+    if endpoint.verifier is None:
+        raise Unauthorized("this host has no cluster_key: peer requests are refused")
+    if TIMESTAMP_HEADER not in request.headers:  # cheap refusal before reading an anonymous body
+        raise Unauthorized("peer request is not signed")
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(1 << 16):
+        body += chunk
+        if len(body) > MAX_PEER_BODY:
+            raise PayloadTooLarge(f"peer request bodies are limited to {MAX_PEER_BODY} bytes")
+    try:
+        endpoint.verifier.verify(request.method, request.path, request.headers, bytes(body))
+    except PeerAuthError as exc:
+        raise Unauthorized(f"peer authentication failed: {exc}") from exc
+    return bytes(body)
+
+
+async def raft_message(request: web.Request) -> web.Response:
+    body = await _authenticated_body(request)
+    try:
+        request.app[PEER].coordinator.receive(body)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadRequest(f"malformed raft message: {exc}") from exc
+    return web.Response(status=204)
+
+
+async def raft_propose(request: web.Request) -> web.Response:
+    body = await _authenticated_body(request)
+    coordinator = request.app[PEER].coordinator
+    try:
+        out = await coordinator.propose_local(body)
+    except (NotLeader, ServiceUnavailable) as exc:
+        status, err = routing_error_response(exc)
+        return web.Response(status=status, body=err, content_type="application/json")
+    # >= the entry's index: the forwarding member waits for it so its local reads see the write
+    applied = str(coordinator.driver.applied_index)
+    return web.Response(body=out, content_type="application/json", headers={APPLIED_HEADER: applied})
+
+
+async def raft_read_index(request: web.Request) -> web.Response:
+    await _authenticated_body(request)
+    try:
+        index = await request.app[PEER].coordinator.read_index_local()
+    except (NotLeader, ServiceUnavailable) as exc:
+        status, err = routing_error_response(exc)
+        return web.Response(status=status, body=err, content_type="application/json")
+    return web.json_response({"index": index})
+
+
+async def cluster_status(request: web.Request) -> web.Response:
+    await _authenticated_body(request)
+    return web.json_response(request.app[PEER].coordinator.status())
+
+
+class _QuietRaftMessages(logging.Filter):
+    """Drops the access-log line of successful Raft message deliveries: heartbeats alone would
+    write ~20 lines a second per peer (failures are still logged)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (isinstance(args, tuple) and len(args) > 2 and args[1] == MESSAGE_PATH and args[2] == 204)
+
+
+_QUIET = _QuietRaftMessages()
+
+
+def install(app: web.Application, endpoint: PeerEndpoint) -> None:
+    """Add the peer routes to ``app`` (outside the public Router, so outside OpenAPI)."""
+    logging.getLogger("hvd.api").addFilter(_QUIET)  # the request-id middleware's access log
+    app[PEER] = endpoint
+    app.router.add_post(MESSAGE_PATH, raft_message)
+    app.router.add_post(PROPOSE_PATH, raft_propose)
+    app.router.add_post(READ_INDEX_PATH, raft_read_index)
+    app.router.add_get(STATUS_PATH, cluster_status)
+
+
+async def _starting(request: web.Request) -> web.Response:
+    err = ServiceUnavailable("hvd is starting (joining the cluster); retry shortly")
+    return web.json_response({"error": {"code": 503, "title": err.title, "message": err.message,
+                                         "request_id": ""}}, status=503, headers={"Retry-After": "1"})
+
+
+def build_startup_app(endpoint: PeerEndpoint) -> web.Application:
+    """Peer routes only, served while the daemon joins the cluster (before the public API is up:
+    start-up itself proposes through the leader, which needs Raft traffic to flow)."""
+    app = web.Application(middlewares=[request_id_middleware, error_middleware])
+    install(app, endpoint)
+    app.router.add_route("*", "/{tail:.*}", _starting)
+    return app
+
+
+class StartupListener:
+    """Serves :func:`build_startup_app` on the daemon's listening socket until ``close()``.
+
+    It accepts on a duplicate of the socket the public app will use, so no connection is refused
+    and none waits in the backlog during the handover: the public app starts accepting first,
+    then this one stops (requests it still holds finish normally).
+    """
+
+    def __init__(self, endpoint: PeerEndpoint, sock: socket.socket) -> None:
+        self._app = build_startup_app(endpoint)
+        self._sock = sock
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+        await self._runner.setup()
+        await web.SockSite(self._runner, self._sock.dup()).start()
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()

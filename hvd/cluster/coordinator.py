@@ -1,0 +1,275 @@
+"""The catalog's Coordinator over embedded Raft.
+
+``RaftCoordinator.propose`` commits on the leader: locally when this node leads, otherwise by
+forwarding the encoded command to the leader's ``/internal/v1/raft/propose``. While there is no
+leader (election, failover) it retries for ``propose_timeout`` seconds, then answers
+ServiceUnavailable (503, retryable). Only failures that guarantee the command was not appended
+are retried; anything else (a lost connection mid-request) is reported as "outcome unknown".
+
+The catalog's SQLite connection belongs to one thread, so ``CatalogStateMachine`` runs every
+CatalogState call on the database thread and blocks the Raft I/O thread until it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import aiohttp
+
+from hvd.catalog.commands import Command, encode
+from hvd.catalog.coordinator import Coordinator
+from hvd.catalog.db import Database
+from hvd.catalog.state import CatalogState, decode_result, encode_result
+from hvd.cluster.http_transport import (
+    PROPOSE_PATH,
+    READ_INDEX_PATH,
+    HttpTransport,
+    PeerClient,
+    PeerErrors,
+    decode_batch,
+)
+from hvd.cluster.raft.driver import RaftDriver
+from hvd.cluster.raft.errors import NotLeaderError, OutcomeUnknownError, ProposalDroppedError
+from hvd.cluster.raft.node import Role
+from hvd.cluster.raft.storage import SqliteStorage
+from hvd.errors import HvdError, NotLeader, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+MISDIRECTED = 421  # the peer is not the leader: the request was not appended, safe to retry elsewhere
+
+
+class CatalogStateMachine:
+    """The Raft StateMachine over CatalogState, run on the catalog's database thread.
+
+    Called from the Raft driver's I/O thread, which blocks on the database thread. This cannot
+    deadlock: the database thread only ever runs self-contained SQLite work and never waits on the
+    Raft thread or the event loop.
+    """
+
+    def __init__(self, db: Database, state: CatalogState) -> None:
+        self._db = db
+        self._state = state
+
+    def applied_index(self) -> int:
+        return self._db.call(lambda _c: self._state.applied_index())
+
+    def apply(self, index: int, data: bytes) -> bytes:
+        return self._db.call(lambda _c: self._state.apply(index, data))
+
+    def apply_batch(self, entries: list[tuple[int, bytes]]) -> list[bytes]:
+        # one transaction for a whole Raft round: group commit reaches the catalog too
+        return self._db.call(lambda _c: self._state.apply_batch(entries, contiguous=False))
+
+    def snapshot(self) -> tuple[int, bytes]:
+        return self._db.call(lambda _c: self._state.snapshot())
+
+    def restore(self, index: int, data: bytes) -> None:
+        self._db.call(lambda _c: self._state.restore(index, data))
+
+
+class RaftCoordinator(Coordinator):
+    """Coordinator over a RaftDriver; forwards to the leader through ``PeerClient`` when a follower."""
+
+    def __init__(
+        self,
+        driver: RaftDriver,
+        node_id: str,
+        *,
+        client: PeerClient | None = None,
+        transport: HttpTransport | None = None,
+        propose_timeout: float = 10.0,
+        storage: SqliteStorage | None = None,
+    ) -> None:
+        self.driver = driver
+        self._storage = storage
+        self.node_id = node_id
+        self._client = client
+        self._transport = transport
+        self._propose_timeout = propose_timeout
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Start the transport and Raft; a sole voter elects itself at once instead of waiting
+        out an election timeout (nobody else could win, and every single-host start would pay it)."""
+        if self._client is not None:
+            await self._client.start()
+        if self._transport is not None:
+            await self._transport.start()
+        await self.driver.start()
+        node = self.driver.node
+        if node.conf.voters == frozenset({self.node_id}):
+            for _ in range(2 * node.cfg.election_ticks):  # ticks are logical: fast-forward them
+                if node.role == Role.LEADER:
+                    break
+                node.tick()
+
+    async def stop(self) -> None:
+        try:
+            await self.driver.stop()
+        finally:
+            if self._transport is not None:
+                await self._transport.close()
+            if self._client is not None:
+                await self._client.close()
+            if self._storage is not None:
+                self._storage.close()  # the driver's I/O thread is gone: nothing else uses it now
+
+    # ------------------------------------------------------------------ state
+    @property
+    def is_leader(self) -> bool:
+        return self.driver.is_leader
+
+    @property
+    def leader_id(self) -> str | None:
+        return self.driver.leader_id
+
+    @property
+    def term(self) -> int:
+        return self.driver.term
+
+    def status(self) -> dict[str, Any]:
+        """This member's view of the cluster (served at /internal/v1/cluster/status)."""
+        node = self.driver.node
+        return {
+            "node_id": self.node_id,
+            "role": str(node.role),
+            "term": node.term,
+            "leader": node.lead,
+            "commit": node.commit,
+            "applied": node.applied,
+            "last_index": node.log.last_index(),
+            "voters": sorted(node.conf.voters),
+            "learners": sorted(node.conf.learners),
+            "persist_rounds": self.driver.persist_rounds,
+            "dropped_messages": self._transport.dropped if self._transport is not None else 0,
+        }
+
+    # ------------------------------------------------------------------ writes
+    async def propose(self, cmd: Command) -> dict[str, Any]:
+        return decode_result(await self.propose_bytes(encode(cmd)))
+
+    async def propose_bytes(self, data: bytes) -> bytes:
+        """Commit an encoded command through the leader; returns the encoded apply result."""
+        deadline = time.monotonic() + self._propose_timeout
+        delay = 0.01
+        while True:
+            leader = self.driver.leader_id
+            if self.driver.is_leader:
+                try:
+                    return await self.propose_local(data, deadline - time.monotonic())
+                except NotLeader:
+                    pass
+            elif leader is not None and self._client is not None and leader in self._client.peers:
+                forwarded = await self._forward(leader, PROPOSE_PATH, data, deadline)
+                if forwarded is not None:
+                    result, applied = forwarded
+                    # read-your-writes: the caller reads this node's catalog next
+                    await self._wait_applied_until(applied, deadline)
+                    return result
+            if time.monotonic() + delay > deadline:
+                raise ServiceUnavailable(
+                    f"no Raft leader could commit the change within {self._propose_timeout:.0f} s"
+                    f" (leader: {leader or 'unknown'}); retry later"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    async def propose_local(self, data: bytes, timeout: float | None = None) -> bytes:
+        """Leader side of a proposal. Raises NotLeader (not appended: retry elsewhere) or
+        ServiceUnavailable (the outcome is unknown: re-read before retrying)."""
+        timeout = self._propose_timeout if timeout is None else max(timeout, 0.1)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.driver.propose(data)
+        except (NotLeaderError, ProposalDroppedError) as exc:
+            raise NotLeader(str(exc), leader_id=self.driver.leader_id) from exc
+        except (OutcomeUnknownError, TimeoutError) as exc:
+            raise ServiceUnavailable(f"the change may or may not have been committed: {exc or 'timed out'}") from exc
+
+    async def _wait_applied_until(self, index: int, deadline: float) -> None:
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
+                await self.driver.wait_applied(index)
+        except TimeoutError as exc:
+            raise ServiceUnavailable(f"this member has not caught up to index {index} yet; retry") from exc
+
+    async def _forward(self, leader: str, path: str, body: bytes, deadline: float) -> tuple[bytes, int] | None:
+        """POST to the leader; (response body, leader's applied index), or None when it is safe
+        to retry."""
+        assert self._client is not None
+        try:
+            status, out, applied = await self._client.post(leader, path, body, max(deadline - time.monotonic(), 0.1))
+        except aiohttp.ClientConnectorError:
+            return None  # never reached the leader (it is down or restarting): not appended
+        except PeerErrors as exc:
+            raise ServiceUnavailable(
+                f"lost the connection to leader {leader}; the change may or may not have been committed"
+            ) from exc
+        if status == 200:
+            return out, applied
+        if status == MISDIRECTED:
+            return None
+        if status == 401:
+            raise ServiceUnavailable(f"leader {leader} refused this node's signature: check [cluster] cluster_key")
+        raise _wire_error(out, f"leader {leader} answered HTTP {status}")
+
+    # ------------------------------------------------------------------ reads
+    async def wait_applied(self, index: int) -> None:
+        await self.driver.wait_applied(index)
+
+    async def read_barrier(self) -> None:
+        """Read-index: once this returns, local reads include every write committed before the call."""
+        deadline = time.monotonic() + self._propose_timeout
+        delay = 0.01
+        while True:
+            leader = self.driver.leader_id
+            if self.driver.is_leader:
+                try:
+                    await self.read_index_local(deadline - time.monotonic())
+                    return
+                except NotLeader:
+                    pass
+            elif leader is not None and self._client is not None and leader in self._client.peers:
+                forwarded = await self._forward(leader, READ_INDEX_PATH, b"", deadline)
+                if forwarded is not None:
+                    await self._wait_applied_until(int(json.loads(forwarded[0])["index"]), deadline)
+                    return
+            if time.monotonic() + delay > deadline:
+                raise ServiceUnavailable("no Raft leader could confirm the commit index; retry later")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    async def read_index_local(self, timeout: float | None = None) -> int:
+        """Leader side of read-index: the commit index, confirmed by a quorum, once applied here."""
+        timeout = self._propose_timeout if timeout is None else max(timeout, 0.1)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.driver.read_barrier()
+        except NotLeaderError as exc:
+            raise NotLeader(str(exc), leader_id=self.driver.leader_id) from exc
+        except (OutcomeUnknownError, TimeoutError) as exc:
+            raise ServiceUnavailable("the leader could not confirm its commit index") from exc
+
+    # ------------------------------------------------------------------ peer routes
+    def receive(self, body: bytes) -> None:
+        """Raft messages that arrived at /internal/v1/raft/message (already authenticated)."""
+        if self._transport is not None:
+            self._transport.deliver(decode_batch(body))
+
+
+def _wire_error(body: bytes, fallback: str) -> HvdError:
+    try:
+        return HvdError.from_wire(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return ServiceUnavailable(fallback)
+
+
+def routing_error_response(exc: HvdError) -> tuple[int, bytes]:
+    """(status, body) a peer route answers for a NotLeader/ServiceUnavailable raised above."""
+    status = MISDIRECTED if isinstance(exc, NotLeader) else exc.status
+    return status, encode_result(error=exc)

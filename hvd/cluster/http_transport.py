@@ -1,0 +1,141 @@
+"""Raft messages and peer calls over the daemons' signed ``/internal/v1`` routes.
+
+Raft messages to a peer go through a per-peer outbox drained by one sender task: while one POST is
+in flight the next messages queue up and leave together in the following POST (newline-separated
+JSON). That keeps them in order per peer (Raft tolerates reordering, but a reordered append costs
+a rejection and a retry) and lets the number of HTTP requests fall as the load grows. Every
+failure is a drop: Raft re-sends on the next heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+
+import aiohttp
+
+from hvd.cluster.peer_auth import sign_headers
+from hvd.cluster.raft.messages import Message, decode_message, encode_message
+from hvd.cluster.raft.transport import Receiver
+
+log = logging.getLogger(__name__)
+
+MESSAGE_PATH = "/internal/v1/raft/message"
+PROPOSE_PATH = "/internal/v1/raft/propose"
+READ_INDEX_PATH = "/internal/v1/raft/read-index"
+STATUS_PATH = "/internal/v1/cluster/status"
+APPLIED_HEADER = "X-Hvd-Applied-Index"  # on a forwarded write: wait for this before reading locally
+
+MAX_BATCH = 256  # messages per POST, so a backlog after an outage does not become one huge body
+PeerErrors = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
+
+
+def encode_batch(messages: list[Message]) -> bytes:
+    """Newline-separated JSON messages (JSON text never holds a raw newline)."""
+    return b"\n".join(encode_message(m) for m in messages)
+
+
+def decode_batch(body: bytes) -> list[Message]:
+    """Inverse of :func:`encode_batch`; raises ValueError/KeyError/TypeError on malformed input."""
+    return [decode_message(line) for line in body.split(b"\n") if line]
+
+
+class PeerClient:
+    """Signed HTTP calls to other members (one aiohttp session, created on ``start``)."""
+
+    def __init__(self, node_id: str, peers: dict[str, str], key: bytes) -> None:
+        self.node_id = node_id
+        self.peers = {p: url for p, url in peers.items() if p != node_id}
+        self._key = key
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit_per_host=32))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post(self, peer: str, path: str, body: bytes, timeout: float) -> tuple[int, bytes, int]:
+        """POST ``body`` to ``peer``; returns (status, body, the peer's applied index when it names
+        one). Raises KeyError for an unknown peer, aiohttp/OS/timeout errors when it is unreachable."""
+        url = self.peers[peer]
+        if self._session is None:
+            raise aiohttp.ClientConnectionError("peer client is closed")
+        headers = sign_headers(self._key, self.node_id, "POST", path, body)
+        headers["Content-Type"] = "application/octet-stream"
+        async with self._session.post(url + path, data=body, headers=headers,
+                                      timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            out = await resp.read()
+            return resp.status, out, int(resp.headers.get(APPLIED_HEADER, "0"))
+
+
+class HttpTransport:
+    """The Raft ``Transport`` over ``POST /internal/v1/raft/message``."""
+
+    def __init__(self, client: PeerClient, *, send_timeout: float = 1.0, max_queue: int = 4096) -> None:
+        self._client = client
+        self._send_timeout = send_timeout
+        self._max_queue = max_queue
+        self._receiver: Receiver = lambda m: None
+        self._outbox: dict[str, deque[Message]] = {p: deque() for p in client.peers}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.dropped = 0  # messages lost to full queues or failed POSTs (a hint for operators)
+
+    async def start(self) -> None:
+        for peer in self._outbox:
+            self._wake[peer] = asyncio.Event()
+            self._tasks.append(asyncio.create_task(self._drain(peer), name=f"raft-send-{peer}"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def send(self, to: str, msg: Message) -> None:
+        queue = self._outbox.get(to)
+        if queue is None or to not in self._wake:
+            return
+        if len(queue) >= self._max_queue:
+            queue.popleft()  # the oldest is the least useful; Raft re-sends what matters
+            self.dropped += 1
+        queue.append(msg)
+        self._wake[to].set()
+
+    def set_receiver(self, receiver: Receiver) -> None:
+        self._receiver = receiver
+
+    def deliver(self, messages: list[Message]) -> None:
+        """Hand messages received by the peer route to Raft (on the event loop)."""
+        for msg in messages:
+            self._receiver(msg)
+
+    async def _drain(self, peer: str) -> None:
+        queue, wake = self._outbox[peer], self._wake[peer]
+        failures = 0
+        while True:
+            await wake.wait()
+            wake.clear()
+            while queue:
+                batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
+                try:
+                    status, _, _ = await self._client.post(peer, MESSAGE_PATH, encode_batch(batch), self._send_timeout)
+                    failures = 0 if status < 300 else failures + 1
+                    if status >= 300:
+                        self.dropped += len(batch)
+                        log.warning("peer %s refused raft messages: HTTP %s", peer, status)
+                except PeerErrors as exc:
+                    self.dropped += len(batch)
+                    failures += 1
+                    if failures in (1, 100):  # a dead peer would otherwise log every heartbeat
+                        log.info("peer %s unreachable (%s); dropping raft messages until it answers",
+                                 peer, type(exc).__name__)
+                    # back off a little so a dead peer does not spin this task; heartbeats refill
+                    await asyncio.sleep(min(0.05 * failures, 0.2))

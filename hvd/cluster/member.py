@@ -1,0 +1,85 @@
+"""Assemble this host's Raft member from ``[cluster]``: storage, initial membership, timing, transport.
+
+Membership is static at bootstrap: every member lists the same peers, sorts all node ids, and the
+first ``voters`` of them vote while the rest replicate as learners. A member that already has
+Raft state ignores this (its log holds the membership).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from hvd.catalog.db import Database
+from hvd.catalog.state import CatalogState
+from hvd.cluster.coordinator import CatalogStateMachine, RaftCoordinator
+from hvd.cluster.http_transport import HttpTransport, PeerClient
+from hvd.cluster.raft.driver import RaftDriver
+from hvd.cluster.raft.messages import ConfState, Snapshot, SnapshotMeta
+from hvd.cluster.raft.node import RaftConfig
+from hvd.cluster.raft.storage import SqliteStorage
+from hvd.cluster.raft.transport import InMemoryNetwork, Transport
+from hvd.config import ClusterSection
+
+log = logging.getLogger(__name__)
+
+
+def initial_conf(node_id: str, members: list[str], voters: int) -> ConfState:
+    """The bootstrap membership: the first ``voters`` ids in sorted order vote, the others learn."""
+    ordered = sorted(set(members) | {node_id})
+    return ConfState(frozenset(ordered[:voters]), frozenset(ordered[voters:]))
+
+
+def raft_timing(cluster: ClusterSection) -> tuple[float, RaftConfig]:
+    """(tick seconds, node config): two ticks per heartbeat, the election timeout in ticks."""
+    tick_ms = cluster.heartbeat_ms / 2
+    return tick_ms / 1000, RaftConfig(
+        id="",
+        election_ticks=max(6, round(cluster.election_timeout_ms / tick_ms)),
+        heartbeat_ticks=2,
+    )
+
+
+def bootstrap_storage(storage: SqliteStorage, sm: CatalogStateMachine, conf: ConfState) -> None:
+    """Give brand-new Raft state its membership. A catalog that was written before Raft (one host
+    without a log) becomes the first snapshot, so its applied entries are never expected again."""
+    hs, snap, entries = storage.load()
+    if hs.term or entries or snap.meta.index or snap.meta.conf.voters:
+        return
+    if sm.applied_index() == 0:
+        storage.bootstrap(conf)
+        return
+    index, data = sm.snapshot()
+    log.info("adopting the existing catalog (applied index %d) as the first Raft snapshot", index)
+    storage.persist(None, Snapshot(SnapshotMeta(index, 0, conf), data), ())
+
+
+def open_raft_coordinator(
+    cluster: ClusterSection,
+    node_id: str,
+    raft_path: Path,
+    db: Database,
+    state: CatalogState,
+    *,
+    snapshot_every: int = 10_000,  # a snapshot copies the whole catalog: not too often
+    network: InMemoryNetwork | None = None,
+) -> RaftCoordinator:
+    """A RaftCoordinator for this host (``network`` replaces HTTP in tests)."""
+    peers = cluster.peer_urls()
+    conf = initial_conf(node_id, list(peers), cluster.voters)
+    sm = CatalogStateMachine(db, state)
+    storage = SqliteStorage(raft_path)
+    bootstrap_storage(storage, sm, conf)
+    tick, base = raft_timing(cluster)
+    config = RaftConfig(id=node_id, election_ticks=base.election_ticks, heartbeat_ticks=base.heartbeat_ticks)
+    client: PeerClient | None = None
+    http: HttpTransport | None = None
+    transport: Transport
+    if network is not None:
+        transport = network.endpoint(node_id)
+    else:
+        client = PeerClient(node_id, peers, cluster.cluster_key.encode())
+        transport = http = HttpTransport(client)
+    driver = RaftDriver(config, storage, transport, sm, tick_seconds=tick, snapshot_every=snapshot_every)
+    return RaftCoordinator(driver, node_id, client=client, transport=http, propose_timeout=cluster.propose_timeout_s,
+                           storage=storage)

@@ -1,0 +1,72 @@
+"""Peer request signatures: forged, stale and replayed requests are refused; the cache stays bounded."""
+
+from __future__ import annotations
+
+import pytest
+
+from hvd.cluster.http_transport import decode_batch, encode_batch
+from hvd.cluster.peer_auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, PeerAuthError, PeerVerifier, sign_headers
+from hvd.cluster.raft.messages import AppendRequest, Entry, VoteRequest
+
+KEY = b"k" * 32
+PATH = "/internal/v1/raft/message"
+
+
+def test_signed_request_is_accepted_once() -> None:
+    v = PeerVerifier(KEY)
+    headers = sign_headers(KEY, "n1", "POST", PATH, b"body", now=1000.0)
+    assert v.verify("POST", PATH, headers, b"body", now=1001.0) == "n1"
+    with pytest.raises(PeerAuthError, match="replayed"):
+        v.verify("POST", PATH, headers, b"body", now=1002.0)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "key"),
+    [("POST", PATH, b"other body", KEY), ("POST", "/internal/v1/raft/propose", b"body", KEY),
+     ("GET", PATH, b"body", KEY), ("POST", PATH, b"body", b"x" * 32)],
+)
+def test_any_change_breaks_the_signature(method: str, path: str, body: bytes, key: bytes) -> None:
+    headers = sign_headers(key, "n1", "POST", PATH, b"body", now=1000.0)
+    with pytest.raises(PeerAuthError, match="bad peer signature"):
+        PeerVerifier(KEY).verify(method, path, headers, body, now=1000.0)
+
+
+def test_missing_headers_and_stale_timestamps_are_refused() -> None:
+    v = PeerVerifier(KEY)
+    with pytest.raises(PeerAuthError, match="missing"):
+        v.verify("POST", PATH, {}, b"", now=1000.0)
+    old = sign_headers(KEY, "n1", "POST", PATH, b"", now=1000.0)
+    with pytest.raises(PeerAuthError, match="window"):
+        v.verify("POST", PATH, old, b"", now=1031.0)
+    future = sign_headers(KEY, "n1", "POST", PATH, b"", now=1031.0)
+    with pytest.raises(PeerAuthError, match="window"):
+        v.verify("POST", PATH, future, b"", now=1000.0)
+    tampered = dict(old, **{TIMESTAMP_HEADER: "1030.0"})
+    with pytest.raises(PeerAuthError, match="bad peer signature"):
+        v.verify("POST", PATH, tampered, b"", now=1030.0)
+
+
+def test_identical_messages_in_the_same_instant_are_both_accepted() -> None:
+    v = PeerVerifier(KEY)
+    a = sign_headers(KEY, "n1", "POST", PATH, b"heartbeat", now=1000.0)
+    b = sign_headers(KEY, "n1", "POST", PATH, b"heartbeat", now=1000.0)
+    assert a[SIGNATURE_HEADER] != b[SIGNATURE_HEADER]  # the nonce differs
+    v.verify("POST", PATH, a, b"heartbeat", now=1000.0)
+    v.verify("POST", PATH, b, b"heartbeat", now=1000.0)
+
+
+def test_full_cache_forgets_old_signatures_without_allowing_their_replay() -> None:
+    v = PeerVerifier(KEY, max_entries=3)
+    sent = [sign_headers(KEY, "n1", "POST", PATH, b"", now=1000.0 + i) for i in range(5)]
+    for i, h in enumerate(sent):
+        v.verify("POST", PATH, h, b"", now=1000.0 + i)
+    assert len(v._seen) == 3
+    for h in sent:
+        with pytest.raises(PeerAuthError, match="replayed"):
+            v.verify("POST", PATH, h, b"", now=1005.0)
+
+
+def test_message_batches_round_trip() -> None:
+    msgs = [VoteRequest(3, "a", "b", 10, 2, pre_vote=True),
+            AppendRequest(3, "a", "b", 9, 2, (Entry(10, 3, data=b"\n{x}\n"),), 9, seq=4)]
+    assert decode_batch(encode_batch(msgs)) == msgs
