@@ -100,6 +100,10 @@ class ComputeSection(Section):
     resize_confirm_window_s: int = Field(
         0, ge=0, description="Resized instances are confirmed automatically after this long; 0 = never."
     )
+    instance_name_prefix: str = Field(
+        "instance-", pattern=r"^instance-[a-z0-9-]*$",
+        description="Domain names are this + %08x of the instance number (Nova's instance_name_template).",
+    )
     sync_power_state_interval_s: float = Field(
         60.0, gt=0, description="Period of the power-state sync with the hypervisor (events cover the rest)."
     )
@@ -158,9 +162,10 @@ class NetworkSection(Section):
         "", description="User dnsmasq drops to; empty = its default (nobody, which must be able to read dhcp_dir)."
     )
     claim_all_devices: bool = Field(
-        True,
-        description="Every brq/tap/vxlan device and prefixed namespace here is hvd's (removed when unknown);"
-        " false = only those this daemon recorded creating (several daemons sharing one host namespace).",
+        False,
+        description="true = every brq/tap/vxlan device and prefixed namespace here is hvd's (removed when"
+        " unknown); false = only those this daemon recorded creating in data_dir (safe when other daemons"
+        " or tools share the host namespace).",
     )
     converge_interval_s: float = Field(
         30.0, gt=0, description="Period of the full converge and dnsmasq supervision (changes converge at once)."
