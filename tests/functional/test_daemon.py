@@ -47,7 +47,8 @@ def test_request_id_is_echoed_and_logged(daemon: DaemonProcess) -> None:
         time.sleep(0.05)
     line = next(line for line in daemon.log().splitlines() if rid in line)
     # `time level module [req-<uuid> user project] message`
-    assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} INFO hvd\.api \[req-[0-9a-f-]{36} - -\] GET /healthz", line)
+    stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}"
+    assert re.match(stamp + r" INFO hvd\.api \[req-[0-9a-f-]{36} - -\] GET /healthz", line), line
 
 
 def test_malformed_request_id_is_replaced(daemon: DaemonProcess) -> None:

@@ -222,7 +222,7 @@ async def test_hard_reboot_and_guest_initiated_poweroff(lab: dict[str, Any]) -> 
     _, server = await api.call("POST", "/v1/servers?wait=true", {"name": "hr", "flavor": "tiny", "image": "guest"})
     sid = server["id"]
     await wait_console(api, sid, r"HVD-GUEST ready")
-    status, body = await action(api, sid, "reboot", {"type": "hard"})
+    _, body = await action(api, sid, "reboot", {"type": "hard"})
     assert body["status"] == "ACTIVE"
     await wait_console(api, sid, r"HVD-GUEST ready")
     # the guest powers itself off: the power sync records it as stopped
