@@ -4,6 +4,7 @@ become HTTP responses."""
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
 import uuid
@@ -23,6 +24,13 @@ REQUESTS = Counter("hvd_api_requests_total", "API requests", ["method", "route",
 LATENCY = Histogram("hvd_api_request_seconds", "API request latency", ["method", "route"])
 
 _REQ_ID = re.compile(r"^req-[0-9a-f-]{36}$")
+# request ids need to be unique, not secret: os.urandom (uuid4) per request releases the GIL and then
+# waits for it behind the catalog thread, which cost ~0.2 ms per request under load
+_RID_RANDOM = random.Random()
+
+
+def new_request_id() -> str:
+    return f"req-{uuid.UUID(int=_RID_RANDOM.getrandbits(128), version=4)}"
 PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/v1/openapi.json", "/v1/auth/tokens", "/v1"})
 
 
@@ -34,7 +42,7 @@ def error_body(status: int, title: str, message: str) -> dict[str, object]:
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Take X-Request-Id from the caller (if well-formed) or make one; echo it; log the request."""
     given = request.headers.get("X-Request-Id", "")
-    rid = given if _REQ_ID.match(given) else f"req-{uuid.uuid4()}"
+    rid = given if _REQ_ID.match(given) else new_request_id()
     request_id_var.set(rid)
     user_var.set("-")
     project_var.set("-")
