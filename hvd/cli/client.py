@@ -11,9 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 from hvd.cli.commands import Registry
+from hvd.cli.compute import register_compute
 from hvd.cli.core import register_core
 
-REGISTRARS: list[Callable[[Registry], None]] = [register_core]
+REGISTRARS: list[Callable[[Registry], None]] = [register_core, register_compute]
 
 
 def build_registry() -> Registry:
