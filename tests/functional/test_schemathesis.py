@@ -72,12 +72,12 @@ def test_core_requests_get_no_server_error_and_match_the_schema(case: Case, admi
 
 
 @schemathesis.from_pytest_fixture("other_schema").parametrize()
-@settings(max_examples=4, **SETTINGS)  # type: ignore[arg-type]
+@settings(max_examples=3, **SETTINGS)  # type: ignore[arg-type]
 def test_other_requests_get_no_server_error_and_match_the_schema(case: Case, admin: Client) -> None:
     _call(case, admin)
 
 
 @schemathesis.from_pytest_fixture("invalid_schema").parametrize()
-@settings(max_examples=5, **SETTINGS)  # type: ignore[arg-type]
+@settings(max_examples=4, **SETTINGS)  # type: ignore[arg-type]
 def test_invalid_requests_get_no_server_error_and_match_the_schema(case: Case, admin: Client) -> None:
     _call(case, admin)

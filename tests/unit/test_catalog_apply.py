@@ -147,7 +147,7 @@ def is_error(result: bytes) -> bool:
     return "error" in json.loads(result)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(entries=ENTRIES, cuts=st.lists(st.integers(min_value=1, max_value=8), max_size=40))
 def test_same_entries_give_identical_databases_and_failures_leave_no_trace(
     entries: list[bytes], cuts: list[int]
