@@ -19,7 +19,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Python deps (editable install of hvd with dev extras); pip skips what is already satisfied.
-if ! python3 -c "import hvd, libvirt, pyroute2, aiohttp, aiosqlite, uvloop, pytest, mypy, ruff" 2>/dev/null \
+if ! command -v hvd >/dev/null \
+   || ! python3 -c "import libvirt, pyroute2, aiohttp, uvloop, cryptography, pytest, mypy, ruff, schemathesis" 2>/dev/null \
    || [ pyproject.toml -nt .venv-stamp ]; then
   echo "setup: installing Python packages"
   python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
