@@ -61,11 +61,28 @@ def _apply_one(conn: sqlite3.Connection, data: bytes) -> bytes:
     return encode_result(result)
 
 
+# commands after which a cached token validation may be wrong (revocation, roles, disabling)
+IDENTITY_COMMANDS = frozenset({
+    "token.revoke", "token.purge", "user.update", "user.delete", "project.update", "project.delete",
+    "role.grant", "role.revoke",
+})
+
+
+def _command_type(data: bytes) -> str:
+    try:
+        return str(json.loads(data).get("type", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
 class CatalogState:
     """StateMachine over one SQLite connection (used from the catalog's database thread only)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        # grows after every committed identity change, on every replica: caches keyed on it
+        # (token validation) can never serve a revoked token
+        self.identity_generation = 0
         migrate(conn)
 
     def applied_index(self) -> int:
@@ -84,6 +101,7 @@ class CatalogState:
         try:
             applied = read_applied_index(conn)
             results = []
+            identity_changed = False
             for index, data in entries:
                 if index <= applied:
                     # already applied before a crash/restart: replaying must not apply twice
@@ -91,6 +109,7 @@ class CatalogState:
                     continue
                 if contiguous and index != applied + 1:
                     raise RuntimeError(f"catalog gap: applied {applied}, got entry {index}")
+                identity_changed = identity_changed or _command_type(data) in IDENTITY_COMMANDS
                 results.append(_apply_one(conn, data))
                 applied = index
             conn.execute("UPDATE meta SET value=? WHERE key='applied_index'", (str(applied),))
@@ -98,6 +117,8 @@ class CatalogState:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        if identity_changed:
+            self.identity_generation += 1
         return results
 
     def snapshot(self) -> tuple[int, bytes]:
@@ -129,3 +150,4 @@ class CatalogState:
         finally:
             src.close()
         migrate(self.conn)
+        self.identity_generation += 1

@@ -78,9 +78,13 @@ def _lookup_token(conn: sqlite3.Connection, digest: str) -> dict[str, Any] | Non
 class IdentityService:
     """Keystone's faithful subset over the catalog."""
 
+    CACHE_SIZE = 10_000
+
     def __init__(self, catalog: Catalog, token_ttl_s: int) -> None:
         self.catalog = catalog
         self.token_ttl_s = token_ttl_s
+        # token hash -> (context, identity generation it was read at); see CatalogState
+        self._validated: dict[str, tuple[RequestContext, int]] = {}
 
     async def issue_token(self, username: str, password: str, project: str) -> IssuedToken:
         found = await self.catalog.read(_lookup_login, username, project)
@@ -116,8 +120,17 @@ class IdentityService:
         return IssuedToken(token=token, expires_at=expires, context=ctx)
 
     async def validate(self, token: str) -> RequestContext:
-        """The context of a valid token; Unauthorized when missing, expired, revoked or orphaned."""
-        row = await self.catalog.read(_lookup_token, token_hash(token))
+        """The context of a valid token; Unauthorized when missing, expired, revoked or orphaned.
+
+        Answers are cached until the next identity change is applied (a revocation, a role or
+        user change) or the token expires, which saves a database round trip per request.
+        """
+        digest = token_hash(token)
+        generation = self.catalog.state.identity_generation  # read before the lookup it guards
+        cached = self._validated.get(digest)
+        if cached is not None and cached[1] == generation and cached[0].expires_at > now_iso():
+            return cached[0]
+        row = await self.catalog.read(_lookup_token, digest)
         if (
             row is None
             or row["revoked"]
@@ -127,7 +140,7 @@ class IdentityService:
             or not row["roles"]
         ):
             raise Unauthorized(_BAD_CREDENTIALS)
-        return RequestContext(
+        ctx = RequestContext(
             user_id=row["user_id"],
             user_name=row["user_name"],
             project_id=row["project_id"],
@@ -136,6 +149,10 @@ class IdentityService:
             token_hash=row["token_hash"],
             expires_at=row["expires_at"],
         )
+        if len(self._validated) >= self.CACHE_SIZE:
+            self._validated.clear()
+        self._validated[digest] = (ctx, generation)
+        return ctx
 
     async def purge_expired(self) -> None:
         await self.catalog.propose(TokenPurge(now=now_iso()))
