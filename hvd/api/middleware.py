@@ -80,7 +80,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         elif exc.status == 404:
             message = f"no resource at {request.path}"
         return web.json_response(error_body(exc.status, exc.reason, message), status=exc.status)
-    except Exception:
+    except Exception:  # a bug anywhere below: logged with the request id, answered 500
         log.exception("unexpected error handling %s %s", request.method, request.path)
         return web.json_response(
             error_body(500, "Internal Server Error", "unexpected error; see the daemon log for the request id"),
