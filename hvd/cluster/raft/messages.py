@@ -1,7 +1,8 @@
 """Raft wire and storage types: log entries, hard state, snapshots and messages.
 
 Everything is a frozen dataclass so the pure node can share values without copying.
-``encode_message``/``decode_message`` give the JSON wire form (bytes are base64); no pickle.
+``encode_message``/``decode_message`` give the JSON wire form (bytes are base64), never Python
+object serialisation.
 """
 
 from __future__ import annotations
