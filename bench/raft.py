@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import signal
 import statistics
@@ -73,6 +74,89 @@ async def rate(n: int, concurrency: int, op: Callable[[int], Awaitable[None]]) -
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return n / (time.perf_counter() - started), latencies
+
+
+class _Pipe(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection that sends prepared requests one at a time.
+
+    A load generator as light as wrk's inner loop: aiohttp's client costs ~0.5 ms of CPU per
+    request, which on this 2-core machine is CPU taken away from the three daemons it measures.
+    """
+
+    def __init__(self, requests: list[bytes], latencies: list[float], done: asyncio.Future[None]) -> None:
+        self.requests, self.latencies, self.done = requests, latencies, done
+        self.buf = b""
+        self.sent = 0.0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._next()
+
+    def _next(self) -> None:
+        assert self.transport is not None
+        if not self.requests:
+            if not self.done.done():
+                self.done.set_result(None)
+            return
+        self.sent = time.perf_counter()
+        self.transport.write(self.requests.pop())
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            head_end = self.buf.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            head = self.buf[:head_end].decode("latin-1")
+            length = 0
+            for line in head.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+            if len(self.buf) < head_end + 4 + length:
+                return
+            body = self.buf[head_end + 4: head_end + 4 + length]
+            self.buf = self.buf[head_end + 4 + length:]
+            if not head.startswith("HTTP/1.1 200"):
+                if not self.done.done():
+                    self.done.set_exception(RuntimeError(f"{head.splitlines()[0]}: {body[:200]!r}"))
+                return
+            self.latencies.append(time.perf_counter() - self.sent)
+            self._next()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(RuntimeError(f"connection lost: {exc}"))
+
+
+async def raw_rate(url: str, requests: list[bytes], concurrency: int) -> tuple[float, list[float]]:
+    """Send prepared requests over ``concurrency`` connections; (requests/s, latencies in s)."""
+    host, port = url.removeprefix("http://").split(":")
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    shares = [requests[i::concurrency] for i in range(concurrency)]
+    dones = [loop.create_future() for _ in shares]
+    started = time.perf_counter()
+    transports = [
+        (await loop.create_connection(lambda s=share, d=done: _Pipe(s, latencies, d), host, int(port)))[0]  # type: ignore[misc]
+        for share, done in zip(shares, dones, strict=True)
+    ]
+    try:
+        await asyncio.gather(*dones)
+    finally:
+        for t in transports:
+            t.close()
+    return len(requests) / (time.perf_counter() - started), latencies
+
+
+def signed_request(host: str, path: str, body: bytes) -> bytes:
+    """A complete signed HTTP/1.1 POST, ready to write to a socket."""
+    headers = sign_headers(KEY.encode(), "bench", "POST", path, body)
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", "Content-Type: application/octet-stream",
+             f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 def pct(values: list[float], p: float) -> float:
@@ -170,7 +254,13 @@ async def leader_of(session: aiohttp.ClientSession, cluster: Cluster, nodes: lis
     return None
 
 
-async def bench_cluster(base: Path, n: int, failovers: int, idle: float) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def bench_cluster(base: Path, n: int, failovers: int, idle: float, opts: argparse.Namespace) -> None:
     cluster = Cluster(base)
     try:
         for node in cluster.ids:
@@ -188,24 +278,36 @@ async def bench_cluster(base: Path, n: int, failovers: int, idle: float) -> None
                 status_, out = await c.call("POST", "/v1/flavors", body)
                 assert status_ == 201, out
 
-            propose_url = cluster.url(leader) + PROPOSE_PATH
+            leader_url = cluster.url(leader)
+            host = leader_url.removeprefix("http://")
 
-            async def command(i: int) -> None:
-                body = encode(FlavorCreate(id=str(uuid.uuid4()), name=f"c{i}-{uuid.uuid4().hex[:6]}", vcpus=1,
-                                           ram_mb=64, disk_gb=1, created_at="2026-01-01T00:00:00Z"))
-                headers = sign_headers(KEY.encode(), "bench", "POST", PROPOSE_PATH, body)
-                async with session.post(propose_url, data=body, headers=headers) as resp:
-                    assert resp.status == 200, await resp.text()
-                    await resp.read()
+            def commands(count: int) -> list[bytes]:
+                # signed just before the run: the signatures' timestamps must fall in the peer window
+                return [signed_request(host, PROPOSE_PATH, encode(FlavorCreate(
+                    id=str(uuid.uuid4()), name=f"c{i}-{uuid.uuid4().hex[:8]}", vcpus=1, ram_mb=64, disk_gb=1,
+                    created_at="2026-01-01T00:00:00Z"))) for i in range(count)]
 
-            for label, op in (("signed POST /internal/v1/raft/propose", command), ("public POST /v1/flavors", flavor)):
-                ops, lat = await rate(max(200, n // 10), 1, op)
-                print(f"{label}: sequential {ops:6.0f} commits/s  "
-                      f"p50 {pct(lat, 50) * 1000:.2f} ms  p99 {pct(lat, 99) * 1000:.2f} ms")
-                for conc in (16, 64):
-                    ops, lat = await rate(n, conc, op)
+            paths = ["internal", "public"]
+            labels = {"internal": "signed POST /internal/v1/raft/propose", "public": "public POST /v1/flavors"}
+            for path in (p for p in paths if p in opts.paths):
+                label = labels[path]
+                for conc in opts.concurrency:
+                    count = max(200, n // 10) if conc == 1 else n
+                    prepared = commands(count) if path == "internal" else []
+                    cpu0 = {x: cpu_seconds(cluster.procs[x].proc.pid) for x in cluster.ids}
+                    me0 = cpu_seconds(os.getpid())
+                    rounds0 = (await status(session, cluster, leader) or {}).get("persist_rounds", 0)
+                    if path == "internal":
+                        ops, lat = await raw_rate(leader_url, prepared, conc)
+                    else:
+                        ops, lat = await rate(count, conc, flavor)
+                    rounds = (await status(session, cluster, leader) or {}).get("persist_rounds", 0) - rounds0
+                    me = (cpu_seconds(os.getpid()) - me0) / count * 1e6
+                    used = {x: cpu_seconds(cluster.procs[x].proc.pid) - cpu0[x] for x in cluster.ids}
+                    cpu = " ".join(f"{'L' if x == leader else 'F'}{used[x] / count * 1e6:.0f}" for x in cluster.ids)
                     print(f"{label}: {conc:2d} clients  {ops:6.0f} commits/s  "
-                          f"p50 {pct(lat, 50) * 1000:.2f} ms  p99 {pct(lat, 99) * 1000:.2f} ms", flush=True)
+                          f"p50 {pct(lat, 50) * 1000:.2f} ms  p99 {pct(lat, 99) * 1000:.2f} ms  "
+                          f"{count / max(rounds, 1):.1f} commits/round  CPU us/commit {cpu} bench {me:.0f}", flush=True)
 
             if idle > 0:
                 before = {x: (await status(session, cluster, x) or {}).get("term") for x in cluster.ids}
@@ -242,13 +344,17 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=2000, help="operations per throughput run")
     parser.add_argument("--failovers", type=int, default=10)
     parser.add_argument("--idle", type=float, default=60.0, help="seconds of idle run (0 = skip)")
+    parser.add_argument("--concurrency", type=lambda v: [int(x) for x in v.split(",")], default=[1, 16, 64],
+                        help="comma-separated client counts (1 = the sequential run, n/10 operations)")
+    parser.add_argument("--paths", type=lambda v: v.split(","), default=["internal", "public"],
+                        help="which write paths to measure: internal,public")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="hvd-bench-raft-"))
     try:
         if args.mode == "single":
             asyncio.run(bench_single(base, args.n))
         else:
-            asyncio.run(bench_cluster(base, args.n, args.failovers, args.idle))
+            asyncio.run(bench_cluster(base, args.n, args.failovers, args.idle, args))
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0

@@ -1,4 +1,4 @@
-"""Peer routes under /internal/v1: Raft messages, forwarded proposals, read-index, cluster status.
+"""Peer routes under /internal/v1: the Raft message stream, forwarded proposals, read-index, status.
 
 The auth middleware lets /internal/ through without a user token, so every handler here first
 checks the peer signature (HMAC-SHA256 with the cluster key, time window, replay cache) and
@@ -11,13 +11,15 @@ import logging
 import socket
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from hvd.api.middleware import error_middleware, request_id_middleware
 from hvd.cluster.coordinator import RaftCoordinator, routing_error_response
-from hvd.cluster.http_transport import APPLIED_HEADER, MESSAGE_PATH, PROPOSE_PATH, READ_INDEX_PATH, STATUS_PATH
+from hvd.cluster.http_transport import APPLIED_HEADER, PROPOSE_PATH, READ_INDEX_PATH, STATUS_PATH, STREAM_PATH
 from hvd.cluster.peer_auth import TIMESTAMP_HEADER, PeerAuthError, PeerVerifier
-from hvd.errors import BadRequest, NotLeader, PayloadTooLarge, ServiceUnavailable, Unauthorized
+from hvd.errors import NotLeader, PayloadTooLarge, ServiceUnavailable, Unauthorized
+
+log = logging.getLogger(__name__)
 
 MAX_PEER_BODY = 512 * 1024 * 1024  # a Raft snapshot carries the whole catalog
 
@@ -31,6 +33,8 @@ class PeerEndpoint:
 
 
 PEER = web.AppKey("hvd.peer", PeerEndpoint)
+STREAMS = web.AppKey("hvd.peer_streams", set[web.WebSocketResponse])  # per app: each closes its own
+STREAM_HEARTBEAT_S = 5.0  # WebSocket pings notice a sender that vanished without closing
 PEER_SERVICE = "peer"  # key of the PeerEndpoint in ApiServices.extra
 
 
@@ -52,13 +56,36 @@ async def _authenticated_body(request: web.Request) -> bytes:
     return bytes(body)
 
 
-async def raft_message(request: web.Request) -> web.Response:
-    body = await _authenticated_body(request)
+async def raft_stream(request: web.Request) -> web.StreamResponse:
+    """A peer's stream of Raft message batches: signed at opening, every frame sealed (peer_auth)."""
+    endpoint = request.app[PEER]
+    if endpoint.verifier is None:
+        raise Unauthorized("this host has no cluster_key: peer requests are refused")
     try:
-        request.app[PEER].coordinator.receive(body)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BadRequest(f"malformed raft message: {exc}") from exc
-    return web.Response(status=204)
+        node, frames = endpoint.verifier.open_stream(request.method, request.path, request.headers)
+    except PeerAuthError as exc:
+        raise Unauthorized(f"peer authentication failed: {exc}") from exc
+    ws = web.WebSocketResponse(max_msg_size=MAX_PEER_BODY, heartbeat=STREAM_HEARTBEAT_S)
+    await ws.prepare(request)
+    streams = request.app[STREAMS]
+    streams.add(ws)
+    try:
+        async for msg in ws:
+            if msg.type != WSMsgType.BINARY:
+                break
+            endpoint.coordinator.receive(frames.open(msg.data))
+    except (PeerAuthError, ValueError, KeyError, TypeError) as exc:
+        log.warning("closing the raft stream from %s: %s", node, exc)
+        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"bad frame")
+    finally:
+        streams.discard(ws)
+    return ws
+
+
+async def _close_streams(app: web.Application) -> None:
+    # open streams would otherwise hold the app's shutdown until its timeout
+    for ws in app[STREAMS].copy():
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"shutting down")
 
 
 async def raft_propose(request: web.Request) -> web.Response:
@@ -89,23 +116,12 @@ async def cluster_status(request: web.Request) -> web.Response:
     return web.json_response(request.app[PEER].coordinator.status())
 
 
-class _QuietRaftMessages(logging.Filter):
-    """Drops the access-log line of successful Raft message deliveries: heartbeats alone would
-    write ~20 lines a second per peer (failures are still logged)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        return not (isinstance(args, tuple) and len(args) > 2 and args[1] == MESSAGE_PATH and args[2] == 204)
-
-
-_QUIET = _QuietRaftMessages()
-
-
 def install(app: web.Application, endpoint: PeerEndpoint) -> None:
     """Add the peer routes to ``app`` (outside the public Router, so outside OpenAPI)."""
-    logging.getLogger("hvd.api").addFilter(_QUIET)  # the request-id middleware's access log
     app[PEER] = endpoint
-    app.router.add_post(MESSAGE_PATH, raft_message)
+    app[STREAMS] = set()
+    app.on_shutdown.append(_close_streams)
+    app.router.add_get(STREAM_PATH, raft_stream)
     app.router.add_post(PROPOSE_PATH, raft_propose)
     app.router.add_post(READ_INDEX_PATH, raft_read_index)
     app.router.add_get(STATUS_PATH, cluster_status)

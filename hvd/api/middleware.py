@@ -59,7 +59,9 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
         elapsed = time.perf_counter() - started
         REQUESTS.labels(request.method, route_name, str(status)).inc()
         LATENCY.labels(request.method, route_name).observe(elapsed)
-        log.info("%s %s -> %s in %.1f ms", request.method, request.path_qs, status, elapsed * 1000)
+        # peer traffic (forwarded writes, read-index) would double every write's log line; failures stay
+        level = logging.DEBUG if status < 400 and request.path.startswith("/internal/") else logging.INFO
+        log.log(level, "%s %s -> %s in %.1f ms", request.method, request.path_qs, status, elapsed * 1000)
 
 
 @web.middleware

@@ -7,12 +7,11 @@ Handlers are registered per command type with `@handles(CommandClass)`.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from hvd.errors import BadRequest
 
@@ -21,6 +20,7 @@ C = TypeVar("C", bound="Command")
 Handler = Callable[[sqlite3.Connection, Any], Result]
 
 _REGISTRY: dict[str, tuple[type[Command], Handler]] = {}
+_DECODER: list[TypeAdapter[Command]] = []  # built on first decode; a registration clears it
 
 
 class Command(BaseModel):
@@ -40,6 +40,7 @@ def handles(cmd_cls: type[C]) -> Callable[[Callable[[sqlite3.Connection, C], Res
         if type_name in _REGISTRY:
             raise TypeError(f"command type {type_name!r} registered twice")
         _REGISTRY[type_name] = (cmd_cls, fn)
+        _DECODER.clear()
         return fn
 
     return register
@@ -51,11 +52,14 @@ def encode(cmd: Command) -> bytes:
 
 def decode(data: bytes) -> Command:
     """Parse a command from its JSON; unknown types and bad fields raise BadRequest."""
+    if not _DECODER:
+        # one tagged union over every command type: pydantic-core parses and validates in one pass
+        # (~6 us against ~30 us for json.loads + model_validate; every replica decodes every write)
+        classes = tuple(cls for cls, _ in _REGISTRY.values())
+        _DECODER.append(TypeAdapter(Annotated[Union[classes], Field(discriminator="type")]))  # noqa: UP007
     try:
-        raw = json.loads(data)
-        cmd_cls, _ = _REGISTRY[str(raw.get("type"))]
-        return cmd_cls.model_validate(raw)
-    except (ValueError, KeyError, AttributeError, ValidationError) as exc:
+        return _DECODER[0].validate_json(data)
+    except ValidationError as exc:
         raise BadRequest(f"malformed command: {exc}") from exc
 
 

@@ -13,7 +13,7 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
@@ -47,6 +47,11 @@ class Database:
         """Run `fn(conn, *args)` in the database thread."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(self.conn, *args, **kw))
+
+    @property
+    def executor(self) -> Executor:
+        """The database thread, for callers that run whole functions there (the Raft apply)."""
+        return self._pool
 
     def call(self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kw: P.kwargs) -> T:
         """Run `fn(conn, *args)` in the database thread and block until it returns.

@@ -17,7 +17,7 @@ from typing import Any
 
 from hvd.catalog import commands
 from hvd.catalog.schema import migrate
-from hvd.errors import HvdError
+from hvd.errors import Conflict, HvdError
 
 log = logging.getLogger(__name__)
 
@@ -41,24 +41,26 @@ def read_applied_index(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT value FROM meta WHERE key='applied_index'").fetchone()[0])
 
 
-def _apply_one(conn: sqlite3.Connection, data: bytes) -> bytes:
-    conn.execute("SAVEPOINT cmd")
+def _apply_one(conn: sqlite3.Connection, data: bytes) -> tuple[bytes, str]:
+    """(encoded result, command type; "" when the command could not be decoded)."""
     try:
         cmd = commands.decode(data)
+    except HvdError as exc:
+        return encode_result(error=exc), ""
+    conn.execute("SAVEPOINT cmd")
+    try:
         result = commands.dispatch(conn, cmd)
     except HvdError as exc:
         conn.execute("ROLLBACK TO cmd")
         conn.execute("RELEASE cmd")
-        return encode_result(error=exc)
+        return encode_result(error=exc), cmd.type
     except sqlite3.IntegrityError as exc:
         # a constraint a handler did not pre-check: still a deterministic, typed refusal
         conn.execute("ROLLBACK TO cmd")
         conn.execute("RELEASE cmd")
-        from hvd.errors import Conflict
-
-        return encode_result(error=Conflict(f"conflicts with existing data: {exc}"))
+        return encode_result(error=Conflict(f"conflicts with existing data: {exc}")), cmd.type
     conn.execute("RELEASE cmd")
-    return encode_result(result)
+    return encode_result(result), cmd.type
 
 
 # commands after which a cached token validation may be wrong (revocation, roles, disabling)
@@ -66,13 +68,6 @@ IDENTITY_COMMANDS = frozenset({
     "token.revoke", "token.purge", "user.update", "user.delete", "project.update", "project.delete",
     "role.grant", "role.revoke",
 })
-
-
-def _command_type(data: bytes) -> str:
-    try:
-        return str(json.loads(data).get("type", ""))
-    except (ValueError, AttributeError):
-        return ""
 
 
 class CatalogState:
@@ -109,8 +104,9 @@ class CatalogState:
                     continue
                 if contiguous and index != applied + 1:
                     raise RuntimeError(f"catalog gap: applied {applied}, got entry {index}")
-                identity_changed = identity_changed or _command_type(data) in IDENTITY_COMMANDS
-                results.append(_apply_one(conn, data))
+                result, cmd_type = _apply_one(conn, data)
+                identity_changed = identity_changed or cmd_type in IDENTITY_COMMANDS
+                results.append(result)
                 applied = index
             conn.execute("UPDATE meta SET value=? WHERE key='applied_index'", (str(applied),))
             conn.execute("COMMIT")

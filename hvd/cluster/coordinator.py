@@ -257,7 +257,7 @@ class RaftCoordinator(Coordinator):
 
     # ------------------------------------------------------------------ peer routes
     def receive(self, body: bytes) -> None:
-        """Raft messages that arrived at /internal/v1/raft/message (already authenticated)."""
+        """A batch of Raft messages that arrived on a peer stream (already authenticated)."""
         if self._transport is not None:
             self._transport.deliver(decode_batch(body))
 

@@ -1,10 +1,10 @@
 """Raft messages and peer calls over the daemons' signed ``/internal/v1`` routes.
 
-Raft messages to a peer go through a per-peer outbox drained by one sender task: while one POST is
-in flight the next messages queue up and leave together in the following POST (newline-separated
-JSON). That keeps them in order per peer (Raft tolerates reordering, but a reordered append costs
-a rejection and a retry) and lets the number of HTTP requests fall as the load grows. Every
-failure is a drop: Raft re-sends on the next heartbeat.
+Raft messages to a peer go through a per-peer outbox drained by one sender task into a long-lived
+stream: while one frame is being written the next messages queue up and leave together in the
+following frame (newline-separated JSON). That keeps them in order per peer (Raft tolerates
+reordering, but a reordered append costs a rejection and a retry) and lets the number of frames
+fall as the load grows. Forwarded proposals and read-index calls are plain signed POSTs.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from collections import deque
 
 import aiohttp
 
-from hvd.cluster.peer_auth import sign_headers
+from hvd.cluster.peer_auth import NONCE_HEADER, FrameSealer, sign_headers
 from hvd.cluster.raft.messages import Message, decode_message, encode_message
 from hvd.cluster.raft.transport import Receiver
 
 log = logging.getLogger(__name__)
 
-MESSAGE_PATH = "/internal/v1/raft/message"
+STREAM_PATH = "/internal/v1/raft/stream"
 PROPOSE_PATH = "/internal/v1/raft/propose"
 READ_INDEX_PATH = "/internal/v1/raft/read-index"
 STATUS_PATH = "/internal/v1/cluster/status"
@@ -59,6 +59,17 @@ class PeerClient:
             await self._session.close()
             self._session = None
 
+    async def open_stream(self, peer: str, path: str, timeout: float,
+                          heartbeat: float) -> tuple[aiohttp.ClientWebSocketResponse, FrameSealer]:
+        """Open a signed WebSocket stream to ``peer``; returns it with the sealer for its frames."""
+        if self._session is None:
+            raise aiohttp.ClientConnectionError("peer client is closed")
+        headers = sign_headers(self._key, self.node_id, "GET", path, b"")
+        ws = await self._session.ws_connect(self.peers[peer] + path, headers=headers, heartbeat=heartbeat,
+                                            timeout=aiohttp.ClientWSTimeout(ws_close=timeout),
+                                            max_msg_size=0)
+        return ws, FrameSealer(self._key, headers[NONCE_HEADER])
+
     async def post(self, peer: str, path: str, body: bytes, timeout: float) -> tuple[int, bytes, int]:
         """POST ``body`` to ``peer``; returns (status, body, the peer's applied index when it names
         one). Raises KeyError for an unknown peer, aiohttp/OS/timeout errors when it is unreachable."""
@@ -74,22 +85,30 @@ class PeerClient:
 
 
 class HttpTransport:
-    """The Raft ``Transport`` over ``POST /internal/v1/raft/message``."""
+    """The Raft ``Transport``: one outgoing WebSocket stream per peer at ``GET /internal/v1/raft/stream``.
 
-    def __init__(self, client: PeerClient, *, send_timeout: float = 1.0, max_queue: int = 4096) -> None:
+    The stream is opened by a signed request; every frame on it is a batch of messages sealed with
+    the stream's frame MAC (see ``peer_auth``). A stream costs one HTTP request per connection
+    instead of one per batch, which is most of what a Raft round costs in CPU. Every failure is a
+    drop and a reconnect: Raft re-sends on the next heartbeat.
+    """
+
+    def __init__(self, client: PeerClient, *, send_timeout: float = 1.0, max_queue: int = 4096,
+                 heartbeat: float = 5.0) -> None:
         self._client = client
         self._send_timeout = send_timeout
         self._max_queue = max_queue
+        self._heartbeat = heartbeat  # WebSocket ping interval: notices a silently dead peer
         self._receiver: Receiver = lambda m: None
         self._outbox: dict[str, deque[Message]] = {p: deque() for p in client.peers}
         self._wake: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self.dropped = 0  # messages lost to full queues or failed POSTs (a hint for operators)
+        self.dropped = 0  # messages lost to full queues or broken streams (a hint for operators)
 
     async def start(self) -> None:
         for peer in self._outbox:
             self._wake[peer] = asyncio.Event()
-            self._tasks.append(asyncio.create_task(self._drain(peer), name=f"raft-send-{peer}"))
+            self._tasks.append(asyncio.create_task(self._stream(peer), name=f"raft-send-{peer}"))
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -99,7 +118,7 @@ class HttpTransport:
                 await task
         self._tasks = []
 
-    async def send(self, to: str, msg: Message) -> None:
+    def send(self, to: str, msg: Message) -> None:
         queue = self._outbox.get(to)
         if queue is None or to not in self._wake:
             return
@@ -117,25 +136,59 @@ class HttpTransport:
         for msg in messages:
             self._receiver(msg)
 
-    async def _drain(self, peer: str) -> None:
+    async def _stream(self, peer: str) -> None:
+        """Keep a stream to ``peer`` open and drain its outbox into it, reconnecting on failure."""
         queue, wake = self._outbox[peer], self._wake[peer]
         failures = 0
         while True:
-            await wake.wait()
-            wake.clear()
-            while queue:
-                batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
-                try:
-                    status, _, _ = await self._client.post(peer, MESSAGE_PATH, encode_batch(batch), self._send_timeout)
-                    failures = 0 if status < 300 else failures + 1
-                    if status >= 300:
-                        self.dropped += len(batch)
-                        log.warning("peer %s refused raft messages: HTTP %s", peer, status)
-                except PeerErrors as exc:
-                    self.dropped += len(batch)
-                    failures += 1
-                    if failures in (1, 100):  # a dead peer would otherwise log every heartbeat
-                        log.info("peer %s unreachable (%s); dropping raft messages until it answers",
-                                 peer, type(exc).__name__)
-                    # back off a little so a dead peer does not spin this task; heartbeats refill
-                    await asyncio.sleep(min(0.05 * failures, 0.2))
+            try:
+                async with asyncio.timeout(self._send_timeout):
+                    ws, sealer = await self._client.open_stream(peer, STREAM_PATH, self._send_timeout,
+                                                                self._heartbeat)
+            except PeerErrors as exc:
+                failures += 1
+                self._drop(queue)
+                if failures in (1, 100):  # a dead peer would otherwise log every heartbeat
+                    log.info("peer %s unreachable (%s); dropping raft messages until it answers",
+                             peer, _describe(exc))
+                await asyncio.sleep(min(0.05 * failures, 0.2))  # heartbeats refill the outbox meanwhile
+                continue
+            if failures:
+                log.info("raft stream to peer %s open again", peer)
+            failures = 0
+            # the reader answers pings and notices the peer closing; it wakes the writer to reconnect
+            reader = asyncio.create_task(_read_until_closed(ws, wake))
+            try:
+                while not ws.closed:
+                    while queue and not ws.closed:
+                        batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
+                        async with asyncio.timeout(self._send_timeout):
+                            await ws.send_bytes(sealer.seal(encode_batch(batch)))
+                    await wake.wait()
+                    wake.clear()
+            except PeerErrors as exc:
+                log.info("raft stream to peer %s broke (%s); reconnecting", peer, _describe(exc))
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, *PeerErrors):
+                    await ws.close()
+                    await reader
+            self._drop(queue)
+
+    def _drop(self, queue: deque[Message]) -> None:
+        self.dropped += len(queue)
+        queue.clear()
+
+
+async def _read_until_closed(ws: aiohttp.ClientWebSocketResponse, wake: asyncio.Event) -> None:
+    try:
+        while not ws.closed:
+            msg = await ws.receive()
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                break
+    finally:
+        wake.set()
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -80,6 +80,7 @@ def open_raft_coordinator(
     else:
         client = PeerClient(node_id, peers, cluster.cluster_key.encode())
         transport = http = HttpTransport(client)
-    driver = RaftDriver(config, storage, transport, sm, tick_seconds=tick, snapshot_every=snapshot_every)
+    driver = RaftDriver(config, storage, transport, sm, tick_seconds=tick, snapshot_every=snapshot_every,
+                        apply_executor=db.executor)
     return RaftCoordinator(driver, node_id, client=client, transport=http, propose_timeout=cluster.propose_timeout_s,
                            storage=storage)

@@ -4,6 +4,11 @@ A peer signs ``method, path, node, timestamp, nonce, sha256(body)``; the receive
 only if the signature matches, the timestamp is within ``WINDOW_S`` of its own clock and the
 signature was not seen before. The nonce makes two identical messages (e.g. heartbeats) sent in
 the same instant distinct, so replay detection never eats a legitimate request.
+
+A long-lived stream (the Raft message stream) is opened by one such signed request; each frame
+on it then carries ``HMAC(key, nonce, frame number, payload)``. The signed nonce ties the frames
+to that one stream and the frame number to their order, so a frame can be neither forged nor
+replayed, reordered or moved to another stream.
 """
 
 from __future__ import annotations
@@ -43,6 +48,38 @@ def sign_headers(
         NONCE_HEADER: nonce,
         SIGNATURE_HEADER: _mac(key, method, path, node, timestamp, nonce, body),
     }
+
+
+FRAME_MAC_BYTES = 32
+
+
+class FrameSealer:
+    """Prefixes each outgoing frame of one stream with its MAC (the sender's side)."""
+
+    def __init__(self, key: bytes, nonce: str) -> None:
+        self._base = hmac.new(key, b"hvd-stream\n" + nonce.encode() + b"\n", hashlib.sha256)
+        self._seq = 0
+
+    def seal(self, payload: bytes) -> bytes:
+        mac = self._base.copy()
+        mac.update(self._seq.to_bytes(8, "big"))
+        mac.update(payload)
+        self._seq += 1
+        return mac.digest() + payload
+
+
+class FrameOpener:
+    """Checks and strips the MAC of each incoming frame, in order (the receiver's side)."""
+
+    def __init__(self, key: bytes, nonce: str) -> None:
+        self._sealer = FrameSealer(key, nonce)
+
+    def open(self, frame: bytes) -> bytes:
+        """The payload of the next frame; raises PeerAuthError if it is forged, replayed or out of order."""
+        payload = frame[FRAME_MAC_BYTES:]
+        if not hmac.compare_digest(self._sealer.seal(payload)[:FRAME_MAC_BYTES], frame[:FRAME_MAC_BYTES]):
+            raise PeerAuthError("bad frame signature on peer stream")
+        return payload
 
 
 class PeerVerifier:
@@ -87,6 +124,11 @@ class PeerVerifier:
             self._seen.discard(old_sig)
             self._floor = max(self._floor, old_ts)
         return node
+
+    def open_stream(self, method: str, path: str, headers: Mapping[str, str]) -> tuple[str, FrameOpener]:
+        """Verify the signed request that opens a stream: (sending node, opener for its frames)."""
+        node = self.verify(method, path, headers, b"")
+        return node, FrameOpener(self._key, headers[NONCE_HEADER])
 
     def _expire(self, now: float) -> None:
         # entries older than the window can go: their timestamps would be refused anyway

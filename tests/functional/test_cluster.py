@@ -165,6 +165,6 @@ def test_peer_routes_refuse_unsigned_forged_and_replayed_requests(cluster: Clust
         headers = sign_headers(b"wrong-key-wrong-key-wrong", "node2", "POST", propose, cmd)
         r = requests.post(cluster.url(node) + propose, data=cmd, headers=headers, timeout=5)
         assert r.status_code == 401, r.text
-        r = requests.post(cluster.url(node) + "/internal/v1/raft/message", data=b"{}", timeout=5)
+        r = requests.get(cluster.url(node) + "/internal/v1/raft/stream", timeout=5)
         assert r.status_code == 401, r.text
     assert name not in cluster.flavors("node1")

@@ -1,9 +1,10 @@
 """Deterministic cluster simulator: virtual clock, event queue, simulated disks and network.
 
 Each ``SimNode`` runs the pure ``RaftNode`` the way the real driver does: after any input it
-schedules a "disk write" a few virtual milliseconds later which persists the Ready, and only
-then sends its messages and applies committed entries. A crash in between loses the state that
-was never persisted, exactly like a power cut.
+takes the Ready a few virtual milliseconds later, sends what a leader may send before its own
+write (appends), then schedules a "disk write" that persists the Ready, and only then sends the
+other messages (votes, replies) and applies committed entries. A crash in between loses the
+state that was never persisted, exactly like a power cut.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import random
 from collections.abc import Callable
 
 from hvd.cluster.raft.messages import ConfState, EntryKind, Message, Snapshot, SnapshotMeta
-from hvd.cluster.raft.node import RaftConfig, RaftNode, Role
+from hvd.cluster.raft.node import RaftConfig, RaftNode, Ready, Role
 from hvd.cluster.raft.storage import MemoryStorage
 from tests.sim.checkers import Observer
 from tests.sim.kv import KVStateMachine
@@ -83,17 +84,26 @@ class SimNode:
             self.sim.schedule(self.sim.rng.randint(0, self.sim.disk_ms), lambda: self.process_ready(inc))
 
     def process_ready(self, incarnation: int) -> None:
+        """Take the Ready and send what may leave before the disk write (a leader's appends),
+        then schedule the write itself; a crash before it lands loses everything it held."""
+        if incarnation != self.incarnation or self.raft is None:
+            return
+        rd = self.raft.ready()
+        for m in rd.before_persist():
+            self.sim.net.send(m)
+        self.sim.schedule(self.sim.rng.randint(0, self.sim.disk_ms), lambda: self.finish_ready(incarnation, rd))
+
+    def finish_ready(self, incarnation: int, rd: Ready) -> None:
         if incarnation != self.incarnation or self.raft is None:
             return
         self.ready_pending = False
         raft = self.raft
-        rd = raft.ready()
         self.storage.persist(rd.hard_state, rd.snapshot, rd.entries)  # durable before any reply
         if rd.snapshot is not None:
             self.sm.restore(rd.snapshot.meta.index, rd.snapshot.data)
             self.sim.obs.restored(self.id, rd.snapshot.meta.index)
             self.sim.log(f"{self.id} installed snapshot @{rd.snapshot.meta.index}")
-        for m in rd.messages:
+        for m in rd.after_persist():
             self.sim.net.send(m)
         for e in rd.committed_entries:
             result = self.sm.apply(e.index, e.data) if e.kind == EntryKind.NORMAL else b""

@@ -1,7 +1,8 @@
 """Asyncio driver: runs a RaftNode with a real clock, durable storage, a transport and a state machine.
 
-One task ticks the node; one task drains ``Ready``: persist (in a dedicated thread, so fsync never
-blocks the loop) -> send -> apply -> advance. Proposals that arrive while a Ready is being
+One task ticks the node; one task drains ``Ready``: send a leader's appends -> persist (in a
+dedicated thread, so fsync never blocks the loop) -> send replies and votes -> apply (in the state
+machine's own thread when it has one) -> advance. Proposals that arrive while a Ready is being
 persisted are appended to the in-memory log and leave together in the next round (group commit).
 """
 
@@ -10,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 from hvd.cluster.raft.errors import NotLeaderError, OutcomeUnknownError, ProposalDroppedError, RaftError
@@ -39,6 +41,7 @@ class RaftDriver:
         tick_seconds: float = 0.05,  # election timeout = election_ticks..2x ticks of this
         snapshot_every: int = 1000,  # applied entries between local snapshots (log compaction)
         rng: random.Random | None = None,
+        apply_executor: Executor | None = None,  # the state machine's own thread: saves a hop per round
     ) -> None:
         self._config = config
         self._storage = storage
@@ -48,10 +51,10 @@ class RaftDriver:
         self._snapshot_every = snapshot_every
         self._rng = rng or random.Random()
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft-{config.id}")
+        self._apply_executor = apply_executor or self._io
         self._node: RaftNode | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._sends: set[asyncio.Task[None]] = set()
         self._proposals: dict[int, tuple[int, asyncio.Future[bytes]]] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -192,15 +195,14 @@ class RaftDriver:
             self._wake.clear()
             while self.node.has_ready():
                 rd = self.node.ready()
+                self._send_all(rd.before_persist())
                 if rd.hard_state is not None or rd.snapshot is not None or rd.entries:
                     await loop.run_in_executor(self._io, self._persist, rd)
                     self.persist_rounds += 1
-                for msg in rd.messages:
-                    task = asyncio.create_task(self._send(msg))
-                    self._sends.add(task)
-                    task.add_done_callback(self._sends.discard)
+                self._send_all(rd.after_persist())
                 # a thread hop per round is most of a commit's latency; skip the ones with nothing to do
-                results = await loop.run_in_executor(self._io, self._apply, rd) if rd.committed_entries else []
+                results = (await loop.run_in_executor(self._apply_executor, self._apply, rd)
+                           if rd.committed_entries else [])
                 self.node.advance(rd)
                 self._after_advance(rd, results)
                 await self._maybe_snapshot()
@@ -260,9 +262,10 @@ class RaftDriver:
         snap = node.compact(index, data)
         await loop.run_in_executor(self._io, self._storage.compact, snap)
 
-    async def _send(self, msg: Message) -> None:
-        with contextlib.suppress(OSError, RaftError):  # Raft retries by itself on the next heartbeat
-            await self._transport.send(msg.to, msg)
+    def _send_all(self, messages: Iterable[Message]) -> None:
+        for msg in messages:
+            with contextlib.suppress(OSError, RaftError):  # Raft retries by itself on the next heartbeat
+                self._transport.send(msg.to, msg)
 
 
 def _resolve(fut: asyncio.Future[Any], value: Any) -> None:

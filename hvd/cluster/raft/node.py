@@ -4,8 +4,9 @@ No I/O, no clock, no randomness except the injected ``random.Random``. The drive
 ``tick()``, ``step(msg)`` and client calls, then loops::
 
     rd = node.ready()      # what to persist, send and apply
-    persist(rd.snapshot, rd.entries, rd.hard_state)   # fsync BEFORE sending anything
-    send(rd.messages); apply(rd.committed_entries)
+    send(rd.before_persist())   # a leader's appends go out while it writes its own log
+    persist(rd.snapshot, rd.entries, rd.hard_state)   # fsync BEFORE any vote or reply
+    send(rd.after_persist()); apply(rd.committed_entries)
     node.advance(rd)
 
 Extras beyond Figure 2: pre-vote and check-quorum (a partitioned node cannot disrupt, an isolated

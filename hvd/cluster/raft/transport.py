@@ -18,8 +18,9 @@ Receiver = Callable[[Message], None]
 class Transport(Protocol):
     """Best-effort, unordered delivery: Raft tolerates loss, duplicates and reordering."""
 
-    async def send(self, to: str, msg: Message) -> None:
-        """Queue ``msg`` for peer ``to``; must not raise for an unreachable peer (just drop)."""
+    def send(self, to: str, msg: Message) -> None:
+        """Queue ``msg`` for peer ``to`` without blocking (called on the event loop); must not raise
+        for an unreachable peer (just drop)."""
         ...
 
     def set_receiver(self, receiver: Receiver) -> None:
@@ -58,7 +59,7 @@ class InMemoryTransport:
         self._net = network
         self._id = node_id
 
-    async def send(self, to: str, msg: Message) -> None:
+    def send(self, to: str, msg: Message) -> None:
         data = encode_message(msg)  # exercise the wire format, and never share mutable state
         asyncio.get_running_loop().call_soon(self._net._deliver, self._id, to, data)
 

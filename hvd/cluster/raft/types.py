@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from hvd.cluster.raft.messages import Entry, HardState, Message, Snapshot
+from hvd.cluster.raft.messages import AppendRequest, Entry, HardState, Message, Snapshot, SnapshotRequest, TimeoutNow
 
 
 class Role(StrEnum):
@@ -48,7 +48,21 @@ class Ready:
     hard_state: HardState | None  # persist when not None (changed)
     snapshot: Snapshot | None  # persist and restore into the state machine (from a leader)
     entries: tuple[Entry, ...]  # persist: replaces any stored entries at index >= entries[0].index
-    messages: tuple[Message, ...]  # send only after the above is durable
+    messages: tuple[Message, ...]  # send only after the above is durable (except ``before_persist()``)
     committed_entries: tuple[Entry, ...]  # apply in order (NORMAL only reach the state machine)
     read_states: tuple[ReadState, ...]
     dropped_reads: tuple[bytes, ...]  # ctx of read_index calls aborted by losing leadership
+
+    def before_persist(self) -> tuple[Message, ...]:
+        """Messages that may leave before this Ready is durable: a leader's appends, snapshots and
+        TimeoutNow (Raft thesis §10.2.1, the leader writes its log in parallel with replication).
+        Their term became durable when the sender was a candidate, and the leader counts its own
+        log towards a commit only once persisted (``stable``). Votes and replies wait for the disk."""
+        return tuple(m for m in self.messages if isinstance(m, _LEADER_MESSAGES))
+
+    def after_persist(self) -> tuple[Message, ...]:
+        """The other messages: they promise durability of what this Ready holds."""
+        return tuple(m for m in self.messages if not isinstance(m, _LEADER_MESSAGES))
+
+
+_LEADER_MESSAGES = (AppendRequest, SnapshotRequest, TimeoutNow)
