@@ -148,6 +148,10 @@ class NotLeader(ServiceUnavailable):
     """This node cannot commit; `details["leader_id"]` names the leader if known."""
 
 
+class OutcomeUnknown(ServiceUnavailable):
+    """A change may or may not have been committed (a connection broke, leadership moved)."""
+
+
 class Timeout(HvdError):
     status = 504
     title = "Timeout"

@@ -21,7 +21,8 @@ from hvd.errors import NotLeader, PayloadTooLarge, ServiceUnavailable, Unauthori
 
 log = logging.getLogger(__name__)
 
-MAX_PEER_BODY = 512 * 1024 * 1024  # a Raft snapshot carries the whole catalog
+MAX_PEER_BODY = 512 * 1024 * 1024  # a stream frame: a Raft snapshot carries the whole catalog
+MAX_PEER_REQUEST = 16 * 1024 * 1024  # a forwarded command (the largest holds an instance's user data)
 
 
 @dataclass
@@ -44,16 +45,25 @@ async def _authenticated_body(request: web.Request) -> bytes:
         raise Unauthorized("this host has no cluster_key: peer requests are refused")
     if TIMESTAMP_HEADER not in request.headers:  # cheap refusal before reading an anonymous body
         raise Unauthorized("peer request is not signed")
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(1 << 16):
-        body += chunk
-        if len(body) > MAX_PEER_BODY:
-            raise PayloadTooLarge(f"peer request bodies are limited to {MAX_PEER_BODY} bytes")
+    length = request.content_length
+    if length is not None and length > MAX_PEER_REQUEST:
+        raise PayloadTooLarge(f"peer request bodies are limited to {MAX_PEER_REQUEST} bytes")
+    if length == 0:
+        body = b""
+    elif length is not None:
+        body = await request.content.readexactly(length)  # one call: the body is usually buffered already
+    else:
+        chunks = bytearray()
+        async for chunk in request.content.iter_chunked(1 << 16):
+            chunks += chunk
+            if len(chunks) > MAX_PEER_REQUEST:
+                raise PayloadTooLarge(f"peer request bodies are limited to {MAX_PEER_REQUEST} bytes")
+        body = bytes(chunks)
     try:
-        endpoint.verifier.verify(request.method, request.path, request.headers, bytes(body))
+        endpoint.verifier.verify(request.method, request.path, request.headers, body)
     except PeerAuthError as exc:
         raise Unauthorized(f"peer authentication failed: {exc}") from exc
-    return bytes(body)
+    return body
 
 
 async def raft_stream(request: web.Request) -> web.StreamResponse:

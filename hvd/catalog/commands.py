@@ -50,6 +50,25 @@ def encode(cmd: Command) -> bytes:
     return cmd.model_dump_json().encode()
 
 
+PROPOSAL_MARK = b"\x01"  # an encoded command is JSON, so it never starts with this byte
+PROPOSAL_ID_BYTES = 16
+
+
+def identified(proposal_id: bytes, data: bytes) -> bytes:
+    """An encoded command tagged with a proposal id: applying it twice returns the first result
+    (so a proposal whose outcome is unknown, e.g. after a lost connection, can be sent again)."""
+    if len(proposal_id) != PROPOSAL_ID_BYTES:
+        raise ValueError(f"a proposal id has {PROPOSAL_ID_BYTES} bytes")
+    return PROPOSAL_MARK + proposal_id + data
+
+
+def split_identified(data: bytes) -> tuple[bytes | None, bytes]:
+    """(proposal id or None, encoded command): the inverse of :func:`identified`."""
+    if data[:1] == PROPOSAL_MARK:
+        return data[1 : 1 + PROPOSAL_ID_BYTES], data[1 + PROPOSAL_ID_BYTES :]
+    return None, data
+
+
 def decode(data: bytes) -> Command:
     """Parse a command from its JSON; unknown types and bad fields raise BadRequest."""
     if not _DECODER:

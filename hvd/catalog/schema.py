@@ -138,7 +138,12 @@ CREATE TABLE floating_ips (
 CREATE TABLE host_vteps (host TEXT PRIMARY KEY, ip TEXT NOT NULL);
 """
 
-MIGRATIONS: list[str] = [_V1, _V2]
+_V3 = """
+CREATE TABLE proposals (id BLOB PRIMARY KEY, idx INTEGER NOT NULL, result BLOB NOT NULL);
+CREATE INDEX proposals_idx ON proposals(idx);
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3]
 
 
 def migrate(conn: sqlite3.Connection) -> int:

@@ -63,6 +63,17 @@ def _apply_one(conn: sqlite3.Connection, data: bytes) -> tuple[bytes, str]:
     return encode_result(result), cmd.type
 
 
+PROPOSAL_MEMORY = 100_000  # entries during which a re-sent proposal is recognised (minutes at full load)
+PROPOSAL_PRUNE_EVERY = 1024
+
+
+def _proposal_result(conn: sqlite3.Connection, proposal_id: bytes | None) -> bytes | None:
+    if proposal_id is None:
+        return None
+    row = conn.execute("SELECT result FROM proposals WHERE id=?", (proposal_id,)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
 # commands after which a cached token validation may be wrong (revocation, roles, disabling)
 IDENTITY_COMMANDS = frozenset({
     "token.revoke", "token.purge", "user.update", "user.delete", "project.update", "project.delete",
@@ -104,9 +115,20 @@ class CatalogState:
                     continue
                 if contiguous and index != applied + 1:
                     raise RuntimeError(f"catalog gap: applied {applied}, got entry {index}")
-                result, cmd_type = _apply_one(conn, data)
-                identity_changed = identity_changed or cmd_type in IDENTITY_COMMANDS
-                results.append(result)
+                proposal_id, command = commands.split_identified(data)
+                seen = _proposal_result(conn, proposal_id)
+                if seen is not None:
+                    results.append(seen)  # a re-sent proposal: the first one's result, nothing re-applied
+                else:
+                    result, cmd_type = _apply_one(conn, command)
+                    identity_changed = identity_changed or cmd_type in IDENTITY_COMMANDS
+                    results.append(result)
+                    if proposal_id is not None:
+                        conn.execute("INSERT INTO proposals (id, idx, result) VALUES (?, ?, ?)",
+                                     (proposal_id, index, result))
+                if index // PROPOSAL_PRUNE_EVERY != applied // PROPOSAL_PRUNE_EVERY:
+                    # by index, so every replica forgets the same ids at the same entry
+                    conn.execute("DELETE FROM proposals WHERE idx <= ?", (index - PROPOSAL_MEMORY,))
                 applied = index
             conn.execute("UPDATE meta SET value=? WHERE key='applied_index'", (str(applied),))
             conn.execute("COMMIT")

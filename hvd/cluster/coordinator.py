@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from typing import Any
 
 import aiohttp
 
-from hvd.catalog.commands import Command, encode
+from hvd.catalog.commands import PROPOSAL_ID_BYTES, Command, encode, identified
 from hvd.catalog.coordinator import Coordinator
 from hvd.catalog.db import Database
 from hvd.catalog.state import CatalogState, decode_result, encode_result
@@ -36,7 +37,7 @@ from hvd.cluster.raft.driver import RaftDriver
 from hvd.cluster.raft.errors import NotLeaderError, OutcomeUnknownError, ProposalDroppedError
 from hvd.cluster.raft.node import Role
 from hvd.cluster.raft.storage import SqliteStorage
-from hvd.errors import HvdError, NotLeader, ServiceUnavailable
+from hvd.errors import HvdError, NotLeader, OutcomeUnknown, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -154,24 +155,36 @@ class RaftCoordinator(Coordinator):
         return decode_result(await self.propose_bytes(encode(cmd)))
 
     async def propose_bytes(self, data: bytes) -> bytes:
-        """Commit an encoded command through the leader; returns the encoded apply result."""
+        """Commit an encoded command through the leader; returns the encoded apply result.
+
+        The command is tagged with a fresh proposal id, so an attempt whose outcome is unknown (the
+        connection to the leader broke, leadership moved mid-commit) is simply sent again until
+        the deadline: the catalog applies an id once and answers a repeat with the first result.
+        """
+        data = identified(os.urandom(PROPOSAL_ID_BYTES), data)
         deadline = time.monotonic() + self._propose_timeout
         delay = 0.01
+        unknown: OutcomeUnknown | None = None
         while True:
             leader = self.driver.leader_id
-            if self.driver.is_leader:
-                try:
+            forwarded: tuple[bytes, int] | None = None
+            try:
+                if self.driver.is_leader:
                     return await self.propose_local(data, deadline - time.monotonic())
-                except NotLeader:
-                    pass
-            elif leader is not None and self._client is not None and leader in self._client.peers:
-                forwarded = await self._forward(leader, PROPOSE_PATH, data, deadline)
-                if forwarded is not None:
-                    result, applied = forwarded
-                    # read-your-writes: the caller reads this node's catalog next
-                    await self._wait_applied_until(applied, deadline)
-                    return result
+                if leader is not None and self._client is not None and leader in self._client.peers:
+                    forwarded = await self._forward(leader, PROPOSE_PATH, data, deadline)
+            except NotLeader:
+                pass
+            except OutcomeUnknown as exc:
+                unknown = exc
+            if forwarded is not None:
+                result, applied = forwarded
+                # read-your-writes: the caller reads this node's catalog next
+                await self._wait_applied_until(applied, deadline)
+                return result
             if time.monotonic() + delay > deadline:
+                if unknown is not None:
+                    raise unknown
                 raise ServiceUnavailable(
                     f"no Raft leader could commit the change within {self._propose_timeout:.0f} s"
                     f" (leader: {leader or 'unknown'}); retry later"
@@ -181,7 +194,7 @@ class RaftCoordinator(Coordinator):
 
     async def propose_local(self, data: bytes, timeout: float | None = None) -> bytes:
         """Leader side of a proposal. Raises NotLeader (not appended: retry elsewhere) or
-        ServiceUnavailable (the outcome is unknown: re-read before retrying)."""
+        OutcomeUnknown (it may have been committed: only an identified proposal may be re-sent)."""
         timeout = self._propose_timeout if timeout is None else max(timeout, 0.1)
         try:
             async with asyncio.timeout(timeout):
@@ -189,7 +202,7 @@ class RaftCoordinator(Coordinator):
         except (NotLeaderError, ProposalDroppedError) as exc:
             raise NotLeader(str(exc), leader_id=self.driver.leader_id) from exc
         except (OutcomeUnknownError, TimeoutError) as exc:
-            raise ServiceUnavailable(f"the change may or may not have been committed: {exc or 'timed out'}") from exc
+            raise OutcomeUnknown(f"the change may or may not have been committed: {exc or 'timed out'}") from exc
 
     async def _wait_applied_until(self, index: int, deadline: float) -> None:
         try:
@@ -207,13 +220,15 @@ class RaftCoordinator(Coordinator):
         except aiohttp.ClientConnectorError:
             return None  # never reached the leader (it is down or restarting): not appended
         except PeerErrors as exc:
-            raise ServiceUnavailable(
+            raise OutcomeUnknown(
                 f"lost the connection to leader {leader}; the change may or may not have been committed"
             ) from exc
         if status == 200:
             return out, applied
         if status == MISDIRECTED:
             return None
+        if status == 503:  # the leader could not tell whether it committed (or is stepping down)
+            raise OutcomeUnknown(f"leader {leader}: {_wire_error(out, 'HTTP 503').message}")
         if status == 401:
             raise ServiceUnavailable(f"leader {leader} refused this node's signature: check [cluster] cluster_key")
         raise _wire_error(out, f"leader {leader} answered HTTP {status}")
@@ -235,7 +250,10 @@ class RaftCoordinator(Coordinator):
                 except NotLeader:
                     pass
             elif leader is not None and self._client is not None and leader in self._client.peers:
-                forwarded = await self._forward(leader, READ_INDEX_PATH, b"", deadline)
+                try:
+                    forwarded = await self._forward(leader, READ_INDEX_PATH, b"", deadline)
+                except OutcomeUnknown:
+                    forwarded = None  # a read changes nothing: asking again is always safe
                 if forwarded is not None:
                     await self._wait_applied_until(int(json.loads(forwarded[0])["index"]), deadline)
                     return

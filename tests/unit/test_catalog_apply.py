@@ -37,9 +37,9 @@ from hvd.catalog.cmd_resources import (
     ServerGroupCreate,
     ServerGroupDelete,
 )
-from hvd.catalog.commands import Command, encode
+from hvd.catalog.commands import Command, encode, identified, split_identified
 from hvd.catalog.db import connect
-from hvd.catalog.state import CatalogState, decode_result
+from hvd.catalog.state import PROPOSAL_MEMORY, PROPOSAL_PRUNE_EVERY, CatalogState, decode_result
 from hvd.errors import CapacityExceeded, HvdError, QuotaExceeded
 
 # Small pools of ids and names, so random sequences collide: duplicates, missing references, reuse.
@@ -297,3 +297,37 @@ def test_uncaught_integrity_error_is_a_conflict() -> None:
         _result(state, 2, ProjectCreate(id="p1", name="b", created_at=T0))
     assert err.value.status == 409
     assert isinstance(state.conn, sqlite3.Connection)
+
+
+def test_a_resent_proposal_is_applied_once_and_answers_the_first_result() -> None:
+    state = fresh()
+    pid = b"\x07" * 16
+    first = identified(pid, encode(ProjectCreate(id="p1", name="a", created_at=T0)))
+    results = state.apply_batch([(1, first), (2, first)])
+    assert results[0] == results[1] and not is_error(results[0])
+    assert state.conn.execute("SELECT COUNT(*) FROM projects").fetchone()[0] == 1
+    # a later copy (another leader appended it again) still finds the first result
+    assert state.apply(9, first) == results[0]
+    # the same command without an id is a new command: it conflicts instead
+    assert is_error(state.apply(10, encode(ProjectCreate(id="p1", name="a", created_at=T0))))
+    # a failed first attempt is remembered as failed: the re-send does not turn it into a success
+    bad = identified(b"\x08" * 16, encode(ProjectCreate(id="p1", name="a", created_at=T0)))
+    assert is_error(state.apply(11, bad)) and state.apply(12, bad) == state.apply(13, bad)
+
+
+def test_remembered_proposals_are_forgotten_by_index_on_every_replica() -> None:
+    a, b = fresh(), fresh()
+    old = identified(b"\x01" * 16, encode(ProjectCreate(id="p1", name="a", created_at=T0)))
+    for state in (a, b):
+        state.apply(1, old)
+        # far beyond the memory: the prune runs at the same entry on both replicas
+        state.apply(1 + PROPOSAL_MEMORY + PROPOSAL_PRUNE_EVERY, encode(ProjectCreate(id="p2", name="b",
+                                                                                      created_at=T0)))
+    assert dump(a) == dump(b)
+    assert a.conn.execute("SELECT COUNT(*) FROM proposals").fetchone()[0] == 0
+
+
+def test_identified_rejects_a_malformed_id() -> None:
+    with pytest.raises(ValueError, match="16 bytes"):
+        identified(b"short", b"{}")
+    assert split_identified(b'{"type": "x"}') == (None, b'{"type": "x"}')

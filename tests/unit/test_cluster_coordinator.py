@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
 import time
 import uuid
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from hvd.catalog.cmd_resources import FlavorCreate
 from hvd.catalog.service import Catalog
 from hvd.cluster.coordinator import RaftCoordinator
+from hvd.cluster.http_transport import READ_INDEX_PATH
 from hvd.cluster.member import initial_conf, open_raft_coordinator
+from hvd.cluster.raft.transport import InMemoryNetwork
 from hvd.config import ClusterSection
 from hvd.errors import Conflict
 
@@ -123,3 +128,61 @@ async def test_catalog_written_before_raft_is_adopted(tmp_path: Path) -> None:
     finally:
         await catalog.coordinator.stop()
         catalog.close()
+
+
+class LossyLeaderLink:
+    """A follower's PeerClient that reaches the leader in-process, and loses the first answer:
+    the leader commits, the follower only sees the connection break (outcome unknown)."""
+
+    def __init__(self, leader: RaftCoordinator) -> None:
+        self.leader = leader
+        self.peers = {leader.node_id: "memory://"}
+        self.calls = 0
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def post(self, peer: str, path: str, body: bytes, timeout: float) -> tuple[int, bytes, int]:
+        if path == READ_INDEX_PATH:
+            return 200, json.dumps({"index": await self.leader.read_index_local(timeout)}).encode(), 0
+        self.calls += 1
+        out = await self.leader.propose_local(body, timeout)
+        if self.calls == 1:
+            raise aiohttp.ServerDisconnectedError()
+        return 200, out, self.leader.driver.applied_index
+
+
+async def test_forwarded_write_whose_answer_was_lost_is_resent_and_applied_once(tmp_path: Path) -> None:
+    network = InMemoryNetwork()
+    cluster = ClusterSection(peers=["n1=http://127.0.0.1:1", "n2=http://127.0.0.1:2"],
+                             cluster_key="k" * 32)
+    catalogs = {
+        node: Catalog.open_raft(tmp_path / f"{node}.db", lambda db, state, node=node: open_raft_coordinator(
+            cluster, node, tmp_path / f"{node}-raft.db", db, state, network=network))
+        for node in ("n1", "n2")
+    }
+    coordinators = {node: c.coordinator for node, c in catalogs.items()}
+    try:
+        for c in coordinators.values():
+            await c.start()
+        deadline = time.monotonic() + 10
+        while not any(c.is_leader for c in coordinators.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        leader = next(node for node, c in coordinators.items() if c.is_leader)
+        follower = "n2" if leader == "n1" else "n1"
+        fc = coordinators[follower]
+        assert isinstance(fc, RaftCoordinator) and fc.leader_id == leader
+        link = LossyLeaderLink(coordinators[leader])  # type: ignore[arg-type]
+        fc._client = link  # type: ignore[assignment]
+        result = await catalogs[follower].propose(flavor("once"))
+        assert link.calls == 2  # the first answer was lost, the same proposal went again
+        assert result["id"]
+        for node in ("n1", "n2"):
+            await coordinators[node].read_barrier()
+            rows = await catalogs[node].read(lambda c: c.execute("SELECT COUNT(*) FROM flavors").fetchone()[0])
+            assert rows == 1, node
+    finally:
+        for node, c in coordinators.items():
+            await c.stop()
+            catalogs[node].close()
