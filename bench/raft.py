@@ -17,7 +17,9 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -159,6 +161,43 @@ def signed_request(host: str, path: str, body: bytes) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+def baseline_server(port: int) -> None:
+    """A bare aiohttp app (uvloop, like the daemon) answering every POST with a small JSON body:
+    what one Python process on this machine can serve right now, with no Raft behind it."""
+    import uvloop
+    from aiohttp import web
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=b'{"ok": {"id": "x"}}', content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handler)
+    uvloop.install()
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+async def baseline_rate(requests: list[bytes], concurrency: int) -> float:
+    """Requests/s of the same load generator against :func:`baseline_server`."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--baseline-server", str(port)])
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("baseline server did not start") from None
+                await asyncio.sleep(0.05)
+        rate_, _ = await raw_rate(f"http://127.0.0.1:{port}", requests, concurrency)
+        return rate_
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
@@ -294,6 +333,7 @@ async def bench_cluster(base: Path, n: int, failovers: int, idle: float, opts: a
                 for conc in opts.concurrency:
                     count = max(200, n // 10) if conc == 1 else n
                     prepared = commands(count) if path == "internal" else []
+                    baseline = await baseline_rate(list(prepared), conc) if prepared and conc > 1 else 0.0
                     cpu0 = {x: cpu_seconds(cluster.procs[x].proc.pid) for x in cluster.ids}
                     me0 = cpu_seconds(os.getpid())
                     rounds0 = (await status(session, cluster, leader) or {}).get("persist_rounds", 0)
@@ -308,6 +348,9 @@ async def bench_cluster(base: Path, n: int, failovers: int, idle: float, opts: a
                     print(f"{label}: {conc:2d} clients  {ops:6.0f} commits/s  "
                           f"p50 {pct(lat, 50) * 1000:.2f} ms  p99 {pct(lat, 99) * 1000:.2f} ms  "
                           f"{count / max(rounds, 1):.1f} commits/round  CPU us/commit {cpu} bench {me:.0f}", flush=True)
+                    if baseline:
+                        print(f"    baseline: bare aiohttp POST, same load generator: {baseline:6.0f} req/s"
+                              f"  -> commits/s = {ops / baseline:.2f} x baseline", flush=True)
 
             if idle > 0:
                 before = {x: (await status(session, cluster, x) or {}).get("term") for x in cluster.ids}
@@ -340,7 +383,8 @@ async def bench_cluster(base: Path, n: int, failovers: int, idle: float, opts: a
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["single", "cluster"])
+    parser.add_argument("mode", choices=["single", "cluster"], nargs="?", default="cluster")
+    parser.add_argument("--baseline-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("-n", type=int, default=2000, help="operations per throughput run")
     parser.add_argument("--failovers", type=int, default=10)
     parser.add_argument("--idle", type=float, default=60.0, help="seconds of idle run (0 = skip)")
@@ -349,6 +393,9 @@ def main() -> int:
     parser.add_argument("--paths", type=lambda v: v.split(","), default=["internal", "public"],
                         help="which write paths to measure: internal,public")
     args = parser.parse_args()
+    if args.baseline_server:
+        baseline_server(args.baseline_server)
+        return 0
     base = Path(tempfile.mkdtemp(prefix="hvd-bench-raft-"))
     try:
         if args.mode == "single":

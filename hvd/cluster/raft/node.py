@@ -89,8 +89,10 @@ class RaftNode:
         self.log = RaftLog(snapshot, entries)
         self.term = hard_state.term
         self.vote = hard_state.vote
-        self.commit = max(hard_state.commit, snapshot.meta.index)
         self.applied = max(applied, snapshot.meta.index)
+        # what the state machine applied was committed: a commit index that was never written
+        # (it is not fsynced on its own, see ``_hard_state_to_persist``) is at least that
+        self.commit = max(hard_state.commit, snapshot.meta.index, min(self.applied, self.log.last_index()))
         self.stable = self.log.last_index()
         self._persisted_hs = hard_state
         self._unstable_snapshot: Snapshot | None = None
@@ -129,7 +131,7 @@ class RaftNode:
             self._msgs
             or self.log.last_index() > self.stable
             or self._unstable_snapshot is not None
-            or self.hard_state() != self._persisted_hs
+            or self._hard_state_to_persist() is not None
             or min(self.commit, self.log.last_index()) > self.applied
             or self._read_states
             or self._dropped_reads
@@ -138,13 +140,12 @@ class RaftNode:
     def ready(self) -> Ready:
         """Collect pending work. The driver must not call ``ready()`` again before ``advance()``."""
         self._flush()
-        hs = self.hard_state()
         first = max(self.stable + 1, self.log.first_index)
         last = self.log.last_index()
         entries = tuple(self.log.slice(first, last + 1))
         committed = tuple(self.log.slice(max(self.applied + 1, self.log.first_index), self.commit + 1))
         rd = Ready(
-            hard_state=hs if hs != self._persisted_hs else None,
+            hard_state=self._hard_state_to_persist(bool(entries) or self._unstable_snapshot is not None),
             snapshot=self._unstable_snapshot,
             entries=entries,
             messages=tuple(self._msgs),
@@ -156,6 +157,17 @@ class RaftNode:
         self._read_states = []
         self._dropped_reads = []
         return rd
+
+    def _hard_state_to_persist(self, writing: bool = False) -> HardState | None:
+        """The hard state when it must be written: a new term or vote always (they must be durable
+        before any message that depends on them); a commit index alone only together with other
+        writes (``writing``), since an fsync per commit advance would double a commit's disk
+        work, and a restart recovers it from the leader and the applied index."""
+        hs = self.hard_state()
+        persisted = self._persisted_hs
+        if hs.term != persisted.term or hs.vote != persisted.vote or (writing and hs != persisted):
+            return hs
+        return None
 
     def advance(self, rd: Ready) -> None:
         """Record that ``rd`` was persisted, sent and applied."""
