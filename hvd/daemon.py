@@ -223,7 +223,19 @@ async def serve(config: Config) -> None:
     async with contextlib.AsyncExitStack() as stack:
         if listener is not None:
             stack.callback(listener.close)
-        services = await stack.enter_async_context(running_services(config, listener))
+        starting = asyncio.ensure_future(stack.enter_async_context(running_services(config, listener)))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not starting.done():
+            # e.g. still waiting for a quorum: unwinding start-up stops whatever had started
+            log.info("stop requested during start-up")
+            systemd.notify("STOPPING=1")
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return
+        services = starting.result()
         app = build_app(services)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()

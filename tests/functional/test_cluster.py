@@ -168,3 +168,20 @@ def test_peer_routes_refuse_unsigned_forged_and_replayed_requests(cluster: Clust
         r = requests.get(cluster.url(node) + "/internal/v1/raft/stream", timeout=5)
         assert r.status_code == 401, r.text
     assert name not in cluster.flavors("node1")
+
+
+def test_sigterm_while_waiting_for_a_quorum_stops_at_once(tmp_path: Path) -> None:
+    c = Cluster(tmp_path)
+    c.start("node1")  # the other two voters never come: no quorum, start-up waits
+    try:
+        time.sleep(1.5)
+        r = requests.get(c.url("node1") + "/healthz", timeout=2)
+        assert r.status_code == 503, r.text  # the start-up listener answers, nothing else is up
+        proc = c.procs.pop("node1")
+        started = time.monotonic()
+        assert proc.stop(signal.SIGTERM, timeout=10) == 0
+        assert time.monotonic() - started < 5
+        assert "stop requested during start-up" in proc.log()
+    finally:
+        for node in list(c.procs):
+            c.stop(node, signal.SIGKILL)
