@@ -186,6 +186,11 @@ class ClusterSection(Section):
     cluster_key: str = Field(
         "", description="Shared secret (>= 16 chars) that signs peer requests (HMAC-SHA256); required with peers."
     )
+    join: bool = Field(
+        False,
+        description="Join a running cluster instead of founding one: start with no membership and wait until a"
+        " member adds this node (POST /v1/cluster/members). peers then only needs to name reachable members.",
+    )
     election_timeout_ms: int = Field(
         600, ge=50, description="Base election timeout (randomised up to 2x); lower = faster failover, more noise."
     )

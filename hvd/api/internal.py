@@ -7,6 +7,7 @@ answers 401 before doing anything. These routes are not in the public OpenAPI do
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from dataclasses import dataclass
@@ -14,10 +15,18 @@ from dataclasses import dataclass
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from hvd.api.middleware import error_middleware, request_id_middleware
-from hvd.cluster.coordinator import RaftCoordinator, routing_error_response
-from hvd.cluster.http_transport import APPLIED_HEADER, PROPOSE_PATH, READ_INDEX_PATH, STATUS_PATH, STREAM_PATH
+from hvd.catalog.state import encode_result
+from hvd.cluster.coordinator import MEMBERSHIP_TIMEOUT_S, RaftCoordinator, routing_error_response
+from hvd.cluster.http_transport import (
+    APPLIED_HEADER,
+    MEMBERSHIP_PATH,
+    PROPOSE_PATH,
+    READ_INDEX_PATH,
+    STATUS_PATH,
+    STREAM_PATH,
+)
 from hvd.cluster.peer_auth import TIMESTAMP_HEADER, PeerAuthError, PeerVerifier
-from hvd.errors import NotLeader, PayloadTooLarge, ServiceUnavailable, Unauthorized
+from hvd.errors import BadRequest, HvdError, NotLeader, PayloadTooLarge, ServiceUnavailable, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +130,29 @@ async def raft_read_index(request: web.Request) -> web.Response:
     return web.json_response({"index": index})
 
 
+async def cluster_membership(request: web.Request) -> web.Response:
+    """A membership change forwarded by a follower (see RaftCoordinator.change_membership)."""
+    body = await _authenticated_body(request)
+    coordinator = request.app[PEER].coordinator
+    try:
+        change = json.loads(body)
+        if not isinstance(change, dict):
+            raise BadRequest("a membership change is a JSON object")
+        await coordinator.change_membership_local(change, MEMBERSHIP_TIMEOUT_S)
+    except ValueError as exc:
+        return _wire(BadRequest(f"malformed membership change: {exc}"))
+    except HvdError as exc:
+        return _wire(exc)
+    return web.json_response({})
+
+
+def _wire(exc: HvdError) -> web.Response:
+    # the typed wire form, so the forwarding member raises the same error class
+    status, err = routing_error_response(exc) if isinstance(exc, ServiceUnavailable) else (exc.status,
+                                                                                           encode_result(error=exc))
+    return web.Response(status=status, body=err, content_type="application/json")
+
+
 async def cluster_status(request: web.Request) -> web.Response:
     await _authenticated_body(request)
     return web.json_response(request.app[PEER].coordinator.status())
@@ -135,6 +167,7 @@ def install(app: web.Application, endpoint: PeerEndpoint) -> None:
     app.router.add_post(PROPOSE_PATH, raft_propose)
     app.router.add_post(READ_INDEX_PATH, raft_read_index)
     app.router.add_get(STATUS_PATH, cluster_status)
+    app.router.add_post(MEMBERSHIP_PATH, cluster_membership)
 
 
 async def _starting(request: web.Request) -> web.Response:

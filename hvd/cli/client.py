@@ -1,7 +1,7 @@
 """The client half of `hvd`: `hvd <object> <action>` against the API named by HVD_URL.
 
 Each layer contributes a `register(registry)` function to REGISTRARS (core: flavors, keypairs,
-server groups, projects, users, roles, quotas, hosts, tokens, catalog); see hvd.cli.commands for
+server groups, projects, users, roles, quotas, hosts, tokens, catalog; cluster; compute); see hvd.cli.commands for
 the `Resource` and `Action` specs.
 """
 
@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from hvd.cli.cluster import register_cluster
 from hvd.cli.commands import Registry
 from hvd.cli.compute import register_compute
 from hvd.cli.core import register_core
 
-REGISTRARS: list[Callable[[Registry], None]] = [register_core, register_compute]
+REGISTRARS: list[Callable[[Registry], None]] = [register_core, register_cluster, register_compute]
 
 
 def build_registry() -> Registry:

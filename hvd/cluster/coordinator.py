@@ -26,21 +26,25 @@ from hvd.catalog.coordinator import Coordinator
 from hvd.catalog.db import Database
 from hvd.catalog.state import CatalogState, decode_result, encode_result
 from hvd.cluster.http_transport import (
+    MEMBERSHIP_PATH,
     PROPOSE_PATH,
     READ_INDEX_PATH,
+    STATUS_PATH,
     HttpTransport,
     PeerClient,
     PeerErrors,
     decode_batch,
 )
 from hvd.cluster.raft.driver import RaftDriver
-from hvd.cluster.raft.errors import NotLeaderError, OutcomeUnknownError, ProposalDroppedError
+from hvd.cluster.raft.errors import MembershipError, NotLeaderError, OutcomeUnknownError, ProposalDroppedError
+from hvd.cluster.raft.messages import ConfState
 from hvd.cluster.raft.node import Role
 from hvd.cluster.raft.storage import SqliteStorage
-from hvd.errors import HvdError, NotLeader, OutcomeUnknown, ServiceUnavailable
+from hvd.errors import BadRequest, Conflict, HvdError, NotLeader, OutcomeUnknown, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
+MEMBERSHIP_TIMEOUT_S = 60.0  # adding a member may ship it the whole catalog first
 MISDIRECTED = 421  # the peer is not the leader: the request was not appended, safe to retry elsewhere
 
 
@@ -92,6 +96,8 @@ class RaftCoordinator(Coordinator):
         self._client = client
         self._transport = transport
         self._propose_timeout = propose_timeout
+        self._static_peers = dict(client.peers) if client is not None else {}
+        driver.on_conf_change = self._on_conf_change
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -272,6 +278,114 @@ class RaftCoordinator(Coordinator):
             raise NotLeader(str(exc), leader_id=self.driver.leader_id) from exc
         except (OutcomeUnknownError, TimeoutError) as exc:
             raise ServiceUnavailable("the leader could not confirm its commit index") from exc
+
+    # ------------------------------------------------------------------ membership
+    def _on_conf_change(self, conf: ConfState) -> None:
+        """Reach every member at the address the log gives it (configured peers fill the gaps)."""
+        if self._client is None:
+            return
+        self._client.set_peers({**self._static_peers, **conf.address_map()})
+        if self._transport is not None:
+            for peer in self._transport.streams() - conf.members():
+                asyncio.get_running_loop().create_task(self._transport.forget(peer))
+
+    def members(self) -> list[dict[str, Any]]:
+        """This member's view of the membership: id, role, peer address, replicated index (leader)."""
+        node = self.driver.node
+        addresses = {**self._static_peers, **node.conf.address_map()}
+        if self._client is not None:
+            addresses.setdefault(self.node_id, "")
+        out = []
+        for member in sorted(node.conf.members()):
+            match = node.log.last_index() if member == self.node_id else node.match_of(member)
+            out.append({
+                "id": member,
+                "role": "voter" if member in node.conf.voters else "learner",
+                "address": addresses.get(member, ""),
+                "leader": member == node.lead,
+                "match_index": match if node.role == Role.LEADER else None,
+            })
+        return out
+
+    async def check_joiner(self, node_id: str, address: str, timeout: float = 3.0) -> None:
+        """Before adding ``node_id`` at ``address``: it must answer there, signed with our cluster
+        key, as that node id, with no membership of its own yet (started with join = true)."""
+        if self._client is None:
+            raise BadRequest("this host runs alone: set [cluster] peers (itself) and cluster_key, restart it,"
+                             " then add members")
+        try:
+            status, body = await self._client.probe(address, STATUS_PATH, timeout)
+        except PeerErrors as exc:
+            raise BadRequest(f"{node_id} does not answer at {address}: {type(exc).__name__} {exc}".strip()) from exc
+        if status == 401:
+            raise BadRequest(f"{address} refused this cluster's signature: it has another cluster_key")
+        if status != 200:
+            raise BadRequest(f"{address} is not an hvd peer API (HTTP {status})")
+        try:
+            seen = json.loads(body)
+            them, voters = str(seen["node_id"]), list(seen["voters"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BadRequest(f"{address} answered an unexpected status: {exc}") from exc
+        if them != node_id:
+            raise BadRequest(f"{address} is node {them!r}, not {node_id!r}")
+        if voters and node_id not in self.driver.node.conf.members():
+            raise Conflict(f"{node_id} already belongs to a cluster (voters {', '.join(voters)}):"
+                           " start it with an empty data_dir and [cluster] join = true")
+
+    async def change_membership(self, change: dict[str, Any]) -> None:
+        """Apply ``{"op": "add"|"remove"|"transfer", "id": ..., "address": ..., "voter": bool}`` on
+        the leader (forwarded there from a follower). Raises Conflict when Raft refuses it."""
+        timeout = MEMBERSHIP_TIMEOUT_S
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            leader = self.driver.leader_id
+            try:
+                if self.driver.is_leader:
+                    await self.change_membership_local(change, deadline - time.monotonic())
+                    return
+                known = leader is not None and self._client is not None and leader in self._client.peers
+                if known and await self._forward(str(leader), MEMBERSHIP_PATH, json.dumps(change).encode(),
+                                                 deadline):
+                    return
+            except NotLeader:
+                pass
+            if time.monotonic() + delay > deadline:
+                raise ServiceUnavailable(f"no Raft leader could change the membership within {timeout:.0f} s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    async def change_membership_local(self, change: dict[str, Any], timeout: float) -> None:
+        """Leader side of :meth:`change_membership`. An added voter joins as a learner first and is
+        promoted once it has caught up, so a slow new member never costs the cluster its quorum."""
+        op, member = str(change.get("op")), str(change.get("id"))
+        driver = self.driver
+        try:
+            async with asyncio.timeout(max(timeout, 0.1)):
+                if op == "add":
+                    if member not in driver.node.conf.learners or not change.get("voter", True):
+                        await driver.add_learner(member, str(change.get("address", "")))
+                    if change.get("voter", True):  # (a learner already there is promoted: a retried add)
+                        while (driver.node.match_of(member) or 0) < driver.node.commit:
+                            if not driver.is_leader:
+                                raise NotLeaderError(driver.leader_id)
+                            await asyncio.sleep(0.05)
+                        await driver.promote(member)
+                elif op == "remove":
+                    await driver.remove(member)
+                elif op == "transfer":
+                    await driver.transfer_leadership(member)
+                else:
+                    raise BadRequest(f"unknown membership operation {op!r}")
+        except MembershipError as exc:
+            raise Conflict(f"cluster membership: {exc}") from exc
+        except (NotLeaderError, ProposalDroppedError) as exc:
+            raise NotLeader(str(exc), leader_id=driver.leader_id) from exc
+        except (OutcomeUnknownError, TimeoutError) as exc:
+            raise OutcomeUnknown(
+                f"cluster membership: {op} {member} did not finish within {timeout:.0f} s (a new voter that"
+                f" has not caught up stays a learner; check it runs with join = true and repeat the add)"
+            ) from exc
 
     # ------------------------------------------------------------------ peer routes
     def receive(self, body: bytes) -> None:

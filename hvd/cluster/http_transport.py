@@ -26,6 +26,7 @@ STREAM_PATH = "/internal/v1/raft/stream"
 PROPOSE_PATH = "/internal/v1/raft/propose"
 READ_INDEX_PATH = "/internal/v1/raft/read-index"
 STATUS_PATH = "/internal/v1/cluster/status"
+MEMBERSHIP_PATH = "/internal/v1/cluster/membership"
 APPLIED_HEADER = "X-Hvd-Applied-Index"  # on a forwarded write: wait for this before reading locally
 
 MAX_BATCH = 256  # messages per POST, so a backlog after an outage does not become one huge body
@@ -47,9 +48,14 @@ class PeerClient:
 
     def __init__(self, node_id: str, peers: dict[str, str], key: bytes) -> None:
         self.node_id = node_id
-        self.peers = {p: url for p, url in peers.items() if p != node_id}
+        self.peers: dict[str, str] = {}
+        self.set_peers(peers)
         self._key = key
         self._session: aiohttp.ClientSession | None = None
+
+    def set_peers(self, peers: dict[str, str]) -> None:
+        """Replace the member -> URL map (membership changed); this node itself is left out."""
+        self.peers = {p: url.rstrip("/") for p, url in peers.items() if p != self.node_id and url}
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit_per_host=32))
@@ -69,6 +75,15 @@ class PeerClient:
                                             timeout=aiohttp.ClientWSTimeout(ws_close=timeout),
                                             max_msg_size=0)
         return ws, FrameSealer(self._key, headers[NONCE_HEADER])
+
+    async def probe(self, url: str, path: str, timeout: float) -> tuple[int, bytes]:
+        """Signed GET of ``url + path`` on a host that is not a member yet (a joining node)."""
+        if self._session is None:
+            raise aiohttp.ClientConnectionError("peer client is closed")
+        headers = sign_headers(self._key, self.node_id, "GET", path, b"")
+        async with self._session.get(url.rstrip("/") + path, headers=headers,
+                                     timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            return resp.status, await resp.read()
 
     async def post(self, peer: str, path: str, body: bytes, timeout: float) -> tuple[int, bytes, int]:
         """POST ``body`` to ``peer``; returns (status, body, the peer's applied index when it names
@@ -100,28 +115,42 @@ class HttpTransport:
         self._max_queue = max_queue
         self._heartbeat = heartbeat  # WebSocket ping interval: notices a silently dead peer
         self._receiver: Receiver = lambda m: None
-        self._outbox: dict[str, deque[Message]] = {p: deque() for p in client.peers}
+        self._outbox: dict[str, deque[Message]] = {}
         self._wake: dict[str, asyncio.Event] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._running = False
         self.dropped = 0  # messages lost to full queues or broken streams (a hint for operators)
 
     async def start(self) -> None:
-        for peer in self._outbox:
-            self._wake[peer] = asyncio.Event()
-            self._tasks.append(asyncio.create_task(self._stream(peer), name=f"raft-send-{peer}"))
+        self._running = True
 
     async def close(self) -> None:
-        for task in self._tasks:
+        self._running = False
+        for peer in list(self._tasks):
+            await self.forget(peer)
+
+    def streams(self) -> set[str]:
+        """Peers this transport currently keeps a stream (or its queue) for."""
+        return set(self._tasks)
+
+    async def forget(self, peer: str) -> None:
+        """Close the stream to a peer that left the cluster and drop what was queued for it."""
+        task = self._tasks.pop(peer, None)
+        self._outbox.pop(peer, None)
+        self._wake.pop(peer, None)
+        if task is not None:
             task.cancel()
-        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._tasks = []
 
     def send(self, to: str, msg: Message) -> None:
-        queue = self._outbox.get(to)
-        if queue is None or to not in self._wake:
+        if not self._running or to not in self._client.peers:
             return
+        queue = self._outbox.get(to)
+        if queue is None:  # the first message to this peer opens its stream (followers only talk to the leader)
+            queue = self._outbox[to] = deque()
+            self._wake[to] = asyncio.Event()
+            self._tasks[to] = asyncio.create_task(self._stream(to), name=f"raft-send-{to}")
         if len(queue) >= self._max_queue:
             queue.popleft()  # the oldest is the least useful; Raft re-sends what matters
             self.dropped += 1
@@ -145,7 +174,7 @@ class HttpTransport:
                 async with asyncio.timeout(self._send_timeout):
                     ws, sealer = await self._client.open_stream(peer, STREAM_PATH, self._send_timeout,
                                                                 self._heartbeat)
-            except PeerErrors as exc:
+            except (*PeerErrors, KeyError) as exc:  # KeyError: the peer's address is gone
                 failures += 1
                 self._drop(queue)
                 if failures in (1, 100):  # a dead peer would otherwise log every heartbeat

@@ -1,8 +1,9 @@
 """Assemble this host's Raft member from ``[cluster]``: storage, initial membership, timing, transport.
 
-Membership is static at bootstrap: every member lists the same peers, sorts all node ids, and the
-first ``voters`` of them vote while the rest replicate as learners. A member that already has
-Raft state ignores this (its log holds the membership).
+At bootstrap every founding member lists the same peers, sorts all node ids, and the first
+``voters`` of them vote while the rest replicate as learners. A member that already has Raft state
+ignores this (its log holds the membership, addresses included). A joining member (``join``)
+starts with no membership at all and learns it from the leader once a member adds it.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from hvd.config import ClusterSection
 log = logging.getLogger(__name__)
 
 
-def initial_conf(node_id: str, members: list[str], voters: int) -> ConfState:
+def initial_conf(node_id: str, members: list[str], voters: int,
+                 addresses: dict[str, str] | None = None) -> ConfState:
     """The bootstrap membership: the first ``voters`` ids in sorted order vote, the others learn."""
     ordered = sorted(set(members) | {node_id})
-    return ConfState(frozenset(ordered[:voters]), frozenset(ordered[voters:]))
+    return ConfState(frozenset(ordered[:voters]), frozenset(ordered[voters:]),
+                     tuple(sorted((addresses or {}).items())))
 
 
 def raft_timing(cluster: ClusterSection) -> tuple[float, RaftConfig]:
@@ -66,10 +69,11 @@ def open_raft_coordinator(
 ) -> RaftCoordinator:
     """A RaftCoordinator for this host (``network`` replaces HTTP in tests)."""
     peers = cluster.peer_urls()
-    conf = initial_conf(node_id, list(peers), cluster.voters)
+    conf = initial_conf(node_id, list(peers), cluster.voters, peers)
     sm = CatalogStateMachine(db, state)
     storage = SqliteStorage(raft_path)
-    bootstrap_storage(storage, sm, conf)
+    if not cluster.join:
+        bootstrap_storage(storage, sm, conf)
     tick, base = raft_timing(cluster)
     config = RaftConfig(id=node_id, election_ticks=base.election_ticks, heartbeat_ticks=base.heartbeat_ticks)
     client: PeerClient | None = None

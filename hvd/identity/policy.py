@@ -23,6 +23,8 @@ DEFAULT_RULES: dict[str, Level] = {
     "flavor:read": "reader",
     "host:manage": "admin",
     "host:read": "admin",
+    "cluster:manage": "admin",
+    "cluster:read": "admin",
     "keypair:manage": "member",
     "keypair:read": "reader",
     "server_group:manage": "member",

@@ -119,6 +119,10 @@ MATRIX: list[tuple[str, str, Callable[[str, int], Any] | None, str, int]] = [
     ("GET", "/v1/hosts", None, "admin", 200),
     ("GET", "/v1/hosts/hvd-test", None, "admin", 200),
     ("PATCH", "/v1/hosts/hvd-test", lambda role, n: {"enabled": True}, "admin", 200),
+    ("GET", "/v1/cluster", None, "admin", 200),
+    ("DELETE", "/v1/cluster/members/no-such-node", None, "admin", 404),
+    ("POST", "/v1/cluster/leader", lambda role, n: {"to": "no-such-node"}, "admin", 404),
+    ("POST", "/v1/cluster/members", lambda role, n: {"id": "x", "url": "ftp://x"}, "admin", 400),
 ]
 
 

@@ -7,7 +7,11 @@ full restart keeps everything. Peer routes refuse unsigned, forged and replayed 
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,9 +40,10 @@ class Cluster:
     def url(self, node: str) -> str:
         return f"http://127.0.0.1:{self.ports[node]}"
 
-    def start(self, node: str) -> None:
+    def start(self, node: str, join: bool = False) -> None:
+        self.ports.setdefault(node, free_port())
         peers = ", ".join(f'"{n}=http://127.0.0.1:{p}"' for n, p in self.ports.items())
-        extra = f'[cluster]\npeers = [{peers}]\ncluster_key = "{KEY}"\n'
+        extra = f'[cluster]\npeers = [{peers}]\ncluster_key = "{KEY}"\njoin = {str(join).lower()}\n'
         self.procs[node] = start_daemon(self.base / node, extra=extra, env={"HVD_HOST__NAME": node},
                                         port=self.ports[node])
 
@@ -185,3 +190,71 @@ def test_sigterm_while_waiting_for_a_quorum_stops_at_once(tmp_path: Path) -> Non
     finally:
         for node in list(c.procs):
             c.stop(node, signal.SIGKILL)
+
+
+def members(cluster: Cluster, node: str) -> dict[str, dict[str, Any]]:
+    r = cluster.call(node, "GET", "/v1/cluster")
+    assert r.status_code == 200, r.text
+    return {m["id"]: m for m in r.json()["members"]}
+
+
+def wait_leader(cluster: Cluster, node: str, want: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := cluster.health(node) or {}).get("leader") != want:
+        assert time.monotonic() < deadline, f"{node} sees leader {got.get('leader')}, not {want}"
+        time.sleep(0.1)
+
+
+def test_a_host_joins_takes_over_leadership_and_an_old_member_leaves(cluster: Cluster) -> None:
+    leader = cluster.wait_ready(IDS)
+    cluster.create_flavor(leader, "before-join")
+    cluster.start("node4", join=True)  # empty data dir: it waits, with no membership, to be added
+    follower = next(n for n in IDS if n != leader)
+
+    # bad requests change nothing: no such host, wrong node id, already a member, bad URL
+    dead = f"http://127.0.0.1:{free_port()}"
+    r = cluster.call(follower, "POST", "/v1/cluster/members", {"id": "node5", "url": dead})
+    assert r.status_code == 400 and "does not answer" in r.json()["error"]["message"], r.text
+    r = cluster.call(follower, "POST", "/v1/cluster/members", {"id": "node5", "url": cluster.url("node4")})
+    assert r.status_code == 400 and "is node 'node4'" in r.json()["error"]["message"], r.text
+    r = cluster.call(follower, "POST", "/v1/cluster/members", {"id": leader, "url": cluster.url(leader)})
+    assert r.status_code == 409, r.text
+    r = cluster.call(follower, "POST", "/v1/cluster/members", {"id": "node4", "url": "ftp://x/y"})
+    assert r.status_code == 400, r.text
+    assert set(members(cluster, leader)) == set(IDS)
+
+    # added through a follower (forwarded to the leader): a learner first, a voter once caught up
+    r = cluster.call(follower, "POST", "/v1/cluster/members", {"id": "node4", "url": cluster.url("node4")})
+    assert r.status_code == 201, r.text
+    assert members(cluster, leader)["node4"]["role"] == "voter"
+    cluster.wait_ready([*IDS, "node4"])
+    cluster.wait_flavors("node4", {"before-join"})
+    cluster.create_flavor("node4", "from-node4")
+    cluster.wait_flavors(leader, {"from-node4"})
+
+    # maintenance: hand leadership to the new host, then remove the old leader
+    r = cluster.call(follower, "POST", "/v1/cluster/leader", {"to": "node4"})
+    assert r.status_code == 200, r.text
+    wait_leader(cluster, follower, "node4")
+    r = cluster.call(follower, "DELETE", f"/v1/cluster/members/{leader}")
+    assert r.status_code == 204, r.text
+    assert cluster.call(follower, "DELETE", f"/v1/cluster/members/{leader}").status_code == 404
+    cluster.stop(leader)
+    rest = [n for n in [*IDS, "node4"] if n != leader]
+    assert set(members(cluster, "node4")) == set(rest)
+    cluster.create_flavor(follower, "after-leave")
+    for node in rest:
+        cluster.wait_flavors(node, {"before-join", "from-node4", "after-leave"})
+
+    # the joined host keeps its membership across a restart (it is in its log, not its config)
+    cluster.stop("node4")
+    cluster.start("node4", join=True)
+    cluster.wait_ready(rest)
+    assert "after-leave" in cluster.flavors("node4")
+
+    # the same through the CLI
+    env = {**os.environ, "HVD_URL": cluster.url("node4"), "HVD_USERNAME": "admin",
+           "HVD_PASSWORD": "admin-secret", "HVD_PROJECT": "admin"}
+    out = subprocess.run([sys.executable, "-m", "hvd", "cluster", "show", "-f", "json"], env=env,
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert {m["id"]: m["role"] for m in json.loads(out.stdout)} == dict.fromkeys(rest, "voter")

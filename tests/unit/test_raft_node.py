@@ -172,3 +172,40 @@ def test_sqlite_storage_truncates_and_installs_snapshots(tmp_path: Path) -> None
     st.close()
     _, snap, entries = SqliteStorage(tmp_path / "raft.db").load()
     assert snap.data == b"img" and [e.index for e in entries] == [6]
+
+
+def test_member_addresses_travel_with_the_membership(tmp_path: Path) -> None:
+    leader = node("a")
+    elect(leader)
+    leader.step(AppendResponse(leader.term, "b", "a", True, match_index=1))
+    index, _ = leader.change_membership(ConfChangeOp.ADD_LEARNER, "d", "http://10.0.0.4:8774")
+    assert leader.conf.address_map() == {"d": "http://10.0.0.4:8774"}
+    # a follower learns it from the log entry; a snapshot and the storage keep it
+    conf = ConfState.from_json(leader.log.entry(index).data)
+    assert conf == leader.conf
+    snap = Snapshot(SnapshotMeta(index, leader.term, conf), b"img")
+    assert decode_message(encode_message(SnapshotRequest(leader.term, "a", "d", snap))).snapshot == snap
+    st = SqliteStorage(tmp_path / "raft.db")
+    st.persist(None, snap, ())
+    assert st.load()[1].meta.conf.address_map() == {"d": "http://10.0.0.4:8774"}
+    # a removal forgets the address (once the add is committed)
+    drain(leader)
+    leader.step(AppendResponse(leader.term, "b", "a", True, match_index=index))
+    leader.change_membership(ConfChangeOp.REMOVE, "d")
+    assert leader.conf.address_map() == {} and "d" not in leader.conf.members()
+
+
+def test_commit_index_alone_is_not_written_but_never_falls_below_applied() -> None:
+    leader = node("a")
+    elect(leader)
+    leader.propose(b"x")
+    drain(leader)
+    leader.step(AppendResponse(leader.term, "b", "a", True, match_index=2))
+    assert leader.commit == 2
+    rd = leader.ready()
+    assert rd.hard_state is None and rd.committed_entries  # apply, but no fsync for the commit alone
+    leader.advance(rd)
+    # after a restart the stored commit may be old: the applied index bounds it from below
+    restarted = RaftNode(RaftConfig("a"), random.Random(1), HardState(leader.term, "a", 0),
+                         Snapshot(SnapshotMeta(0, 0, ABC)), list(leader.log.entries), applied=2)
+    assert restarted.commit == 2 and not restarted.has_ready()

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 from hvd.cluster.raft.errors import NotLeaderError, OutcomeUnknownError, ProposalDroppedError, RaftError
-from hvd.cluster.raft.messages import EntryKind, Message
+from hvd.cluster.raft.messages import ConfState, EntryKind, Message
 from hvd.cluster.raft.node import ConfChangeOp, RaftConfig, RaftNode, Ready, Role
 from hvd.cluster.raft.statemachine import BatchStateMachine, StateMachine
 from hvd.cluster.raft.storage import Storage
@@ -52,6 +52,10 @@ class RaftDriver:
         self._rng = rng or random.Random()
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft-{config.id}")
         self._apply_executor = apply_executor or self._io
+        # called on the loop whenever the membership changes (and at start): a member added at run
+        # time must become reachable before anything is sent to it
+        self.on_conf_change: Callable[[ConfState], None] | None = None
+        self._conf_seen: ConfState | None = None
         self._node: RaftNode | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -69,6 +73,7 @@ class RaftDriver:
         if self._sm.applied_index() < snap.meta.index:
             await loop.run_in_executor(self._io, self._sm.restore, snap.meta.index, snap.data)
         self._node = RaftNode(self._config, self._rng, hs, snap, entries, self._sm.applied_index())
+        self._notice_conf()
         self._transport.set_receiver(self._receive)
         self._tasks = [asyncio.create_task(self._tick_loop()), asyncio.create_task(self._ready_loop())]
 
@@ -146,11 +151,11 @@ class RaftDriver:
         self._applied_waiters.append((index, fut))
         await fut
 
-    async def add_voter(self, node_id: str) -> None:
-        await self._change(ConfChangeOp.ADD_VOTER, node_id)
+    async def add_voter(self, node_id: str, address: str = "") -> None:
+        await self._change(ConfChangeOp.ADD_VOTER, node_id, address)
 
-    async def add_learner(self, node_id: str) -> None:
-        await self._change(ConfChangeOp.ADD_LEARNER, node_id)
+    async def add_learner(self, node_id: str, address: str = "") -> None:
+        await self._change(ConfChangeOp.ADD_LEARNER, node_id, address)
 
     async def promote(self, node_id: str) -> None:
         await self._change(ConfChangeOp.PROMOTE, node_id)
@@ -166,8 +171,8 @@ class RaftDriver:
             while self.is_leader:
                 await asyncio.sleep(self._tick_seconds)
 
-    async def _change(self, op: ConfChangeOp, node_id: str) -> None:
-        index, term = self.node.change_membership(op, node_id)
+    async def _change(self, op: ConfChangeOp, node_id: str, address: str = "") -> None:
+        index, term = self.node.change_membership(op, node_id, address)
         await self._await_entry(index, term)
 
     async def _await_entry(self, index: int, term: int) -> bytes:
@@ -205,7 +210,15 @@ class RaftDriver:
                            if rd.committed_entries else [])
                 self.node.advance(rd)
                 self._after_advance(rd, results)
+                self._notice_conf()
                 await self._maybe_snapshot()
+
+    def _notice_conf(self) -> None:
+        conf = self.node.conf
+        if conf is not self._conf_seen:
+            self._conf_seen = conf
+            if self.on_conf_change is not None:
+                self.on_conf_change(conf)
 
     def _persist(self, rd: Ready) -> None:
         self._storage.persist(rd.hard_state, rd.snapshot, rd.entries)

@@ -32,21 +32,37 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class ConfState:
-    """Membership: voters elect and commit; learners only receive the log."""
+    """Membership: voters elect and commit; learners only receive the log.
+
+    ``addresses`` (sorted ``(id, url)`` pairs) is where each member's peer API listens: it travels
+    with the membership in the log, so a member added at run time is reachable by everyone.
+    """
 
     voters: frozenset[str] = frozenset()
     learners: frozenset[str] = frozenset()
+    addresses: tuple[tuple[str, str], ...] = ()
 
     def members(self) -> frozenset[str]:
         return self.voters | self.learners
 
+    def address_map(self) -> dict[str, str]:
+        return dict(self.addresses)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"voters": sorted(self.voters), "learners": sorted(self.learners),
+                "addresses": dict(self.addresses)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ConfState:
+        return cls(frozenset(raw["voters"]), frozenset(raw["learners"]),
+                   tuple(sorted((raw.get("addresses") or {}).items())))
+
     def to_json(self) -> bytes:
-        return json.dumps({"voters": sorted(self.voters), "learners": sorted(self.learners)}).encode()
+        return json.dumps(self.to_dict()).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> ConfState:
-        raw = json.loads(data)
-        return cls(frozenset(raw["voters"]), frozenset(raw["learners"]))
+        return cls.from_dict(json.loads(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,13 +173,12 @@ def _entry_from_json(raw: list[Any]) -> Entry:
 
 
 def _snapshot_to_json(s: Snapshot) -> dict[str, Any]:
-    conf = {"voters": sorted(s.meta.conf.voters), "learners": sorted(s.meta.conf.learners)}
-    return {"index": s.meta.index, "term": s.meta.term, "conf": conf, "data": _b64(s.data)}
+    return {"index": s.meta.index, "term": s.meta.term, "conf": s.meta.conf.to_dict(), "data": _b64(s.data)}
 
 
 def _snapshot_from_json(raw: dict[str, Any]) -> Snapshot:
-    conf = ConfState(frozenset(raw["conf"]["voters"]), frozenset(raw["conf"]["learners"]))
-    return Snapshot(SnapshotMeta(raw["index"], raw["term"], conf), base64.b64decode(raw["data"]))
+    return Snapshot(SnapshotMeta(raw["index"], raw["term"], ConfState.from_dict(raw["conf"])),
+                    base64.b64decode(raw["data"]))
 
 
 def encode_message(msg: Message) -> bytes:

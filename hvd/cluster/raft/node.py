@@ -203,8 +203,9 @@ class RaftNode:
         self._append_local([Entry(index, self.term, kind, data)])
         return index, self.term
 
-    def change_membership(self, op: ConfChangeOp, node: str) -> tuple[int, int]:
+    def change_membership(self, op: ConfChangeOp, node: str, address: str = "") -> tuple[int, int]:
         """Propose a single-server membership change; returns (index, term) of the CONF entry.
+        ``address`` (adds only) is where the member's peer API listens; a removal forgets it.
 
         Refused while another change is uncommitted, or before this leader committed an entry of
         its own term (the fix to single-server changes from Ongaro's 2015 errata).
@@ -231,7 +232,13 @@ class RaftNode:
             raise MembershipError(f"cannot {op} {node} in {sorted(voters)} + learners {sorted(learners)}")
         if not voters:
             raise MembershipError("cannot remove the last voter")
-        return self._propose(EntryKind.CONF, ConfState(frozenset(voters), frozenset(learners)).to_json())
+        addresses = self.conf.address_map()
+        if op == ConfChangeOp.REMOVE:
+            addresses.pop(node, None)
+        elif address:
+            addresses[node] = address
+        conf = ConfState(frozenset(voters), frozenset(learners), tuple(sorted(addresses.items())))
+        return self._propose(EntryKind.CONF, conf.to_json())
 
     def transfer_leadership(self, to: str) -> None:
         """Hand leadership to voter ``to`` once its log is current; aborted after an election timeout."""
@@ -387,6 +394,11 @@ class RaftNode:
             return False
         self._process_reads()
         return True
+
+    def match_of(self, peer: str) -> int | None:
+        """(Leader) the highest index known replicated on ``peer``; None when it is not tracked."""
+        pr = self._progress.get(peer)
+        return pr.match if pr is not None else None
 
     def _match(self, peer: str) -> int:
         pr = self._progress.get(peer)

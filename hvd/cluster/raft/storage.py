@@ -7,7 +7,6 @@ survives a simulated crash, which is exactly "lost unless persisted".
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 from typing import Protocol
@@ -109,9 +108,7 @@ class SqliteStorage:
         return hs, snap, entries
 
     def _write_snapshot(self, snapshot: Snapshot) -> None:
-        conf = json.dumps(
-            {"voters": sorted(snapshot.meta.conf.voters), "learners": sorted(snapshot.meta.conf.learners)}
-        )
+        conf = snapshot.meta.conf.to_json().decode()
         self._db.execute(
             "INSERT OR REPLACE INTO raft_snapshot (id, idx, term, conf, data) VALUES (1, ?, ?, ?, ?)",
             (snapshot.meta.index, snapshot.meta.term, conf, snapshot.data),

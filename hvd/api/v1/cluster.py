@@ -1,0 +1,118 @@
+"""/v1/cluster: the Raft membership of the control plane (admin only).
+
+Adding a host: start it with an empty data_dir, ``[cluster] join = true``, the same cluster_key and
+``peers`` naming a reachable member; then ``POST /v1/cluster/members`` on any member. The new host
+is checked first (it must answer, signed with the cluster key, as that node id, with no membership
+of its own), joins as a learner, receives the catalog, and is promoted to voter once it has caught
+up. Removing a host and handing leadership over (before maintenance) work the same from any member.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from hvd.api.helpers import context, json_response, parse_body
+from hvd.api.routing import Router
+from hvd.api.services import services
+from hvd.cluster.coordinator import RaftCoordinator
+from hvd.errors import NotFound, NotImplementedYet
+
+NODE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+_PEER_URL = re.compile(r"^https?://[A-Za-z0-9._\-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+
+
+class Member(BaseModel):
+    id: str
+    role: Literal["voter", "learner"]
+    address: str = Field(description="Where its peer API listens ('' = unknown to this member)")
+    leader: bool
+    match_index: int | None = Field(description="Log index replicated on it (known by the leader only)")
+
+
+class ClusterView(BaseModel):
+    node_id: str = Field(description="The member that answered")
+    leader: str | None
+    term: int
+    commit_index: int
+    members: list[Member]
+
+
+class MemberIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=NODE_ID, description="The new member's [cluster] node_id (or host name)")
+    url: str = Field(description="Its API base URL, e.g. http://10.0.0.4:8774")
+    role: Literal["voter", "learner"] = Field("voter", description="Learners replicate but never vote")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        if not _PEER_URL.match(url.rstrip("/")):
+            raise ValueError("url must be http(s)://host[:port] with no path")
+        return url.rstrip("/")
+
+
+class LeaderIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to: str = Field(pattern=NODE_ID, description="The voter that should lead")
+
+
+def _coordinator(request: web.Request, rule: str) -> RaftCoordinator:
+    svc, ctx = services(request), context(request)
+    svc.policy.enforce(ctx.roles, rule)
+    coordinator = svc.catalog.coordinator
+    if not isinstance(coordinator, RaftCoordinator):
+        raise NotImplementedYet("this catalog has no Raft membership")
+    return coordinator
+
+
+def _view(coordinator: RaftCoordinator) -> dict[str, object]:
+    node = coordinator.driver.node
+    return {"node_id": coordinator.node_id, "leader": coordinator.leader_id, "term": coordinator.term,
+            "commit_index": node.commit, "members": coordinator.members()}
+
+
+async def show_cluster(request: web.Request) -> web.Response:
+    return json_response(_view(_coordinator(request, "cluster:read")))
+
+
+async def add_member(request: web.Request) -> web.Response:
+    coordinator = _coordinator(request, "cluster:manage")
+    body = await parse_body(request, MemberIn)
+    await coordinator.check_joiner(body.id, body.url)
+    await coordinator.change_membership({"op": "add", "id": body.id, "address": body.url,
+                                         "voter": body.role == "voter"})
+    return json_response(_view(coordinator), status=201)
+
+
+async def remove_member(request: web.Request) -> web.Response:
+    coordinator = _coordinator(request, "cluster:manage")
+    member = request.match_info["id"]
+    if member not in coordinator.driver.node.conf.members():
+        raise NotFound(f"Cluster member {member} could not be found")
+    await coordinator.change_membership({"op": "remove", "id": member})
+    return web.Response(status=204)
+
+
+async def transfer_leader(request: web.Request) -> web.Response:
+    coordinator = _coordinator(request, "cluster:manage")
+    body = await parse_body(request, LeaderIn)
+    if body.to not in coordinator.driver.node.conf.members():
+        raise NotFound(f"Cluster member {body.to} could not be found")
+    if body.to != coordinator.leader_id:
+        await coordinator.change_membership({"op": "transfer", "id": body.to})
+    return json_response(_view(coordinator))
+
+
+def register(router: Router) -> None:
+    t = "cluster"
+    router.add("GET", "/v1/cluster", show_cluster, "Show the control plane's members and leader",
+               response=ClusterView, tag=t)
+    router.add("POST", "/v1/cluster/members", add_member, "Add a host started with [cluster] join = true",
+               body=MemberIn, response=ClusterView, status=201, tag=t)
+    router.add("DELETE", "/v1/cluster/members/{id}", remove_member, "Remove a member", status=204, tag=t)
+    router.add("POST", "/v1/cluster/leader", transfer_leader, "Hand leadership to another voter",
+               body=LeaderIn, response=ClusterView, tag=t)
