@@ -97,6 +97,7 @@ class RaftCoordinator(Coordinator):
         self._transport = transport
         self._propose_timeout = propose_timeout
         self._static_peers = dict(client.peers) if client is not None else {}
+        self._forgetting: set[asyncio.Task[None]] = set()
         driver.on_conf_change = self._on_conf_change
 
     # ------------------------------------------------------------------ lifecycle
@@ -287,7 +288,9 @@ class RaftCoordinator(Coordinator):
         self._client.set_peers({**self._static_peers, **conf.address_map()})
         if self._transport is not None:
             for peer in self._transport.streams() - conf.members():
-                asyncio.get_running_loop().create_task(self._transport.forget(peer))
+                task = asyncio.get_running_loop().create_task(self._transport.forget(peer))
+                self._forgetting.add(task)  # the loop only holds weak references to tasks
+                task.add_done_callback(self._forgetting.discard)
 
     def members(self) -> list[dict[str, Any]]:
         """This member's view of the membership: id, role, peer address, replicated index (leader)."""
@@ -382,10 +385,9 @@ class RaftCoordinator(Coordinator):
         except (NotLeaderError, ProposalDroppedError) as exc:
             raise NotLeader(str(exc), leader_id=driver.leader_id) from exc
         except (OutcomeUnknownError, TimeoutError) as exc:
-            raise OutcomeUnknown(
-                f"cluster membership: {op} {member} did not finish within {timeout:.0f} s (a new voter that"
-                f" has not caught up stays a learner; check it runs with join = true and repeat the add)"
-            ) from exc
+            hint = (" (a new voter that has not caught up stays a learner: check it runs with join = true and"
+                    " repeat the add)" if op == "add" else "")
+            raise OutcomeUnknown(f"cluster membership: {op} {member} did not finish in time{hint}") from exc
 
     # ------------------------------------------------------------------ peer routes
     def receive(self, body: bytes) -> None:

@@ -29,7 +29,7 @@ STATUS_PATH = "/internal/v1/cluster/status"
 MEMBERSHIP_PATH = "/internal/v1/cluster/membership"
 APPLIED_HEADER = "X-Hvd-Applied-Index"  # on a forwarded write: wait for this before reading locally
 
-MAX_BATCH = 256  # messages per POST, so a backlog after an outage does not become one huge body
+MAX_BATCH = 256  # messages per frame, so a backlog after an outage does not become one huge frame
 PeerErrors = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
 
 

@@ -58,27 +58,31 @@ class FrameSealer:
 
     def __init__(self, key: bytes, nonce: str) -> None:
         self._base = hmac.new(key, b"hvd-stream\n" + nonce.encode() + b"\n", hashlib.sha256)
-        self._seq = 0
+        self.seq = 0
+
+    def mac(self, seq: int, payload: bytes) -> bytes:
+        mac = self._base.copy()
+        mac.update(seq.to_bytes(8, "big"))
+        mac.update(payload)
+        return mac.digest()
 
     def seal(self, payload: bytes) -> bytes:
-        mac = self._base.copy()
-        mac.update(self._seq.to_bytes(8, "big"))
-        mac.update(payload)
-        self._seq += 1
-        return mac.digest() + payload
+        self.seq += 1
+        return self.mac(self.seq - 1, payload) + payload
 
 
 class FrameOpener:
     """Checks and strips the MAC of each incoming frame, in order (the receiver's side)."""
 
     def __init__(self, key: bytes, nonce: str) -> None:
-        self._sealer = FrameSealer(key, nonce)
+        self._macs = FrameSealer(key, nonce)
 
     def open(self, frame: bytes) -> bytes:
         """The payload of the next frame; raises PeerAuthError if it is forged, replayed or out of order."""
         payload = frame[FRAME_MAC_BYTES:]
-        if not hmac.compare_digest(self._sealer.seal(payload)[:FRAME_MAC_BYTES], frame[:FRAME_MAC_BYTES]):
+        if not hmac.compare_digest(self._macs.mac(self._macs.seq, payload), frame[:FRAME_MAC_BYTES]):
             raise PeerAuthError("bad frame signature on peer stream")
+        self._macs.seq += 1
         return payload
 
 

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from hvd.cluster.http_transport import decode_batch, encode_batch
-from hvd.cluster.peer_auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, PeerAuthError, PeerVerifier, sign_headers
+from hvd.cluster.peer_auth import (
+    NONCE_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    FrameOpener,
+    FrameSealer,
+    PeerAuthError,
+    PeerVerifier,
+    sign_headers,
+)
 from hvd.cluster.raft.messages import AppendRequest, Entry, VoteRequest
 
 KEY = b"k" * 32
@@ -70,3 +81,30 @@ def test_message_batches_round_trip() -> None:
     msgs = [VoteRequest(3, "a", "b", 10, 2, pre_vote=True),
             AppendRequest(3, "a", "b", 9, 2, (Entry(10, 3, data=b"\n{x}\n"),), 9, seq=4)]
     assert decode_batch(encode_batch(msgs)) == msgs
+
+
+def test_stream_frames_cannot_be_forged_replayed_reordered_or_moved() -> None:
+    path = "/internal/v1/raft/stream"
+    v = PeerVerifier(KEY)
+    headers = sign_headers(KEY, "n1", "GET", path, b"", now=time.time())
+    node, opener = v.open_stream("GET", path, headers)
+    nonce = headers[NONCE_HEADER]
+    sealer = FrameSealer(KEY, nonce)
+    first, second, third = sealer.seal(b"one"), sealer.seal(b"two"), sealer.seal(b"three")
+    assert node == "n1" and opener.open(first) == b"one"
+    with pytest.raises(PeerAuthError, match="bad frame"):
+        opener.open(first)  # replayed on its own stream
+    with pytest.raises(PeerAuthError, match="bad frame"):
+        FrameOpener(KEY, nonce).open(third)  # out of order (the opener expects frame 0)
+    _, other_stream = v.open_stream("GET", path, sign_headers(KEY, "n1", "GET", path, b"", now=time.time()))
+    with pytest.raises(PeerAuthError, match="bad frame"):
+        other_stream.open(first)  # moved to another stream
+    with pytest.raises(PeerAuthError, match="bad frame"):
+        FrameOpener(KEY, nonce).open(FrameSealer(b"x" * 32, nonce).seal(b"one"))  # another key
+    tampered = bytearray(FrameSealer(KEY, nonce).seal(b"one"))
+    tampered[-1] ^= 1
+    with pytest.raises(PeerAuthError, match="bad frame"):
+        FrameOpener(KEY, nonce).open(bytes(tampered))
+    assert opener.open(second) == b"two"  # the stream itself goes on in order
+    with pytest.raises(PeerAuthError, match="replayed"):
+        v.open_stream("GET", path, headers)  # replaying the opening request
