@@ -19,7 +19,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Python deps (editable install of hvd with dev extras); pip skips what is already satisfied.
+# The installed hvd must be THIS checkout (an editable install of another clone would shadow it).
+here=$(pwd)
 if ! command -v hvd >/dev/null \
+   || ! (cd / && python3 -c "import hvd, sys; sys.exit(hvd.__file__ != '$here/hvd/__init__.py')") 2>/dev/null \
    || ! python3 -c "import libvirt, pyroute2, aiohttp, uvloop, cryptography, pytest, mypy, ruff, schemathesis" 2>/dev/null \
    || [ pyproject.toml -nt .venv-stamp ]; then
   echo "setup: installing Python packages"
