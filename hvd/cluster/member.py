@@ -16,11 +16,13 @@ from hvd.catalog.state import CatalogState
 from hvd.cluster.coordinator import CatalogStateMachine, RaftCoordinator
 from hvd.cluster.http_transport import HttpTransport, PeerClient
 from hvd.cluster.raft.driver import RaftDriver
+from hvd.cluster.raft.log import RaftLog
 from hvd.cluster.raft.messages import ConfState, Snapshot, SnapshotMeta
 from hvd.cluster.raft.node import RaftConfig
 from hvd.cluster.raft.storage import SqliteStorage
 from hvd.cluster.raft.transport import InMemoryNetwork, Transport
 from hvd.config import ClusterSection
+from hvd.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,21 @@ def bootstrap_storage(storage: SqliteStorage, sm: CatalogStateMachine, conf: Con
     storage.persist(None, Snapshot(SnapshotMeta(index, 0, conf), data), ())
 
 
+def refuse_stale_joiner(node_id: str, storage: SqliteStorage, sm: CatalogStateMachine) -> None:
+    """A joining host takes the cluster's catalog; one with a history of its own (it ran alone, or
+    in another cluster) would mix two histories or elect itself, so it must start from an empty
+    data_dir. A host that already joined (its log names other members) restarts normally."""
+    hs, snap, entries = storage.load()
+    log_ = RaftLog(snap, entries)
+    conf, _ = log_.conf_at(log_.last_index())
+    fresh = not (hs.term or entries or snap.meta.index or conf.voters)
+    alone = conf.voters == frozenset({node_id}) and not conf.learners
+    if (fresh and sm.applied_index() > 0) or alone:
+        storage.close()
+        raise ConfigError("[cluster] join = true needs an empty host.data_dir: this host already has a catalog"
+                          f" of its own ({sm.applied_index()} applied entries; it ran alone or in another cluster)")
+
+
 def open_raft_coordinator(
     cluster: ClusterSection,
     node_id: str,
@@ -74,6 +91,8 @@ def open_raft_coordinator(
     storage = SqliteStorage(raft_path)
     if not cluster.join:
         bootstrap_storage(storage, sm, conf)
+    else:
+        refuse_stale_joiner(node_id, storage, sm)
     tick, base = raft_timing(cluster)
     config = RaftConfig(id=node_id, election_ticks=base.election_ticks, heartbeat_ticks=base.heartbeat_ticks)
     client: PeerClient | None = None

@@ -19,7 +19,7 @@ from hvd.cluster.http_transport import READ_INDEX_PATH
 from hvd.cluster.member import initial_conf, open_raft_coordinator
 from hvd.cluster.raft.transport import InMemoryNetwork
 from hvd.config import ClusterSection
-from hvd.errors import Conflict
+from hvd.errors import ConfigError, Conflict
 
 
 def open_catalog(base: Path, snapshot_every: int = 1000) -> Catalog:
@@ -186,3 +186,12 @@ async def test_forwarded_write_whose_answer_was_lost_is_resent_and_applied_once(
         for node, c in coordinators.items():
             await c.stop()
             catalogs[node].close()
+
+
+async def test_a_host_with_a_catalog_of_its_own_cannot_join(tmp_path: Path) -> None:
+    await write(tmp_path, "alone", 1)  # it ran alone first
+    joining = ClusterSection(peers=["n1=http://127.0.0.1:1", "n2=http://127.0.0.1:2"], cluster_key="k" * 32,
+                             join=True)
+    with pytest.raises(ConfigError, match=r"needs an empty host\.data_dir"):
+        Catalog.open_raft(tmp_path / "catalog.db",
+                          lambda db, state: open_raft_coordinator(joining, "n1", tmp_path / "raft.db", db, state))
