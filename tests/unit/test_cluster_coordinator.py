@@ -195,3 +195,40 @@ async def test_a_host_with_a_catalog_of_its_own_cannot_join(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match=r"needs an empty host\.data_dir"):
         Catalog.open_raft(tmp_path / "catalog.db",
                           lambda db, state: open_raft_coordinator(joining, "n1", tmp_path / "raft.db", db, state))
+
+
+async def test_a_joining_host_gets_the_compacted_catalog_as_a_snapshot_and_becomes_a_voter(tmp_path: Path) -> None:
+    network = InMemoryNetwork()
+    founder = ClusterSection(peers=["n1=http://127.0.0.1:1"], cluster_key="k" * 32)
+    joiner = ClusterSection(peers=["n1=http://127.0.0.1:1", "n2=http://127.0.0.1:2"], cluster_key="k" * 32,
+                            join=True)
+    catalogs = {
+        node: Catalog.open_raft(tmp_path / f"{node}.db", lambda db, state, node=node, cfg=cfg: open_raft_coordinator(
+            cfg, node, tmp_path / f"{node}-raft.db", db, state, network=network, snapshot_every=10))
+        for node, cfg in (("n1", founder), ("n2", joiner))
+    }
+    n1, n2 = catalogs["n1"].coordinator, catalogs["n2"].coordinator
+    assert isinstance(n1, RaftCoordinator) and isinstance(n2, RaftCoordinator)
+    try:
+        await n1.start()
+        for i in range(30):
+            await catalogs["n1"].propose(flavor(f"f{i}"))
+        assert n1.driver.node.log.snapshot.meta.index > 0  # the log no longer starts at 1
+        await n2.start()
+        assert n2.driver.node.conf.voters == frozenset() and not n2.is_leader  # waits to be added
+        await n1.change_membership_local({"op": "add", "id": "n2", "address": "http://127.0.0.1:2", "voter": True},
+                                         20)
+        async with asyncio.timeout(10):
+            await n2.wait_applied(n1.driver.node.commit)  # (in memory there is no read-index forwarding)
+        assert await names(catalogs["n2"]) == await names(catalogs["n1"]) == {f"f{i}" for i in range(30)}
+        assert n2.driver.node.log.snapshot.meta.index > 0  # it was sent the snapshot, not the whole log
+        conf = n2.driver.node.conf
+        assert conf.voters == {"n1", "n2"} and conf.address_map()["n2"] == "http://127.0.0.1:2"
+        await catalogs["n1"].propose(flavor("acked-by-n2"))  # a quorum of two voters now needs n2
+        async with asyncio.timeout(10):
+            await n2.wait_applied(n1.driver.node.commit)
+        assert "acked-by-n2" in await names(catalogs["n2"])
+    finally:
+        for catalog in catalogs.values():
+            await catalog.coordinator.stop()
+            catalog.close()
