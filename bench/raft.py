@@ -17,7 +17,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from hvd.catalog.cmd_resources import FlavorCreate
 from hvd.catalog.commands import encode
 from hvd.cluster.http_transport import PROPOSE_PATH, STATUS_PATH
 from hvd.cluster.peer_auth import sign_headers
-from tests.conftest import DaemonProcess, free_port, start_daemon
+from tests.conftest import DaemonProcess, free_port, start_daemon, wait_listening
 
 KEY = "bench-cluster-key-0123456789abcdef"
 
@@ -182,15 +181,7 @@ async def baseline_rate(requests: list[bytes], concurrency: int) -> float:
     port = free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--baseline-server", str(port)])
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("baseline server did not start") from None
-                await asyncio.sleep(0.05)
+        wait_listening(port, proc)
         rate_, _ = await raw_rate(f"http://127.0.0.1:{port}", requests, concurrency)
         return rate_
     finally:

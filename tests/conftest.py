@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -96,19 +97,26 @@ def start_daemon(base: Path, driver: str = "fake", extra: str = "", env: dict[st
         stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})},
     )
     d = DaemonProcess(cfg, f"http://127.0.0.1:{port}", log_path, proc)
+    try:
+        wait_listening(port, proc, timeout)
+    except RuntimeError as exc:
+        d.stop(signal.SIGKILL)
+        raise RuntimeError(f"daemon {exc}:\n{d.log()}") from exc
+    return d
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Wait until something accepts on 127.0.0.1:`port`; RuntimeError if `proc` exits first or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited with {proc.returncode}:\n{d.log()}")
+            raise RuntimeError(f"exited with {proc.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
+                return
         except OSError:
             time.sleep(0.05)
-    else:
-        d.stop(signal.SIGKILL)
-        raise RuntimeError(f"daemon did not listen within {timeout}s:\n{d.log()}")
-    return d
+    raise RuntimeError(f"did not listen on {port} within {timeout}s")
 
 
 @pytest.fixture
@@ -146,15 +154,13 @@ class Api:
         return Api(self.session, self.url)
 
 
-@pytest.fixture
-async def api_server(tmp_path: Path) -> AsyncIterator[tuple[Any, str]]:
-    """The API in-process (real HTTP on loopback, real SQLite), fake compute driver."""
+@contextlib.asynccontextmanager
+async def serve_in_process(config: Any) -> AsyncIterator[tuple[Any, str]]:
+    """The daemon's services for `config`, with the API on real loopback HTTP, in this process:
+    yields (services, base URL)."""
     from hvd.api.app import build_app
-    from hvd.config import load_config
     from hvd.daemon import running_services
 
-    cfg = write_config(tmp_path / "hvd", free_port())
-    config = load_config(cfg)
     async with running_services(config) as services:
         server = TestServer(build_app(services), host="127.0.0.1", port=config.api.port)
         await server.start_server()
@@ -162,6 +168,15 @@ async def api_server(tmp_path: Path) -> AsyncIterator[tuple[Any, str]]:
             yield services, f"http://127.0.0.1:{config.api.port}"
         finally:
             await server.close()
+
+
+@pytest.fixture
+async def api_server(tmp_path: Path) -> AsyncIterator[tuple[Any, str]]:
+    """The API in-process (real HTTP on loopback, real SQLite), fake compute driver."""
+    from hvd.config import load_config
+
+    async with serve_in_process(load_config(write_config(tmp_path / "hvd", free_port()))) as served:
+        yield served
 
 
 @pytest.fixture

@@ -11,11 +11,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
 from hvd.net.model import router_namespace
 from hvd.net.state import ObservedLink
-from tests.conftest import Api, free_port, write_config
+from tests.conftest import Api, free_port, serve_in_process, write_config
 from tests.functional.compute_helpers import make_flavor, make_qcow2, upload_image, wait_server
 
 NET_CONFIG = """
@@ -31,18 +30,12 @@ netns_prefix = "hvdt-api-"
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     from hvd.config import load_config
-    from hvd.daemon import running_services
 
     config = load_config(write_config(tmp_path / "hvd", free_port(), extra=NET_CONFIG))
-    async with running_services(config) as services:
+    async with serve_in_process(config) as (services, url):
         net = services.extra["network"]
         net.adapter.host.links["ext0"] = ObservedLink("ext0", kind="device", up=True)  # the external NIC
-        from hvd.api.app import build_app
-
-        server = TestServer(build_app(services), host="127.0.0.1", port=config.api.port)
-        await server.start_server()
         async with aiohttp.ClientSession() as session:
-            url = f"http://127.0.0.1:{config.api.port}"
             admin = Api(session, url)
             await admin.login("admin", "admin-secret", "admin")
             users = {}
@@ -56,7 +49,6 @@ async def env(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
                 users[project] = Api(session, url)
                 await users[project].login(name, "password-1", project)
             yield {"admin": admin, "a": users["alpha"], "b": users["beta"], "net": net, "tmp": tmp_path}
-        await server.close()
 
 
 async def ok(api: Api, method: str, path: str, body: Any = None, status: int = 200) -> Any:

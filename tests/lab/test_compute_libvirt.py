@@ -14,9 +14,8 @@ from typing import Any
 import aiohttp
 import libvirt
 import pytest
-from aiohttp.test_utils import TestServer
 
-from tests.conftest import Api, free_port, write_config
+from tests.conftest import Api, free_port, serve_in_process, write_config
 from tests.functional.compute_helpers import action, make_flavor, upload_image
 from tests.guest.helpers import guest_image_path, make_searchable_dir
 
@@ -37,9 +36,7 @@ fi
 
 @pytest.fixture
 async def lab(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    from hvd.api.app import build_app
     from hvd.config import load_config
-    from hvd.daemon import running_services
 
     base = make_searchable_dir(prefix="hvdtest-lab-")
     cfg = write_config(
@@ -50,23 +47,19 @@ async def lab(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     )
     config = load_config(cfg)
     try:
-        async with running_services(config) as services:
-            server = TestServer(build_app(services), host="127.0.0.1", port=config.api.port)
-            await server.start_server()
-            async with aiohttp.ClientSession() as session:
-                api = Api(session, f"http://127.0.0.1:{config.api.port}")
-                await api.login("admin", "admin-secret", "admin")
-                main = await upload_image(api, guest_image_path("main"), name="guest", visibility="public")
-                alt = await upload_image(api, guest_image_path("alt"), name="guest-alt", visibility="public")
-                await make_flavor(api, name="tiny", vcpus=1, ram_mb=128, disk_gb=1)
-                await make_flavor(api, name="small", vcpus=2, ram_mb=192, disk_gb=1)
-                try:
-                    yield {"api": api, "main": main, "alt": alt, "base": base, "services": services}
-                finally:
-                    _, servers = await api.call("GET", "/v1/servers?all_projects=true")
-                    for s in servers.get("servers", []):
-                        await api.call("DELETE", f"/v1/servers/{s['id']}?wait=true")
-            await server.close()
+        async with serve_in_process(config) as (services, url), aiohttp.ClientSession() as session:
+            api = Api(session, url)
+            await api.login("admin", "admin-secret", "admin")
+            main = await upload_image(api, guest_image_path("main"), name="guest", visibility="public")
+            alt = await upload_image(api, guest_image_path("alt"), name="guest-alt", visibility="public")
+            await make_flavor(api, name="tiny", vcpus=1, ram_mb=128, disk_gb=1)
+            await make_flavor(api, name="small", vcpus=2, ram_mb=192, disk_gb=1)
+            try:
+                yield {"api": api, "main": main, "alt": alt, "base": base, "services": services}
+            finally:
+                _, servers = await api.call("GET", "/v1/servers?all_projects=true")
+                for s in servers.get("servers", []):
+                    await api.call("DELETE", f"/v1/servers/{s['id']}?wait=true")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

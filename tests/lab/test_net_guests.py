@@ -20,9 +20,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
-from tests.conftest import Api, free_port, write_config
+from tests.conftest import Api, free_port, serve_in_process, write_config
 from tests.functional.compute_helpers import make_flavor, upload_image
 from tests.guest.helpers import guest_image_path, make_searchable_dir
 
@@ -48,9 +47,7 @@ done
 
 @pytest.fixture
 async def env(lab: Lab) -> AsyncIterator[dict[str, Any]]:
-    from hvd.api.app import build_app
     from hvd.config import load_config
-    from hvd.daemon import running_services
 
     outside = lab.netns("outside")
     ext_nic = f"hvdt{os.getpid() % 100000}x{lab.prefix.split('-')[2]}"[:15]
@@ -71,20 +68,16 @@ physical_interface_mappings = {{ ext = "{ext_nic}" }}
     config = load_config(write_config(base, free_port(), driver="libvirt", extra=extra))
     network_ids: list[str] = []
     try:
-        async with running_services(config) as services:
-            server = TestServer(build_app(services), host="127.0.0.1", port=config.api.port)
-            await server.start_server()
-            async with aiohttp.ClientSession() as session:
-                api = Api(session, f"http://127.0.0.1:{config.api.port}")
-                await api.login("admin", "admin-secret", "admin")
-                await upload_image(api, guest_image_path("main"), name="guest", visibility="public")
-                await make_flavor(api, name="tiny", vcpus=1, ram_mb=128, disk_gb=1)
-                try:
-                    yield {"api": api, "lab": lab, "outside": outside, "network_ids": network_ids,
-                           "net": services.extra["network"]}
-                finally:
-                    await _teardown(api)
-            await server.close()
+        async with serve_in_process(config) as (services, url), aiohttp.ClientSession() as session:
+            api = Api(session, url)
+            await api.login("admin", "admin-secret", "admin")
+            await upload_image(api, guest_image_path("main"), name="guest", visibility="public")
+            await make_flavor(api, name="tiny", vcpus=1, ram_mb=128, disk_gb=1)
+            try:
+                yield {"api": api, "lab": lab, "outside": outside, "network_ids": network_ids,
+                       "net": services.extra["network"]}
+            finally:
+                await _teardown(api)
     finally:
         subprocess.run(["ip", "link", "del", ext_nic], check=False, capture_output=True)
         for nid in network_ids:  # bridges left by a failed teardown
