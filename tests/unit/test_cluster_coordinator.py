@@ -232,3 +232,26 @@ async def test_a_joining_host_gets_the_compacted_catalog_as_a_snapshot_and_becom
         for catalog in catalogs.values():
             await catalog.coordinator.stop()
             catalog.close()
+
+
+async def test_a_snapshot_right_after_a_leader_no_op_restores_at_restart(tmp_path: Path) -> None:
+    # the no-op a new leader appends does not move the catalog's applied index: the snapshot must be
+    # labelled with the catalog's own index, or the next start cannot restore it
+    await write(tmp_path, "before", 2, snapshot_every=1)
+    catalog = open_catalog(tmp_path, snapshot_every=1)
+    await catalog.coordinator.start()  # a new term: its no-op is the last entry applied
+    coord = catalog.coordinator
+    assert isinstance(coord, RaftCoordinator)
+    while coord.driver.node.log.snapshot.meta.index < 3:  # compacted after applying the no-op
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    await coord.stop()
+    catalog.close()
+    catalog = open_catalog(tmp_path, snapshot_every=1)
+    await catalog.coordinator.start()
+    try:
+        await catalog.propose(flavor("after"))
+        assert await names(catalog) == {"before0", "before1", "after"}
+    finally:
+        await catalog.coordinator.stop()
+        catalog.close()

@@ -209,3 +209,20 @@ def test_commit_index_alone_is_not_written_but_never_falls_below_applied() -> No
     restarted = RaftNode(RaftConfig("a"), random.Random(1), HardState(leader.term, "a", 0),
                          Snapshot(SnapshotMeta(0, 0, ABC)), list(leader.log.entries), applied=2)
     assert restarted.commit == 2 and not restarted.has_ready()
+
+
+def test_a_leader_sends_appends_before_its_write_only_once_its_term_is_durable() -> None:
+    # a sole voter takes the term and leadership in one step: its first appends (to a learner)
+    # must wait for the disk like a vote would
+    conf = ConfState(frozenset({"a"}), frozenset({"l"}))
+    n = RaftNode(RaftConfig("a"), random.Random(1), HardState(), Snapshot(SnapshotMeta(0, 0, conf)), [])
+    for _ in range(30):
+        n.tick()
+    assert n.role == Role.LEADER
+    rd = n.ready()
+    assert rd.hard_state is not None and not rd.term_durable
+    assert rd.before_persist() == () and any(isinstance(m, AppendRequest) for m in rd.after_persist())
+    n.advance(rd)
+    n.propose(b"x")
+    rd = n.ready()
+    assert rd.term_durable and any(isinstance(m, AppendRequest) and m.to == "l" for m in rd.before_persist())

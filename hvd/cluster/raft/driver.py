@@ -269,9 +269,11 @@ class RaftDriver:
         if node.applied - node.log.snapshot.meta.index < self._snapshot_every:
             return
         loop = asyncio.get_running_loop()
-        index = node.applied
-        # NOOP/CONF entries do not change the state machine, so its image is also the image at `index`
-        _, data = await loop.run_in_executor(self._io, self._sm.snapshot)
+        # labelled with the image's own index: NOOP/CONF entries applied after it do not move the
+        # state machine's index, and a restore checks that label against the image
+        index, data = await loop.run_in_executor(self._apply_executor, self._sm.snapshot)
+        if index <= node.log.snapshot.meta.index:
+            return
         snap = node.compact(index, data)
         await loop.run_in_executor(self._io, self._storage.compact, snap)
 

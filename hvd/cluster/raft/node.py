@@ -152,6 +152,7 @@ class RaftNode:
             committed_entries=committed,
             read_states=tuple(self._read_states),
             dropped_reads=tuple(self._dropped_reads),
+            term_durable=self._persisted_hs.term == self.term and self._persisted_hs.vote == self.vote,
         )
         self._msgs = []
         self._read_states = []

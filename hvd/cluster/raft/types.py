@@ -52,16 +52,22 @@ class Ready:
     committed_entries: tuple[Entry, ...]  # apply in order (NORMAL only reach the state machine)
     read_states: tuple[ReadState, ...]
     dropped_reads: tuple[bytes, ...]  # ctx of read_index calls aborted by losing leadership
+    term_durable: bool = True  # the current term and vote are already on disk (not in hard_state)
 
     def before_persist(self) -> tuple[Message, ...]:
         """Messages that may leave before this Ready is durable: a leader's appends, snapshots and
-        TimeoutNow (Raft thesis §10.2.1, the leader writes its log in parallel with replication).
-        Their term became durable when the sender was a candidate, and the leader counts its own
-        log towards a commit only once persisted (``stable``). Votes and replies wait for the disk."""
+        TimeoutNow (Raft thesis §10.2.1, the leader writes its log in parallel with replication),
+        once its term and vote are durable (a sole voter becomes leader in the same step as it
+        takes the term). The leader counts its own log towards a commit only once persisted
+        (``stable``). Votes and replies always wait for the disk."""
+        if not self.term_durable:
+            return ()
         return tuple(m for m in self.messages if isinstance(m, _LEADER_MESSAGES))
 
     def after_persist(self) -> tuple[Message, ...]:
         """The other messages: they promise durability of what this Ready holds."""
+        if not self.term_durable:
+            return self.messages
         return tuple(m for m in self.messages if not isinstance(m, _LEADER_MESSAGES))
 
 
