@@ -307,9 +307,13 @@ class Reconciler:
             return
         instances = await self.catalog.read(instances_of_host, self.host)
         in_use = {i["image_id"] for i in instances}
-        removed = await asyncio.get_running_loop().run_in_executor(
-            None, self.manager.cache.remove_unused, in_use, float(max_age)
-        )
+        try:
+            removed = await asyncio.get_running_loop().run_in_executor(
+                None, self.manager.cache.remove_unused, in_use, float(max_age)
+            )
+        except OSError as exc:  # a disk problem must not end the power-sync loop that calls this
+            log.warning("image cache cleanup failed: %s", exc)
+            return
         for path in removed:
             log.info("removed unused cached image %s", path.name)
 

@@ -138,7 +138,8 @@ class ImageCache:
         if max_age_s <= 0 or not self.base_dir.is_dir():
             return []
         now = time.time() if now is None else now
-        keep = {cache_name(i) for i in in_use} | {cache_name(i) for i in self._pending}
+        pending = list(self._pending)  # one C-level copy: the loop may add fetches while this runs in a thread
+        keep = {cache_name(i) for i in in_use} | {cache_name(i) for i in pending}
         removed: list[Path] = []
         for entry in self.base_dir.iterdir():
             if entry.name in keep or not entry.is_file():
