@@ -7,6 +7,7 @@ answers 401 before doing anything. These routes are not in the public OpenAPI do
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from hvd.api.middleware import error_middleware, request_id_middleware
+from hvd.api.middleware import error_body, error_middleware, request_id_middleware
 from hvd.catalog.state import encode_result
 from hvd.cluster.coordinator import MEMBERSHIP_TIMEOUT_S, RaftCoordinator, routing_error_response
 from hvd.cluster.http_transport import (
@@ -24,8 +25,10 @@ from hvd.cluster.http_transport import (
     READ_INDEX_PATH,
     STATUS_PATH,
     STREAM_PATH,
+    decode_batch,
 )
-from hvd.cluster.peer_auth import TIMESTAMP_HEADER, PeerAuthError, PeerVerifier
+from hvd.cluster.peer_auth import TIMESTAMP_HEADER, FrameOpener, PeerAuthError, PeerVerifier
+from hvd.cluster.raft.messages import Message
 from hvd.errors import BadRequest, HvdError, NotLeader, PayloadTooLarge, ServiceUnavailable, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ class PeerEndpoint:
 
 PEER = web.AppKey("hvd.peer", PeerEndpoint)
 STREAMS = web.AppKey("hvd.peer_streams", set[web.WebSocketResponse])  # per app: each closes its own
+LARGE_FRAME = 1 << 20  # frames above this are checked and decoded in a worker thread
 STREAM_HEARTBEAT_S = 5.0  # WebSocket pings notice a sender that vanished without closing
 PEER_SERVICE = "peer"  # key of the PeerEndpoint in ApiServices.extra
 
@@ -92,13 +96,22 @@ async def raft_stream(request: web.Request) -> web.StreamResponse:
         async for msg in ws:
             if msg.type != WSMsgType.BINARY:
                 break
-            endpoint.coordinator.receive(frames.open(msg.data))
+            data = msg.data
+            if len(data) > LARGE_FRAME:  # a snapshot: checking and decoding it here would stall heartbeats
+                messages = await asyncio.to_thread(_open_frame, frames, data)
+            else:
+                messages = _open_frame(frames, data)
+            endpoint.coordinator.receive(messages)
     except (PeerAuthError, ValueError, KeyError, TypeError) as exc:
         log.warning("closing the raft stream from %s: %s", node, exc)
         await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"bad frame")
     finally:
         streams.discard(ws)
     return ws
+
+
+def _open_frame(frames: FrameOpener, frame: bytes) -> list[Message]:
+    return decode_batch(frames.open(frame))
 
 
 async def _close_streams(app: web.Application) -> None:
@@ -172,8 +185,7 @@ def install(app: web.Application, endpoint: PeerEndpoint) -> None:
 
 async def _starting(request: web.Request) -> web.Response:
     err = ServiceUnavailable("hvd is starting (joining the cluster); retry shortly")
-    return web.json_response({"error": {"code": 503, "title": err.title, "message": err.message,
-                                         "request_id": ""}}, status=503, headers={"Retry-After": "1"})
+    return web.json_response(error_body(503, err.title, err.message), status=503, headers={"Retry-After": "1"})
 
 
 def build_startup_app(endpoint: PeerEndpoint) -> web.Application:

@@ -33,11 +33,10 @@ from hvd.cluster.http_transport import (
     HttpTransport,
     PeerClient,
     PeerErrors,
-    decode_batch,
 )
 from hvd.cluster.raft.driver import RaftDriver
 from hvd.cluster.raft.errors import MembershipError, NotLeaderError, OutcomeUnknownError, ProposalDroppedError
-from hvd.cluster.raft.messages import ConfState
+from hvd.cluster.raft.messages import ConfState, Message
 from hvd.cluster.raft.node import Role
 from hvd.cluster.raft.storage import SqliteStorage
 from hvd.errors import BadRequest, Conflict, HvdError, NotLeader, OutcomeUnknown, ServiceUnavailable
@@ -296,8 +295,6 @@ class RaftCoordinator(Coordinator):
         """This member's view of the membership: id, role, peer address, replicated index (leader)."""
         node = self.driver.node
         addresses = {**self._static_peers, **node.conf.address_map()}
-        if self._client is not None:
-            addresses.setdefault(self.node_id, "")
         out = []
         for member in sorted(node.conf.members()):
             match = node.log.last_index() if member == self.node_id else node.match_of(member)
@@ -390,10 +387,10 @@ class RaftCoordinator(Coordinator):
             raise OutcomeUnknown(f"cluster membership: {op} {member} did not finish in time{hint}") from exc
 
     # ------------------------------------------------------------------ peer routes
-    def receive(self, body: bytes) -> None:
+    def receive(self, messages: list[Message]) -> None:
         """A batch of Raft messages that arrived on a peer stream (already authenticated)."""
         if self._transport is not None:
-            self._transport.deliver(decode_batch(body))
+            self._transport.deliver(messages)
 
 
 def _wire_error(body: bytes, fallback: str) -> HvdError:

@@ -17,7 +17,7 @@ from collections import deque
 import aiohttp
 
 from hvd.cluster.peer_auth import NONCE_HEADER, FrameSealer, sign_headers
-from hvd.cluster.raft.messages import Message, decode_message, encode_message
+from hvd.cluster.raft.messages import Message, SnapshotRequest, decode_message, encode_message
 from hvd.cluster.raft.transport import Receiver
 
 log = logging.getLogger(__name__)
@@ -191,8 +191,13 @@ class HttpTransport:
                 while not ws.closed:
                     while queue and not ws.closed:
                         batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
+                        if any(isinstance(m, SnapshotRequest) for m in batch):
+                            # a whole catalog: encoding and sealing it here would stall heartbeats
+                            frame = await asyncio.to_thread(_frame, sealer, batch)
+                        else:
+                            frame = _frame(sealer, batch)
                         async with asyncio.timeout(self._send_timeout):
-                            await ws.send_bytes(sealer.seal(encode_batch(batch)))
+                            await ws.send_bytes(frame)
                     await wake.wait()
                     wake.clear()
             except PeerErrors as exc:
@@ -207,6 +212,10 @@ class HttpTransport:
     def _drop(self, queue: deque[Message]) -> None:
         self.dropped += len(queue)
         queue.clear()
+
+
+def _frame(sealer: FrameSealer, batch: list[Message]) -> bytes:
+    return sealer.seal(encode_batch(batch))
 
 
 async def _read_until_closed(ws: aiohttp.ClientWebSocketResponse, wake: asyncio.Event) -> None:

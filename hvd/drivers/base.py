@@ -36,9 +36,9 @@ GIB = 1 << 30
 MIB = 1 << 20
 
 
-def domain_name(instance_id: int) -> str:
+def domain_name(instance_id: int, prefix: str = DOMAIN_PREFIX) -> str:
     """The hypervisor-side name of an instance: ``instance-%08x`` of its integer id (Nova)."""
-    return f"{DOMAIN_PREFIX}{instance_id:08x}"
+    return f"{prefix}{instance_id:08x}"
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class InstanceSpec:
 
     @property
     def domain_name(self) -> str:
-        return f"{self.name_prefix}{self.instance_id:08x}"
+        return domain_name(self.instance_id, self.name_prefix)
 
     def path(self, name: str) -> Path:
         """A file of this instance, e.g. ``spec.path(DISK)``."""
