@@ -10,6 +10,7 @@ instead of one per statement.)
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -19,6 +20,23 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 T = TypeVar("T")
 P = ParamSpec("P")
+
+log = logging.getLogger(__name__)
+
+
+def rollback_keeping_error(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if any, without raising.
+
+    Called while another error is being handled: after SQLITE_FULL or SQLITE_IOERR, SQLite may have
+    rolled the transaction back by itself, and a ROLLBACK that raised ("no transaction is active",
+    or the disk error again) would replace the error the caller needs to see.
+    """
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        log.warning("ROLLBACK failed too (%s); reporting the original error", exc)
 
 
 def connect(path: Path | str, synchronous: str = "FULL") -> sqlite3.Connection:

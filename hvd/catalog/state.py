@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from hvd.catalog import commands
+from hvd.catalog.db import rollback_keeping_error
 from hvd.catalog.schema import migrate
-from hvd.errors import Conflict, HvdError
+from hvd.errors import BadRequest, Conflict, HvdError
+from hvd.iofaults import describe, is_node_local
 
 log = logging.getLogger(__name__)
 
@@ -41,26 +43,43 @@ def read_applied_index(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT value FROM meta WHERE key='applied_index'").fetchone()[0])
 
 
+def refusal_of(exc: Exception, cmd_type: str) -> HvdError:
+    """The typed error result of a command whose apply raised ``exc`` because of its data."""
+    if isinstance(exc, HvdError):
+        return exc
+    if isinstance(exc, sqlite3.IntegrityError):
+        # a constraint a handler did not pre-check: still a deterministic, typed refusal
+        return Conflict(f"conflicts with existing data: {describe(exc)}")
+    return BadRequest(f"the catalog cannot apply {cmd_type or 'this command'}: {describe(exc)}")
+
+
 def _apply_one(conn: sqlite3.Connection, data: bytes) -> tuple[bytes, str]:
-    """(encoded result, command type; "" when the command could not be decoded)."""
+    """(encoded result, command type; "" when the command could not be decoded).
+
+    Never raises because of the command's data: any such failure (a handler's typed error, a
+    constraint, an integer SQLite cannot store, a bug a value triggers) rolls back the command's
+    own writes and becomes its result, the same on every replica. Failures of this node's disk are
+    raised (hvd.iofaults): as a result they would differ between replicas.
+    """
     try:
         cmd = commands.decode(data)
-    except HvdError as exc:
-        return encode_result(error=exc), ""
+    except Exception as exc:
+        if is_node_local(exc):
+            raise
+        return encode_result(error=refusal_of(exc, "")), ""
     conn.execute("SAVEPOINT cmd")
     try:
-        result = commands.dispatch(conn, cmd)
-    except HvdError as exc:
+        encoded = encode_result(commands.dispatch(conn, cmd))
+    except Exception as exc:
+        if is_node_local(exc):
+            raise  # apply_batch rolls the whole transaction back; the driver retries or stops
+        if not isinstance(exc, HvdError | sqlite3.IntegrityError):
+            log.warning("command %s failed on its data: %s", cmd.type, describe(exc))
         conn.execute("ROLLBACK TO cmd")
         conn.execute("RELEASE cmd")
-        return encode_result(error=exc), cmd.type
-    except sqlite3.IntegrityError as exc:
-        # a constraint a handler did not pre-check: still a deterministic, typed refusal
-        conn.execute("ROLLBACK TO cmd")
-        conn.execute("RELEASE cmd")
-        return encode_result(error=Conflict(f"conflicts with existing data: {exc}")), cmd.type
+        return encode_result(error=refusal_of(exc, cmd.type)), cmd.type
     conn.execute("RELEASE cmd")
-    return encode_result(result), cmd.type
+    return encoded, cmd.type
 
 
 PROPOSAL_MEMORY = 100_000  # entries during which a re-sent proposal is recognised (minutes at full load)
@@ -103,6 +122,7 @@ class CatalogState:
         """Apply entries in ONE transaction (group commit: one fsync for the batch); with
         `contiguous`, each index must follow the previous one (a gap is a bug upstream)."""
         conn = self.conn
+        rollback_keeping_error(conn)  # a failed attempt's transaction may still be open: start clean
         conn.execute("BEGIN IMMEDIATE")
         try:
             applied = read_applied_index(conn)
@@ -133,7 +153,7 @@ class CatalogState:
             conn.execute("UPDATE meta SET value=? WHERE key='applied_index'", (str(applied),))
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback_keeping_error(conn)  # after SQLITE_FULL, SQLite may have rolled back already
             raise
         if identity_changed:
             self.identity_generation += 1

@@ -331,3 +331,50 @@ def test_identified_rejects_a_malformed_id() -> None:
     with pytest.raises(ValueError, match="16 bytes"):
         identified(b"short", b"{}")
     assert split_identified(b'{"type": "x"}') == (None, b'{"type": "x"}')
+
+
+@pytest.mark.parametrize("error", [
+    OverflowError("Python int too large to convert to SQLite INTEGER"), ValueError("bad value"),
+    TypeError("not a str"), KeyError("missing"), RecursionError("too deep"), sqlite3.DataError("too long"),
+])
+def test_a_command_failing_on_its_data_is_a_typed_refusal_and_the_index_advances(
+    monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    state = fresh()
+
+    def explode(conn: sqlite3.Connection, cmd: Command) -> dict[str, object]:
+        conn.execute("INSERT INTO projects (id, name, description, enabled, created_at) VALUES ('px', 'x', '', 1, '')")
+        raise error
+
+    monkeypatch.setattr("hvd.catalog.commands.dispatch", explode)
+    with pytest.raises(HvdError, match=type(error).__name__) as err:
+        _result(state, 1, ProjectCreate(id="p1", name="a", created_at=T0))
+    assert err.value.status == 400
+    assert state.applied_index() == 1
+    assert state.conn.execute("SELECT COUNT(*) FROM projects").fetchone()[0] == 0  # its write was undone
+    monkeypatch.undo()
+    _result(state, 2, ProjectCreate(id="p1", name="a", created_at=T0))  # the catalog goes on
+
+
+def test_an_unstorable_integer_in_a_raw_entry_is_refused_on_every_replica() -> None:
+    raw = b'{"type": "quota.set", "project_id": "p1", "limits": {"cores": 18446744073709551616}}'
+    results = []
+    for state in (fresh(), fresh()):
+        results.append(state.apply(1, raw))
+        assert state.applied_index() == 1
+    assert results[0] == results[1] and is_error(results[0])
+
+
+def test_a_full_disk_is_raised_not_recorded_and_the_retry_applies_it() -> None:
+    state = fresh()
+    pages = state.conn.execute("PRAGMA page_count").fetchone()[0]
+    state.conn.execute(f"PRAGMA max_page_count={pages + 2}")  # SQLITE_FULL, as on a full disk
+    big = ProjectCreate(id="p1", name="a", description="x" * 200_000, created_at=T0)
+    # the original error, not "cannot rollback - no transaction is active" from the ROLLBACK after it
+    with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+        state.apply(1, encode(big))
+    assert state.applied_index() == 0 and not state.conn.in_transaction
+    assert state.conn.execute("SELECT COUNT(*) FROM projects").fetchone()[0] == 0
+    state.conn.execute("PRAGMA max_page_count=1073741823")  # space is back: the same entry applies
+    _result(state, 1, big)
+    assert state.applied_index() == 1
