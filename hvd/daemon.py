@@ -11,7 +11,7 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from aiohttp import web
 import hvd
 from hvd import systemd
 from hvd.api.app import build_app
+from hvd.api.forward import PEERS
 from hvd.api.internal import PEER_SERVICE, PeerEndpoint, StartupListener
 from hvd.api.services import ApiServices
 from hvd.api.v1.events import EVENTS
@@ -30,6 +31,7 @@ from hvd.catalog.service import Catalog
 from hvd.cluster.coordinator import RaftCoordinator
 from hvd.cluster.member import open_raft_coordinator
 from hvd.cluster.peer_auth import PeerVerifier
+from hvd.cluster.peers import PeerCaller
 from hvd.compute.hostinfo import host_register_command
 from hvd.compute.manager import ComputeManager
 from hvd.compute.reconcile import Reconciler
@@ -42,6 +44,7 @@ from hvd.identity.policy import Policy
 from hvd.identity.service import IdentityService, now_iso
 from hvd.net.service import NetworkService
 from hvd.scheduler.placement import Placement
+from hvd.storage import transfer
 from hvd.storage.image_cache import ImageCache
 from hvd.storage.image_store import ImageStore
 
@@ -95,6 +98,7 @@ async def register_host(config: Config, catalog: Catalog, driver: ComputeDriver,
 
 
 STARTUP_LISTENER = "startup_listener"
+BUILD_RECOVERY_INTERVAL_S = 5.0
 
 
 def open_catalog(config: Config, data_dir: Path) -> tuple[Catalog, RaftCoordinator]:
@@ -177,6 +181,33 @@ async def running_services(config: Config, listener: socket.socket | None = None
         catalog.close()
 
 
+def _member_addresses(catalog: Catalog) -> Callable[[], dict[str, str]]:
+    """node id -> peer URL, as the Raft membership gives them (empty for a one-voter catalog)."""
+    coordinator = catalog.coordinator
+
+    def addresses() -> dict[str, str]:
+        if not isinstance(coordinator, RaftCoordinator):
+            return {}
+        return {m["id"]: m["address"] for m in coordinator.members() if m["address"]}
+
+    return addresses
+
+
+async def _cluster_upkeep(service: ComputeService) -> None:
+    """Every few seconds: builds whose placement or build call was lost are finished; copies of
+    deleted images leave this host's store."""
+    store = service.manager.store
+    while True:
+        await asyncio.sleep(BUILD_RECOVERY_INTERVAL_S)
+        try:
+            await service.builds.recover()
+            statuses = await service.catalog.read(lambda c: dict(c.execute("SELECT id, status FROM images")))
+            for image_id in await asyncio.to_thread(transfer.prune, store, statuses):
+                log.info("removed this host's copy of deleted image %s", image_id)
+        except Exception:  # a failed round is retried on the next one; it must not end the loop
+            log.exception("cluster upkeep round failed")
+
+
 @contextlib.asynccontextmanager
 async def running_compute(config: Config, catalog: Catalog, api_url: str) -> AsyncIterator[dict[str, Any]]:
     """Driver → host record → image store/cache → manager → placement → crash repair → sync loop."""
@@ -184,6 +215,8 @@ async def running_compute(config: Config, catalog: Catalog, api_url: str) -> Asy
     driver = make_driver(config)
     await driver.start()
     sync: asyncio.Task[None] | None = None
+    recovery: asyncio.Task[None] | None = None
+    peers: PeerCaller | None = None
     service: ComputeService | None = None
     network: NetworkService | None = None
     try:
@@ -195,17 +228,28 @@ async def running_compute(config: Config, catalog: Catalog, api_url: str) -> Asy
         await network.start()
         manager.network = network
         host = config.host_name
-        placement = Placement(config, catalog, is_up=lambda name: name == host)
+        # until gossip reports liveness, every host of a cluster counts as up (alone: only this one)
+        placement = Placement(config, catalog, is_up=lambda name: name == host or peers is not None)
         service = ComputeService(config, catalog, Policy(config.identity.policy), manager, placement, events)
+        if config.cluster.cluster_key:
+            peers = PeerCaller(host, config.node_id, config.cluster.cluster_key.encode(), catalog,
+                               _member_addresses(catalog))
+            await peers.start()
+            service.builds.peers = peers
+            manager.peers = peers
         reconciler = Reconciler(service)
         await reconciler.startup()
         sync = asyncio.create_task(reconciler.run(config.compute.sync_power_state_interval_s))
-        yield {COMPUTE: service, IMAGE_STORE: store, EVENTS: events, NETWORK: network}
+        recovery = asyncio.create_task(_cluster_upkeep(service))
+        yield {COMPUTE: service, IMAGE_STORE: store, EVENTS: events, NETWORK: network, PEERS: peers}
     finally:
-        if sync is not None:
-            sync.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sync
+        for task in (sync, recovery):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if peers is not None:
+            await peers.close()
         if service is not None:
             await service.drain(timeout=10)
         if network is not None:

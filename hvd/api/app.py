@@ -7,7 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 import hvd
-from hvd.api import internal
+from hvd.api import internal, internal_compute
 from hvd.api.helpers import json_response
 from hvd.api.middleware import auth_middleware, error_middleware, request_id_middleware
 from hvd.api.routing import Router, openapi_document
@@ -75,4 +75,6 @@ def build_app(services: ApiServices, extra_modules: list[object] | None = None) 
     peer = services.extra.get(internal.PEER_SERVICE)
     if peer is not None:
         internal.install(app, peer)  # signed peer routes; not part of the public OpenAPI document
+        if internal_compute.COMPUTE_KEY in services.extra:
+            internal_compute.install(app)
     return app

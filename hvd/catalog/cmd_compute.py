@@ -96,6 +96,7 @@ class InstanceUpdate(Command):
     id: str
     expect_task_state: list[str | None] | None = None  # None = no check
     expect_vm_state: list[str] | None = None
+    expect_host: list[str | None] | None = None  # None = no check; guards a build against reassignment
     vm_state: str = UNSET
     task_state: str | None = UNSET
     power_state: int | None = None
@@ -251,6 +252,9 @@ def instance_update(conn: sqlite3.Connection, cmd: InstanceUpdate) -> Result:
         )
     if cmd.expect_vm_state is not None and row["vm_state"] not in cmd.expect_vm_state:
         raise InvalidState(f"Instance {cmd.id} is in vm_state {row['vm_state']}", vm_state=row["vm_state"])
+    if cmd.expect_host is not None and row["host"] not in cmd.expect_host:
+        raise InvalidState(f"Instance {cmd.id} is placed on host {row['host']}, not"
+                           f" {' or '.join(str(h) for h in cmd.expect_host)}", host=row["host"])
     changes: dict[str, Any] = {"updated_at": cmd.updated_at}
     if cmd.vm_state != UNSET:
         changes["vm_state"] = cmd.vm_state

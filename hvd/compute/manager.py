@@ -20,6 +20,7 @@ from typing import Any
 from hvd.catalog.cmd_compute import ImageCreate, ImageSetStatus, InstanceUpdate
 from hvd.catalog.service import Catalog
 from hvd.catalog.sql import fetch_one
+from hvd.cluster.peers import PeerCaller
 from hvd.compute.faults import checkpoint
 from hvd.compute.lifecycle import PowerState, TaskState
 from hvd.compute.revert import Reverter
@@ -28,7 +29,7 @@ from hvd.drivers.base import DISK, DISK_CONFIG, ComputeDriver, InstanceSpec, Nic
 from hvd.errors import BadRequest, NotFound
 from hvd.events import EventBus
 from hvd.identity.service import now_iso
-from hvd.storage import qemu_img
+from hvd.storage import qemu_img, transfer
 from hvd.storage.image_cache import ImageCache
 from hvd.storage.image_store import ImageStore
 
@@ -72,14 +73,17 @@ class ComputeManager:
         self.events = events
         self.instances_path = Path(config.host.instances_path)
         self.network: Any = None  # set by the daemon when networking runs: plug/unplug ports
+        self.peers: PeerCaller | None = None  # set by the daemon in a cluster: images from other hosts
 
     # --- helpers ----------------------------------------------------------------------------
 
-    async def set_task(self, inst_id: str, expect: TaskState | None, task: TaskState) -> None:
+    async def set_task(self, inst_id: str, expect: TaskState | None, task: TaskState,
+                       expect_host: str | None = None) -> None:
         """Advance task_state by compare-and-swap; fails (InvalidState) if someone else moved it,
-        e.g. a delete during a build."""
+        e.g. a delete during a build, or (with ``expect_host``) placed the instance elsewhere."""
         await self.catalog.propose(
-            InstanceUpdate(id=inst_id, expect_task_state=[expect], task_state=task, updated_at=now_iso())
+            InstanceUpdate(id=inst_id, expect_task_state=[expect], task_state=task, updated_at=now_iso(),
+                           expect_host=None if expect_host is None else [expect_host])
         )
         self.events.publish("instance.task", instance_id=inst_id, task_state=task)
 
@@ -101,9 +105,12 @@ class ComputeManager:
         source = self.store.path(image_id)
 
         async def fetch(dest: Path) -> None:
-            if not source.exists():
+            if source.exists():
+                await asyncio.get_running_loop().run_in_executor(None, shutil.copyfile, source, dest)
+            elif self.peers is not None:  # another host holds it: stream it from there
+                await transfer.fetch_to(self.peers, self.catalog, image, dest)
+            else:
                 raise NotFound(f"the data of image {image_id} is not on host {self.host}")
-            await asyncio.get_running_loop().run_in_executor(None, shutil.copyfile, source, dest)
 
         path = await self.cache.ensure_cached(image_id, fetch, image["disk_format"])
         return path, self.cache.format_of(image["disk_format"])
@@ -171,7 +178,9 @@ class ComputeManager:
         """
         inst_id = inst["id"]
         async with Reverter() as revert:
-            await self.set_task(inst_id, TaskState.SCHEDULING, TaskState.NETWORKING)
+            # only while the placement still names this host: a build call that arrives after the
+            # leader gave up on this host (and re-placed the instance) must not start
+            await self.set_task(inst_id, TaskState.SCHEDULING, TaskState.NETWORKING, expect_host=self.config.host_name)
             checkpoint("build.networking")
             if self.network is not None:
                 await self.network.plug_instance(inst)

@@ -21,9 +21,10 @@ from hvd.catalog.cmd_compute import ImageSetStatus, InstanceUpdate
 from hvd.catalog.cmd_hosts import ReleaseClaim
 from hvd.catalog.sql import fetch_all
 from hvd.compute import lifecycle
+from hvd.compute.builds import BUILD_TASKS
 from hvd.compute.lifecycle import PowerState, RepairKind, TaskState, VmState
 from hvd.compute.manager import RESIZE_SUFFIX
-from hvd.compute.service import BUILD_TASKS, ComputeService
+from hvd.compute.service import ComputeService
 from hvd.errors import HvdError, NotFound
 from hvd.identity.service import now_iso
 from hvd.storage.image_cache import BASE_DIR_NAME
@@ -77,9 +78,11 @@ class Reconciler:
     async def startup(self) -> None:
         """Repair interrupted operations, then remove orphans, then sync power states."""
         for inst in await self.catalog.read(hostless_busy):
-            await self._repair(inst)
+            if inst["task_state"] != TaskState.SCHEDULING:  # a placement not done: the leader's recovery
+                await self._repair(inst)
         for inst in await self.catalog.read(instances_of_host, self.host):
-            if inst["task_state"] is not None:
+            # scheduling here = claimed for this host, build not started: the build recovery builds it
+            if inst["task_state"] not in (None, TaskState.SCHEDULING):
                 await self._repair(inst)
         await self.remove_orphans()
         await self.sync_power_states()

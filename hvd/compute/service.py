@@ -28,6 +28,7 @@ from hvd.catalog.cmd_hosts import ClaimPromote
 from hvd.catalog.service import Catalog
 from hvd.catalog.sql import fetch_one
 from hvd.compute import lifecycle
+from hvd.compute.builds import ClusterBuilds
 from hvd.compute.faults import checkpoint
 from hvd.compute.lifecycle import Op, PowerState, TaskState, VmState
 from hvd.compute.manager import ComputeManager
@@ -50,7 +51,7 @@ from hvd.scheduler.placement import Placement
 
 log = logging.getLogger(__name__)
 
-BUILD_TASKS = [TaskState.SCHEDULING, TaskState.NETWORKING, TaskState.BLOCK_DEVICE_MAPPING, TaskState.SPAWNING]
+BUILD_CALL_TIMEOUT_S = 900.0  # a build call waits for the whole build (image fetch included)
 RESULT_STATE: dict[Op, tuple[VmState, PowerState]] = {
     Op.STOP: (VmState.STOPPED, PowerState.SHUTDOWN),
     Op.START: (VmState.ACTIVE, PowerState.RUNNING),
@@ -88,8 +89,13 @@ class ComputeService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._settled = asyncio.Condition()  # notified whenever an operation finishes
         self._finished = 0  # how many operations finished: a waiter that saw N misses no wake-up
+        self.builds = ClusterBuilds(self, None, BUILD_CALL_TIMEOUT_S)  # peers set by the daemon in a cluster
 
     # --- plumbing ---------------------------------------------------------------------------
+
+    def background(self, coro: Awaitable[None]) -> None:
+        """Run ``coro`` as a tracked background task (``drain`` waits for it)."""
+        self._background(coro)
 
     def _background(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -152,40 +158,9 @@ class ComputeService:
             inst = await self.instance(cmd.id)
             action_id = await self.start_action(ctx, inst, "create")
             self.events.publish("instance.create", instance_id=cmd.id, project_id=cmd.project_id)
-            self._background(self._build(cmd.id, action_id, force_host))
+            self._background(self.builds.schedule(cmd.id, action_id, force_host))
             created.append(cmd.id)
         return created
-
-    async def _build(self, inst_id: str, action_id: str, force_host: str | None) -> None:
-        try:
-            inst = await self.instance(inst_id)
-            req = await self.placement.request_for(inst, force_host=force_host)
-
-            async def build_on(host: str) -> None:
-                await self.update(inst_id, expect_task_state=list(BUILD_TASKS), task_state=TaskState.SCHEDULING,
-                                  host=host)
-                if host != self.host:
-                    raise NoValidHost(f"host {host} is remote; multi-host builds need the cluster layer")
-                await self.manager.build(await self.instance(inst_id))
-
-            await self.placement.place(req, build_on)
-            await self.update(inst_id, expect_task_state=[TaskState.SPAWNING], vm_state=VmState.ACTIVE,
-                              task_state=None, power_state=PowerState.RUNNING, launched_at=now_iso(), fault=None)
-            await self.finish_action(inst_id, action_id, "create")
-        except (InvalidState, NotFound) as exc:
-            # deleted while building: the delete owns the cleanup and the final state
-            log.info("build of %s stopped: %s", inst_id, exc.message)
-            await self.finish_action(inst_id, action_id, "create", f"build aborted: {exc.message}")
-        except Exception as exc:
-            message = exc.message if isinstance(exc, HvdError) else f"unexpected error: {exc!r}"
-            log.warning("build of %s failed: %s", inst_id, message)
-            with contextlib.suppress(InvalidState, NotFound):  # a delete took over
-                await self.update(inst_id, expect_task_state=list(BUILD_TASKS), vm_state=VmState.ERROR,
-                                  task_state=None, host=None,
-                                  fault={"code": getattr(exc, "status", 500), "message": message,
-                                         "created": now_iso()})
-                await self.placement.release(inst_id)
-            await self.finish_action(inst_id, action_id, "create", message)
 
     # --- generic operations -----------------------------------------------------------------
 
@@ -388,15 +363,20 @@ class ComputeService:
 
     # --- delete -----------------------------------------------------------------------------
 
-    async def delete(self, ctx: RequestContext, inst: dict[str, Any]) -> None:
-        """Mark deleting (from any state, also mid-operation) and clean up in the background."""
+    async def delete(self, ctx: RequestContext, inst: dict[str, Any], run_here: bool = True) -> None:
+        """Mark deleting (from any state, also mid-operation) and clean up in the background.
+
+        ``run_here=False`` (the owning host is down) only records the delete: the owner finishes
+        it when it returns (its start-up repair finishes every ``deleting`` instance of its own).
+        """
         self.policy.enforce(ctx.roles, "compute:delete")
         self.check_lock(ctx, inst)
         if inst["task_state"] == TaskState.DELETING:
             return  # already being deleted: idempotent
         await self.update(inst["id"], task_state=TaskState.DELETING)
         action_id = await self.start_action(ctx, inst, "delete")
-        self._background(self._delete(inst["id"], action_id))
+        if run_here:
+            self._background(self._delete(inst["id"], action_id))
 
     async def _delete(self, inst_id: str, action_id: str) -> None:
         # wait for a running operation to notice the CAS failure and undo its own work

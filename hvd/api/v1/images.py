@@ -12,6 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from hvd.api.context import RequestContext
+from hvd.api.forward import PEERS
 from hvd.api.helpers import context, json_response, page_params, paginate, parse_body
 from hvd.api.routing import Router
 from hvd.api.services import services
@@ -20,7 +21,7 @@ from hvd.catalog.cmd_compute import ImageCreate, ImageDelete, ImageSetStatus, Im
 from hvd.catalog.sql import fetch_all
 from hvd.errors import BadRequest, Conflict, HvdError, NotFound
 from hvd.identity.service import now_iso
-from hvd.storage import qemu_img
+from hvd.storage import qemu_img, transfer
 from hvd.storage.image_store import ImageStore
 
 IMAGE_STORE = "image_store"
@@ -29,6 +30,8 @@ CONTAINER_FORMATS = Literal["ami", "ari", "aki", "bare", "ovf", "ova", "docker"]
 MAX_IMAGE_BYTES = 1 << 40
 # formats qemu-img can identify, mapped from Glance's names
 QEMU_CHECKED = {"raw", "qcow2", "vmdk", "vdi", "vhdx", "vhd"}
+IMAGE_REPLICAS = 2  # hosts holding each image's data (clamped to the cluster size)
+_spreading: set[asyncio.Future[None]] = set()  # replication after uploads (the loop keeps weak references)
 
 
 class ImageIn(BaseModel):
@@ -201,6 +204,11 @@ async def upload_image(request: web.Request) -> web.Response:
             ImageSetStatus(id=image_id, status="active", expect=["saving"], size=size, virtual_size=virtual_size,
                            checksum=checksum, updated_at=now_iso())
         )
+        peers = svc.extra.get(PEERS)
+        if peers is not None:  # copies on other hosts, so one dead host does not lose the image
+            _spreading.add(task := asyncio.ensure_future(transfer.spread(peers, svc.catalog, image_id,
+                                                                         IMAGE_REPLICAS)))
+            task.add_done_callback(_spreading.discard)
     except BaseException:
         image_store.delete(image_id)
         await asyncio.shield(svc.catalog.propose(

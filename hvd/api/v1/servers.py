@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from hvd.api.context import RequestContext
+from hvd.api.forward import catch_up_if_forwarded, to_owner
 from hvd.api.helpers import context, json_response, page_params, paginate, parse_body, query_bool
 from hvd.api.routing import Router
 from hvd.api.services import ApiServices, services
@@ -206,6 +207,7 @@ async def visible_server(request: web.Request, ref: str | None = None) -> dict[s
     """A live server of the caller's project (any project for admin) by id or name; else 404."""
     svc, ctx = services(request), context(request)
     ref = ref or request.match_info["id"]
+    await catch_up_if_forwarded(request)
     admin = svc.policy.allowed(ctx.roles, "compute:ignore_lock")
     where, args = ("deleted_at IS NULL", ()) if admin else ("deleted_at IS NULL AND project_id=?", (ctx.project_id,))
     return await svc.catalog.read(queries.find, "instances", ref, "Instance", where, args)
@@ -326,6 +328,14 @@ async def create_server(request: web.Request) -> web.Response:
 async def delete_server(request: web.Request) -> web.Response:
     row = await visible_server(request)
     comp = compute(request)
+    owner = row["host"]
+    if owner is not None and owner != comp.host and not comp.placement.is_up(owner):
+        # the owner is down: the delete is recorded now and finished by the owner when it returns
+        await comp.delete(context(request), row, run_here=False)
+        return web.Response(status=204)
+    forwarded = await to_owner(request, row, comp.placement.is_up)
+    if forwarded is not None:
+        return forwarded
     await comp.delete(context(request), row)
     if query_bool(request, "wait"):
         await comp.wait_stable(row["id"], services(request).config.api.wait_timeout_s)
@@ -343,6 +353,10 @@ async def _action(request: web.Request, op: Op, body_model: type[BaseModel]) -> 
                                        Op.EVACUATE: "compute:evacuate"}[op])
     else:
         svc.policy.enforce(ctx.roles, "compute:action")
+    if op != Op.EVACUATE:  # evacuate is for a host that is down: it runs here
+        forwarded = await to_owner(request, inst, comp.placement.is_up)
+        if forwarded is not None:
+            return forwarded
     if op == Op.REBOOT and body.type.lower() == "hard":
         op = Op.REBOOT_HARD
     if op in (Op.STOP, Op.START, Op.REBOOT, Op.REBOOT_HARD, Op.PAUSE, Op.UNPAUSE, Op.SUSPEND, Op.RESUME,
@@ -416,6 +430,9 @@ async def console_log(request: web.Request) -> web.Response:
     inst = await visible_server(request)
     if inst["host"] is None:
         return json_response({"output": ""})
+    forwarded = await to_owner(request, inst, compute(request).placement.is_up)
+    if forwarded is not None:
+        return forwarded
     try:
         output = await compute(request).manager.driver.console_log(inst["id"], lines)
     except NotFound:
