@@ -18,6 +18,15 @@ from hvd.catalog import quota
 from hvd.catalog.commands import Command, Result, handles
 from hvd.catalog.sql import dumps, fetch_all, fetch_one, require
 from hvd.errors import BadRequest, Conflict, NotFound
+from hvd.net.addr import (
+    MAX_DNS_NAMESERVERS,
+    MAX_HOST_ROUTES,
+    IpAddress,
+    IpNetwork,
+    check_subnet_options,
+    parse_ip,
+    parse_network,
+)
 
 UNSET: Literal["__unset__"] = "__unset__"
 NETWORK_OWNER = "network:"
@@ -33,13 +42,13 @@ class _Frozen(BaseModel):
 
 
 class FixedIpRequest(_Frozen):
-    subnet_id: str | None = None
-    ip_address: str | None = None
+    subnet_id: str | None = Field(None, max_length=64)
+    ip_address: IpAddress | None = None
 
 
 class HostRouteIn(_Frozen):
-    destination: str
-    nexthop: str
+    destination: IpNetwork
+    nexthop: IpAddress
 
 
 class NetworkCreate(Command):
@@ -81,13 +90,13 @@ class SubnetCreate(Command):
     network_id: str
     project_id: str
     name: str
-    cidr: str
-    gateway_ip: str | None = None
+    cidr: IpNetwork
+    gateway_ip: IpAddress | None = None
     no_gateway: bool = False
-    allocation_pools: list[tuple[str, str]] | None = None
+    allocation_pools: list[tuple[IpAddress, IpAddress]] | None = Field(None, max_length=64)
     enable_dhcp: bool = True
-    dns_nameservers: list[str] = Field(default_factory=list)
-    host_routes: list[HostRouteIn] = Field(default_factory=list)
+    dns_nameservers: list[IpAddress] = Field(default_factory=list, max_length=MAX_DNS_NAMESERVERS)
+    host_routes: list[HostRouteIn] = Field(default_factory=list, max_length=MAX_HOST_ROUTES)
     dhcp_port_id: str
     dhcp_mac: str
     host: str
@@ -98,8 +107,8 @@ class SubnetUpdate(Command):
     type: Literal["subnet.update"] = "subnet.update"
     id: str
     name: str | None = None
-    dns_nameservers: list[str] | None = None
-    host_routes: list[HostRouteIn] | None = None
+    dns_nameservers: list[IpAddress] | None = Field(None, max_length=MAX_DNS_NAMESERVERS)
+    host_routes: list[HostRouteIn] | None = Field(None, max_length=MAX_HOST_ROUTES)
 
 
 class SubnetDelete(Command):
@@ -157,7 +166,7 @@ class SecurityGroupEnsureDefault(Command):
 class HostSetVtep(Command):
     type: Literal["host.set_vtep"] = "host.set_vtep"
     host: str
-    ip: str
+    ip: IpAddress
 
 
 # --- IPAM and segments -----------------------------------------------------------------------
@@ -191,34 +200,53 @@ def _loads(text: str) -> Any:
     return json.loads(text)
 
 
-def _allocated(conn: sqlite3.Connection, subnet_id: str) -> set[str]:
-    return {r[0] for r in conn.execute("SELECT ip FROM ip_allocations WHERE subnet_id=?", (subnet_id,))}
+def _stored(text: str | None) -> int | None:
+    """A stored address as a number (rows written before addresses were canonical may carry a
+    scope id or another spelling: compared by value, never by text)."""
+    if text is None:
+        return None
+    return int(ipaddress.ip_address(text.split("%", 1)[0]))
+
+
+def _allocated(conn: sqlite3.Connection, subnet_id: str) -> set[int]:
+    return {n for (ip,) in conn.execute("SELECT ip FROM ip_allocations WHERE subnet_id=?", (subnet_id,))
+            if (n := _stored(ip)) is not None}
 
 
 def _first_free(conn: sqlite3.Connection, subnet: dict[str, Any]) -> str | None:
     taken = _allocated(conn, subnet["id"])
+    gateway = _stored(subnet["gateway_ip"])
     for start, end in subnet["allocation_pools"]:
-        lo, hi = int(ipaddress.ip_address(start)), int(ipaddress.ip_address(end))
+        lo, hi = _int(start), _int(end)
         for n in range(lo, hi + 1):
-            ip = str(ipaddress.ip_address(n))
-            if ip not in taken and ip != subnet["gateway_ip"]:
-                return ip
+            if n not in taken and n != gateway:
+                return str(ipaddress.ip_address(n))
     return None
 
 
+def _in_pools(subnet: dict[str, Any], n: int) -> bool:
+    return any(_int(start) <= n <= _int(end) for start, end in subnet["allocation_pools"])
+
+
 def _check_ip(conn: sqlite3.Connection, subnet: dict[str, Any], ip: str, owner: str) -> str:
+    """The canonical form of a requested address, if `owner` may have it on `subnet`: inside
+    an allocation pool (only a router interface takes the gateway, outside them), free."""
     try:
-        addr = ipaddress.ip_address(ip)
+        addr = parse_ip(ip)
     except ValueError as exc:
-        raise BadRequest(f"'{ip}' is not a valid IP address") from exc
+        raise BadRequest(f"'{ip}' is not a valid IP address: {exc}") from exc
     net = ipaddress.ip_network(subnet["cidr"])
     if addr not in net:
         raise BadRequest(f"IP address {ip} is not a valid IP for subnet {subnet['id']} ({subnet['cidr']})")
     if net.version == 4 and net.num_addresses > 2 and addr in (net.network_address, net.broadcast_address):
         raise BadRequest(f"IP address {ip} is the network or broadcast address of {subnet['cidr']}")
-    if str(addr) == subnet["gateway_ip"] and owner != OWNER_ROUTER_INTERFACE:
+    is_gateway = int(addr) == _stored(subnet["gateway_ip"])
+    if is_gateway and owner != OWNER_ROUTER_INTERFACE:
         raise Conflict(f"IP address {ip} is the gateway of subnet {subnet['id']}")
-    if str(addr) in _allocated(conn, subnet["id"]):
+    if not is_gateway and not _in_pools(subnet, int(addr)):
+        pools = ", ".join(f"{a}-{b}" for a, b in subnet["allocation_pools"]) or "none"
+        raise BadRequest(f"IP address {ip} is outside the allocation pools of subnet {subnet['id']} ({pools})")
+    if int(addr) in _allocated(conn, subnet["id"]):
         raise Conflict(f"IP address {ip} already allocated in subnet {subnet['id']}")
     return str(addr)
 
@@ -264,12 +292,14 @@ def _allocate(conn: sqlite3.Connection, port: dict[str, Any], requests: list[Fix
 
 
 def _int(ip: str) -> int:
-    return int(ipaddress.ip_address(ip))
+    n = _stored(ip)
+    assert n is not None
+    return n
 
 
 def _contains(cidr: str, ip: str) -> bool:
     try:
-        return ipaddress.ip_address(ip) in ipaddress.ip_network(cidr)
+        return parse_ip(ip) in parse_network(cidr, strict=False)
     except ValueError:
         return False
 
@@ -393,6 +423,10 @@ def subnet_create(conn: sqlite3.Connection, cmd: SubnetCreate) -> Result:
         if other_net.version == net.version and net.overlaps(other_net):
             raise Conflict(f"Invalid input for operation: requested subnet with cidr: {cmd.cidr} for network:"
                            f" {cmd.network_id} overlaps with another subnet ({other['id']}, {other['cidr']})")
+    try:
+        check_subnet_options(cmd.cidr, cmd.dns_nameservers, [(r.destination, r.nexthop) for r in cmd.host_routes])
+    except ValueError as exc:
+        raise BadRequest(f"Invalid input for subnet: {exc}") from exc
     gateway = None if cmd.no_gateway else cmd.gateway_ip or str(next(iter(net.hosts()), net.network_address))
     if gateway is not None and not _contains(cmd.cidr, gateway):
         raise BadRequest(f"gateway {gateway} is outside {cmd.cidr}")
@@ -421,7 +455,12 @@ def subnet_create(conn: sqlite3.Connection, cmd: SubnetCreate) -> Result:
 
 @handles(SubnetUpdate)
 def subnet_update(conn: sqlite3.Connection, cmd: SubnetUpdate) -> Result:
-    require(conn, "subnets", "id", cmd.id, "Subnet")
+    subnet = require(conn, "subnets", "id", cmd.id, "Subnet")
+    try:  # only what changes is checked: a legacy bad value must not block its own repair
+        check_subnet_options(subnet["cidr"], cmd.dns_nameservers or [],
+                             [(r.destination, r.nexthop) for r in cmd.host_routes or []])
+    except ValueError as exc:
+        raise BadRequest(f"Invalid input for subnet: {exc}") from exc
     if cmd.name is not None:
         conn.execute("UPDATE subnets SET name=? WHERE id=?", (cmd.name, cmd.id))
     if cmd.dns_nameservers is not None:

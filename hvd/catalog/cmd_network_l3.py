@@ -26,6 +26,7 @@ from hvd.catalog.cmd_network import (
 from hvd.catalog.commands import Command, Result, handles
 from hvd.catalog.sql import fetch_all, fetch_one, require
 from hvd.errors import BadRequest, Conflict, NotFound
+from hvd.net.addr import IpAddress, IpPrefix
 
 
 class SecurityGroupCreate(Command):
@@ -60,7 +61,7 @@ class SecurityGroupRuleCreate(Command):
     protocol: str | None = None
     port_range_min: int | None = None
     port_range_max: int | None = None
-    remote_ip_prefix: str | None = None
+    remote_ip_prefix: IpPrefix | None = None
     remote_group_id: str | None = None
     created_at: str
 
@@ -123,9 +124,9 @@ class FloatingIpCreate(Command):
     id: str
     project_id: str
     network_id: str
-    floating_ip: str | None = None
+    floating_ip: IpAddress | None = None
     port_id: str | None = None
-    fixed_ip: str | None = None
+    fixed_ip: IpAddress | None = None
     fip_port_id: str
     mac: str
     created_at: str
@@ -137,7 +138,7 @@ class FloatingIpUpdate(Command):
     type: Literal["floating_ip.update"] = "floating_ip.update"
     id: str
     port_id: str | None = None
-    fixed_ip: str | None = None
+    fixed_ip: IpAddress | None = None
 
 
 class FloatingIpDelete(Command):

@@ -4,24 +4,63 @@
     applied = await net.converge(desired)      # observe + plan_host + apply
 
 Blocking netlink work runs in worker threads; nft, sysctl and dnsmasq are async
-subprocesses. Steps are applied in plan order; the first failure raises and the caller
-re-plans later (plans are idempotent, so a retry continues where this one stopped).
+subprocesses. `apply` runs steps in plan order and raises at the first failure.
+`converge_units` / `apply_isolated` run a labelled plan (`plan_units`) unit by unit: a failed
+step stops the later steps of its unit only (one network's dnsmasq cannot hold back another
+network or the security-group ruleset) and is reported; the next converge re-plans and retries
+it (plans are idempotent, so a retry continues where this one stopped).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 from hvd.net import nft
 from hvd.net import steps as s
 from hvd.net.dhcp import DnsmasqManager
 from hvd.net.links import LinkOps
 from hvd.net.model import DHCP_NS_PREFIX, ROUTER_NS_PREFIX, HostNetworkState
-from hvd.net.plan import desired_layout, plan_host, plan_orphans
+from hvd.net.plan import Planned, desired_layout, plan_host, plan_orphans, plan_units
 from hvd.net.router import read_forwarding, set_forwarding
 from hvd.net.state import ObservedDevices
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ApplyReport:
+    """What one run of a labelled plan did: steps applied, steps skipped because an earlier
+    step of their unit failed, and the failed units with the error that stopped each."""
+
+    applied: list[s.Step] = field(default_factory=list)
+    skipped: list[s.Step] = field(default_factory=list)
+    failed: dict[str, Exception] = field(default_factory=dict)
+
+
+async def apply_isolated(
+    planned: Sequence[Planned], apply_step: Callable[[s.Step], Awaitable[None]], report: ApplyReport | None = None
+) -> ApplyReport:
+    """Apply `planned` in order; a failing step marks its unit failed and skips that unit's
+    later steps, every other unit goes on. Pass `report` to continue a run (its failed units
+    stay failed)."""
+    report = report if report is not None else ApplyReport()
+    for unit, step in planned:
+        if unit in report.failed:
+            report.skipped.append(step)
+            continue
+        try:
+            await apply_step(step)
+        except Exception as exc:  # any failure of one unit's step; cancellation still propagates
+            report.failed[unit] = exc
+            log.error("network unit %s: %s failed: %s (its later steps wait for the next converge)",
+                      unit, type(step).__name__, exc)
+        else:
+            report.applied.append(step)
+    return report
+
 
 _NETLINK_STEPS = (
     s.CreateNamespace,
@@ -120,6 +159,15 @@ class HostNetwork:
         planned = plan_host(state, await self.observe(state))
         await self.apply(planned)
         return planned
+
+    async def apply_planned(self, planned: Sequence[Planned], report: ApplyReport | None = None) -> ApplyReport:
+        """Apply a labelled plan unit by unit (`apply_isolated`)."""
+        return await apply_isolated(planned, self.apply_step, report)
+
+    async def converge_units(self, desired: HostNetworkState) -> ApplyReport:
+        """Like `converge`, but one unit's failure does not stop the others (see the report)."""
+        state = self.state(desired)
+        return await self.apply_planned(plan_units(state, await self.observe(state)))
 
     async def remove_orphans(
         self, desired: HostNetworkState, owned: Callable[[str], bool] = lambda name: True

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hvd.catalog.sql import fetch_all
+from hvd.net.addr import canonical_ip, check_subnet_options
 from hvd.net.model import (
     AllocationPool,
     FixedIp,
@@ -48,7 +49,10 @@ def _allocations(conn: sqlite3.Connection, port_ids: list[str]) -> dict[str, lis
         f"SELECT a.port_id, a.subnet_id, a.ip FROM ip_allocations a JOIN subnets s ON s.id=a.subnet_id"
         f" WHERE a.port_id IN ({_in(port_ids)}) ORDER BY s.created_at, a.ip", tuple(port_ids)).fetchall()
     for port_id, subnet_id, ip in rows:
-        out.setdefault(port_id, []).append((subnet_id, ip))
+        try:
+            out.setdefault(port_id, []).append((subnet_id, canonical_ip(ip)))
+        except ValueError:  # a row from before addresses were checked: never into nft or dnsmasq text
+            log.error("port %s: ignoring invalid stored address %r", port_id, ip)
     return out
 
 
@@ -71,11 +75,35 @@ def _network_spec(row: dict[str, Any], mappings: Mapping[str, str]) -> NetworkSp
         return None
 
 
+def _dns(row: dict[str, Any]) -> tuple[str, ...]:
+    """The subnet's DNS servers; a stored one dnsmasq would refuse (from before subnet options
+    were checked) is logged and left out rather than stopping the network's DHCP."""
+    out = []
+    for text in json.loads(row["dns_nameservers"]):
+        try:
+            check_subnet_options(row["cidr"], [text], [])
+            out.append(canonical_ip(text))
+        except ValueError as exc:
+            log.error("subnet %s: ignoring DNS server %r: %s", row["id"], text, exc)
+    return tuple(out)
+
+
+def _routes(row: dict[str, Any]) -> tuple[HostRoute, ...]:
+    out = []
+    for route in json.loads(row["host_routes"]):
+        try:
+            check_subnet_options(row["cidr"], [], [(route["destination"], route["nexthop"])])
+            out.append(HostRoute(route["destination"], canonical_ip(route["nexthop"])))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("subnet %s: ignoring host route %r: %s", row["id"], route, exc)
+    return tuple(out)
+
+
 def _subnet_spec(row: dict[str, Any]) -> SubnetSpec:
     return SubnetSpec(
         id=row["id"], network_id=row["network_id"], cidr=row["cidr"], gateway=row["gateway_ip"],
-        dhcp_enabled=bool(row["enable_dhcp"]), dns=tuple(json.loads(row["dns_nameservers"])),
-        host_routes=tuple(HostRoute(r["destination"], r["nexthop"]) for r in json.loads(row["host_routes"])),
+        dhcp_enabled=bool(row["enable_dhcp"]), dns=_dns(row),
+        host_routes=_routes(row),
         allocation_pools=tuple(AllocationPool(a, b) for a, b in json.loads(row["allocation_pools"])),
     )
 

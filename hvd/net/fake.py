@@ -196,6 +196,9 @@ class FakeHost:
 
     def _StartDnsmasq(self, step: s.StartDnsmasq) -> None:
         self._table(step.netns)
+        for arg in step.argv:  # like dnsmasq: an IPv4 option with a non-IPv4 server is fatal
+            if ",option:dns-server," in arg and ":" in arg.split(",option:dns-server,", 1)[1]:
+                raise NetError(f"dnsmasq: bad command line options: bad IP address ({arg})")
         old = self.dhcp.get(step.network_id, ObservedDhcp(step.network_id, hosts=""))
         if old.pid is not None:
             raise NetError(f"dnsmasq for {step.network_id} already runs")

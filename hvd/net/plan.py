@@ -5,6 +5,10 @@ planning again yields no steps. Removing a network (or router) from `desired` yi
 steps deleting exactly its bridge, segment device, namespaces, dnsmasq and forwarding
 entries. Anything in `existing` with our prefixes that `desired` lacks is removed, except VM
 taps: the hypervisor owns those, and only `plan_orphans` proposes deleting them.
+
+`plan_units` labels each step with the unit it belongs to (a network, a router, the host's
+security-group ruleset, or one stale object), so an applier converges units independently:
+a failed step stops only the later steps of its own unit.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ class HostLayout:
     fdb: frozenset[FdbEntry] = frozenset()
     dhcp: Mapping[str, DhcpLayout] = field(default_factory=dict)
     security: NftRuleset | None = None
+    # Device and namespace name -> the unit (`network:<id>`, `router:<id>`) it belongs to.
+    units: Mapping[str, str] = field(default_factory=dict)
 
 
 def _segment(net: NetworkSpec, state: HostNetworkState) -> s.CreateVxlan | s.CreateVlan | None:
@@ -99,20 +105,25 @@ def desired_layout(state: HostNetworkState) -> HostLayout:
     segments: dict[str, s.CreateVxlan | s.CreateVlan] = {}
     segment_bridge: dict[str, str] = {}
     nics: dict[str, str] = {}
+    units: dict[str, str] = {}
     for net in state.networks:
         bridges[net.bridge] = net.mtu
+        units[net.bridge] = network_unit(net.id)
         seg = _segment(net, state)
         if seg is not None:
             segments[seg.name] = seg
             segment_bridge[seg.name] = net.bridge
+            units[seg.name] = network_unit(net.id)
         elif net.type == "flat":
             assert net.physical_nic is not None
             nics[net.physical_nic] = net.bridge
+            units[net.physical_nic] = network_unit(net.id)
 
     net_ids = {n.id for n in state.networks}
     local = [p for p in state.local_ports() if p.network_id in net_ids]
     compute = [p for p in local if p.is_compute]
     taps = {p.tap: (state.network(p.network_id).bridge, state.network(p.network_id).mtu) for p in compute}
+    units.update({p.tap: network_unit(p.network_id) for p in compute})
 
     namespaces: dict[str, NamespaceLayout] = {}
     dhcp: dict[str, DhcpLayout] = {}
@@ -136,6 +147,7 @@ def desired_layout(state: HostNetworkState) -> HostLayout:
             addresses=frozenset(by_id[f.subnet_id].interface(f.ip) for f in port.fixed_ips if f.subnet_id in by_id),
         )
         namespaces[netns] = NamespaceLayout(name=netns, veths=(veth,))
+        units.update({netns: network_unit(net.id), veth.tap: network_unit(net.id), veth.peer: network_unit(net.id)})
         argv = dnsmasq_argv(device, subnets, dhcp_paths(state.dhcp_dir, net.id), user=state.dnsmasq_user)
         net_ports = [p for p in state.ports if p.network_id == net.id]
         dhcp[net.id] = DhcpLayout(netns, argv, render_hosts(net_ports, subnets, exclude=port.id))
@@ -143,6 +155,8 @@ def desired_layout(state: HostNetworkState) -> HostLayout:
     for router in state.routers:
         layout = router_layout(router, state)
         namespaces[layout.name] = layout
+        units[layout.name] = router_unit(router.id)
+        units.update({name: router_unit(router.id) for v in layout.veths for name in (v.tap, v.peer)})
 
     members = [p for p in state.ports if p.is_compute]
     return HostLayout(
@@ -155,6 +169,7 @@ def desired_layout(state: HostNetworkState) -> HostLayout:
         fdb=_fdb(state),
         dhcp=dhcp,
         security=render_security_ruleset(compute, state.security_groups, members=members),
+        units=units,
     )
 
 
@@ -329,6 +344,54 @@ def plan_layout(layout: HostLayout, existing: ObservedDevices, netns_prefix: str
 def plan_host(desired: HostNetworkState, existing: ObservedDevices) -> list[s.Step]:
     """Steps turning `existing` into `desired` (see the module docstring for the contract)."""
     return plan_layout(desired_layout(desired), existing, desired.netns_prefix)
+
+
+SECURITY_UNIT = "security"
+Planned = tuple[str, s.Step]
+
+
+def network_unit(network_id: str) -> str:
+    return f"network:{network_id}"
+
+
+def router_unit(router_id: str) -> str:
+    return f"router:{router_id}"
+
+
+def plan_units(desired: HostNetworkState, existing: ObservedDevices) -> list[Planned]:
+    """`plan_host`'s steps, in the same order, each labelled with its unit (`step_unit`)."""
+    layout = desired_layout(desired)
+    steps = plan_layout(layout, existing, desired.netns_prefix)
+    return [(step_unit(step, layout.units, desired.netns_prefix), step) for step in steps]
+
+
+def _name_unit(name: str, units: Mapping[str, str], netns_prefix: str) -> str:
+    unit = units.get(name)
+    if unit is not None:
+        return unit
+    # a namespace being removed still belongs with its network's (or router's) other steps
+    for prefix, make in ((netns_prefix + DHCP_NS_PREFIX, network_unit), (netns_prefix + ROUTER_NS_PREFIX,
+                                                                         router_unit)):
+        if name.startswith(prefix):
+            return make(name.removeprefix(prefix))
+    return f"stale:{name}"
+
+
+def step_unit(step: s.Step, units: Mapping[str, str], netns_prefix: str = "") -> str:
+    """The unit `step` belongs to: `network:<id>` (bridge, segment, taps, DHCP namespace and
+    dnsmasq), `router:<id>` (its namespace), `security` (the host's security-group tables)
+    or `stale:<name>` (an object no unit wants any more, deleted on its own)."""
+    if isinstance(step, s.WriteDhcpHosts | s.StartDnsmasq | s.ReloadDnsmasq | s.StopDnsmasq):
+        return network_unit(step.network_id)
+    if isinstance(step, s.ApplyNftRuleset | s.DeleteNftTables):
+        return SECURITY_UNIT if step.netns is None else _name_unit(step.netns, units, netns_prefix)
+    if isinstance(step, s.AddAddress | s.DeleteAddress | s.AddRoute | s.DeleteRoute | s.SetForwarding):
+        return _name_unit(step.netns, units, netns_prefix)
+    if isinstance(step, s.SetMtu | s.SetUp | s.DeleteLink) and step.netns is not None:
+        return _name_unit(step.netns, units, netns_prefix)
+    if isinstance(step, s.AddFdb | s.DeleteFdb):
+        return _name_unit(step.device, units, netns_prefix)
+    return _name_unit(step.name, units, netns_prefix)
 
 
 def plan_orphans(

@@ -7,6 +7,12 @@ coalesced: callers that arrive while one runs are served by the next single run.
 it converges and removes orphans (crash repair); a periodic loop re-converges and restarts
 dead dnsmasq processes.
 
+Each converge runs per unit (`plan_units`): a network whose step fails (dnsmasq refusing an
+option, a missing kernel feature) stops only its own later steps; other networks, routers and
+the security-group ruleset still converge. Failed units are logged, counted in
+`hvd_net_unit_failures_total` / `hvd_net_failed_units`, kept in `failed` and retried by the
+next converge; a caller that needs particular networks (plugging an instance) gets the error.
+
 Ownership: with `claim_all_devices` (production) every prefixed device in the host namespace
 is ours. Without it (several daemons sharing one kernel, as in tests) only names this daemon
 recorded before creating them count, so nobody else's bridges or taps are touched.
@@ -20,10 +26,12 @@ import ipaddress
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
+
+from prometheus_client import Counter, Gauge
 
 from hvd.catalog.cmd_network import HostSetVtep, PortDelete, PortUpdate
 from hvd.catalog.service import Catalog
@@ -31,10 +39,11 @@ from hvd.compute.faults import checkpoint
 from hvd.config import Config
 from hvd.drivers.base import Nic
 from hvd.net import steps as s
+from hvd.net.apply import ApplyReport, apply_isolated
 from hvd.net.desired import host_state, instance_ports
 from hvd.net.fake import FakeHost
 from hvd.net.model import HostNetworkState, LocalVtep, bridge_name, dhcp_namespace, router_namespace, tap_name
-from hvd.net.plan import desired_layout, plan_host, plan_orphans
+from hvd.net.plan import SECURITY_UNIT, Planned, desired_layout, network_unit, plan_orphans, plan_units
 from hvd.net.proc import in_netns, run
 from hvd.net.state import ObservedDevices
 from hvd.storage.config_drive import NetworkDataNic
@@ -42,6 +51,9 @@ from hvd.storage.config_drive import NetworkDataNic
 log = logging.getLogger(__name__)
 
 Owned = Callable[[str], bool]
+UNIT_FAILURES = Counter("hvd_net_unit_failures_total", "Network units whose converge failed, by kind "
+                        "(network, router, security, stale)", ["kind"])
+FAILED_UNITS = Gauge("hvd_net_failed_units", "Network units left failed by the last converge on this host")
 SG_TABLES_NAME = "nft:hvd_sg"  # ownership record entry for the host's security-group tables
 
 
@@ -53,6 +65,8 @@ class HostAdapter(Protocol):
     async def observe(self, desired: HostNetworkState | None = None) -> ObservedDevices: ...
 
     async def apply(self, steps: Sequence[s.Step]) -> None: ...
+
+    async def apply_planned(self, planned: Sequence[Planned], report: ApplyReport | None = None) -> ApplyReport: ...
 
     async def supervise_dhcp(self, desired: HostNetworkState) -> list[str]: ...
 
@@ -73,6 +87,12 @@ class FakeHostNetwork:
 
     async def apply(self, steps: Sequence[s.Step]) -> None:
         self.host.apply(list(steps))
+
+    async def apply_planned(self, planned: Sequence[Planned], report: ApplyReport | None = None) -> ApplyReport:
+        async def one(step: s.Step) -> None:
+            self.host.apply([step])
+
+        return await apply_isolated(planned, one, report)
 
     async def supervise_dhcp(self, desired: HostNetworkState) -> list[str]:
         return []
@@ -128,6 +148,7 @@ class NetworkService:
         self._done = 0
         self._loop_task: asyncio.Task[None] | None = None
         self.converges = 0  # how many plans were applied (tests, metrics)
+        self.failed: dict[str, Exception] = {}  # unit -> the error that stopped it in the last converge
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -180,30 +201,48 @@ class NetworkService:
         # the host's security-group tables have fixed names: ours only once we have loaded them
         return restricted if self.owned(SG_TABLES_NAME) else replace(restricted, nft_tags={})
 
-    async def sync(self) -> None:
-        """Make the host match the catalog; concurrent callers share one converge. Raises on failure."""
+    async def sync(self, require: Collection[str] = ()) -> None:
+        """Make the host match the catalog; concurrent callers share one converge. Raises if the
+        catalog or the host cannot be read, or with the error of a failed unit in `require`
+        (`network:<id>`, `router:<id>`, `security`); other failed units are only reported."""
         self._requested += 1
         wanted = self._requested
         async with self._lock:
-            if self._done >= wanted:
-                return
-            target = self._requested
-            await self._converge_once()
-            self._done = target
+            if self._done < wanted:
+                target = self._requested
+                await self._converge_once()
+                self._done = target
+        for unit in require:
+            if unit in self.failed:
+                raise self.failed[unit]
 
     async def _converge_once(self) -> None:
         desired = await self.desired()
         if self.owned is not None:
             await asyncio.to_thread(self.owned.add, desired_names(desired))
-        steps = plan_host(desired, await self._observe(desired))
-        if not steps:
-            return
-        half = len(steps) // 2
-        await self.adapter.apply(steps[:half])
-        checkpoint("net.converge.partial")
-        await self.adapter.apply(steps[half:])
-        self.converges += 1
-        log.info("network converged: %d steps", len(steps))
+        planned = plan_units(desired, await self._observe(desired))
+        report = ApplyReport()
+        if planned:
+            half = len(planned) // 2
+            report = await self.adapter.apply_planned(planned[:half], report)
+            checkpoint("net.converge.partial")
+            report = await self.adapter.apply_planned(planned[half:], report)
+            self.converges += 1
+        self._record(report, len(planned))
+
+    def _record(self, report: ApplyReport, planned: int) -> None:
+        recovered = set(self.failed) - set(report.failed)
+        if recovered:
+            log.info("network units converged again: %s", ", ".join(sorted(recovered)))
+        for unit in report.failed:
+            UNIT_FAILURES.labels(unit.split(":", 1)[0]).inc()
+        self.failed = dict(report.failed)
+        FAILED_UNITS.set(len(self.failed))
+        if report.failed:
+            log.warning("network converge: %d of %d steps applied; failed units (retried next converge): %s",
+                        len(report.applied), planned, ", ".join(sorted(report.failed)))
+        elif planned:
+            log.info("network converged: %d steps", planned)
 
     async def changed(self) -> None:
         """The catalog changed in a way that may concern this host: converge now (errors are
@@ -225,7 +264,8 @@ class NetworkService:
             if port["host"] != self.host:
                 await self.catalog.propose(PortUpdate(id=port["id"], host=self.host))
         checkpoint("net.plugged")
-        await self.sync()
+        ports = await self._ports(inst["id"])
+        await self.sync(require={SECURITY_UNIT, *(network_unit(p["network_id"]) for p in ports)})
 
     async def unplug_instance(self, inst: dict[str, Any]) -> None:
         """Unbind the instance's ports from this host (they stay in the catalog); idempotent."""

@@ -44,7 +44,8 @@ from hvd.net.model import (
     vxlan_name,
 )
 from hvd.net.nft import render_router_nat, render_rule, render_security_ruleset
-from hvd.net.plan import plan_host, plan_orphans
+from hvd.net.apply import apply_isolated
+from hvd.net.plan import SECURITY_UNIT, network_unit, plan_host, plan_orphans, plan_units, router_unit
 from hvd.net.proc import KernelFeatureMissing
 from hvd.net.state import ObservedDevices, ObservedLink
 
@@ -562,3 +563,49 @@ def test_router_nat_snat_and_floating_ips() -> None:
     # The floating IP's own SNAT must win over the router-wide one.
     assert nat.text.index("snat to 192.0.2.20") < nat.text.index("snat to 192.0.2.10")
     assert render_router_nat(replace(ROUTER, gateway=None), "qg-x", []) is None
+
+
+# -- per-unit convergence -------------------------------------------------------------
+
+
+def test_every_step_of_a_plan_has_the_unit_of_its_network_router_or_ruleset() -> None:
+    planned = plan_units(FULL, _fake().observed())
+    assert [step for _, step in planned] == plan_host(FULL, _fake().observed())
+    units = {unit for unit, _ in planned}
+    assert units == {network_unit(n.id) for n in NETS.values()} | {router_unit("router-1"), SECURITY_UNIT}
+    for unit, step in planned:
+        if isinstance(step, s.StartDnsmasq):
+            assert unit == network_unit(step.network_id)
+        if isinstance(step, s.ApplyNftRuleset) and step.netns is None:
+            assert unit == SECURITY_UNIT
+    # a removed network's leftovers stay together under its unit
+    host = _fake()
+    _converge(host, FULL)
+    leftover = plan_units(_state(("vxlan", "flat", "vxlan2"), router=False), host.observed())
+    assert (network_unit(NETS["local"].id), s.DeleteNamespace(dhcp_namespace(NETS["local"].id))) in leftover
+
+
+async def test_a_network_whose_dnsmasq_fails_stops_no_other_network_nor_the_ruleset() -> None:
+    # dnsmasq refuses an IPv6 DNS server in an IPv4 subnet (the fake host refuses it the same way)
+    bad = replace(SUBNETS["local"], dns=("2001:db8::53",))
+    state = replace(FULL, subnets=tuple(bad if sub.id == bad.id else sub for sub in FULL.subnets))
+    host = _fake()
+
+    async def one(step: s.Step) -> None:
+        host.apply([step])
+
+    report = await apply_isolated(plan_units(state, host.observed()), one)
+    local = NETS["local"].id
+    assert set(report.failed) == {network_unit(local)}
+    assert "bad IP address" in str(report.failed[network_unit(local)])
+    obs = host.observed()
+    assert obs.dhcp[local].pid is None, "the failing network's dnsmasq is not running"
+    assert all(obs.dhcp[NETS[k].id].pid is not None for k in ("vxlan", "vxlan2")), "other networks converged"
+    assert set(obs.nft_tags) == {"bridge hvd_sg", "inet hvd_sg"}, "security groups reached the host"
+    assert obs.namespaces[router_namespace("router-1")].nft_tags["ip hvd_nat"], "the router converged"
+    # the next converge retries only what is left: the failing network's dnsmasq
+    again = plan_units(state, obs)
+    assert {unit for unit, _ in again} == {network_unit(local)}
+    # once the subnet is fixed, the network converges and nothing is left
+    fixed = await apply_isolated(plan_units(FULL, host.observed()), one)
+    assert not fixed.failed and plan_host(FULL, host.observed()) == []

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import uuid
 from typing import Any, Literal
 
@@ -46,6 +45,7 @@ from hvd.catalog.sql import fetch_all
 from hvd.config import Config
 from hvd.errors import BadRequest, NotFound
 from hvd.identity.service import now_iso
+from hvd.net.addr import MAX_DNS_NAMESERVERS, MAX_HOST_ROUTES, IpAddress, IpNetwork
 
 Name = Field("", max_length=255, pattern=r"^[^\x00-\x1f]*$")
 
@@ -90,25 +90,25 @@ class NetworkList(BaseModel):
 
 
 class Pool(_In):
-    start: str
-    end: str
+    start: IpAddress
+    end: IpAddress
 
 
 class SubnetIn(_In):
     network: str = Field(min_length=1, max_length=255, description="Network id or name.")
     name: str = Name
-    cidr: str = Field(min_length=1, max_length=64)
-    gateway_ip: str | None = Field(None, description="Omitted = the first address; null = no gateway.")
-    allocation_pools: list[Pool] | None = None
+    cidr: IpNetwork
+    gateway_ip: IpAddress | None = Field(None, description="Omitted = the first address; null = no gateway.")
+    allocation_pools: list[Pool] | None = Field(None, max_length=64)
     enable_dhcp: bool = True
-    dns_nameservers: list[str] = Field(default_factory=list, max_length=5)
-    host_routes: list[HostRouteIn] = Field(default_factory=list, max_length=20)
+    dns_nameservers: list[IpAddress] = Field(default_factory=list, max_length=MAX_DNS_NAMESERVERS)
+    host_routes: list[HostRouteIn] = Field(default_factory=list, max_length=MAX_HOST_ROUTES)
 
 
 class SubnetPatch(_In):
     name: str | None = Field(None, max_length=255)
-    dns_nameservers: list[str] | None = Field(None, max_length=5)
-    host_routes: list[HostRouteIn] | None = Field(None, max_length=20)
+    dns_nameservers: list[IpAddress] | None = Field(None, max_length=MAX_DNS_NAMESERVERS)
+    host_routes: list[HostRouteIn] | None = Field(None, max_length=MAX_HOST_ROUTES)
 
 
 class Subnet(BaseModel):
@@ -132,8 +132,8 @@ class SubnetList(BaseModel):
 
 
 class FixedIpIn(_In):
-    subnet_id: str | None = None
-    ip_address: str | None = None
+    subnet_id: str | None = Field(None, max_length=64)
+    ip_address: IpAddress | None = None
 
 
 class PortIn(_In):
@@ -279,19 +279,11 @@ async def create_subnet(request: web.Request) -> web.Response:
     network = await svc.catalog.read(find_network, body.network, ctx, admin)
     if network["project_id"] != ctx.project_id and not admin:
         raise NotFound(f"Network {body.network} could not be found")  # visible (shared) but not yours
-    try:
-        net = ipaddress.ip_network(body.cidr, strict=True)
-        for ip in [body.gateway_ip or str(net.network_address), *body.dns_nameservers]:
-            ipaddress.ip_address(ip)
-        for route in body.host_routes:
-            ipaddress.ip_network(route.destination)
-            ipaddress.ip_address(route.nexthop)
-    except ValueError as exc:
-        raise BadRequest(f"Invalid input for subnet: {exc}") from exc
+    # addresses are canonical already (the model's types); the options are checked by apply
     no_gateway = "gateway_ip" in body.model_fields_set and body.gateway_ip is None
     sid = str(uuid.uuid4())
     await svc.catalog.propose(SubnetCreate(
-        id=sid, network_id=network["id"], project_id=network["project_id"], name=body.name, cidr=str(net),
+        id=sid, network_id=network["id"], project_id=network["project_id"], name=body.name, cidr=body.cidr,
         gateway_ip=body.gateway_ip, no_gateway=no_gateway,
         allocation_pools=[(p.start, p.end) for p in body.allocation_pools] if body.allocation_pools else None,
         enable_dhcp=body.enable_dhcp, dns_nameservers=body.dns_nameservers, host_routes=body.host_routes,

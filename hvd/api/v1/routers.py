@@ -31,6 +31,7 @@ from hvd.catalog.cmd_network_l3 import (
 from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.errors import BadRequest, HvdError, NotFound
 from hvd.identity.service import now_iso
+from hvd.net.addr import IpAddress
 
 
 class _In(BaseModel):
@@ -84,14 +85,14 @@ class RouterList(BaseModel):
 
 class FloatingIpIn(_In):
     floating_network: str = Field(min_length=1, max_length=255, description="External network id or name.")
-    floating_ip_address: str | None = Field(None, max_length=64)
+    floating_ip_address: IpAddress | None = None
     port: str | None = Field(None, max_length=255)
-    fixed_ip_address: str | None = Field(None, max_length=64)
+    fixed_ip_address: IpAddress | None = None
 
 
 class AssociateIn(_In):
     port: str = Field(min_length=1, max_length=255)
-    fixed_ip_address: str | None = Field(None, max_length=64)
+    fixed_ip_address: IpAddress | None = None
 
 
 class Empty(_In):

@@ -25,6 +25,7 @@ from hvd.catalog.cmd_network_l3 import (
 from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.errors import BadRequest, NotFound
 from hvd.identity.service import now_iso
+from hvd.net.addr import IpPrefix
 from hvd.net.model import SecurityGroupRuleSpec
 
 
@@ -49,7 +50,7 @@ class RuleIn(_In):
     protocol: Literal["tcp", "udp", "icmp", "icmpv6"] | None = None
     port_range_min: int | None = Field(None, ge=1, le=65535)
     port_range_max: int | None = Field(None, ge=1, le=65535)
-    remote_ip_prefix: str | None = Field(None, max_length=64)
+    remote_ip_prefix: IpPrefix | None = None
     remote_group: str | None = Field(None, max_length=255, description="Group id or name.")
 
 

@@ -24,6 +24,7 @@ from hvd.catalog.cmd_network import FixedIpRequest, PortCreate, PortDelete, Port
 from hvd.catalog.sql import fetch_all
 from hvd.errors import BadRequest, Conflict, HvdError, InvalidState, NotFound
 from hvd.identity.service import now_iso
+from hvd.net.addr import IpAddress
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class NetworkRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     network: str | None = Field(None, min_length=1, max_length=255, description="Network id or name.")
     port: str | None = Field(None, min_length=1, max_length=255, description="An existing, unbound port id.")
-    fixed_ip: str | None = Field(None, max_length=64, description="With `network`: the address to take.")
+    fixed_ip: IpAddress | None = Field(None, description="With `network`: the address to take.")
 
 
 Networks = list[NetworkRequest] | Literal["auto", "none"]
