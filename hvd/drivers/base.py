@@ -310,7 +310,8 @@ class ComputeDriver(abc.ABC):
 
     @abc.abstractmethod
     async def console_log(self, uuid: str, lines: int | None = None) -> str:
-        """The serial console output (the last ``lines`` lines). Empty when nothing was written."""
+        """The tail of the serial console output (at most ``console.CONSOLE_TAIL_BYTES``; the last
+        ``lines`` lines if given), across the guest's restarts. Empty when nothing was written."""
 
     async def attach_interface(self, uuid: str, nic: Nic) -> None:
         """Hot-plug a NIC (live and persistent). Optional: see capabilities.

@@ -4,6 +4,11 @@ For unit and functional tests (many daemons in one process) and scale benchmarks
 few dict operations, plus small files when ``instances_path`` is given (so tests of cleanup see the
 same files as with libvirt). Failures are injected per method with ``fail(...)``; a guest that
 ignores ACPI is simulated with ``set_acpi(uuid, False)``.
+
+What a test can observe, as with a real guest: every boot gets a new domain id (``dom_id``, like
+libvirt's, -1 while shut off) and appends ``FAKE boot <n>`` to the console log, which is kept
+across restarts; a guest that honours the ACPI button logs ``FAKE poweroff`` before it stops,
+one that is forced off logs nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from hvd.drivers.base import (
     InstanceSpec,
     Nic,
 )
+from hvd.drivers.console import read_console_tail
 from hvd.drivers.libvirt.xml import disk_layout, domain_xml
 from hvd.errors import BadRequest, Conflict, DriverError, HvdError, InvalidState, NotFound
 from hvd.storage import qemu_img
@@ -48,6 +54,7 @@ class FakeDomain:
     managed_save: bool = False
     acpi: bool = True  # does the guest power off on an ACPI power-button press?
     boots: int = 0
+    dom_id: int = -1  # libvirt's domain id: new at every start, -1 while not running
     nics: list[Nic] = field(default_factory=list)
 
 
@@ -79,6 +86,7 @@ class FakeDriver(ComputeDriver):
         )
         self._failures: dict[str, list[HvdError]] = defaultdict(list)
         self._hub = EventHub()
+        self._next_dom_id = 1
 
     # --- test hooks ---------------------------------------------------------------------------
 
@@ -111,6 +119,11 @@ class FakeDriver(ComputeDriver):
         if dom.power == power:
             return
         dom.power = power
+        if power in (PowerState.SHUTDOWN, PowerState.NOSTATE, PowerState.SUSPENDED):
+            dom.dom_id = -1
+        elif dom.dom_id == -1:  # a QEMU process starts (boot, or restore of a saved state)
+            dom.dom_id = self._next_dom_id
+            self._next_dom_id += 1
         self._hub.publish(dom.spec.uuid, power)
 
     def _console(self, dom: FakeDomain, line: str) -> None:
@@ -118,11 +131,14 @@ class FakeDriver(ComputeDriver):
             with dom.spec.path(CONSOLE_LOG).open("a") as f:
                 f.write(line + "\n")
 
+    def _shut_down(self, dom: FakeDomain, clean: bool) -> None:
+        """Stop the guest: ``clean`` when it honoured the ACPI button (it says so on its console)."""
+        if clean and dom.power == PowerState.RUNNING:
+            self._console(dom, "FAKE poweroff")
+        self._set_power(dom, PowerState.SHUTDOWN)
+
     def _boot(self, dom: FakeDomain) -> None:
         dom.boots += 1
-        if self.instances_path is not None and dom.spec.instance_dir.is_dir():
-            # QEMU truncates a file console at every start; so does the fake.
-            dom.spec.path(CONSOLE_LOG).write_text("")
         disks = " ".join(d.dev for d in disk_layout(dom.spec))
         self._console(dom, f"FAKE boot {dom.boots}")
         self._console(dom, f"FAKE disks={disks}")
@@ -196,10 +212,10 @@ class FakeDriver(ComputeDriver):
         if dom.power in (PowerState.SHUTDOWN, PowerState.NOSTATE, PowerState.SUSPENDED):
             self._set_power(dom, PowerState.SHUTDOWN)
             return
-        if timeout > 0 and not (dom.acpi and dom.power == PowerState.RUNNING):
+        clean = timeout > 0 and dom.acpi and dom.power == PowerState.RUNNING
+        if timeout > 0 and not clean:
             await asyncio.sleep(timeout)  # the guest ignores the button: wait, then pull the plug
-        self._console(dom, "FAKE poweroff")
-        self._set_power(dom, PowerState.SHUTDOWN)
+        self._shut_down(dom, clean)
 
     async def power_on(self, spec: InstanceSpec) -> None:
         self._maybe_fail("power_on")
@@ -221,7 +237,7 @@ class FakeDriver(ComputeDriver):
                 raise InvalidState(f"cannot soft reboot instance {uuid}: it is not running")
             if not dom.acpi:
                 await asyncio.sleep(timeout)  # fall back to a hard reboot after the timeout
-        self._set_power(dom, PowerState.SHUTDOWN)
+        self._shut_down(dom, clean=not hard and dom.acpi)
         dom.managed_save = False
         if isinstance(target, InstanceSpec):
             dom.spec = target
@@ -322,13 +338,9 @@ class FakeDriver(ComputeDriver):
     async def console_log(self, uuid: str, lines: int | None = None) -> str:
         dom = self._get(uuid)
         if self.instances_path is None:
-            text = f"FAKE boot {dom.boots}\n"
-        else:
-            try:
-                text = dom.spec.path(CONSOLE_LOG).read_text(errors="replace")
-            except FileNotFoundError:
-                text = ""
-        return text if lines is None else "".join(text.splitlines(keepends=True)[-lines:])
+            text = "".join(f"FAKE boot {n}\n" for n in range(1, dom.boots + 1))
+            return text if lines is None else "".join(text.splitlines(keepends=True)[-lines:])
+        return read_console_tail(dom.spec.path(CONSOLE_LOG), lines)
 
     async def attach_interface(self, uuid: str, nic: Nic) -> None:
         self._maybe_fail("attach_interface")

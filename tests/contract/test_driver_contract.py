@@ -81,12 +81,15 @@ class Env:
     def real(self) -> bool:
         return self.kind == "libvirt"
 
-    async def console_line(self, spec: InstanceSpec, pattern: str, timeout: float = BOOT_TIMEOUT) -> str:
-        """The first console line matching ``pattern`` (waits for the real guest)."""
+    async def console_line(
+        self, spec: InstanceSpec, pattern: str, timeout: float = BOOT_TIMEOUT, after: int = 0
+    ) -> str:
+        """The first console line from character ``after`` on matching ``pattern`` (waits for the
+        real guest)."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + (timeout if self.real else 0)
         while True:
-            for line in (await self.driver.console_log(spec.uuid)).splitlines():
+            for line in (await self.driver.console_log(spec.uuid))[after:].splitlines():
                 if regex.search(line):
                     return line.rstrip("\r")
             if time.monotonic() >= deadline:
@@ -94,11 +97,33 @@ class Env:
                 raise AssertionError(f"no console line matching {pattern!r}; tail:\n{tail}")
             await asyncio.sleep(0.1)
 
-    async def booted(self, spec: InstanceSpec) -> None:
-        await self.console_line(spec, r"HVD-GUEST ready" if self.real else r"FAKE boot")
+    async def booted(self, spec: InstanceSpec, after: int = 0) -> None:
+        """Wait until the guest has booted (again, when ``after`` marks the console's end before)."""
+        await self.console_line(spec, r"HVD-GUEST ready" if self.real else r"FAKE boot", after=after)
 
-    async def disks(self, spec: InstanceSpec) -> list[str]:
-        line = await self.console_line(spec, r"(HVD-GUEST|FAKE) disks=")
+    async def console_mark(self, spec: InstanceSpec) -> int:
+        """The console's current length: what a guest prints from now on lies after it."""
+        return len(await self.driver.console_log(spec.uuid))
+
+    async def since(self, spec: InstanceSpec, mark: int) -> str:
+        return (await self.driver.console_log(spec.uuid))[mark:]
+
+    def powered_off_cleanly(self, text: str) -> bool:
+        """Did the guest itself shut down (it honoured ACPI) in this console text?"""
+        return ("HVD-GUEST poweroff" if self.real else "FAKE poweroff") in text
+
+    async def domain_id(self, spec: InstanceSpec) -> int:
+        """The hypervisor's id of the running domain: a new one for every start of the guest."""
+        if isinstance(self.driver, FakeDriver):
+            return self.driver.domains[spec.uuid].dom_id
+        from hvd.drivers.libvirt import guest
+
+        return await self.driver.host.call(  # type: ignore[attr-defined,no-any-return]
+            lambda conn: guest.lookup(conn, spec.uuid).ID()
+        )
+
+    async def disks(self, spec: InstanceSpec, after: int = 0) -> list[str]:
+        line = await self.console_line(spec, r"(HVD-GUEST|FAKE) disks=", after=after)
         return line.split("disks=", 1)[1].split()
 
     def ignore_acpi(self, spec: InstanceSpec) -> None:
@@ -279,64 +304,91 @@ async def test_destroy_keep_disks(env: Env) -> None:
 async def test_power_off_and_on(env: Env) -> None:
     spec = await env.spawned()
     await env.booted(spec)
+    mark = await env.console_mark(spec)
     started = time.monotonic()
     await env.driver.power_off(spec.uuid, SHUTDOWN_TIMEOUT)
-    elapsed = time.monotonic() - started
-    timed("acpi_power_off_s", elapsed)
+    timed("acpi_power_off_s", time.monotonic() - started)
     assert await env.driver.get_power_state(spec.uuid) == PowerState.SHUTDOWN
-    assert elapsed < SHUTDOWN_TIMEOUT  # the guest honoured ACPI: no forced power-off
-    if env.real:
-        assert "HVD-GUEST poweroff" in await env.driver.console_log(spec.uuid)
+    assert env.powered_off_cleanly(await env.since(spec, mark))  # ACPI honoured: no forced power-off
     await env.driver.power_off(spec.uuid, SHUTDOWN_TIMEOUT)  # idempotent
     assert (await env.driver.list_domains())[spec.uuid] == PowerState.SHUTDOWN
     with pytest.raises(InvalidState):
         await env.driver.pause(spec.uuid)
+    mark = await env.console_mark(spec)
     started = time.monotonic()
     await env.driver.power_on(spec)
     timed("power_on_s", time.monotonic() - started)
     assert await env.driver.get_power_state(spec.uuid) == PowerState.RUNNING
     await env.driver.power_on(spec)  # idempotent
-    await env.booted(spec)
+    await env.booted(spec, after=mark)
 
 
 async def test_power_off_forces_a_guest_ignoring_acpi(env: Env) -> None:
     spec = await env.spawned()
     env.ignore_acpi(spec)
-    started = time.monotonic()
+    mark = await env.console_mark(spec)
     await env.driver.power_off(spec.uuid, 1.0)
-    elapsed = time.monotonic() - started
     assert await env.driver.get_power_state(spec.uuid) == PowerState.SHUTDOWN
-    assert 0.9 <= elapsed < 10
+    assert not env.powered_off_cleanly(await env.since(spec, mark))  # pulled the plug
 
 
-async def test_soft_reboot(env: Env) -> None:
+async def test_soft_reboot_is_a_clean_shutdown_and_a_new_boot(env: Env) -> None:
+    """The guest shuts itself down (ACPI) and boots again in a new QEMU process; the console keeps
+    what the first boot printed."""
     spec = await env.spawned()
     await env.booted(spec)
+    before_id = await env.domain_id(spec)
+    first_boot = await env.driver.console_log(spec.uuid)
+    mark = len(first_boot)
     started = time.monotonic()
     await env.driver.reboot(spec.uuid, hard=False, timeout=SHUTDOWN_TIMEOUT)
-    elapsed = time.monotonic() - started
-    timed("soft_reboot_s", elapsed)
-    assert elapsed < SHUTDOWN_TIMEOUT  # a clean reboot, not the hard fallback
+    timed("soft_reboot_s", time.monotonic() - started)
     assert await env.driver.get_power_state(spec.uuid) == PowerState.RUNNING
-    await env.booted(spec)
+    assert await env.domain_id(spec) not in (before_id, -1)
+    await env.booted(spec, after=mark)
+    after = await env.since(spec, mark)
+    assert env.powered_off_cleanly(after)  # a clean reboot, not the hard fallback
+    assert (await env.driver.console_log(spec.uuid)).startswith(first_boot)  # history kept
     await env.driver.power_off(spec.uuid, 0)
     with pytest.raises(InvalidState):
         await env.driver.reboot(spec.uuid, hard=False, timeout=1)
 
 
+async def test_soft_reboot_falls_back_to_hard_when_acpi_is_ignored(env: Env) -> None:
+    spec = await env.spawned()
+    env.ignore_acpi(spec)  # the real guest is still in its BIOS: it cannot honour ACPI yet
+    before_id = await env.domain_id(spec)
+    mark = await env.console_mark(spec)
+    await env.driver.reboot(spec.uuid, hard=False, timeout=1)
+    assert await env.driver.get_power_state(spec.uuid) == PowerState.RUNNING
+    assert await env.domain_id(spec) not in (before_id, -1)
+    await env.booted(spec, after=mark)
+    assert not env.powered_off_cleanly(await env.since(spec, mark))
+
+
 async def test_hard_reboot_from_running_paused_and_stopped(env: Env) -> None:
     spec = await env.spawned()
+    await env.booted(spec)
+    ids = {await env.domain_id(spec)}
+    mark = await env.console_mark(spec)
     started = time.monotonic()
     await env.driver.reboot(spec, hard=True, timeout=1)
     timed("hard_reboot_s", time.monotonic() - started)
     assert await env.driver.get_power_state(spec.uuid) == PowerState.RUNNING
+    ids.add(await env.domain_id(spec))
+    await env.booted(spec, after=mark)  # booted again: the console from before is kept, then a boot
+    assert not env.powered_off_cleanly(await env.since(spec, mark))  # no ACPI: the plug was pulled
     await env.driver.pause(spec.uuid)
     await env.driver.reboot(spec.uuid, hard=True, timeout=1)
     assert await env.driver.get_power_state(spec.uuid) == PowerState.RUNNING
+    ids.add(await env.domain_id(spec))
     await env.driver.power_off(spec.uuid, 0)
+    mark = await env.console_mark(spec)
     await env.driver.reboot(spec, hard=True, timeout=1)
     assert await env.driver.get_power_state(spec.uuid) == PowerState.RUNNING
-    await env.booted(spec)
+    ids.add(await env.domain_id(spec))
+    assert len(ids) == 4 and -1 not in ids  # every reboot started a new QEMU process
+    await env.booted(spec, after=mark)
 
 
 async def test_pause_unpause_with_events(env: Env) -> None:
@@ -373,6 +425,7 @@ async def test_suspend_resume(env: Env) -> None:
     await env.driver.suspend(spec.uuid)  # idempotent
     with pytest.raises(InvalidState):
         await env.driver.power_on(spec)
+    mark = await env.console_mark(spec)
     started = time.monotonic()
     await env.driver.resume(spec.uuid)
     timed("resume_s", time.monotonic() - started)
@@ -380,8 +433,8 @@ async def test_suspend_resume(env: Env) -> None:
     assert await env.driver.get_power_state(spec.uuid) == PowerState.RUNNING
     if env.real:
         # Restored, not rebooted: heartbeats continue and no boot marker appears.
-        await env.console_line(spec, r"HVD-GUEST heartbeat", timeout=15)
-        assert "HVD-GUEST boot" not in await env.driver.console_log(spec.uuid)
+        await env.console_line(spec, r"HVD-GUEST heartbeat", timeout=15, after=mark)
+    assert "boot" not in await env.since(spec, mark)
     await env.driver.power_off(spec.uuid, 0)  # discards the saved state
     with pytest.raises(InvalidState):
         await env.driver.resume(spec.uuid)
@@ -393,17 +446,19 @@ async def test_suspend_resume(env: Env) -> None:
 async def test_rescue_sees_two_disks_and_unrescue_restores(env: Env) -> None:
     spec = await env.spawned()
     await env.booted(spec)
+    mark = await env.console_mark(spec)
     started = time.monotonic()
     await env.driver.rescue(spec)
     timed("rescue_s", time.monotonic() - started)
     assert await env.driver.get_power_state(spec.uuid) == PowerState.RUNNING
     assert spec.path(DISK_RESCUE).exists()
-    assert await env.disks(spec) == ["vda", "vdb"]
+    assert await env.disks(spec, after=mark) == ["vda", "vdb"]
     await env.driver.rescue(spec)  # idempotent
+    mark = await env.console_mark(spec)
     await env.driver.unrescue(spec)
     assert not spec.path(DISK_RESCUE).exists()
     assert await env.driver.get_power_state(spec.uuid) == PowerState.RUNNING
-    assert await env.disks(spec) == ["vda"]
+    assert await env.disks(spec, after=mark) == ["vda"]
     await env.driver.unrescue(spec)  # idempotent
 
 

@@ -44,14 +44,33 @@ async def test_lifecycle_transitions_and_invalid_ones(admin_api: Api, env: dict[
         status, body = await action(admin_api, sid, name)
         assert status == 202, (name, body)
         assert body["status"] == want, (name, body)
-    status, body = await action(admin_api, sid, "reboot", {"type": "hard"})
-    assert status == 202 and body["status"] == "ACTIVE"
+    await assert_reboots(admin_api, sid)
     await action(admin_api, sid, "stop")
     status, body = await action(admin_api, sid, "pause")
     assert status == 409
     assert body["error"]["message"] == f"Cannot 'pause' instance {sid} while it is in vm_state stopped"
     _, after = await admin_api.call("GET", f"/v1/servers/{sid}")
     assert after["status"] == "SHUTOFF" and after["task_state"] is None
+
+
+async def console(api: Api, sid: str) -> str:
+    status, body = await api.call("GET", f"/v1/servers/{sid}/console-log")
+    assert status == 200, body
+    return str(body["output"])
+
+
+async def assert_reboots(api: Api, sid: str) -> None:
+    """Soft and hard reboot each boot the guest again (its console shows a new boot after the
+    old one); soft reboot lets the guest shut itself down first, hard pulls the plug."""
+    for kind in ("soft", "hard"):
+        before = await console(api, sid)
+        boots = before.count("FAKE boot")
+        status, body = await action(api, sid, "reboot", {"type": kind})
+        assert status == 202 and body["status"] == "ACTIVE", (kind, body)
+        after = await console(api, sid)
+        assert after.startswith(before), kind  # the console keeps what the guest said before
+        assert f"FAKE boot {boots + 1}" in after[len(before):], (kind, after)
+        assert ("FAKE poweroff" in after[len(before):]) == (kind == "soft"), (kind, after)
 
 
 async def test_bad_requests_change_nothing(admin_api: Api, env: dict[str, Any]) -> None:
@@ -162,6 +181,37 @@ async def test_events_stream_actions_of_the_callers_project(admin_api: Api, env:
     assert [e["type"] for e in mine if e["type"].startswith("instance.action")] == [
         "instance.action.start", "instance.action.finish"]
     assert mine[-1]["action"] == "create" and mine[-1]["result"] == "success"
+
+
+async def test_an_event_client_leaving_is_not_an_error(admin_api: Api, env: dict[str, Any],
+                                                       caplog: pytest.LogCaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that leaves its event stream is normal: the server ends the stream quietly (a debug
+    line, no traceback, no 'unexpected error'). The departure is simulated the way aiohttp reports
+    it when the event arrives while the socket is closing: the write raises ConnectionResetError."""
+    import asyncio
+    import logging
+
+    import aiohttp
+    from aiohttp import web
+
+    real_write = web.StreamResponse.write
+
+    async def write_to_closing(self: web.StreamResponse, data: bytes) -> None:
+        if self.content_type == "text/event-stream" and data.startswith(b"event:"):
+            raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+        await real_write(self, data)
+
+    caplog.set_level(logging.DEBUG, logger="hvd.api")
+    async with admin_api.session.get(admin_api.url + "/v1/events",
+                                     headers={"Authorization": f"Bearer {admin_api.token}"}) as resp:
+        assert resp.status == 200
+        monkeypatch.setattr(web.StreamResponse, "write", write_to_closing)
+        await admin_api.call("POST", "/v1/servers", {"name": "gone", "flavor": "m1.tiny", "image": "base"})
+        await asyncio.wait_for(resp.content.read(), 10)  # the server ended the stream
+    assert any("left the event stream" in r.getMessage() for r in caplog.records)
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert errors == [], [r.getMessage() for r in errors]
 
 
 async def test_lock_stops_members_names_the_lock_and_admin_lock_needs_admin_to_unlock(

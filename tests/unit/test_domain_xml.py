@@ -128,13 +128,19 @@ def test_interfaces() -> None:
     assert ET.fromstring(interface_xml(nics[0])).find("target").get("dev") == "tapa"  # type: ignore[union-attr]
 
 
-def test_serial_console_to_file() -> None:
+def test_serial_console_to_file_appended_across_restarts() -> None:
+    """append='on': QEMU's restarts (hard reboot, stop/start, crash) keep the console history;
+    virtlogd, which libvirt hands file consoles to, caps it by rotation."""
     spec = make_spec()
     root = parse(spec)
     serial = root.find("devices/serial")
     assert serial is not None and serial.get("type") == "file"
-    assert serial.find("source").get("path") == f"{spec.instance_dir}/console.log"  # type: ignore[union-attr]
-    assert root.find("devices/console").get("type") == "file"  # type: ignore[union-attr]
+    source = serial.find("source")
+    assert source is not None and source.get("path") == f"{spec.instance_dir}/console.log"
+    assert source.get("append") == "on"
+    console = root.find("devices/console")
+    assert console is not None and console.get("type") == "file"
+    assert console.find("source").get("append") == "on"  # type: ignore[union-attr]
 
 
 def test_smbios_says_openstack_for_cloud_init() -> None:

@@ -41,6 +41,7 @@ from hvd.drivers.base import (
     InstanceSpec,
     Nic,
 )
+from hvd.drivers.console import read_console_tail
 from hvd.drivers.libvirt import guest
 from hvd.drivers.libvirt.host import LibvirtHost, translate
 from hvd.drivers.libvirt.xml import VirtType, domain_xml, interface_xml
@@ -354,16 +355,7 @@ class LibvirtDriver(ComputeDriver):
 
     async def console_log(self, uuid: str, lines: int | None = None) -> str:
         await self._call(f"look up {uuid}", guest.lookup, uuid, retry=True)  # NotFound when absent
-        path = self._dir(uuid) / CONSOLE_LOG
-
-        def read() -> str:
-            try:
-                text = path.read_text(errors="replace")
-            except FileNotFoundError:
-                return ""
-            return text if lines is None else "".join(text.splitlines(keepends=True)[-lines:])
-
-        return await asyncio.to_thread(read)
+        return await asyncio.to_thread(read_console_tail, self._dir(uuid) / CONSOLE_LOG, lines)
 
     async def attach_interface(self, uuid: str, nic: Nic) -> None:
         xml = interface_xml(nic)

@@ -152,11 +152,13 @@ def domain_xml(spec: InstanceSpec, virt_type: VirtType, disk_cache: str = "none"
     for nic in spec.nics:
         devices.append(interface_element(nic))
     console_log = str(spec.path(CONSOLE_LOG))
+    # append: the log outlives QEMU restarts (hard reboot, stop/start, crash); libvirt hands the
+    # file to virtlogd (qemu.conf stdio_handler "logd"), which caps it by rotation (max_size).
     serial = _sub(devices, "serial", type="file")
-    _sub(serial, "source", path=console_log)
+    _sub(serial, "source", path=console_log, append="on")
     _sub(serial, "target", port="0")
     console = _sub(devices, "console", type="file")
-    _sub(console, "source", path=console_log)
+    _sub(console, "source", path=console_log, append="on")
     _sub(console, "target", type="serial", port="0")
     _sub(devices, "memballoon", model="virtio")
 
