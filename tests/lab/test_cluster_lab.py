@@ -1,0 +1,192 @@
+"""The multi-host lab itself (tests/lab/cluster.py): three hosts, each with its own hvd daemon and
+libvirtd, one Raft cluster; a real guest live-migrates between two hosts' libvirtds with storage
+copy; VXLAN across the underlay; an API create lands on the host that received it; teardown (also
+of a killed run) leaves nothing behind."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.guest.helpers import domain_xml, guest_image_path, wait_for_console
+from tests.lab.cluster import (
+    REPO,
+    LabCluster,
+    cgroup_pids,
+    cgroup_root,
+    clean_stale_labs,
+    lab_available,
+    lab_name,
+    labs_lock,
+    leftovers,
+    pid_alive,
+    spare_cidr,
+    wait_gone,
+)
+
+GUEST = "lab-mig"
+CONSOLE_DIR = "/var/lib/libvirt/hvd-lab-console"  # the same path on both hosts, each its own
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[LabCluster]:
+    if reason := lab_available():
+        pytest.skip(reason)
+    with LabCluster(hosts=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def booting_guest(lab: LabCluster) -> str:
+    """A guest defined and started with virsh on h1; started as early as possible (it boots while
+    the other tests run). Returns its console log path inside the hosts."""
+    image = guest_image_path("main")
+    disk = f"/var/lib/libvirt/images/{GUEST}.qcow2"
+    console = f"{CONSOLE_DIR}/{GUEST}.log"
+    for host in ("h1", "h2"):
+        lab.host(host).path(CONSOLE_DIR).mkdir(mode=0o755)
+    shutil.copyfile(image, lab.host("h1").path(disk))
+    xml_path = lab.dir / f"{GUEST}.xml"
+    xml_path.write_text(domain_xml(GUEST, disk, memory_mib=128, console_log=console))
+    lab.virsh("h1", "define", str(xml_path))
+    lab.virsh("h1", "start", GUEST)
+    return console
+
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.slow, pytest.mark.netns,
+              pytest.mark.usefixtures("booting_guest"), pytest.mark.timeout(240)]
+
+
+def test_every_daemon_answers_and_the_cluster_has_three_members_and_one_leader(lab: LabCluster) -> None:
+    leaders = set()
+    for name in lab.hosts:
+        health = lab.health(name)
+        assert health is not None and health["host"] == name, health
+        leaders.add(health["leader"])
+        r = lab.call(name, "GET", "/v1/cluster")
+        assert r.status_code == 200, r.text
+        members = r.json()["members"]
+        assert sorted(m["id"] for m in members) == ["h1", "h2", "h3"]
+        assert [m["id"] for m in members if m["leader"]] == [health["leader"]]
+        assert {m["address"] for m in members} == {h.url for h in lab.hosts.values()}
+    assert len(leaders) == 1
+
+
+def test_each_host_runs_its_own_libvirtd(lab: LabCluster) -> None:
+    uuids = {}
+    for name, host in lab.hosts.items():
+        caps = ET.fromstring(lab.virsh(name, "capabilities").stdout)
+        uuids[name] = caps.findtext("host/uuid")
+        assert uuids[name] == host.host_uuid
+        assert lab.virsh(name, "hostname").stdout.strip() == name
+        assert lab.exec(name, ["hostname"]).stdout.strip() == name
+        # its TCP listener (p2p migration) is on the host's own address only
+        assert lab.exec(name, ["virsh", "-c", host.migration_uri, "uri"], check=True).stdout.strip() \
+            == host.migration_uri
+    assert len(set(uuids.values())) == 3
+
+
+def test_vxlan_between_two_hosts_carries_a_ping(lab: LabCluster) -> None:
+    """A bridge and VXLAN 42 on h1 and h2 (head-end replication over the underlay), a namespace
+    standing for a VM on each bridge: they ping each other with 1400-byte payloads."""
+    net = spare_cidr(lab.index).rsplit(".", 1)[0]
+    ends = {"h1": "h2", "h2": "h1"}
+    for k, (name, peer) in enumerate(ends.items(), start=1):
+        host, other = lab.host(name), lab.host(peer)
+        for argv in (
+            ["ip", "link", "add", "labbr", "type", "bridge"],
+            ["ip", "link", "add", "labvx42", "type", "vxlan", "id", "42", "local", host.ip, "dev", "ul0",
+             "dstport", "4789"],
+            ["ip", "link", "set", "labvx42", "master", "labbr", "up"],
+            ["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "labvx42", "dst", other.ip],
+            ["ip", "link", "set", "labbr", "up"],
+        ):
+            lab.exec(name, argv, check=True)
+        vm = f"{lab.prefix}vm{k}"
+        subprocess.run(["ip", "netns", "add", vm], check=True)
+        subprocess.run(["ip", "-n", host.netns, "link", "add", "labtap", "type", "veth", "peer", "name", "eth0",
+                        "netns", vm], check=True)
+        lab.exec(name, ["ip", "link", "set", "labtap", "master", "labbr", "up"], check=True)
+        for argv in (["addr", "add", f"{net}.{k}/24", "dev", "eth0"], ["link", "set", "eth0", "up"],
+                     ["link", "set", "lo", "up"]):
+            subprocess.run(["ip", "-n", vm, *argv], check=True)
+    ping = ["ip", "netns", "exec", f"{lab.prefix}vm1", "busybox", "ping", "-c", "3", "-W", "2", "-s", "1400",
+            f"{net}.2"]
+    result = subprocess.run(ping, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " 0% packet loss" in result.stdout, result.stdout
+
+
+def test_an_api_create_reaches_active_on_the_host_that_received_it(lab: LabCluster) -> None:
+    host = "h3"
+    r = lab.call(host, "POST", "/v1/images", {"name": "guest", "disk_format": "qcow2", "visibility": "public"})
+    assert r.status_code == 201, r.text
+    image_id = r.json()["id"]
+    r = lab.call(host, "PUT", f"/v1/images/{image_id}/file", data=guest_image_path("main").read_bytes(),
+                 headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 204, r.text
+    r = lab.call(host, "POST", "/v1/flavors", {"name": "lab.tiny", "vcpus": 1, "ram_mb": 128, "disk_gb": 1})
+    assert r.status_code == 201, r.text
+    # forced to the receiving host: true of today's local placement and of leader placement
+    r = lab.call(host, "POST", "/v1/servers?wait=true", {"name": "on-h3", "flavor": "lab.tiny", "image": image_id,
+                                                          "availability_zone": f"nova:{host}"}, timeout=180)
+    assert r.status_code == 202, r.text
+    server = r.json()
+    assert server["status"] == "ACTIVE" and server["host"] == host, server
+    assert lab.virsh(host, "domstate", server["id"]).stdout.strip() == "running"
+    for other in ("h1", "h2"):
+        assert lab.virsh(other, "domstate", server["id"], check=False).returncode != 0
+    disk = lab.host(host).path(f"/var/lib/libvirt/hvd-instances/{server['id']}/disk")
+    assert disk.is_file()
+
+
+def test_a_guest_live_migrates_p2p_with_storage_copy(lab: LabCluster, booting_guest: str) -> None:
+    h1, h2 = lab.host("h1"), lab.host("h2")
+    wait_for_console(h1.path(booting_guest), r"HVD-GUEST ready", timeout=120)
+    before = int(wait_for_console(h1.path(booting_guest), r"HVD-GUEST heartbeat \d+", timeout=30).split()[-1])
+    lab.virsh("h1", "migrate", "--live", "--p2p", "--copy-storage-all", "--persistent", "--undefinesource",
+              GUEST, h2.migration_uri, timeout=180)
+    assert lab.virsh("h2", "domstate", GUEST).stdout.strip() == "running"
+    assert GUEST not in lab.virsh("h1", "list", "--all", "--name").stdout.split()
+    assert h2.path(f"/var/lib/libvirt/images/{GUEST}.qcow2").is_file()  # the disk was copied
+    # the same boot goes on at the destination: heartbeats continue, no new boot
+    line = wait_for_console(h2.path(booting_guest), r"HVD-GUEST heartbeat \d+", timeout=60)
+    assert int(line.split()[-1]) > before
+    assert "HVD-GUEST boot" not in h2.path(booting_guest).read_text(errors="replace")
+
+
+def test_a_killed_run_is_cleaned_by_the_next_start() -> None:
+    """A `make lab` owner killed with SIGKILL leaves its hosts running; the next lab start (here
+    its stale-lab cleanup) removes all of it."""
+    serve = subprocess.Popen([sys.executable, "-m", "tests.lab.cluster", "serve", "--hosts", "1"], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert serve.stdout is not None
+    line = serve.stdout.readline().strip()
+    if not line.startswith("READY"):
+        serve.kill()
+        pytest.fail(f"lab did not start: {line} {serve.stderr.read() if serve.stderr else ''}")
+    index = int(line.split()[1])
+    pids = cgroup_pids(cgroup_root() / f"{lab_name(index)}-h1")
+    assert len([p for p in pids if pid_alive(p)]) >= 4  # holder, virtlogd, libvirtd, hvd
+    serve.kill()
+    serve.wait(10)
+    assert leftovers(index), "the killed owner must leave its lab behind for this test to mean anything"
+    with labs_lock():
+        assert index in clean_stale_labs()
+    assert wait_gone(pids) == []
+    assert leftovers(index) == []
+
+
+def test_teardown_leaves_nothing_behind(lab: LabCluster) -> None:
+    pids = [p for host_pids in lab.pids().values() for p in host_pids]
+    assert any(re.search(rb"qemu-system", Path(f"/proc/{p}/cmdline").read_bytes()) for p in pids)
+    lab.stop()
+    assert wait_gone(pids) == []
+    assert leftovers(lab.index) == []
