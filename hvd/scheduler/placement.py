@@ -3,6 +3,7 @@ retries (scheduler_max_attempts)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -37,10 +38,13 @@ def group_hosts(conn: sqlite3.Connection, group_id: str, instance_id: str) -> tu
     row = conn.execute("SELECT policy FROM server_groups WHERE id=?", (group_id,)).fetchone()
     if row is None:
         return "", frozenset()
+    # claims too: a member claimed on a host is there before its build records the host
     hosts = conn.execute(
-        "SELECT DISTINCT i.host FROM server_group_members m JOIN instances i ON i.id=m.instance_id"
-        " WHERE m.group_id=? AND i.id != ? AND i.host IS NOT NULL AND i.deleted_at IS NULL",
-        (group_id, instance_id),
+        "SELECT i.host FROM server_group_members m JOIN instances i ON i.id=m.instance_id"
+        " WHERE m.group_id=? AND i.id != ? AND i.host IS NOT NULL AND i.deleted_at IS NULL"
+        " UNION SELECT c.host FROM server_group_members m JOIN claims c ON c.instance_id=m.instance_id"
+        " WHERE m.group_id=? AND c.instance_id != ?",
+        (group_id, instance_id, group_id, instance_id),
     ).fetchall()
     return str(row[0]), frozenset(h[0] for h in hosts)
 
@@ -52,6 +56,7 @@ class Placement:
         self.config = config
         self.catalog = catalog
         self.is_up = is_up
+        self._deciding = asyncio.Lock()
         s = config.scheduler
         self.weights = Weights(s.ram_weight_multiplier, s.disk_weight_multiplier, s.vcpu_weight_multiplier,
                                s.instance_count_weight_multiplier)
@@ -94,6 +99,20 @@ class Placement:
         )
         return replace(spec, **overrides)
 
+    async def refresh_group(self, req: RequestSpec) -> RequestSpec:
+        """``req`` with its server group's hosts as the catalog has them now (placements before
+        this one may have added hosts)."""
+        if not req.group_policy:
+            return req
+        group = await self.catalog.read(
+            lambda c: c.execute("SELECT group_id FROM server_group_members WHERE instance_id=?",
+                                (req.instance_id,)).fetchone()
+        )
+        if group is None:
+            return req
+        _, hosts = await self.catalog.read(group_hosts, group[0], req.instance_id)
+        return replace(req, group_hosts=hosts)
+
     async def place(self, req: RequestSpec, build: Build, kind: str = "instance") -> str:
         """Claim `req` on the best host and run `build(host)`; on failure release the claim and
         try the next host, up to max_attempts. Returns the host that built it.
@@ -104,25 +123,30 @@ class Placement:
         tried: set[str] = set(req.tried_hosts)
         failures: list[str] = []
         for _ in range(self.config.scheduler.max_attempts):
-            hosts = await self.host_states()
-            selection = select(hosts, replace(req, tried_hosts=frozenset(tried)), self.config.scheduler.filters,
-                               self.weights)
-            if not selection.ranked:
-                raise NoValidHost(
-                    "No valid host was found. " + "; ".join([*failures, selection.explain()]),
-                    rejected=selection.rejected,
-                )
-            host = selection.ranked[0][0].name
-            try:
-                await self.catalog.propose(
-                    ClaimResources(instance_id=req.instance_id, kind=kind,
-                                   host=host, vcpus=req.vcpus, memory_mb=req.memory_mb, disk_gb=req.disk_gb,
-                                   created_at=now_iso())
-                )
-            except CapacityExceeded as exc:
-                tried.add(host)
-                failures.append(f"{host}: {exc.message}")
-                continue
+            # select + claim one placement at a time: parallel creates each see the claims before them
+            # (so they spread under the weighers, and group policies hold); builds run in parallel
+            async with self._deciding:
+                req = await self.refresh_group(req)
+                hosts = await self.host_states()
+                selection = select(hosts, replace(req, tried_hosts=frozenset(tried)), self.config.scheduler.filters,
+                                   self.weights)
+                if not selection.ranked:
+                    raise NoValidHost(
+                        "No valid host was found. " + "; ".join([*failures, selection.explain()]),
+                        rejected=selection.rejected,
+                    )
+                host = selection.ranked[0][0].name
+                try:
+                    await self.catalog.propose(
+                        ClaimResources(instance_id=req.instance_id, kind=kind,
+                                       host=host, vcpus=req.vcpus, memory_mb=req.memory_mb, disk_gb=req.disk_gb,
+                                       created_at=now_iso())
+                    )
+                except CapacityExceeded as exc:
+                    tried.add(host)
+                    failures.append(f"{host}: {exc.message}")
+                    continue
+
             try:
                 await build(host)
             except (InvalidState, NotFound):

@@ -1,0 +1,155 @@
+"""Three `hvd daemon` processes (fake compute driver) behaving as one cloud.
+
+A create sent to any host is placed by the leader and built by the chosen host; operations sent
+to any host are carried out by the owning host (the fake driver of a host that does not own the
+instance has no domain for it, so a misrouted stop would fail); an image uploaded to one host
+boots on another (its data streams between hosts) and is copied to a second host; deleting it
+removes every copy. Real libvirt across hosts is proven by tests/lab/test_cluster_compute.py.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.functional.test_cluster import IDS, Cluster
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp("cloud"))
+    try:
+        for node in IDS:
+            c.start(node)
+        c.wait_ready(IDS)
+        yield c
+    finally:
+        for node in list(c.procs):
+            c.stop(node, signal.SIGKILL)
+
+
+def wait_for(predicate: Any, what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def upload(cloud: Cluster, node: str, name: str, tmp: Path) -> dict[str, Any]:
+    disk = tmp / f"{name}.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    r = cloud.call(node, "POST", "/v1/images", {"name": name, "disk_format": "qcow2"})
+    assert r.status_code == 201, r.text
+    image = r.json()
+    r = requests.put(cloud.url(node) + f"/v1/images/{image['id']}/file", data=disk.read_bytes(), timeout=30,
+                     headers={"Authorization": f"Bearer {cloud.tokens[node]}",
+                              "Content-Type": "application/octet-stream"})
+    assert r.status_code == 204, r.text
+    return image
+
+
+def create(cloud: Cluster, via: str, name: str, image: str, host: str | None = None, **extra: Any) -> dict[str, Any]:
+    body = {"name": name, "flavor": "c.tiny", "image": image, "networks": "none", **extra}
+    if host is not None:
+        body["availability_zone"] = f"nova:{host}"
+    r = cloud.call(via, "POST", "/v1/servers?wait=true", body)
+    assert r.status_code == 202, r.text
+    return dict(r.json())
+
+
+def held_by(cloud: Cluster, image_id: str) -> set[str]:
+    return {n for n in IDS if (cloud.base / n / "data" / "images" / image_id).exists()}
+
+
+@pytest.fixture(scope="module")
+def image(cloud: Cluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    r = cloud.call("node1", "POST", "/v1/flavors", {"name": "c.tiny", "vcpus": 1, "ram_mb": 64, "disk_gb": 1})
+    assert r.status_code == 201, r.text
+    return upload(cloud, "node1", "cimg", tmp_path_factory.mktemp("img"))
+
+
+def test_a_create_through_any_host_is_built_on_the_host_placement_chose(cloud: Cluster,
+                                                                       image: dict[str, Any]) -> None:
+    leader = cloud.wait_ready(IDS)
+    followers = [n for n in IDS if n != leader]
+    servers = {}
+    for target in IDS:  # forced hosts (admin): through a follower, onto each host in turn
+        server = create(cloud, followers[0], f"on-{target}", image["id"], host=target)
+        assert server["status"] == "ACTIVE" and server["host"] == target, server
+        servers[target] = server
+    actions = cloud.call(followers[1], "GET", f"/v1/servers/{servers[followers[1]]['id']}/actions").json()
+    assert [(a["action"], a["result"]) for a in actions["actions"]] == [("create", "success")]
+    for s in servers.values():
+        assert cloud.call("node1", "DELETE", f"/v1/servers/{s['id']}?wait=true").status_code == 204
+
+
+def test_parallel_creates_spread_over_the_hosts(cloud: Cluster, image: dict[str, Any]) -> None:
+    r = cloud.call("node2", "POST", "/v1/servers?wait=true",
+                   {"name": "spread", "flavor": "c.tiny", "image": image["id"], "networks": "none", "min_count": 6})
+    assert r.status_code == 202, r.text
+    servers = r.json()["servers"]
+    assert {s["status"] for s in servers} == {"ACTIVE"}, servers
+    hosts = sorted(s["host"] for s in servers)
+    assert hosts == sorted(IDS * 2), hosts  # the RAM weigher spreads equal hosts evenly
+    for s in servers:
+        assert cloud.call("node3", "DELETE", f"/v1/servers/{s['id']}?wait=true").status_code == 204
+
+
+def test_an_anti_affinity_group_lands_on_distinct_hosts_and_a_fourth_member_has_no_host(
+        cloud: Cluster, image: dict[str, Any]) -> None:
+    r = cloud.call("node3", "POST", "/v1/server-groups", {"name": "anti", "policy": "anti-affinity"})
+    assert r.status_code == 201, r.text
+    r = cloud.call("node1", "POST", "/v1/servers?wait=true",
+                   {"name": "anti", "flavor": "c.tiny", "image": image["id"], "networks": "none",
+                    "min_count": 3, "server_group": "anti"})
+    assert r.status_code == 202, r.text
+    servers = r.json()["servers"]
+    assert sorted(s["host"] for s in servers) == sorted(IDS), servers
+    fourth = create(cloud, "node2", "anti-4", image["id"], server_group="anti")
+    assert fourth["status"] == "ERROR", fourth
+    assert "No valid host" in fourth["fault"]["message"] and "anti-affinity" in fourth["fault"]["message"].lower()
+    for s in [*servers, fourth]:
+        assert cloud.call("node2", "DELETE", f"/v1/servers/{s['id']}?wait=true").status_code == 204
+
+
+def test_operations_through_any_host_run_on_the_owner(cloud: Cluster, image: dict[str, Any]) -> None:
+    server = create(cloud, "node1", "routed", image["id"], host="node2")
+    sid = server["id"]
+    r = cloud.call("node3", "POST", f"/v1/servers/{sid}/stop?wait=true")
+    assert r.status_code == 202 and r.json()["status"] == "SHUTOFF", r.text
+    r = cloud.call("node1", "POST", f"/v1/servers/{sid}/start?wait=true")
+    assert r.status_code == 202 and r.json()["status"] == "ACTIVE", r.text
+    r = cloud.call("node3", "POST", f"/v1/servers/{sid}/reboot?wait=true", {"type": "hard"})
+    assert r.status_code == 202 and r.json()["status"] == "ACTIVE", r.text
+    r = cloud.call("node1", "GET", f"/v1/servers/{sid}/console-log")
+    assert r.status_code == 200, r.text
+    actions = cloud.call("node3", "GET", f"/v1/servers/{sid}/actions").json()["actions"]
+    assert [(a["action"], a["result"]) for a in actions] == [
+        ("create", "success"), ("stop", "success"), ("start", "success"), ("reboot-hard", "success")], actions
+    r = cloud.call("node3", "DELETE", f"/v1/servers/{sid}?wait=true")
+    assert r.status_code == 204, r.text
+    assert cloud.call("node2", "GET", f"/v1/servers/{sid}").status_code == 404
+
+
+def test_an_image_uploaded_to_one_host_boots_on_another_and_is_kept_on_two_hosts(
+        cloud: Cluster, tmp_path: Path) -> None:
+    img = upload(cloud, "node1", "spread-img", tmp_path)
+    copies = wait_for(lambda: held_by(cloud, img["id"]) if len(held_by(cloud, img["id"])) == 2 else None,
+                      "a second copy of the image")
+    assert "node1" in copies
+    elsewhere = next(n for n in IDS if n not in copies)  # boots where no copy is: streamed from a holder
+    server = create(cloud, "node2", "far", img["id"], host=elsewhere)
+    assert server["status"] == "ACTIVE" and server["host"] == elsewhere, server
+    assert cloud.call("node1", "DELETE", f"/v1/servers/{server['id']}?wait=true").status_code == 204
+    assert cloud.call("node3", "DELETE", f"/v1/images/{img['id']}").status_code == 204
+    wait_for(lambda: not held_by(cloud, img["id"]), "every copy of the deleted image to go")
