@@ -357,3 +357,110 @@ async def test_openapi_lists_network_routes(env: dict[str, Any]) -> None:
                  "/v1/routers/{id}/gateway", "/v1/floating-ips/{id}/associate", "/v1/security-group-rules",
                  "/v1/servers/{id}/interfaces/{port}"):
         assert path in doc["paths"], path
+
+
+async def test_subnet_options_are_checked_on_create_and_update(env: dict[str, Any]) -> None:
+    a: Api = env["a"]
+    net = await ok(a, "POST", "/v1/networks", {"name": "opts"}, 201)
+    await err(a, "POST", "/v1/subnets", {"network": "opts", "cidr": "10.30.0.0/24", "dns_nameservers": ["2001:db8::1"]},
+              400, "DNS server 2001:db8::1 is IPv6; subnet 10.30.0.0/24 is IPv4")
+    await err(a, "POST", "/v1/subnets", {"network": "opts", "cidr": "10.30.0.0/24", "host_routes": [
+        {"destination": "2001:db8::/64", "nexthop": "10.30.0.1"}]}, 400, "not IPv4")
+    await err(a, "POST", "/v1/subnets", {"network": "opts", "cidr": "10.30.0.0/24",
+                                         "dns_nameservers": [f"10.30.0.{i}" for i in range(6)]}, 400)
+    sub = await ok(a, "POST", "/v1/subnets", {"network": net["id"], "cidr": "10.30.0.0/24",
+                                              "dns_nameservers": ["10.30.0.53"]}, 201)
+    path = f"/v1/subnets/{sub['id']}"
+    await err(a, "PATCH", path, {"dns_nameservers": ["2001:db8::1"]}, 400, "IPv6")
+    await err(a, "PATCH", path, {"dns_nameservers": ["10.30.0.9", "10.30.0.9"]}, 400, "twice")
+    await err(a, "PATCH", path, {"dns_nameservers": ["10.30.0.9%eth0"]}, 400, "scope id")
+    await err(a, "PATCH", path, {"host_routes": [{"destination": "2001:db8::/64", "nexthop": "10.30.0.1"}]}, 400,
+              "not IPv4")
+    await err(a, "PATCH", path, {"host_routes": [{"destination": "10.9.0.0/16", "nexthop": "2001:db8::1"}]}, 400,
+              "not IPv4")
+    shown = await ok(a, "GET", path)
+    assert (shown["dns_nameservers"], shown["host_routes"]) == (["10.30.0.53"], [])
+    six = await ok(a, "POST", "/v1/subnets", {"network": net["id"], "cidr": "2001:DB8:30::/64",
+                                              "dns_nameservers": ["2001:DB8:30:0::53"]}, 201)
+    assert (six["cidr"], six["dns_nameservers"]) == ("2001:db8:30::/64", ["2001:db8:30::53"])  # canonical
+    # the host still converges every network: the DHCP of this one runs
+    assert env["net"].failed == {}
+    assert env["net"].adapter.host.dhcp[net["id"]].pid is not None
+
+
+async def test_scoped_addresses_are_refused_and_compared_canonically(env: dict[str, Any]) -> None:
+    a: Api = env["a"]
+    net = await ok(a, "POST", "/v1/networks", {"name": "six"}, 201)
+    await err(a, "POST", "/v1/subnets", {"network": "six", "cidr": "2001:db8:40::%eth0/64"}, 400, "scope id")
+    await err(a, "POST", "/v1/subnets", {"network": "six", "cidr": "2001:db8:40::/64",
+                                         "gateway_ip": "2001:db8:40::1%x"}, 400, "scope id")
+    sub = await ok(a, "POST", "/v1/subnets", {"network": net["id"], "cidr": "2001:db8:40::/64"}, 201)
+    port = await ok(a, "POST", "/v1/ports", {"network": "six", "fixed_ips": [{"ip_address": "2001:DB8:40:0::5"}]},
+                    201)
+    assert ips(port) == ["2001:db8:40::5"]
+    for hostile in ("2001:db8:40::5%anything", "2001:db8:40::5%a\n}", "2001:db8:40::1%{x}"):
+        await err(a, "POST", "/v1/ports", {"network": "six", "fixed_ips": [{"ip_address": hostile}]}, 400, "scope id")
+    await err(a, "POST", "/v1/ports", {"network": "six", "fixed_ips": [{"ip_address": "2001:db8:40::0:5"}]}, 409,
+              "already allocated")
+    await err(a, "POST", "/v1/ports", {"network": "six", "fixed_ips": [{"ip_address": "2001:db8:40:0:0::1"}]}, 409,
+              "gateway")
+    group = (await ok(a, "GET", "/v1/security-groups"))["security_groups"][0]
+    rule = await ok(a, "POST", "/v1/security-group-rules", {"security_group": group["id"], "direction": "ingress",
+                                                             "remote_ip_prefix": "10.0.0.5/24"}, 201)
+    assert rule["remote_ip_prefix"] == "10.0.0.0/24"
+    await err(a, "POST", "/v1/security-group-rules", {"security_group": group["id"], "direction": "ingress",
+                                                      "ethertype": "IPv6", "remote_ip_prefix": "fe80::%1/64"}, 400,
+              "scope id")
+    await err(a, "POST", "/v1/floating-ips", {"floating_network": "x", "floating_ip_address": "1.2.3.4%x"}, 400,
+              "scope id")
+    assert sub["allocation_pools"][0]["start"] == "2001:db8:40::2"
+    # nothing scoped reached the host: its hosts file and ruleset carry the canonical address only
+    hosts = env["net"].adapter.host.dhcp[net["id"]].hosts
+    assert "2001:db8:40::5" in hosts and "%" not in hosts
+
+
+async def test_spoofing_on_a_shared_network_is_for_its_owner_or_admin(env: dict[str, Any]) -> None:
+    a, b, admin = env["a"], env["b"], env["admin"]
+    shared = await ok(admin, "POST", "/v1/networks", {"name": "commons", "shared": True}, 201)
+    sub = await ok(admin, "POST", "/v1/subnets", {"network": shared["id"], "cidr": "10.50.0.0/24",
+                                                  "allocation_pools": [{"start": "10.50.0.10",
+                                                                        "end": "10.50.0.99"}]}, 201)
+    for body, what in (({"port_security_enabled": False}, "disable port security"),
+                       ({"mac_address": "fa:16:3e:00:50:01"}, "choose the MAC address"),
+                       ({"fixed_ips": [{"ip_address": "10.50.0.20"}]}, "choose the fixed IP address")):
+        await err(b, "POST", "/v1/ports", {"network": "commons", **body}, 403, what)
+    # the subnet alone is fine (Neutron's rule too): the address comes from the pool
+    port = await ok(b, "POST", "/v1/ports", {"network": "commons", "fixed_ips": [{"subnet_id": sub["id"]}]}, 201)
+    assert ips(port) == ["10.50.0.11"]
+    await err(b, "PATCH", f"/v1/ports/{port['id']}", {"port_security_enabled": False}, 403, "port security")
+    await upload_image(admin, make_qcow2(env["tmp"] / "img.qcow2"), name="img", visibility="public")
+    await make_flavor(admin, name="tiny")
+    await err(b, "POST", "/v1/servers", {"name": "s", "flavor": "tiny", "image": "img",
+                                         "networks": [{"network": "commons", "fixed_ip": "10.50.0.30"}]}, 403,
+              "choose the fixed IP address")
+    # the owner (admin here) may, but only inside the pools
+    await err(admin, "POST", "/v1/ports", {"network": "commons", "fixed_ips": [{"ip_address": "10.50.0.200"}]}, 400,
+              "outside the allocation pools")
+    mine = await ok(admin, "POST", "/v1/ports", {"network": "commons", "port_security_enabled": False,
+                                                 "mac_address": "fa:16:3e:00:50:02",
+                                                 "fixed_ips": [{"ip_address": "10.50.0.20"}]}, 201)
+    assert ips(mine) == ["10.50.0.20"] and not mine["port_security_enabled"]
+    # on its own network a member chooses freely (inside the pools)
+    await network_with_subnet(a, "own", "10.51.0.0/24")
+    await ok(a, "POST", "/v1/ports", {"network": "own", "port_security_enabled": False,
+                                      "mac_address": "fa:16:3e:00:51:01",
+                                      "fixed_ips": [{"ip_address": "10.51.0.77"}]}, 201)
+    # floating IPs: a chosen address must lie in the external subnet's pools
+    ext = await ok(admin, "POST", "/v1/networks", {"name": "public", "network_type": "flat",
+                                                    "physical_network": "ext", "external": True}, 201)
+    await ok(admin, "POST", "/v1/subnets", {"network": ext["id"], "cidr": "172.30.0.0/24", "enable_dhcp": False,
+                                            "allocation_pools": [{"start": "172.30.0.100",
+                                                                  "end": "172.30.0.150"}]}, 201)
+    for outside in ("172.30.0.5", "172.30.0.200"):
+        await err(b, "POST", "/v1/floating-ips", {"floating_network": "public", "floating_ip_address": outside},
+                  400, "outside the allocation pools")
+    await err(b, "POST", "/v1/floating-ips", {"floating_network": "public", "floating_ip_address": "172.30.0.1"},
+              409, "gateway")
+    fip = await ok(b, "POST", "/v1/floating-ips", {"floating_network": "public",
+                                                   "floating_ip_address": "172.30.0.120"}, 201)
+    assert fip["floating_ip_address"] == "172.30.0.120"

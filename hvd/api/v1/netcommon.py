@@ -18,7 +18,7 @@ from hvd.api.context import RequestContext
 from hvd.api.services import services
 from hvd.catalog import queries
 from hvd.catalog.sql import fetch_all, fetch_one
-from hvd.errors import Conflict, NotFound
+from hvd.errors import Conflict, Forbidden, NotFound
 from hvd.net.model import generate_mac
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,20 @@ def new_mac() -> str:
 
 def is_admin(request: web.Request, ctx: RequestContext) -> bool:
     return services(request).policy.allowed(ctx.roles, "network:provider")
+
+
+def check_port_on_network(request: web.Request, ctx: RequestContext, network: dict[str, Any], *,
+                          port_security_off: bool = False, chosen_mac: bool = False,
+                          chosen_ip: bool = False) -> None:
+    """Neutron's `network_owner or admin` rules: on a network the caller's project does not own
+    (a shared one), only the owner or an admin may turn port security off or choose the port's
+    MAC or fixed address (each would let a guest spoof another tenant's traffic there)."""
+    if network["project_id"] == ctx.project_id or is_admin(request, ctx):
+        return
+    for refused, what in ((port_security_off, "disable port security"), (chosen_mac, "choose the MAC address"),
+                          (chosen_ip, "choose the fixed IP address")):
+        if refused:
+            raise Forbidden(f"only the owner of network {network['id']} or an admin may {what} of a port on it")
 
 
 async def notify(request: web.Request) -> None:

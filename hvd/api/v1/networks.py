@@ -15,6 +15,7 @@ from hvd.api.services import services
 from hvd.api.v1 import routers, secgroups, server_ports
 from hvd.api.v1.netcommon import (
     PAGE_QUERY,
+    check_port_on_network,
     find_network,
     find_owned,
     find_subnet,
@@ -333,13 +334,17 @@ async def resolve_groups(request: web.Request, refs: list[str] | None) -> list[s
     return out
 
 
-async def create_port_for(request: web.Request, network_ref: str, **fields: Any) -> dict[str, Any]:
+async def create_port_for(request: web.Request, network_ref: str, chosen_mac: bool = False,
+                          **fields: Any) -> dict[str, Any]:
     """Create a port on a network the caller may use (own or shared); returns its view."""
     svc, ctx = services(request), context(request)
     admin = is_admin(request, ctx)
     network = await svc.catalog.read(find_network, network_ref, ctx, admin)
     if network["project_id"] != ctx.project_id and not network["shared"] and not admin:
         raise NotFound(f"Network {network_ref} could not be found")
+    check_port_on_network(request, ctx, network, port_security_off=fields.get("port_security_enabled") is False,
+                          chosen_mac=chosen_mac,
+                          chosen_ip=any(f.ip_address is not None for f in fields.get("fixed_ips") or []))
     pid = str(uuid.uuid4())
     await svc.catalog.propose(PortCreate(id=pid, network_id=network["id"], project_id=ctx.project_id,
                                          default_sg_id=str(uuid.uuid4()), created_at=now_iso(), **fields))
@@ -376,7 +381,8 @@ async def create_port(request: web.Request) -> web.Response:
     svc.policy.enforce(ctx.roles, "network:manage")
     body = await parse_body(request, PortIn)
     fixed = [FixedIpRequest(**f.model_dump()) for f in body.fixed_ips] if body.fixed_ips is not None else None
-    view = await create_port_for(request, body.network, name=body.name, mac=body.mac_address or new_mac(),
+    view = await create_port_for(request, body.network, chosen_mac=body.mac_address is not None,
+                                 name=body.name, mac=body.mac_address or new_mac(),
                                  fixed_ips=fixed, security_groups=await resolve_groups(request, body.security_groups),
                                  port_security_enabled=body.port_security_enabled)
     await notify(request)
@@ -388,6 +394,9 @@ async def update_port(request: web.Request) -> web.Response:
     svc.policy.enforce(ctx.roles, "network:manage")
     body = await parse_body(request, PortPatch)
     row = await _own_port(request)
+    if body.port_security_enabled is False:
+        network = await svc.catalog.read(find_network, row["network_id"], ctx, True)
+        check_port_on_network(request, ctx, network, port_security_off=True)
     await svc.catalog.propose(PortUpdate(id=row["id"], name=body.name,
                                          security_groups=await resolve_groups(request, body.security_groups),
                                          port_security_enabled=body.port_security_enabled))

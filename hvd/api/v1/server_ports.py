@@ -18,7 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from hvd.api.helpers import context, json_response, parse_body
 from hvd.api.routing import Router
 from hvd.api.services import services
-from hvd.api.v1.netcommon import NETWORK, find_network, find_owned, is_admin, new_mac, notify, port_of
+from hvd.api.v1.netcommon import (
+    NETWORK,
+    check_port_on_network,
+    find_network,
+    find_owned,
+    is_admin,
+    new_mac,
+    notify,
+    port_of,
+)
 from hvd.catalog import queries
 from hvd.catalog.cmd_network import FixedIpRequest, PortCreate, PortDelete, PortUpdate
 from hvd.catalog.sql import fetch_all
@@ -92,6 +101,7 @@ async def resolve(request: web.Request, networks: Networks, count: int = 1) -> l
         network = await svc.catalog.read(find_network, req.network, ctx, admin)
         if network["project_id"] != ctx.project_id and not network["shared"] and not admin:
             raise NotFound(f"Network {req.network} could not be found")
+        check_port_on_network(request, ctx, network, chosen_ip=req.fixed_ip is not None)
         plans.append(PortPlan(network_id=str(network["id"]), fixed_ip=req.fixed_ip))
     if count > 1 and any(p.port_id or p.fixed_ip for p in plans):
         raise BadRequest("a port or fixed IP can be given for one server only (max_count is above 1)")
