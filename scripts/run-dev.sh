@@ -4,6 +4,7 @@
 # uploads the test guest image and creates flavors, so `hvd server create` works at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+hvd="$PWD/.venv/bin/hvd"  # the venv scripts/setup.sh made
 root="$PWD/dev-data"
 mkdir -p "$root"
 chmod 755 "$root"  # libvirt-qemu must reach the instance disks under it
@@ -28,7 +29,7 @@ TOML
   echo "run-dev: wrote $cfg (virt_type = $virt_type)"
 fi
 
-python3 -m hvd daemon -c "$cfg" &
+"$hvd" daemon -c "$cfg" &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid' INT TERM
 url="http://127.0.0.1:$port"
@@ -39,15 +40,16 @@ for _ in $(seq 1 100); do
 done
 # shellcheck disable=SC1091
 set -a; . "$root/data/openrc"; set +a
-if ! python3 -m hvd image show hvd-guest >/dev/null 2>&1; then
-  python3 -m hvd image create hvd-guest --file build/guest/hvd-guest.qcow2 --disk-format qcow2 --public >/dev/null
-  python3 -m hvd flavor create m1.tiny --vcpus 1 --ram 128 --disk 1 >/dev/null
-  python3 -m hvd flavor create m1.small --vcpus 1 --ram 256 --disk 2 >/dev/null
+if ! "$hvd" image show hvd-guest >/dev/null 2>&1; then
+  "$hvd" image create hvd-guest --file build/guest/hvd-guest.qcow2 --disk-format qcow2 --public >/dev/null
+  "$hvd" flavor create m1.tiny --vcpus 1 --ram 128 --disk 1 >/dev/null
+  "$hvd" flavor create m1.small --vcpus 1 --ram 256 --disk 2 >/dev/null
   echo "run-dev: uploaded image hvd-guest, created flavors m1.tiny and m1.small"
 fi
 cat <<MSG
 hvd is running at $url (pid $pid). Credentials: $root/data/openrc
-  . $root/data/openrc; hvd server create vm1 --flavor m1.tiny --image hvd-guest --wait
+  export PATH=$PWD/.venv/bin:\$PATH; . $root/data/openrc
+  hvd server create vm1 --flavor m1.tiny --image hvd-guest --wait
   hvd server list; hvd server console-log vm1
 Ctrl-C stops it.
 MSG

@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 
 DEB_PKGS=(libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils libvirt-dev
   pkg-config dnsmasq-base iproute2 nftables busybox-static cpio syslinux syslinux-common mtools
-  dosfstools genisoimage kmod libxml2-utils)
+  dosfstools genisoimage kmod libxml2-utils python3-venv python3-dev gcc)
 
 missing=()
 for p in "${DEB_PKGS[@]}"; do
@@ -18,17 +18,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Python deps (editable install of hvd with dev extras); pip skips what is already satisfied.
-# The installed hvd must be THIS checkout (an editable install of another clone would shadow it).
-here=$(pwd)
-if ! command -v hvd >/dev/null \
-   || ! (cd / && python3 -c "import hvd, sys; sys.exit(hvd.__file__ != '$here/hvd/__init__.py')") 2>/dev/null \
-   || ! python3 -c "import libvirt, pyroute2, aiohttp, uvloop, cryptography, pytest, mypy, ruff, schemathesis" 2>/dev/null \
-   || [ pyproject.toml -nt .venv-stamp ]; then
-  echo "setup: installing Python packages"
-  python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
-  touch .venv-stamp
-fi
+# Python: a virtual environment (.venv) with the pinned dependencies of requirements-dev.lock and
+# an editable install of this checkout; Debian's python3 refuses pip outside one (PEP 668).
+# HVD_PYTHON picks the interpreter (default python3: Debian's, or any 3.11+ first on PATH).
+bash scripts/venv.sh --python "${HVD_PYTHON:-python3}" --dir .venv --lock requirements-dev.lock
 
 # /dev/kvm must be group kvm mode 660 before libvirtd starts, else libvirt re-probes QEMU on every start.
 if [ -e /dev/kvm ]; then
