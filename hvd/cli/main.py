@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from hvd import __version__
+from hvd.catalog.schema import MIGRATIONS
 from hvd.config import example_toml, load_config
 from hvd.errors import HvdError
 from hvd.log import setup_logging
@@ -38,6 +40,8 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hvd", description="hvd: compute daemon and client")
+    parser.add_argument("--version", action="version",
+                        version=f"hvd {__version__} (catalog schema {len(MIGRATIONS)})")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("daemon", help="run the daemon in the foreground")
     p.add_argument("-c", "--config", type=Path, help="hvd.toml")

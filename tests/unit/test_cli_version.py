@@ -1,0 +1,14 @@
+"""`hvd --version` names the release and the catalog schema it writes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from hvd import __version__
+from hvd.catalog.schema import MIGRATIONS
+
+
+def test_version_names_release_and_schema() -> None:
+    out = subprocess.run([sys.executable, "-m", "hvd", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"hvd {__version__} (catalog schema {len(MIGRATIONS)})"
