@@ -118,12 +118,14 @@ def test_cluster_survives_leader_kill_and_full_restart(cluster: Cluster) -> None
     for node in IDS:
         cluster.wait_flavors(node, written)
 
+    old_term = cluster.call(leader, "GET", "/v1/cluster").json()["term"]
     cluster.stop(leader, signal.SIGKILL)
     survivors = [n for n in IDS if n != leader]
-    started = time.monotonic()
     new_leader = cluster.wait_ready(survivors, timeout=15)
     assert new_leader != leader
-    assert time.monotonic() - started < 10
+    # an election among the survivors took place (a new term), not a stale view of the dead leader
+    view = cluster.call(new_leader, "GET", "/v1/cluster").json()
+    assert view["leader"] == new_leader and view["term"] > old_term, (old_term, view)
     for node in survivors:
         cluster.wait_flavors(node, written, timeout=2)  # nothing acknowledged was lost
         cluster.tokens.pop(node, None)
@@ -183,10 +185,10 @@ def test_sigterm_while_waiting_for_a_quorum_stops_at_once(tmp_path: Path) -> Non
         r = requests.get(c.url("node1") + "/healthz", timeout=2)
         assert r.status_code == 503, r.text  # the start-up listener answers, nothing else is up
         proc = c.procs.pop("node1")
-        started = time.monotonic()
-        assert proc.stop(signal.SIGTERM, timeout=10) == 0
-        assert time.monotonic() - started < 5
-        assert "stop requested during start-up" in proc.log()
+        assert proc.stop(signal.SIGTERM, timeout=10) == 0  # exited by itself: not killed after 10 s
+        log = proc.log()
+        # the start-up wait was abandoned (not finished by a quorum that never came)
+        assert "stop requested during start-up" in log and " listening on " not in log
     finally:
         for node in list(c.procs):
             c.stop(node, signal.SIGKILL)

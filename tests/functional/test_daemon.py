@@ -56,11 +56,9 @@ def test_malformed_request_id_is_replaced(daemon: DaemonProcess) -> None:
     assert re.match(r"^req-[0-9a-f-]{36}$", headers["X-Request-Id"])
 
 
-def test_sigterm_exits_zero_quickly(daemon: DaemonProcess) -> None:
-    started = time.monotonic()
+def test_sigterm_exits_zero_by_itself(daemon: DaemonProcess) -> None:
     code = daemon.stop(signal.SIGTERM, timeout=5)
-    assert code == 0
-    assert time.monotonic() - started < 5
+    assert code == 0  # its own clean exit: a kill after the timeout would read -9
     assert "shutting down" in daemon.log()
 
 
