@@ -101,6 +101,7 @@ class ImageCache:
 
     async def _fetch(self, image_id: str, fetch: Fetch, disk_format: str) -> Path:
         self.base_dir.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        self.base_dir.chmod(_DIR_MODE)  # mkdir's mode is masked by the umask (the unit's UMask=0077)
         final = self.path_for(image_id)
         tag = secrets.token_hex(4)
         download = self.base_dir / f"{_PART}{final.name}-{tag}"

@@ -175,6 +175,20 @@ async def test_raw_image_is_cached_as_is(tmp_path: Path) -> None:
     assert path.read_bytes() == src.read_bytes()
 
 
+async def test_cache_dir_is_traversable_under_the_units_umask(tmp_path: Path) -> None:
+    # the systemd unit runs hvd with UMask=0077; libvirt-qemu still has to reach the cached bases
+    src = tmp_path / "src.raw"
+    src.write_bytes(b"\0" * 4096)
+    cache = ic.ImageCache(tmp_path / "inst")
+    old = os.umask(0o077)
+    try:
+        path = await cache.ensure_cached("raw-image", Fetcher(src, 0), "raw")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(cache.base_dir.stat().st_mode) == 0o755
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
 def _age(path: Path, seconds: float) -> None:
     old = time.time() - seconds
     os.utime(path, (old, old))

@@ -122,7 +122,10 @@ class LibvirtDriver(ComputeDriver):
         return Capabilities(supports_live_migration=False, supports_attach_interface=True)
 
     async def start(self) -> None:
-        self.instances_path.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if not self.instances_path.is_dir():
+            self.instances_path.mkdir(parents=True)
+            # libvirt-qemu must traverse it; the unit's UMask=0077 would leave a new directory 0700
+            self.instances_path.chmod(0o755)
         if not await asyncio.to_thread(supports_o_direct, self.instances_path):
             self.disk_cache = "writethrough"
             log.info("%s does not support O_DIRECT; disks use cache=writethrough", self.instances_path)
