@@ -222,9 +222,12 @@ class GossipCore:
             except (KeyError, TypeError, ValueError):
                 self.counters.add("malformed_messages")
         known = self.members.get(sender)
-        if known is not None and known.state in (DEAD, LEFT) and known.name != self.name:
-            # a member we hold dead is talking: tell it, so it refutes (a paused process came back)
-            self._send(src, [self._dead_msg(known, known.name if known.state == LEFT else self.name)])
+        if known is not None and known.name != self.name:
+            # a member we suspect or hold dead is talking: tell it, so it refutes straight to us
+            if known.state == SUSPECT:
+                self._send(src, [{"t": "suspect", "node": sender, "inc": known.incarnation, "from": self.name}])
+            elif known.state in (DEAD, LEFT):
+                self._send(src, [self._dead_msg(known, known.name if known.state == LEFT else self.name)])
 
     def tick(self, now: float) -> None:
         """Advance timers to ``now``: probes, indirect-probe nacks, suspicions, gossip, push-pull."""
@@ -256,6 +259,11 @@ class GossipCore:
             peers = self._live_others()
             if peers:
                 self._push_pulls.append(self.rng.choice(peers))
+            dead = [n for n, m in self.members.items() if m.state == DEAD]
+            if dead:
+                # nobody probes or gossips to the dead: this is how the two sides of a healed
+                # partition find each other again (Serf's reconnect)
+                self._push_pulls.append(self.rng.choice(dead))
 
     def update_report(self, report: dict[str, Any], now: float) -> bool:
         """Set this member's report; a significant change is announced (at most once per
@@ -402,7 +410,11 @@ class GossipCore:
         elif kind == "alive":
             self._apply_alive(msg, now)
         elif kind in ("suspect", "dead"):
-            if kind == "suspect":
+            about = self.members.get(str(msg["node"]))
+            if about is not None and int(msg["inc"]) < about.incarnation and about.state == ALIVE:
+                # the sender accuses on stale news: send it the refutation it missed
+                self._send(src, [self._alive_msg(about)])
+            elif kind == "suspect":
                 self._apply_suspect(msg, now)
             else:
                 self._apply_dead(msg, now)
@@ -474,10 +486,9 @@ class GossipCore:
         member.incarnation = inc
         self._set_state(member, SUSPECT, now)
         self._events.append(MemberEvent(node, SUSPECT, ALIVE, inc, False))
-        if accuser != self.name:
-            # our own probe is evidence too: it confirms a real failure quickly, and carries the
-            # accusation to a live member, which then answers us directly (Lifeguard's buddy system)
-            self._probe_soon.append(node)
+        # probe it next: our own probe confirms a real failure quickly, and carries the accusation
+        # to a live member, which then answers us directly (Lifeguard's buddy system)
+        self._probe_soon.append(node)
         n = self.live_count()
         # k confirmations bring the timeout to its minimum; too few members to confirm: no wait for them
         wanted = int(self.config.suspicion_mult) - 2
