@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.cluster.peers import PeerCaller, PeerUnreachable
 from hvd.compute.lifecycle import PowerState, TaskState, VmState
-from hvd.errors import Conflict, HvdError, InvalidState, NotFound, NotLeader, ServiceUnavailable
+from hvd.errors import Conflict, DriverError, HvdError, InvalidState, NotFound, NotLeader, ServiceUnavailable
 from hvd.identity.service import now_iso
 
 if TYPE_CHECKING:
@@ -226,12 +226,15 @@ class ClusterBuilds:
             await self.svc.manager.build(inst)
         except (InvalidState, NotFound):
             raise
-        except Exception:
+        except Exception as exc:
             # this host removed what it made: the leader may place the instance elsewhere
             with contextlib.suppress(HvdError):
                 await self.svc.update(inst_id, expect_task_state=list(BUILD_TASKS), expect_host=[self.host],
                                       task_state=TaskState.SCHEDULING)
-            raise
+            if isinstance(exc, HvdError):
+                raise
+            # typed, so it crosses to the leader like any build failure (and placement retries)
+            raise DriverError(f"build failed on host {self.host}: {type(exc).__name__}: {exc}") from exc
         await self.svc.update(inst_id, expect_task_state=[TaskState.SPAWNING], vm_state=VmState.ACTIVE,
                               task_state=None, power_state=PowerState.RUNNING, launched_at=now_iso(), fault=None)
         await self.svc.finish_action(inst_id, action_id, "create")

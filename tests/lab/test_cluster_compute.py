@@ -1,0 +1,189 @@
+"""One cloud over three lab hosts (real libvirt under TCG, one libvirtd per host).
+
+Placement runs on the leader and the chosen host builds; operations sent to any host run on the
+owner; an image uploaded to one host boots on the others; a host that fails a build loses the
+server to another; killing the leader's daemon during parallel creates leaves every accepted
+server ACTIVE or ERROR (with a reason), each built once, and no domain the catalog does not know.
+Each host's own libvirtd is asked for the truth.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.guest.helpers import guest_image_path
+from tests.lab.cluster import LabCluster, lab_available
+
+HOSTS = ["h1", "h2", "h3"]
+INSTANCES = "/var/lib/libvirt/hvd-instances"  # the lab's instances_path on every host
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[LabCluster]:
+    if reason := lab_available():
+        pytest.skip(reason)
+    with LabCluster(hosts=3) as cluster:
+        yield cluster
+
+
+def upload(lab: LabCluster, host: str, name: str) -> str:
+    r = lab.call(host, "POST", "/v1/images", {"name": name, "disk_format": "qcow2", "visibility": "public"})
+    assert r.status_code == 201, r.text
+    image_id = str(r.json()["id"])
+    r = lab.call(host, "PUT", f"/v1/images/{image_id}/file", data=guest_image_path("main").read_bytes(),
+                 headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 204, r.text
+    return image_id
+
+
+@pytest.fixture(scope="module")
+def image(lab: LabCluster) -> str:
+    r = lab.call("h1", "POST", "/v1/flavors", {"name": "c.tiny", "vcpus": 1, "ram_mb": 128, "disk_gb": 1})
+    assert r.status_code == 201, r.text
+    return upload(lab, "h1", "guest")
+
+
+def create(lab: LabCluster, via: str, name: str, image: str, count: int = 1, **extra: Any) -> list[dict[str, Any]]:
+    body = {"name": name, "flavor": "c.tiny", "image": image, "networks": "none", "min_count": count, **extra}
+    r = lab.call(via, "POST", "/v1/servers?wait=true", body, timeout=600)
+    assert r.status_code == 202, r.text
+    out = r.json()
+    return list(out["servers"]) if count > 1 else [out]
+
+
+def domains(lab: LabCluster, host: str) -> set[str]:
+    """UUIDs of every domain the host's own libvirtd has (running or not)."""
+    return {line.strip() for line in lab.virsh(host, "list", "--all", "--uuid").stdout.splitlines() if line.strip()}
+
+
+def state(lab: LabCluster, host: str, server_id: str) -> str:
+    r = lab.virsh(host, "domstate", server_id, check=False)
+    return r.stdout.strip() if r.returncode == 0 else "absent"
+
+
+def delete_all(lab: LabCluster, via: str, servers: list[dict[str, Any]]) -> None:
+    for s in servers:
+        r = lab.call(via, "DELETE", f"/v1/servers/{s['id']}?wait=true", timeout=300)
+        assert r.status_code == 204, r.text
+
+
+def test_parallel_creates_spread_three_by_three_and_each_host_runs_its_own(lab: LabCluster, image: str) -> None:
+    servers = create(lab, "h2", "spread", image, count=9)
+    assert {s["status"] for s in servers} == {"ACTIVE"}, [(s["name"], s["status"], s["fault"]) for s in servers]
+    assert Counter(s["host"] for s in servers) == {"h1": 3, "h2": 3, "h3": 3}
+    for s in servers:  # the image was uploaded to h1: h2 and h3 fetched it from a holder
+        assert {h: state(lab, h, s["id"]) for h in HOSTS} == {
+            h: ("running" if h == s["host"] else "absent") for h in HOSTS}
+    delete_all(lab, "h3", servers)
+    for host in HOSTS:
+        assert not domains(lab, host) & {s["id"] for s in servers}
+
+
+def test_create_through_a_follower_and_operations_through_a_third_host(lab: LabCluster, image: str) -> None:
+    leader = lab.leader()
+    follower, third = [h for h in HOSTS if h != leader][:2]
+    owner = leader  # forced onto another host than the one that received the request
+    [server] = create(lab, follower, "routed", image, availability_zone=f"nova:{owner}")
+    sid = server["id"]
+    assert server["status"] == "ACTIVE" and server["host"] == owner
+    r = lab.call(third, "POST", f"/v1/servers/{sid}/stop?wait=true", timeout=300)
+    assert r.status_code == 202 and r.json()["status"] == "SHUTOFF", r.text
+    assert state(lab, owner, sid) == "shut off"
+    r = lab.call(follower, "POST", f"/v1/servers/{sid}/start?wait=true", timeout=300)
+    assert r.status_code == 202 and r.json()["status"] == "ACTIVE", r.text
+    assert state(lab, owner, sid) == "running"
+    deadline = time.monotonic() + 180
+    while True:  # the console log is read on the owner and returned through the third host
+        r = lab.call(third, "GET", f"/v1/servers/{sid}/console-log?lines=200")
+        assert r.status_code == 200, r.text
+        if "HVD-GUEST" in r.json()["output"]:
+            break
+        assert time.monotonic() < deadline, r.json()["output"][-2000:]
+        time.sleep(1)
+    delete_all(lab, third, [server])
+    assert state(lab, owner, sid) == "absent"
+    assert not lab.host(owner).path(f"{INSTANCES}/{sid}").exists()
+
+
+def test_a_disabled_host_is_skipped(lab: LabCluster, image: str) -> None:
+    r = lab.call("h3", "PATCH", "/v1/hosts/h1", {"enabled": False, "reason": "maintenance"})
+    assert r.status_code == 200, r.text
+    try:
+        servers = create(lab, "h1", "skip", image, count=2)
+        assert sorted(s["host"] for s in servers) == ["h2", "h3"], servers
+        assert not domains(lab, "h1") & {s["id"] for s in servers}
+    finally:
+        r = lab.call("h2", "PATCH", "/v1/hosts/h1", {"enabled": True})
+        assert r.status_code == 200, r.text
+    delete_all(lab, "h2", servers)
+
+
+def test_a_build_that_fails_on_a_host_lands_the_server_on_another(lab: LabCluster) -> None:
+    image = upload(lab, "h3", "guest-b")
+    # h1 and h2 cannot cache this image (a directory squats on its cache path): their builds fail
+    squat = f"{INSTANCES}/_base/{hashlib.sha1(image.encode()).hexdigest()}"
+    for host in ("h1", "h2"):
+        lab.host(host).path(f"{squat}/squatter").mkdir(parents=True)
+    try:
+        [server] = create(lab, "h1", "retried", image)
+        assert server["status"] == "ACTIVE" and server["host"] == "h3", server
+        assert state(lab, "h3", server["id"]) == "running"
+        for host in ("h1", "h2"):
+            assert state(lab, host, server["id"]) == "absent"
+            assert not lab.host(host).path(f"{INSTANCES}/{server['id']}").exists()
+        assert lab.call("h2", "GET", "/v1/hosts/h1").json()["instances"] == 0  # its claim was released
+    finally:
+        for host in ("h1", "h2"):
+            lab.exec(host, ["rm", "-rf", squat], check=True)
+    delete_all(lab, "h3", [server])
+
+
+def test_killing_the_leader_during_parallel_creates_builds_each_server_once(lab: LabCluster, image: str) -> None:
+    leader = lab.leader()
+    followers = [h for h in HOSTS if h != leader]
+
+    def one(n: int) -> tuple[int, Any]:
+        body = {"name": f"storm-{n}", "flavor": "c.tiny", "image": image, "networks": "none"}
+        try:
+            r = lab.call(followers[n % 2], "POST", "/v1/servers", body, timeout=120)
+        except Exception as exc:  # a request cut off by the kill is simply not accepted
+            return 0, repr(exc)
+        return r.status_code, r.json()
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        futures = [pool.submit(one, n) for n in range(20)]
+        time.sleep(0.5)
+        lab.kill_daemon(leader, signal.SIGKILL)
+        results = [f.result() for f in futures]
+    accepted = [body["id"] for status, body in results if status == 202]
+    assert accepted, results
+    time.sleep(3)
+    lab.start_daemon(leader)  # its own half-done builds are repaired at its start
+    deadline = time.monotonic() + 600
+    while True:
+        rows = {sid: lab.call(followers[0], "GET", f"/v1/servers/{sid}").json() for sid in accepted}
+        if all(r["task_state"] is None for r in rows.values()):
+            break
+        assert time.monotonic() < deadline, {k: (v["status"], v["task_state"], v["host"]) for k, v in rows.items()}
+        time.sleep(2)
+    for row in rows.values():
+        assert row["status"] in ("ACTIVE", "ERROR"), row
+        if row["status"] == "ERROR":
+            assert row["fault"] and row["fault"]["message"], row
+    held = {h: domains(lab, h) for h in HOSTS}
+    for sid, row in rows.items():  # built exactly once, on the host the catalog names
+        where = [h for h in HOSTS if sid in held[h]]
+        assert where == ([row["host"]] if row["status"] == "ACTIVE" else []), (sid, row["status"], where)
+    listed = lab.call(followers[0], "GET", "/v1/servers?all_projects=true&limit=1000").json()["servers"]
+    known = {s["id"] for s in listed}
+    for host in HOSTS:
+        assert held[host] <= known, f"orphan domains on {host}: {held[host] - known}"
+    delete_all(lab, followers[1], list(rows.values()))
