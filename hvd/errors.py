@@ -152,6 +152,14 @@ class OutcomeUnknown(ServiceUnavailable):
     """A change may or may not have been committed (a connection broke, leadership moved)."""
 
 
+class InsufficientStorage(HvdError):
+    """This host's disk is full: the change was not made; it is accepted again once space returns."""
+
+    status = 507
+    title = "Insufficient Storage"
+    retryable = True
+
+
 class Timeout(HvdError):
     status = 504
     title = "Timeout"

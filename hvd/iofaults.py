@@ -73,7 +73,7 @@ def recovery_of(exc: BaseException, failures: int) -> Recovery:
 
 def backoff_s(failures: int) -> float:
     """Seconds to wait before the next attempt: 0.05 s doubling up to MAX_BACKOFF_S."""
-    return min(0.05 * 2 ** min(failures - 1, 16), MAX_BACKOFF_S)
+    return min(0.05 * float(2 ** min(failures - 1, 16)), MAX_BACKOFF_S)
 
 
 def describe(exc: BaseException, limit: int = 300) -> str:

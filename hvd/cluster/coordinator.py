@@ -35,11 +35,27 @@ from hvd.cluster.http_transport import (
     PeerErrors,
 )
 from hvd.cluster.raft.driver import RaftDriver
-from hvd.cluster.raft.errors import MembershipError, NotLeaderError, OutcomeUnknownError, ProposalDroppedError
+from hvd.cluster.raft.errors import (
+    LoopStoppedError,
+    MembershipError,
+    NotLeaderError,
+    OutcomeUnknownError,
+    ProposalDroppedError,
+    StorageFullError,
+)
 from hvd.cluster.raft.messages import ConfState, Message
 from hvd.cluster.raft.node import Role
 from hvd.cluster.raft.storage import SqliteStorage
-from hvd.errors import BadRequest, Conflict, HvdError, NotLeader, OutcomeUnknown, ServiceUnavailable
+from hvd.errors import (
+    BadRequest,
+    Conflict,
+    HvdError,
+    InsufficientStorage,
+    NotLeader,
+    OutcomeUnknown,
+    ServiceUnavailable,
+)
+from hvd.health import State, Status
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +155,10 @@ class RaftCoordinator(Coordinator):
     def term(self) -> int:
         return self.driver.term
 
+    def health(self) -> Status:
+        """The Raft loop's health (for /healthz and the watchdog)."""
+        return self.driver.health()
+
     def status(self) -> dict[str, Any]:
         """This member's view of the cluster (served at /internal/v1/cluster/status)."""
         node = self.driver.node
@@ -167,6 +187,7 @@ class RaftCoordinator(Coordinator):
         connection to the leader broke, leadership moved mid-commit) is simply sent again until
         the deadline: the catalog applies an id once and answers a repeat with the first result.
         """
+        self._check_can_write()
         data = identified(os.urandom(PROPOSAL_ID_BYTES), data)
         deadline = time.monotonic() + self._propose_timeout
         delay = 0.01
@@ -198,13 +219,28 @@ class RaftCoordinator(Coordinator):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
 
+    def _check_can_write(self) -> None:
+        """A member whose disk is full (or whose Raft loop stopped) could not persist or apply the
+        change even when another member leads: refuse it before anything is appended."""
+        full = self.driver.storage_full
+        if full is not None:
+            raise InsufficientStorage(full)
+        health = self.driver.health()
+        if health.state is State.DEAD:
+            raise ServiceUnavailable(health.reason)
+
     async def propose_local(self, data: bytes, timeout: float | None = None) -> bytes:
-        """Leader side of a proposal. Raises NotLeader (not appended: retry elsewhere) or
-        OutcomeUnknown (it may have been committed: only an identified proposal may be re-sent)."""
+        """Leader side of a proposal. Raises NotLeader (not appended: retry elsewhere),
+        InsufficientStorage (the disk is full: not appended) or OutcomeUnknown (it may have been
+        committed: only an identified proposal may be re-sent)."""
         timeout = self._propose_timeout if timeout is None else max(timeout, 0.1)
         try:
             async with asyncio.timeout(timeout):
                 return await self.driver.propose(data)
+        except StorageFullError as exc:
+            raise InsufficientStorage(str(exc)) from exc
+        except LoopStoppedError as exc:
+            raise ServiceUnavailable(str(exc)) from exc
         except (NotLeaderError, ProposalDroppedError) as exc:
             raise NotLeader(str(exc), leader_id=self.driver.leader_id) from exc
         except (OutcomeUnknownError, TimeoutError) as exc:
@@ -276,6 +312,8 @@ class RaftCoordinator(Coordinator):
                 return await self.driver.read_barrier()
         except NotLeaderError as exc:
             raise NotLeader(str(exc), leader_id=self.driver.leader_id) from exc
+        except LoopStoppedError as exc:
+            raise ServiceUnavailable(str(exc)) from exc
         except (OutcomeUnknownError, TimeoutError) as exc:
             raise ServiceUnavailable("the leader could not confirm its commit index") from exc
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from hvd.cluster.raft.driver import NotLeader, RaftDriver
+from hvd.cluster.raft.errors import LoopStoppedError, OutcomeUnknownError, StorageFullError
 from hvd.cluster.raft.messages import ConfState
 from hvd.cluster.raft.node import RaftConfig
 from hvd.cluster.raft.storage import SqliteStorage
 from hvd.cluster.raft.transport import InMemoryNetwork
+from hvd.health import OK, State
 from tests.sim.kv import KVStateMachine, get_cmd, put_cmd
 
 TICK = 0.005
@@ -141,5 +144,84 @@ async def test_single_voter_cluster(tmp_path: Path) -> None:
         await leader_of([solo])
         assert await solo.propose(put_cmd("a", "1")) == b""
         assert await solo.read_barrier() >= 2
+    finally:
+        await solo.stop()
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(TICK)
+
+
+async def test_a_full_disk_refuses_writes_until_space_returns_and_loses_nothing(tmp_path: Path) -> None:
+    solo = make(tmp_path, InMemoryNetwork(), "solo", ["solo"])
+    await solo.start()
+    try:
+        await leader_of([solo])
+        assert await solo.propose(put_cmd("before", "1")) == b""
+        raft_db = solo._storage._db  # type: ignore[attr-defined]
+        pages = raft_db.execute("PRAGMA page_count").fetchone()[0]
+        raft_db.execute(f"PRAGMA max_page_count={pages}")  # SQLITE_FULL from now on, as on a full disk
+        pending = asyncio.create_task(solo.propose(put_cmd("during", "x" * 20_000)))
+        await wait_for(lambda: solo.storage_full is not None)
+        with pytest.raises(StorageFullError):
+            await solo.propose(put_cmd("refused", "1"))
+        assert solo.health().state is State.DEGRADED and not pending.done()
+        raft_db.execute("PRAGMA max_page_count=1073741823")  # space is back
+        async with asyncio.timeout(10):
+            assert await pending == b""
+        assert await solo.propose(put_cmd("after", "1")) == b""
+        assert solo.health() == OK and solo.storage_full is None
+    finally:
+        await solo.stop()
+    again = make(tmp_path, InMemoryNetwork(), "solo", [])
+    await again.start()
+    try:
+        await wait_for(lambda: again._sm.get("after") == "1")  # type: ignore[attr-defined]
+        assert again._sm.get("during") == "x" * 20_000  # type: ignore[attr-defined]
+    finally:
+        await again.stop()
+
+
+class BrokenApply(KVStateMachine):
+    """A state machine with a bug that a command triggers (not a disk problem)."""
+
+    def apply(self, index: int, data: bytes) -> bytes:
+        if b"boom" in data:
+            raise AssertionError("a bug in apply")
+        return super().apply(index, data)
+
+
+async def test_a_bug_in_apply_stops_the_loop_loudly_instead_of_hanging_every_write(tmp_path: Path) -> None:
+    solo = make(tmp_path, InMemoryNetwork(), "solo", ["solo"], sm=BrokenApply())
+    await solo.start()
+    try:
+        await leader_of([solo])
+        async with asyncio.timeout(5):  # before: the loop died silently and this waited forever
+            with pytest.raises(OutcomeUnknownError):
+                await solo.propose(put_cmd("boom", "1"))
+        health = solo.health()
+        assert health.state is State.DEAD and "AssertionError: a bug in apply" in health.reason
+        with pytest.raises(LoopStoppedError):
+            await solo.propose(put_cmd("next", "1"))
+    finally:
+        await solo.stop()
+
+
+class FailingSnapshots(KVStateMachine):
+    def snapshot(self) -> tuple[int, bytes]:
+        raise OSError(28, "No space left on device")
+
+
+async def test_a_failed_snapshot_only_delays_compaction(tmp_path: Path) -> None:
+    solo = make(tmp_path, InMemoryNetwork(), "solo", ["solo"], sm=FailingSnapshots())
+    await solo.start()
+    try:
+        await leader_of([solo])
+        async with asyncio.timeout(10):  # before: the loop died at the first snapshot, writes hung
+            for i in range(50):  # snapshot_every is 20
+                assert await solo.propose(put_cmd(f"k{i}", "v")) == b""
+        assert solo.health() == OK and solo.node.log.snapshot.meta.index == 0
     finally:
         await solo.stop()

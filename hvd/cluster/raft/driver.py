@@ -4,23 +4,46 @@ One task ticks the node; one task drains ``Ready``: send a leader's appends -> p
 dedicated thread, so fsync never blocks the loop) -> send replies and votes -> apply (in the state
 machine's own thread when it has one) -> advance. Proposals that arrive while a Ready is being
 persisted are appended to the in-memory log and leave together in the next round (group commit).
+
+Persist and apply must succeed before the log can move on. When they fail on this node's disk
+(hvd.iofaults): a full disk is retried until space returns, while new proposals are refused
+(StorageFullError, HTTP 507); other local failures are retried a few times with backoff; anything
+else (or a local failure that persists) stops the loop for good: pending callers get an error,
+``health()`` says DEAD, and the daemon exits non-zero so that systemd restarts it. Neither is ever
+turned into a command result: that would differ between replicas. A failed snapshot only delays
+log compaction: it is logged and tried again later.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
-from hvd.cluster.raft.errors import NotLeaderError, OutcomeUnknownError, ProposalDroppedError, RaftError
+from hvd.cluster.raft.errors import (
+    LoopStoppedError,
+    NotLeaderError,
+    OutcomeUnknownError,
+    ProposalDroppedError,
+    RaftError,
+    StorageFullError,
+)
 from hvd.cluster.raft.messages import ConfState, EntryKind, Message
 from hvd.cluster.raft.node import ConfChangeOp, RaftConfig, RaftNode, Ready, Role
 from hvd.cluster.raft.statemachine import BatchStateMachine, StateMachine
 from hvd.cluster.raft.storage import Storage
 from hvd.cluster.raft.transport import Transport
+from hvd.health import OK, State, Status, task_status
+from hvd.iofaults import Recovery, backoff_s, describe, recovery_of
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_RETRY_S = 30.0  # after a failed snapshot (compaction can wait; the log just grows meanwhile)
 
 NotLeader = NotLeaderError  # the name callers catch to forward a request to ``leader_id``
 
@@ -63,6 +86,9 @@ class RaftDriver:
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._read_seq = 0
+        self._failure: BaseException | None = None  # why the Ready loop stopped for good
+        self._storage_full: str | None = None  # why writes are refused while the disk is full
+        self._snapshot_not_before = 0.0
         self.persist_rounds = 0  # number of Ready rounds written (group commit makes this < proposals)
 
     # ------------------------------------------------------------------ lifecycle
@@ -121,18 +147,45 @@ class RaftDriver:
     def applied_index(self) -> int:
         return self.node.applied
 
+    @property
+    def storage_full(self) -> str | None:
+        """Why this node refuses writes now (its disk is full), or None."""
+        return self._storage_full
+
+    def health(self) -> Status:
+        """DEAD once the loops stopped for good, DEGRADED while the disk is full, else OK."""
+        if self._failure is not None:
+            return Status(State.DEAD, f"raft loop stopped: {describe(self._failure)}")
+        for task in self._tasks:
+            status = task_status(task)
+            if status.state is State.DEAD:
+                return Status(State.DEAD, f"raft loop stopped: {status.reason}")
+        if self._storage_full is not None:
+            return Status(State.DEGRADED, self._storage_full)
+        return OK
+
+    def _check_can_write(self) -> None:
+        if self._failure is not None:
+            raise LoopStoppedError(f"the Raft loop of this node stopped: {describe(self._failure)}")
+        if self._storage_full is not None:
+            raise StorageFullError(self._storage_full)
+
     # ------------------------------------------------------------------ client API
     async def propose(self, data: bytes) -> bytes:
         """Replicate ``data``; returns the state machine's result once committed and applied here.
 
         Raises NotLeader (forward to ``leader_id``), ProposalDroppedError (never applied: safe to
-        retry) or OutcomeUnknownError.
+        retry), StorageFullError (this node's disk is full: not appended), LoopStoppedError or
+        OutcomeUnknownError.
         """
+        self._check_can_write()
         index, term = self.node.propose(data)
         return await self._await_entry(index, term)
 
     async def read_barrier(self) -> int:
         """Read-index: returns once local state reflects every write committed before the call."""
+        if self._failure is not None:
+            raise LoopStoppedError(f"the Raft loop of this node stopped: {describe(self._failure)}")
         self._read_seq += 1
         ctx = f"{self._config.id}:{self._read_seq}".encode()
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -194,7 +247,14 @@ class RaftDriver:
             self._wake.set()
 
     async def _ready_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        try:
+            await self._drain_ready()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug, or a node-local failure that did not go away
+            self._die(exc)
+
+    async def _drain_ready(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -202,16 +262,62 @@ class RaftDriver:
                 rd = self.node.ready()
                 self._send_all(rd.before_persist())
                 if rd.hard_state is not None or rd.snapshot is not None or rd.entries:
-                    await loop.run_in_executor(self._io, self._persist, rd)
+                    await self._must_succeed("persist", self._io, self._persist, rd)
                     self.persist_rounds += 1
                 self._send_all(rd.after_persist())
                 # a thread hop per round is most of a commit's latency; skip the ones with nothing to do
-                results = (await loop.run_in_executor(self._apply_executor, self._apply, rd)
+                results = (await self._must_succeed("apply", self._apply_executor, self._apply, rd)
                            if rd.committed_entries else [])
                 self.node.advance(rd)
                 self._after_advance(rd, results)
                 self._notice_conf()
                 await self._maybe_snapshot()
+
+    async def _must_succeed(self, what: str, executor: Executor, fn: Callable[[Ready], Any], rd: Ready) -> Any:
+        """Run a step the log cannot move on without: wait out a full disk, retry other local failures
+        a few times, re-raise anything else (the caller then stops the loop)."""
+        loop = asyncio.get_running_loop()
+        attempts = local_failures = 0
+        while True:
+            try:
+                result = await loop.run_in_executor(executor, fn, rd)
+            except Exception as exc:
+                attempts += 1
+                recovery = recovery_of(exc, local_failures + 1)
+                if recovery is Recovery.GIVE_UP:
+                    raise
+                if recovery is Recovery.WAIT_FOR_SPACE:
+                    if self._storage_full is None:
+                        log.error("raft %s failed, the disk is full: refusing writes until space returns (%s)",
+                                  what, describe(exc))
+                    self._storage_full = f"this host's disk is full ({what}: {describe(exc)}); free space"
+                else:
+                    local_failures += 1
+                    log.warning("raft %s failed (attempt %d), retrying: %s", what, attempts, describe(exc))
+                await asyncio.sleep(backoff_s(attempts))
+                continue
+            if self._storage_full is not None:
+                log.warning("raft %s succeeds again: accepting writes", what)
+                self._storage_full = None
+            return result
+
+    def _die(self, exc: BaseException) -> None:
+        """Stop for good: fail every waiting caller and let health() report it."""
+        self._failure = exc
+        log.critical("the Raft loop of %s stopped: %s", self._config.id, describe(exc), exc_info=exc)
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        error = LoopStoppedError(f"the Raft loop of this node stopped: {describe(exc)}")
+        for _, fut in self._proposals.values():
+            _fail(fut, OutcomeUnknownError(str(error)))
+        for rfut in self._reads.values():
+            _fail(rfut, error)
+        for _, wfut in self._applied_waiters:
+            _fail(wfut, error)
+        self._proposals.clear()
+        self._reads.clear()
+        self._applied_waiters.clear()
 
     def _notice_conf(self) -> None:
         conf = self.node.conf
@@ -268,14 +374,21 @@ class RaftDriver:
         node = self.node
         if node.applied - node.log.snapshot.meta.index < self._snapshot_every:
             return
-        loop = asyncio.get_running_loop()
-        # labelled with the image's own index: NOOP/CONF entries applied after it do not move the
-        # state machine's index, and a restore checks that label against the image
-        index, data = await loop.run_in_executor(self._apply_executor, self._sm.snapshot)
-        if index <= node.log.snapshot.meta.index:
+        if time.monotonic() < self._snapshot_not_before:
             return
-        snap = node.compact(index, data)
-        await loop.run_in_executor(self._io, self._storage.compact, snap)
+        loop = asyncio.get_running_loop()
+        try:
+            # labelled with the image's own index: NOOP/CONF entries applied after it do not move the
+            # state machine's index, and a restore checks that label against the image
+            index, data = await loop.run_in_executor(self._apply_executor, self._sm.snapshot)
+            if index <= node.log.snapshot.meta.index:
+                return
+            snap = node.compact(index, data)
+            # if this fails the disk keeps the older snapshot and the whole log: still consistent
+            await loop.run_in_executor(self._io, self._storage.compact, snap)
+        except Exception as exc:
+            self._snapshot_not_before = time.monotonic() + SNAPSHOT_RETRY_S
+            log.warning("raft snapshot failed, compaction retried in %.0f s: %s", SNAPSHOT_RETRY_S, describe(exc))
 
     def _send_all(self, messages: Iterable[Message]) -> None:
         for msg in messages:

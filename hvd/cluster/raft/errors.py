@@ -26,3 +26,11 @@ class MembershipError(RaftError):
 class OutcomeUnknownError(RaftError):
     """The proposal may or may not have been applied (e.g. it was covered by an installed snapshot,
     or the driver stopped while waiting); the caller must re-read state before retrying."""
+
+
+class StorageFullError(RaftError):
+    """This node's disk is full: the proposal was not appended (retry once space is back)."""
+
+
+class LoopStoppedError(RaftError):
+    """This node's Raft loop stopped for good (see the log); the process is about to exit."""

@@ -7,6 +7,7 @@ survives a simulated crash, which is exactly "lost unless persisted".
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 from typing import Protocol
@@ -144,13 +145,21 @@ class SqliteStorage:
 
 
 class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on error."""
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on error (keeping that error)."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
     def __enter__(self) -> None:
+        if self._db.in_transaction:  # a failed COMMIT (disk full) can leave it open: start clean
+            self._db.execute("ROLLBACK")
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is None:
+            self._db.execute("COMMIT")
+        elif self._db.in_transaction:
+            # after SQLITE_FULL SQLite may have rolled back by itself; a failing ROLLBACK must not
+            # replace the error the driver needs to see (it decides between waiting and giving up)
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
