@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY ?= python3
 
-.PHONY: setup guest run test lint unit bench clean
+.PHONY: setup guest run test lint unit bench clean lab lab-down lab-status
 
 setup:
 	bash scripts/setup.sh
@@ -25,3 +25,15 @@ bench: guest
 
 clean:
 	rm -rf build dev-data
+
+# A multi-host lab on this machine (tests/lab/cluster.py): HOSTS hvd hosts, each with its own
+# namespaces, libvirtd and daemon; runs in the background and prints an openrc. lab-down removes it.
+HOSTS ?= 3
+lab: guest
+	$(PY) -m tests.lab.cluster up --hosts $(HOSTS)
+
+lab-down:
+	$(PY) -m tests.lab.cluster down
+
+lab-status:
+	$(PY) -m tests.lab.cluster status

@@ -571,7 +571,8 @@ class LabCluster:
         _run("ip", "-n", ul, "link", "add", "br0", "mtu", str(MTU), "type", "bridge")
         _run("ip", "-n", ul, "link", "set", "br0", "up")
         # the root namespace's only way into the lab: a veth into the underlay, never the default route
-        _run("ip", "link", "add", rt, "mtu", str(MTU), "type", "veth", "peer", "name", "rt", "netns", ul)
+        _run("ip", "link", "add", rt, "mtu", str(MTU), "type", "veth", "peer", "name", "rt", "mtu", str(MTU),
+             "netns", ul)
         _run("ip", "-n", ul, "link", "set", "rt", "master", "br0", "up")
         _run("ip", "addr", "add", f"{root_ip(self.index)}/24", "dev", rt)
         _run("ip", "link", "set", rt, "up")
@@ -580,8 +581,9 @@ class LabCluster:
         ul = f"{self.prefix}ul"
         _run("ip", "netns", "add", host.netns)
         _run("ip", "-n", host.netns, "link", "set", "lo", "up")
+        # both ends at MTU 1600: a veth drops frames longer than its peer's MTU
         _run("ip", "-n", host.netns, "link", "add", "ul0", "mtu", str(MTU), "type", "veth",
-             "peer", "name", host.name, "netns", ul)
+             "peer", "name", host.name, "mtu", str(MTU), "netns", ul)
         _run("ip", "-n", ul, "link", "set", host.name, "master", "br0", "up")
         _run("ip", "-n", host.netns, "addr", "add", f"{host.ip}/24", "dev", "ul0")
         _run("ip", "-n", host.netns, "link", "set", "ul0", "up")

@@ -95,7 +95,8 @@ def test_each_host_runs_its_own_libvirtd(lab: LabCluster) -> None:
 
 def test_vxlan_between_two_hosts_carries_a_ping(lab: LabCluster) -> None:
     """A bridge and VXLAN 42 on h1 and h2 (head-end replication over the underlay), a namespace
-    standing for a VM on each bridge: they ping each other with 1400-byte payloads."""
+    standing for a VM on each bridge: they ping each other with 1500-byte payloads (the underlay's
+    MTU 1600 leaves VXLAN 1550)."""
     net = spare_cidr(lab.index).rsplit(".", 1)[0]
     ends = {"h1": "h2", "h2": "h1"}
     for k, (name, peer) in enumerate(ends.items(), start=1):
@@ -113,11 +114,11 @@ def test_vxlan_between_two_hosts_carries_a_ping(lab: LabCluster) -> None:
         subprocess.run(["ip", "netns", "add", vm], check=True)
         subprocess.run(["ip", "-n", host.netns, "link", "add", "labtap", "type", "veth", "peer", "name", "eth0",
                         "netns", vm], check=True)
-        lab.exec(name, ["ip", "link", "set", "labtap", "master", "labbr", "up"], check=True)
-        for argv in (["addr", "add", f"{net}.{k}/24", "dev", "eth0"], ["link", "set", "eth0", "up"],
+        lab.exec(name, ["ip", "link", "set", "labtap", "mtu", "1550", "master", "labbr", "up"], check=True)
+        for argv in (["addr", "add", f"{net}.{k}/24", "dev", "eth0"], ["link", "set", "eth0", "mtu", "1550", "up"],
                      ["link", "set", "lo", "up"]):
             subprocess.run(["ip", "-n", vm, *argv], check=True)
-    ping = ["ip", "netns", "exec", f"{lab.prefix}vm1", "busybox", "ping", "-c", "3", "-W", "2", "-s", "1400",
+    ping = ["ip", "netns", "exec", f"{lab.prefix}vm1", "busybox", "ping", "-c", "3", "-W", "2", "-s", "1500",
             f"{net}.2"]
     result = subprocess.run(ping, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
