@@ -12,7 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from hvd.net.model import router_namespace
+from hvd.drivers.fake import FakeDriver
+from hvd.net.model import bridge_name, router_namespace, tap_name
 from hvd.net.state import ObservedLink
 from tests.conftest import Api, free_port, serve_in_process, write_config
 from tests.functional.compute_helpers import make_flavor, make_qcow2, upload_image, wait_server
@@ -48,7 +49,8 @@ async def env(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
                 assert status == 201, body
                 users[project] = Api(session, url)
                 await users[project].login(name, "password-1", project)
-            yield {"admin": admin, "a": users["alpha"], "b": users["beta"], "net": net, "tmp": tmp_path}
+            yield {"admin": admin, "a": users["alpha"], "b": users["beta"], "net": net, "tmp": tmp_path,
+                   "driver": services.extra["compute"].manager.driver}
 
 
 async def ok(api: Api, method: str, path: str, body: Any = None, status: int = 200) -> Any:
@@ -330,15 +332,26 @@ async def test_servers_get_ports_and_lose_them(env: dict[str, Any]) -> None:
     status, none = await a.call("POST", "/v1/servers", {"name": "none", "flavor": "tiny", "image": "img",
                                                         "networks": "none"})
     assert status == 202 and none["addresses"] == {}
-    # interfaces: attach to a running server, then detach
+    # interfaces: attach to a running server, then detach; the hypervisor (fake driver) sees both
+    driver: FakeDriver = env["driver"]
+
+    def nics_on_domain() -> list[tuple[str, str, str]]:
+        return [(n.mac, n.bridge, n.tap) for n in driver.domains[two["id"]].nics]
+
+    booted_with = nics_on_domain()
+    two_ports = (await ok(a, "GET", f"/v1/ports?device_id={two['id']}"))["ports"]
+    assert sorted(booted_with) == sorted((p["mac_address"], bridge_name(p["network_id"]), tap_name(p["id"]))
+                                         for p in two_ports)
     added = await ok(a, "POST", f"/v1/servers/{two['id']}/interfaces", {"network": "db"}, 201)
     listed = (await ok(a, "GET", f"/v1/servers/{two['id']}/interfaces"))["interfaces"]
     assert [p["id"] for p in listed][-1] == added["id"] and len(listed) == 3
-    driver = env["net"]  # the fake driver saw the hot-plug
+    plugged = (added["mac_address"], bridge_name(added["network_id"]), tap_name(added["id"]))
+    assert nics_on_domain() == [*booted_with, plugged]
     await ok(a, "DELETE", f"/v1/servers/{two['id']}/interfaces/{added['id']}", status=204)
+    assert nics_on_domain() == booted_with
     await err(a, "GET", f"/v1/ports/{added['id']}", None, 404)
     await err(a, "DELETE", f"/v1/servers/{two['id']}/interfaces/{added['id']}", None, 404)
-    assert driver is not None
+    assert nics_on_domain() == booted_with
     # deleting the server removes its own port and unbinds the user's
     await ok(a, "DELETE", f"/v1/servers/{two['id']}?wait=true", status=204)
     await wait_server(a, two["id"])
