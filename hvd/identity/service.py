@@ -1,4 +1,11 @@
-"""Identity: authenticate users, issue and validate tokens, bootstrap the first admin."""
+"""Identity: authenticate users, issue and validate tokens, bootstrap the first admin.
+
+Password hashing (scrypt, tens of milliseconds of CPU) never runs on the event loop: it goes
+to a small executor of its own, with a bounded number of logins in flight (more answer 429),
+so a burst of logins cannot stall Raft heartbeats or other requests. A login does the same
+work (one hash) whether the user exists or not, so timing does not reveal user names, and
+failures are throttled per source address and per user name (429 with Retry-After).
+"""
 
 from __future__ import annotations
 
@@ -8,22 +15,29 @@ import logging
 import os
 import secrets
 import sqlite3
+import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from hvd.api.context import RequestContext
-from hvd.catalog.cmd_identity import ProjectCreate, RoleGrant, TokenIssue, TokenPurge, UserCreate
+from hvd.catalog.cmd_identity import ProjectCreate, RoleGrant, TokenIssue, TokenPurge, UserCreate, UserUpdate
 from hvd.catalog.service import Catalog
 from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.errors import Unauthorized
-from hvd.identity.passwords import hash_password, verify_password
+from hvd.identity.passwords import hash_password, needs_rehash, verify_password
+from hvd.identity.throttle import FailureThrottle, TooManyRequests
 
 log = logging.getLogger(__name__)
 
 _BAD_CREDENTIALS = "The request you have made requires authentication."
+# scrypt is CPU-bound and releases the GIL: two threads per process (this machine's cores), shared
+# by every IdentityService, so hashing never takes more than that from the loop's process
+_HASHER = ThreadPoolExecutor(2, thread_name_prefix="hvd-scrypt")
 
 
 def now_iso() -> str:
@@ -79,22 +93,75 @@ class IdentityService:
     """Keystone's faithful subset over the catalog."""
 
     CACHE_SIZE = 10_000
+    HASH_IN_FLIGHT = 16  # logins hashing or waiting for a hash; more are answered 429 at once
+    # (failures, window s): one address may fail 20 times a minute, one user name 5 times
+    FAILURE_LIMITS = {"source": (20, 60.0), "user": (5, 60.0)}
 
-    def __init__(self, catalog: Catalog, token_ttl_s: int) -> None:
+    def __init__(self, catalog: Catalog, token_ttl_s: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.catalog = catalog
         self.token_ttl_s = token_ttl_s
         # token hash -> (context, identity generation it was read at); see CatalogState
         self._validated: dict[str, tuple[RequestContext, int]] = {}
+        self._in_flight = 0
+        self._dummy_hash: str | None = None  # verified for unknown users: the same work as a real one
+        self.throttle = FailureThrottle(dict(self.FAILURE_LIMITS), clock)
 
-    async def issue_token(self, username: str, password: str, project: str) -> IssuedToken:
-        found = await self.catalog.read(_lookup_login, username, project)
-        # verify even for an unknown user, so timing does not reveal which names exist
-        stored = found["user"]["password_hash"] if found else hash_password("not-a-user")
-        ok = await asyncio.get_running_loop().run_in_executor(None, verify_password, password, stored)
+    async def hash(self, password: str) -> str:
+        """A new hash of `password`, computed off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(_HASHER, hash_password, password)
+
+    async def _ensure_dummy(self) -> str:
+        if self._dummy_hash is None:
+            self._dummy_hash = await self.hash(secrets.token_urlsafe(16))
+        return self._dummy_hash
+
+    async def _verify(self, password: str, stored: str | None) -> bool:
+        if stored is None:
+            stored = await self._ensure_dummy()
+        return await asyncio.get_running_loop().run_in_executor(_HASHER, verify_password, password, stored)
+
+    async def _hash_slot(self, keys: list[tuple[str, str]]) -> None:
+        wait = self.throttle.retry_after(keys)
+        if wait > 0:
+            raise TooManyRequests("Too many failed logins; try again later", wait)
+        if self._in_flight >= self.HASH_IN_FLIGHT:
+            raise TooManyRequests("Too many logins in progress; try again shortly", 1)
+
+    async def check_password(self, user_id: str, password: str, source: str = "") -> None:
+        """Unauthorized unless `password` is the user's current one (throttled like a login)."""
+        row = await self.catalog.read(fetch_one, "SELECT name, password_hash FROM users WHERE id=?", (user_id,))
+        keys = [("source", source), ("user", str(row["name"] if row else user_id).casefold())]
+        await self._hash_slot(keys)
+        self._in_flight += 1
+        try:
+            ok = await self._verify(password, row["password_hash"] if row else None)
+        finally:
+            self._in_flight -= 1
+        if not ok:
+            self.throttle.failed(keys)
+            raise Unauthorized("The original password is wrong.")
+
+    async def issue_token(self, username: str, password: str, project: str, source: str = "") -> IssuedToken:
+        """Authenticate and issue a token. Unauthorized on bad credentials (the same answer and
+        work for an unknown user); TooManyRequests while the source or user name is throttled
+        or too many logins are hashing."""
+        keys = [("source", source), ("user", username.casefold())]
+        await self._hash_slot(keys)
+        self._in_flight += 1
+        try:
+            found = await self.catalog.read(_lookup_login, username, project)
+            stored = found["user"]["password_hash"] if found else None
+            ok = await self._verify(password, stored)
+        finally:
+            self._in_flight -= 1
         if not found or not ok or not found["user"]["enabled"] or not found["project"]["enabled"]:
+            self.throttle.failed(keys)
             raise Unauthorized(_BAD_CREDENTIALS)
+        self.throttle.clear(("user", username.casefold()))
         if not found["roles"]:
             raise Unauthorized(f"user {username} has no role on project {project}")
+        if stored is not None and needs_rehash(stored):  # a hash from a weaker cost: store today's
+            await self.catalog.propose(UserUpdate(id=found["user"]["id"], password_hash=await self.hash(password)))
         token = secrets.token_urlsafe(32)
         issued = datetime.now(UTC)
         expires = (issued + timedelta(seconds=self.token_ttl_s)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -159,7 +226,9 @@ class IdentityService:
 
     async def bootstrap(self, admin_password: str, openrc_path: Path, api_url: str) -> bool:
         """On first start create project+user admin (role admin), project demo and user demo
-        (role member); write admin credentials to `openrc_path` (0600). False if already done."""
+        (role member); write admin credentials to `openrc_path` (0600). False if already done.
+        Also prepares the hash an unknown user's login is checked against (start-up pays it)."""
+        await self._ensure_dummy()
         count = await self.catalog.read(lambda c: c.execute("SELECT COUNT(*) FROM users").fetchone()[0])
         if count:
             return False
@@ -168,9 +237,8 @@ class IdentityService:
         created = now_iso()
         admin_project, demo_project = str(uuid.uuid4()), str(uuid.uuid4())
         admin_user, demo_user = str(uuid.uuid4()), str(uuid.uuid4())
-        loop = asyncio.get_running_loop()
-        admin_hash = await loop.run_in_executor(None, hash_password, password)
-        demo_hash = await loop.run_in_executor(None, hash_password, demo_password)
+        admin_hash = await self.hash(password)
+        demo_hash = await self.hash(demo_password)
         for cmd in (
             ProjectCreate(id=admin_project, name="admin", description="Bootstrap admin project", created_at=created),
             ProjectCreate(id=demo_project, name="demo", description="Bootstrap demo project", created_at=created),

@@ -6,9 +6,11 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from hvd.api.helpers import context, json_response, parse_body
+from hvd.api.middleware import error_body
 from hvd.api.routing import Router
 from hvd.api.services import services
 from hvd.catalog.cmd_identity import TokenRevoke
+from hvd.identity.throttle import TooManyRequests
 
 
 class TokenRequest(BaseModel):
@@ -56,7 +58,12 @@ class CatalogResponse(BaseModel):
 
 async def issue_token(request: web.Request) -> web.Response:
     body = await parse_body(request, TokenRequest)
-    issued = await services(request).identity.issue_token(body.username, body.password, body.project)
+    try:
+        issued = await services(request).identity.issue_token(body.username, body.password, body.project,
+                                                              source=request.remote or "")
+    except TooManyRequests as exc:  # the error middleware knows no headers: Retry-After is set here
+        return web.json_response(error_body(exc.status, exc.title, exc.message), status=exc.status,
+                                 headers={"Retry-After": str(exc.retry_after)})
     ctx = issued.context
     return json_response(
         {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Literal
 
@@ -25,7 +24,6 @@ from hvd.catalog.cmd_identity import (
 )
 from hvd.catalog.sql import fetch_all
 from hvd.errors import BadRequest, NotFound
-from hvd.identity.passwords import hash_password
 from hvd.identity.service import now_iso
 
 Name = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
@@ -71,6 +69,8 @@ class UserIn(BaseModel):
 class UserPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     password: str | None = Field(None, min_length=8, max_length=4096)
+    original_password: str | None = Field(None, min_length=1, max_length=4096,
+                                          description="The current password (needed to change your own).")
     email: str | None = Field(None, max_length=255)
     enabled: bool | None = None
 
@@ -198,7 +198,7 @@ async def create_user(request: web.Request) -> web.Response:
     if body.project is not None:
         project = await svc.catalog.read(queries.find, "projects", body.project, "Project")
     uid = str(uuid.uuid4())
-    pw_hash = await asyncio.get_running_loop().run_in_executor(None, hash_password, body.password)
+    pw_hash = await svc.identity.hash(body.password)
     await svc.catalog.propose(
         UserCreate(id=uid, name=body.name, password_hash=pw_hash, email=body.email, enabled=body.enabled,
                    created_at=now_iso())
@@ -214,12 +214,17 @@ async def update_user(request: web.Request) -> web.Response:
     ctx = context(request)
     row = await _visible_user(request)
     body = await parse_body(request, UserPatch)
-    if not svc.policy.allowed(ctx.roles, "identity:manage") and (body.enabled is not None or body.email is not None):
+    manager = svc.policy.allowed(ctx.roles, "identity:manage")
+    if not manager and (body.enabled is not None or body.email is not None):
         # users may change their own password, nothing else
         svc.policy.enforce(ctx.roles, "identity:manage")
     pw_hash = None
     if body.password is not None:
-        pw_hash = await asyncio.get_running_loop().run_in_executor(None, hash_password, body.password)
+        if not manager:  # a stolen token alone must not take the account over
+            if body.original_password is None:
+                raise BadRequest("changing your own password needs 'original_password'")
+            await svc.identity.check_password(str(row["id"]), body.original_password, request.remote or "")
+        pw_hash = await svc.identity.hash(body.password)
     await svc.catalog.propose(
         UserUpdate(id=str(row["id"]), password_hash=pw_hash, email=body.email, enabled=body.enabled)
     )
