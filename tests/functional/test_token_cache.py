@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
+from hvd.identity import service as identity_service
 from tests.conftest import Api
 
 
-async def test_cached_validation_ends_with_role_revocation_and_user_disable(admin_api: Api) -> None:
+async def test_cached_validation_ends_with_role_revocation_and_user_disable(
+        admin_api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    lookups: list[str] = []
+    real_lookup = identity_service._lookup_token
+
+    def counting_lookup(conn: Any, digest: str) -> Any:
+        lookups.append(digest)
+        return real_lookup(conn, digest)
+
+    monkeypatch.setattr(identity_service, "_lookup_token", counting_lookup)
     await admin_api.call("POST", "/v1/users", {"name": "carol", "password": "carol-secret", "project": "demo",
                                                "role": "member"})
     carol = admin_api.as_other()
     await carol.login("carol", "carol-secret", "demo")
+    lookups.clear()
     for _ in range(3):  # validated once, then served from the cache
         status, _ = await carol.call("GET", "/v1/flavors")
         assert status == 200
+    assert len(lookups) == 1, lookups  # one database lookup for three requests
     status, _ = await admin_api.call("DELETE", "/v1/projects/demo/users/carol/roles/member")
     assert status == 204
     status, err = await carol.call("GET", "/v1/flavors")
