@@ -1,5 +1,13 @@
 """Importing this module registers every command handler (apply must know them all)."""
 
-from hvd.catalog import cmd_compute, cmd_hosts, cmd_identity, cmd_network, cmd_network_l3, cmd_resources
+from hvd.catalog import (
+    cmd_aggregates,
+    cmd_compute,
+    cmd_hosts,
+    cmd_identity,
+    cmd_network,
+    cmd_network_l3,
+    cmd_resources,
+)
 
-MODULES = (cmd_identity, cmd_resources, cmd_hosts, cmd_compute, cmd_network, cmd_network_l3)
+MODULES = (cmd_identity, cmd_resources, cmd_hosts, cmd_compute, cmd_network, cmd_network_l3, cmd_aggregates)

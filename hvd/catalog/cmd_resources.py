@@ -71,7 +71,7 @@ class ServerGroupCreate(Command):
     project_id: str
     user_id: str
     name: str
-    policy: Literal["affinity", "anti-affinity"]
+    policy: Literal["affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity"]
     created_at: str
 
 

@@ -143,7 +143,16 @@ CREATE TABLE proposals (id BLOB PRIMARY KEY, idx INTEGER NOT NULL, result BLOB N
 CREATE INDEX proposals_idx ON proposals(idx);
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3]
+_V4 = """
+CREATE TABLE aggregates (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, availability_zone TEXT, metadata TEXT NOT NULL,
+  created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+CREATE TABLE aggregate_hosts (
+  aggregate_id TEXT NOT NULL REFERENCES aggregates(id) ON DELETE CASCADE, host TEXT NOT NULL,
+  PRIMARY KEY (aggregate_id, host));
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
 
 
 def migrate(conn: sqlite3.Connection) -> int:

@@ -47,7 +47,8 @@ SERVER_GROUP = Resource(
     ref="server group id or name",
     create=(
         Opt("name", "name", "server group name"),
-        Opt("--policy", "policy", "placement policy", choices=("affinity", "anti-affinity"), required=True),
+        Opt("--policy", "policy", "placement policy", required=True,
+            choices=("affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity")),
     ),
 )
 

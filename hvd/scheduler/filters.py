@@ -84,6 +84,23 @@ def image_properties_filter(host: HostState, req: RequestSpec) -> str | None:
     return None
 
 
+def aggregate_instance_extra_specs_filter(host: HostState, req: RequestSpec) -> str | None:
+    """Flavor extra specs (unscoped or ``aggregate_instance_extra_specs:``) must match the metadata
+    of one of the host's aggregates (a value may list alternatives: "ssd,nvme")."""
+    for key, want in req.extra_specs.items():
+        scope, _, name = key.rpartition(":")
+        if scope not in ("", "aggregate_instance_extra_specs"):
+            continue
+        have = host.aggregate_metadata.get(name)
+        if have is None:
+            return f"no aggregate of the host sets {name} (flavor wants {want})"
+        wanted = {v.strip() for v in want.split(",") if v.strip()}
+        offered = {v.strip() for value in have for v in value.split(",")}
+        if not wanted & offered:
+            return f"aggregate metadata {name}={','.join(sorted(offered))} does not match {want}"
+    return None
+
+
 def anti_affinity_filter(host: HostState, req: RequestSpec) -> str | None:
     if req.group_policy == "anti-affinity" and host.name in req.group_hosts:
         return "anti-affinity: a member of the server group is already here"
@@ -97,6 +114,7 @@ def affinity_filter(host: HostState, req: RequestSpec) -> str | None:
 
 
 FILTERS: dict[str, Filter] = {
+    "AggregateInstanceExtraSpecsFilter": aggregate_instance_extra_specs_filter,
     "RetryFilter": retry_filter,
     "AvailabilityZoneFilter": availability_zone_filter,
     "RamFilter": ram_filter,

@@ -24,6 +24,7 @@ class HostState:
     hypervisor_type: str
     arch: str
     capabilities: dict[str, Any] = field(default_factory=dict)
+    aggregate_metadata: dict[str, frozenset[str]] = field(default_factory=dict)  # key -> values of its aggregates
 
     @property
     def free_vcpus(self) -> int:
@@ -49,7 +50,7 @@ class RequestSpec:
     availability_zone: str | None = None
     extra_specs: dict[str, str] = field(default_factory=dict)
     image_properties: dict[str, str] = field(default_factory=dict)
-    group_policy: str | None = None  # "affinity" | "anti-affinity"
+    group_policy: str | None = None  # "affinity" | "anti-affinity" | "soft-affinity" | "soft-anti-affinity"
     group_hosts: frozenset[str] = frozenset()  # hosts of the group's other members
     tried_hosts: frozenset[str] = frozenset()
     force_host: str | None = None

@@ -18,6 +18,7 @@ class Weights:
     disk: float = 0.0
     vcpu: float = 0.0
     instance_count: float = 0.0
+    soft_affinity: float = 2.0  # above the resource weighers: the group preference decides first
 
 
 @dataclass
@@ -71,6 +72,12 @@ def select(
         (weights.vcpu, _normalise([float(h.free_vcpus) for h in survivors])),
         (weights.instance_count, _normalise([float(h.instance_count) for h in survivors])),
     ]
+    if req.group_policy in ("soft-affinity", "soft-anti-affinity"):
+        # Nova's ServerGroupSoft(Anti)AffinityWeigher: a preference, never a refusal
+        with_group = [1.0 if h.name in req.group_hosts else 0.0 for h in survivors]
+        if req.group_policy == "soft-anti-affinity":
+            with_group = [1.0 - v for v in with_group]
+        components.append((weights.soft_affinity, with_group))
     scored = [
         (host, sum(mult * values[i] for mult, values in components if mult)) for i, host in enumerate(survivors)
     ]

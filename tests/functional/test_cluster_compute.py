@@ -9,8 +9,11 @@ removes every copy. Real libvirt across hosts is proven by tests/lab/test_cluste
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +156,33 @@ def test_an_image_uploaded_to_one_host_boots_on_another_and_is_kept_on_two_hosts
     assert cloud.call("node1", "DELETE", f"/v1/servers/{server['id']}?wait=true").status_code == 204
     assert cloud.call("node3", "DELETE", f"/v1/images/{img['id']}").status_code == 204
     wait_for(lambda: not held_by(cloud, img["id"]), "every copy of the deleted image to go")
+
+
+def test_an_aggregate_zone_steers_placement_and_is_listed(cloud: Cluster, image: dict[str, Any]) -> None:
+    r = cloud.call("node2", "POST", "/v1/aggregates", {"name": "bad:name"})
+    assert r.status_code == 400, r.text
+    r = cloud.call("node2", "POST", "/v1/aggregates", {"name": "fast", "availability_zone": "az-fast",
+                                                       "metadata": {"ssd": "true"}})
+    assert r.status_code == 201, r.text
+    agg = r.json()
+    r = cloud.call("node1", "POST", f"/v1/aggregates/{agg['id']}/hosts", {"host": "nosuchhost"})
+    assert r.status_code == 404, r.text
+    r = cloud.call("node1", "POST", f"/v1/aggregates/{agg['id']}/hosts", {"host": "node3"})
+    assert r.status_code == 200 and r.json()["hosts"] == ["node3"], r.text
+    zones = cloud.call("node2", "GET", "/v1/availability-zones").json()["availability_zones"]
+    assert {z["name"]: z["hosts"] for z in zones} == {"az-fast": ["node3"], "nova": ["node1", "node2"]}
+    env = {**os.environ, "HVD_URL": cloud.url("node1"), "HVD_USERNAME": "admin", "HVD_PASSWORD": "admin-secret",
+           "HVD_PROJECT": "admin"}
+    out = subprocess.run([sys.executable, "-m", "hvd", "aggregate", "show", "fast", "-f", "json"], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert json.loads(out)["hosts"] == ["node3"]
+    server = create(cloud, "node1", "zoned", image["id"], availability_zone="az-fast")
+    assert server["status"] == "ACTIVE" and server["host"] == "node3", server
+    r = cloud.call("node1", "DELETE", f"/v1/aggregates/{agg['id']}")
+    assert r.status_code == 409, r.text  # it still has a host
+    r = cloud.call("node3", "PATCH", f"/v1/aggregates/{agg['id']}", {"metadata": {"ssd": None, "tier": "gold"}})
+    assert r.status_code == 200 and r.json()["metadata"] == {"tier": "gold"}, r.text
+    assert cloud.call("node2", "DELETE", f"/v1/servers/{server['id']}?wait=true").status_code == 204
+    r = cloud.call("node2", "DELETE", f"/v1/aggregates/{agg['id']}/hosts/node3")
+    assert r.status_code == 200 and r.json()["hosts"] == [], r.text
+    assert cloud.call("node2", "DELETE", f"/v1/aggregates/{agg['id']}").status_code == 204

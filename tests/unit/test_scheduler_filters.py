@@ -37,7 +37,7 @@ def test_registry_names_every_filter_once() -> None:
     assert set(FILTERS) == {
         "RetryFilter", "AvailabilityZoneFilter", "RamFilter", "DiskFilter", "CoreFilter", "ComputeFilter",
         "ComputeCapabilitiesFilter", "ImagePropertiesFilter", "ServerGroupAntiAffinityFilter",
-        "ServerGroupAffinityFilter",
+        "ServerGroupAffinityFilter", "AggregateInstanceExtraSpecsFilter",
     }
     assert len(set(FILTERS.values())) == len(FILTERS)
 

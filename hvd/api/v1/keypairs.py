@@ -46,7 +46,7 @@ class KeypairList(BaseModel):
 class ServerGroupIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=255, pattern=NamePattern)
-    policy: Literal["affinity", "anti-affinity"]
+    policy: Literal["affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity"]
 
 
 class ServerGroup(BaseModel):
