@@ -182,7 +182,8 @@ def test_disabling_a_user_or_changing_a_password_ends_its_sessions(live: LiveSer
     assert admin.call("POST", "/v1/projects", {"name": "session-project"}).status == 201
     user = live.user(admin, "session-project", "member", name="session-user")
     assert user.call("GET", "/v1/auth/token").status == 200
-    assert user.call("PATCH", "/v1/users/session-user", {"password": "another-secret"}).status == 200
+    assert user.call("PATCH", "/v1/users/session-user", {"password": "another-secret",
+                                                          "original_password": USER_PASSWORD}).status == 200
     _unauthorized(user.call("GET", "/v1/auth/token"))
     user.login("session-user", "another-secret", "session-project")
     assert admin.call("PATCH", "/v1/users/session-user", {"enabled": False}).status == 200
