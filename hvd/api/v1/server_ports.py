@@ -15,6 +15,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from hvd.api.forward import catch_up_if_forwarded, to_owner
 from hvd.api.helpers import context, json_response, parse_body
 from hvd.api.routing import Router
 from hvd.api.services import services
@@ -153,6 +154,7 @@ async def _server(request: web.Request) -> dict[str, Any]:
     svc, ctx = services(request), context(request)
     admin = svc.policy.allowed(ctx.roles, "compute:ignore_lock")
     where, args = ("deleted_at IS NULL", ()) if admin else ("deleted_at IS NULL AND project_id=?", (ctx.project_id,))
+    await catch_up_if_forwarded(request)
     return await svc.catalog.read(queries.find, "instances", request.match_info["id"], "Instance", where, args)
 
 
@@ -187,6 +189,9 @@ async def attach_interface(request: web.Request) -> web.Response:
     svc.policy.enforce(ctx.roles, "compute:action")
     body = await parse_body(request, NetworkRequest)
     inst = await _server(request)
+    forwarded = await to_owner(request, inst, svc.extra["compute"].placement.is_up)
+    if forwarded is not None:  # the owning host changes its NICs
+        return forwarded
     _check_attachable(request, inst)
     compute, net = svc.extra["compute"], svc.extra[NETWORK]
     plans = await resolve(request, [body])
@@ -213,6 +218,9 @@ async def detach_interface(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
     svc.policy.enforce(ctx.roles, "compute:action")
     inst = await _server(request)
+    forwarded = await to_owner(request, inst, svc.extra["compute"].placement.is_up)
+    if forwarded is not None:  # the owning host changes its NICs
+        return forwarded
     _check_attachable(request, inst)
     port_id = request.match_info["port"]
     ports = await svc.catalog.read(fetch_all, "SELECT * FROM ports WHERE id=? AND device_id=?", (port_id, inst["id"]))
