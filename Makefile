@@ -30,10 +30,10 @@ clean:
 # namespaces, libvirtd and daemon; runs in the background and prints an openrc. lab-down removes it.
 HOSTS ?= 3
 lab: guest
-	$(PY) -m tests.lab.cluster up --hosts $(HOSTS)
+	$(PY) -m tests.lab.lab_cli up --hosts $(HOSTS)
 
 lab-down:
-	$(PY) -m tests.lab.cluster down
+	$(PY) -m tests.lab.lab_cli down
 
 lab-status:
-	$(PY) -m tests.lab.cluster status
+	$(PY) -m tests.lab.lab_cli status

@@ -45,10 +45,8 @@ guard route once no other lab runs.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import contextlib
-import fcntl
 import json
 import os
 import secrets
@@ -58,363 +56,57 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from tests.lab.lab_plan import (
+    API_PORT,
+    BIND_MOUNTS,
+    CLUSTER_KEY_BYTES,
+    IMAGES_PATH,
+    INSTANCES_PATH,
+    MTU,
+    daemon_config,
+    host_ip,
+    host_name,
+    lab_dir,
+    lab_name,
+    libvirtd_conf,
+    merge_config,
+    pick_index,
+    qemu_conf,
+    render_toml,
+    root_ip,
+    spare_cidr,
+)
+from tests.lab.lab_system import (
+    cgroup_pids,
+    cgroup_root,
+    clean_env,
+    clean_stale_labs,
+    destroy_lab,
+    drop_guard_if_unused,
+    ensure_guard_route,
+    http_session,
+    in_cgroup,
+    lab_available,
+    labs_lock,
+    leftovers,
+    live_labs,
+    pid_alive,
+    pid_start_time,
+    run,
+    wait_gone,
+)
+
+__all__ = ["LabCluster", "LabHost", "cgroup_pids", "cgroup_root", "clean_stale_labs", "lab_available", "lab_name",
+           "labs_lock", "leftovers", "pid_alive", "spare_cidr", "wait_gone"]
+
 REPO = Path(__file__).resolve().parents[2]
-PREFIX = "hvdl"
-GUARD_CIDR = "10.214.0.0/16"
-STATE_ROOT = Path("/tmp")
-LOCK_PATH = STATE_ROOT / f"{PREFIX}.lock"
-MAX_LABS = 100  # 10.214.L.0/24 per lab; 10.214.128+ is left for addresses tests create
-API_PORT = 8774
-CLUSTER_KEY_BYTES = 24
-MTU = 1600
-# in-host path -> directory name under the host's state directory
-BIND_MOUNTS = {
-    "/run": "run",
-    "/var/lib/libvirt": "varlib",
-    "/var/cache/libvirt": "cache",
-    "/var/log/libvirt": "log",
-    "/etc/libvirt": "etc",
-}
-INSTANCES_PATH = "/var/lib/libvirt/hvd-instances"
-IMAGES_PATH = "/var/lib/libvirt/images"
-_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure plan: names and addresses of one lab
-
-
-def lab_name(index: int) -> str:
-    """The prefix of every object of lab `index` (``hvdl<index>``)."""
-    return f"{PREFIX}{index}"
-
-
-def lab_dir(index: int) -> Path:
-    return STATE_ROOT / lab_name(index)
-
-
-def host_name(k: int) -> str:
-    """Name (hvd host name, node id, hostname) of the k-th host, 1-based."""
-    return f"h{k}"
-
-
-def host_ip(index: int, k: int) -> str:
-    return f"10.214.{index}.{k}"
-
-
-def root_ip(index: int) -> str:
-    """The root namespace's address on the lab's underlay (its veth into it)."""
-    return f"10.214.{index}.254"
-
-
-def spare_cidr(index: int) -> str:
-    """A /24 inside the guard range that tests may use for addresses in namespaces they create."""
-    return f"10.214.{128 + index}.0/24"
-
-
-def pick_index(in_use: set[int]) -> int:
-    """The lowest lab number not in use; RuntimeError when all are taken."""
-    for index in range(MAX_LABS):
-        if index not in in_use:
-            return index
-    raise RuntimeError(f"all {MAX_LABS} lab numbers are in use: run 'python3 -m tests.lab.cluster down'")
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str | Path):
-        return json.dumps(str(value))
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"no TOML form for {value!r}")
-
-
-def render_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
-    """hvd.toml text for `{section: {key: value}}` (flat sections only, as hvd.toml has)."""
-    out: list[str] = []
-    for section, fields in sections.items():
-        out.append(f"[{section}]")
-        out.extend(f"{key} = {toml_value(value)}" for key, value in fields.items())
-        out.append("")
-    return "\n".join(out)
-
-
-def merge_config(base: Mapping[str, Mapping[str, Any]],
-                 overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    merged = {section: dict(fields) for section, fields in base.items()}
-    for section, fields in overrides.items():
-        merged.setdefault(section, {}).update(fields)
-    return merged
-
-
-def daemon_config(index: int, k: int, hosts: int, data_dir: Path, admin_password: str, cluster_key: str,
-                  overrides: Mapping[str, Mapping[str, Any]] = {}) -> dict[str, dict[str, Any]]:
-    """The hvd.toml sections of host k of lab `index` (`overrides` win, section by section)."""
-    name = host_name(k)
-    peers = [f"{host_name(j)}=http://{host_ip(index, j)}:{API_PORT}" for j in range(1, hosts + 1)]
-    base: dict[str, dict[str, Any]] = {
-        "host": {"name": name, "data_dir": str(data_dir), "instances_path": INSTANCES_PATH},
-        "api": {"listen": host_ip(index, k), "port": API_PORT},
-        "libvirt": {"uri": "qemu:///system", "virt_type": "qemu"},
-        "identity": {"admin_password": admin_password},
-        "compute": {"driver": "libvirt", "reserved_host_memory_mb": 512},
-        "network": {"local_ip": host_ip(index, k), "vxlan_underlay": "ul0",
-                    "netns_prefix": f"{lab_name(index)}{name}-"},
-        "cluster": {"peers": peers, "cluster_key": cluster_key},
-    }
-    return merge_config(base, overrides)
-
-
-# ---------------------------------------------------------------------------------------------
-# Thin adapters: commands, processes, cgroups
-
-
-def _run(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
-    return result
-
-
-def clean_env() -> dict[str, str]:
-    """This environment without proxy settings (a proxy would carry lab traffic off the machine)."""
-    return {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARS}
-
-
-def http_session() -> requests.Session:
-    """A requests session that never uses a proxy from the environment."""
-    session = requests.Session()
-    session.trust_env = False
-    return session
-
-
-def pid_alive(pid: int) -> bool:
-    """True while `pid` runs; a zombie counts as gone (PID 1 may reap it late here)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError, ProcessLookupError):
-        return False
-
-
-def pid_start_time(pid: int) -> str:
-    """The start time of `pid` in clock ticks since boot ('' if gone): a PID plus this names one process."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(") ", 1)[1].split()[19]
-    except (FileNotFoundError, IndexError, ProcessLookupError):
-        return ""
-
-
-def wait_gone(pids: Sequence[int], timeout: float = 10) -> list[int]:
-    """Wait until none of `pids` runs; returns those still running at the deadline."""
-    deadline = time.monotonic() + timeout
-    alive = [p for p in pids if pid_alive(p)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.05)
-        alive = [p for p in alive if pid_alive(p)]
-    return alive
-
-
-def cgroup_root() -> Path:
-    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /unified in hybrid mode)."""
-    with open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            left, _, right = line.partition(" - ")
-            if right.split()[0] == "cgroup2":
-                return Path(left.split()[4])
-    raise RuntimeError("no cgroup2 hierarchy is mounted: the lab tracks each host's processes in one")
-
-
-def cgroup_pids(cgroup: Path) -> list[int]:
-    try:
-        return [int(p) for p in (cgroup / "cgroup.procs").read_text().split()]
-    except FileNotFoundError:
-        return []
-
-
-def kill_cgroup(cgroup: Path, timeout: float = 15) -> None:
-    """SIGKILL every process of `cgroup` by PID (again, for those forked meanwhile), then remove it."""
-    deadline = time.monotonic() + timeout
-    while cgroup.exists():
-        live = [p for p in cgroup_pids(cgroup) if pid_alive(p)]
-        for pid in live:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if not live:
-            try:
-                cgroup.rmdir()
-                return
-            except OSError:
-                pass  # zombies still listed: their parent reaps them shortly
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"processes {live} of {cgroup} survive SIGKILL")
-        time.sleep(0.05)
-
-
-def in_cgroup(cgroup: Path, argv: Sequence[str]) -> list[str]:
-    """`argv` started inside `cgroup` (it joins before exec, so all its descendants are there too)."""
-    return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup / "cgroup.procs"), *argv]
-
-
-def netns_names() -> set[str]:
-    out = _run("ip", "netns", "list", check=False).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
-
-
-def link_exists(name: str) -> bool:
-    return _run("ip", "link", "show", "dev", name, check=False).returncode == 0
-
-
-def lab_mounts(index: int) -> list[str]:
-    """Mount points in the root namespace that belong to lab `index` (there should be none but netns)."""
-    marks = (str(lab_dir(index)) + "/", f"/run/netns/{lab_name(index)}-")
-    with open("/proc/self/mountinfo") as fh:
-        return [line.split()[4] for line in fh if any(line.split()[4].startswith(m) for m in marks)]
-
-
-@contextlib.contextmanager
-def labs_lock() -> Iterator[None]:
-    """Serialises lab number choice, stale cleanup and the guard route between processes."""
-    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The process that owns a lab; the lab is stale once it is gone."""
-
-    pid: int
-    start_time: str
-    cli: bool
-
-    def alive(self) -> bool:
-        return pid_alive(self.pid) and pid_start_time(self.pid) == self.start_time
-
-
-def read_owner(index: int) -> Owner | None:
-    try:
-        data = json.loads((lab_dir(index) / "owner.json").read_text())
-        return Owner(int(data["pid"]), str(data["start_time"]), bool(data.get("cli", False)))
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def labs_present() -> set[int]:
-    """Numbers of labs that have anything on this machine (directory, namespace, link or cgroup)."""
-    found: set[int] = set()
-
-    def number(name: str) -> int | None:
-        rest = name[len(PREFIX):].split("-", 1)[0]
-        return int(rest) if name.startswith(PREFIX) and rest.isdigit() else None
-
-    names = [p.name for p in STATE_ROOT.glob(f"{PREFIX}*") if p.is_dir()]
-    names += list(netns_names())
-    names += [line.split(":")[1].strip().split("@")[0]
-              for line in _run("ip", "-o", "link", "show", check=False).stdout.splitlines()]
-    with contextlib.suppress(RuntimeError):
-        names += [p.name for p in cgroup_root().glob(f"{PREFIX}*")]
-    for name in names:
-        if (n := number(name)) is not None:
-            found.add(n)
-    return found
-
-
-def live_labs() -> dict[int, Owner]:
-    out: dict[int, Owner] = {}
-    for index in labs_present():
-        owner = read_owner(index)
-        if owner is not None and owner.alive():
-            out[index] = owner
-    return out
-
-
-def destroy_lab(index: int) -> None:
-    """Remove everything of lab `index`: processes (by PID, through its cgroups), namespaces,
-    the root veth, cgroups and the state directory. Idempotent; used by stop() and for stale labs."""
-    name = lab_name(index)
-    with contextlib.suppress(RuntimeError):
-        for cgroup in sorted(cgroup_root().glob(f"{name}-*")):
-            kill_cgroup(cgroup)
-    if link_exists(f"{name}-rt"):
-        _run("ip", "link", "del", f"{name}-rt", check=False)
-    for ns in sorted(netns_names()):
-        if ns.startswith(f"{name}-"):
-            _run("ip", "netns", "del", ns, check=False)
-    shutil.rmtree(lab_dir(index), ignore_errors=True)
-
-
-def leftovers(index: int) -> list[str]:
-    """What lab `index` left on this machine (empty after a clean teardown)."""
-    name = lab_name(index)
-    found = [f"netns {ns}" for ns in sorted(netns_names()) if ns.startswith(f"{name}-")]
-    if link_exists(f"{name}-rt"):
-        found.append(f"link {name}-rt")
-    with contextlib.suppress(RuntimeError):
-        found += [f"cgroup {p}" for p in cgroup_root().glob(f"{name}-*")]
-    found += [f"mount {m}" for m in lab_mounts(index)]
-    if lab_dir(index).exists():
-        found.append(f"dir {lab_dir(index)}")
-    return found
-
-
-def guard_route_present() -> bool:
-    return "unreachable" in _run("ip", "route", "show", GUARD_CIDR, check=False).stdout
-
-
-def ensure_guard_route() -> None:
-    """The `unreachable` route for the whole lab range in the root namespace (call under the lock)."""
-    existing = _run("ip", "route", "show", GUARD_CIDR).stdout
-    if "unreachable" in existing:
-        return
-    if existing.strip():
-        raise RuntimeError(f"the root namespace already routes {GUARD_CIDR}: {existing.strip()}")
-    _run("ip", "route", "add", "unreachable", GUARD_CIDR)
-
-
-def clean_stale_labs() -> list[int]:
-    """Destroy labs whose owner process is gone (a killed run); returns their numbers. Call under the lock."""
-    stale = [i for i in sorted(labs_present()) if not ((o := read_owner(i)) is not None and o.alive())]
-    for index in stale:
-        destroy_lab(index)
-    return stale
-
-
-def drop_guard_if_unused() -> None:
-    """Remove the guard route when no lab is left (call under the lock)."""
-    if not labs_present() and guard_route_present():
-        _run("ip", "route", "del", "unreachable", GUARD_CIDR, check=False)
-
-
-def lab_available() -> str:
-    """'' if this machine can run the lab, else the reason (for pytest.skip)."""
-    if os.geteuid() != 0:
-        return "the multi-host lab needs root (namespaces, bind mounts, cgroups)"
-    for tool in ("ip", "unshare", "nsenter", "libvirtd", "virtlogd", "virsh", "qemu-system-x86_64"):
-        if shutil.which(tool) is None:
-            return f"the multi-host lab needs {tool} (run scripts/setup.sh)"
-    try:
-        cgroup_root()
-    except RuntimeError as exc:
-        return str(exc)
-    return ""
-
 
 # ---------------------------------------------------------------------------------------------
 # The lab
@@ -566,27 +258,27 @@ class LabCluster:
     def _underlay(self) -> None:
         ul = f"{self.prefix}ul"
         rt = f"{self.prefix}rt"
-        _run("ip", "netns", "add", ul)
-        _run("ip", "-n", ul, "link", "set", "lo", "up")
-        _run("ip", "-n", ul, "link", "add", "br0", "mtu", str(MTU), "type", "bridge")
-        _run("ip", "-n", ul, "link", "set", "br0", "up")
+        run("ip", "netns", "add", ul)
+        run("ip", "-n", ul, "link", "set", "lo", "up")
+        run("ip", "-n", ul, "link", "add", "br0", "mtu", str(MTU), "type", "bridge")
+        run("ip", "-n", ul, "link", "set", "br0", "up")
         # the root namespace's only way into the lab: a veth into the underlay, never the default route
-        _run("ip", "link", "add", rt, "mtu", str(MTU), "type", "veth", "peer", "name", "rt", "mtu", str(MTU),
+        run("ip", "link", "add", rt, "mtu", str(MTU), "type", "veth", "peer", "name", "rt", "mtu", str(MTU),
              "netns", ul)
-        _run("ip", "-n", ul, "link", "set", "rt", "master", "br0", "up")
-        _run("ip", "addr", "add", f"{root_ip(self.index)}/24", "dev", rt)
-        _run("ip", "link", "set", rt, "up")
+        run("ip", "-n", ul, "link", "set", "rt", "master", "br0", "up")
+        run("ip", "addr", "add", f"{root_ip(self.index)}/24", "dev", rt)
+        run("ip", "link", "set", rt, "up")
 
     def _start_host(self, host: LabHost) -> None:
         ul = f"{self.prefix}ul"
-        _run("ip", "netns", "add", host.netns)
-        _run("ip", "-n", host.netns, "link", "set", "lo", "up")
+        run("ip", "netns", "add", host.netns)
+        run("ip", "-n", host.netns, "link", "set", "lo", "up")
         # both ends at MTU 1600: a veth drops frames longer than its peer's MTU
-        _run("ip", "-n", host.netns, "link", "add", "ul0", "mtu", str(MTU), "type", "veth",
+        run("ip", "-n", host.netns, "link", "add", "ul0", "mtu", str(MTU), "type", "veth",
              "peer", "name", host.name, "mtu", str(MTU), "netns", ul)
-        _run("ip", "-n", ul, "link", "set", host.name, "master", "br0", "up")
-        _run("ip", "-n", host.netns, "addr", "add", f"{host.ip}/24", "dev", "ul0")
-        _run("ip", "-n", host.netns, "link", "set", "ul0", "up")
+        run("ip", "-n", ul, "link", "set", host.name, "master", "br0", "up")
+        run("ip", "-n", host.netns, "addr", "add", f"{host.ip}/24", "dev", "ul0")
+        run("ip", "-n", host.netns, "link", "set", "ul0", "up")
         self._prepare_dirs(host)
         host.cgroup.mkdir()
         binds = " ".join(f"mount --bind {host.root / local} {mount};" for mount, local in BIND_MOUNTS.items())
@@ -615,12 +307,9 @@ class LabCluster:
             for f in etc.glob(pattern):
                 f.unlink()
         with open(etc / "libvirtd.conf", "a") as fh:
-            fh.write(f'\n# hvd lab host {host.name}\nhost_uuid = "{host.host_uuid}"\nlisten_tcp = 1\n'
-                     f'listen_tls = 0\nlisten_addr = "{host.ip}"\nauth_tcp = "none"\n'
-                     'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n')
+            fh.write(libvirtd_conf(host.name, host.ip, host.host_uuid))
         with open(etc / "qemu.conf", "a") as fh:
-            fh.write(f'\n# hvd lab host {host.name}\nmigration_host = "{host.ip}"\n'
-                     f'migration_address = "{host.ip}"\ncgroup_controllers = [ ]\n')
+            fh.write(qemu_conf(host.name, host.ip))
         (etc / "storage" / "autostart").mkdir(parents=True, exist_ok=True)
         (etc / "storage" / "default.xml").write_text(
             f"<pool type='dir'><name>default</name><uuid>{uuid.uuid4()}</uuid>"
@@ -861,114 +550,7 @@ class LabCluster:
         return {n: [p for p in cgroup_pids(h.cgroup) if pid_alive(p)] for n, h in self.hosts.items()}
 
 
-# ---------------------------------------------------------------------------------------------
-# CLI: make lab / make lab-down
+if __name__ == "__main__":  # python3 -m tests.lab.cluster up|down|status (see lab_cli)
+    from tests.lab.lab_cli import main
 
-
-def _serve(hosts: int) -> int:
-    """Run a lab in this process until SIGTERM/SIGINT (the `make lab` owner)."""
-    stop = False
-
-    def on_signal(_sig: int, _frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        lab = LabCluster(hosts, cli=True, ready_timeout=180).start()
-    except Exception as exc:
-        print(f"FAILED {exc}", flush=True)
-        return 1
-    print(f"READY {lab.index}", flush=True)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    try:
-        while not stop:
-            time.sleep(0.5)
-    finally:
-        lab.stop()
-    return 0
-
-
-def _up(hosts: int) -> int:
-    log = STATE_ROOT / f"{PREFIX}-cli-{os.getpid()}.log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.lab.cluster", "serve", "--hosts", str(hosts)],
-                                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, cwd=REPO,
-                                start_new_session=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline().decode().strip()
-    proc.stdout.close()
-    if not line.startswith("READY"):
-        print(f"lab did not start: {line or log.read_text()[-3000:]}", file=sys.stderr)
-        log.unlink(missing_ok=True)
-        return 1
-    log.unlink(missing_ok=True)
-    index = int(line.split()[1])
-    print(f"# lab {lab_name(index)}: {hosts} hosts, owner pid {proc.pid}, state in {lab_dir(index)}")
-    print("# stop it with: make lab-down")
-    print((lab_dir(index) / "openrc").read_text(), end="")
-    return 0
-
-
-def _down() -> int:
-    with labs_lock():
-        owners = live_labs()
-    code = 0
-    for index, owner in sorted(owners.items()):
-        if not owner.cli:
-            print(f"lab {lab_name(index)} belongs to process {owner.pid} (a test run): left alone")
-            continue
-        os.kill(owner.pid, signal.SIGTERM)
-        if wait_gone([owner.pid], 60):
-            print(f"lab {lab_name(index)}: owner {owner.pid} did not stop; removing the lab itself")
-            os.kill(owner.pid, signal.SIGKILL)
-            code = 1
-        print(f"lab {lab_name(index)} removed")
-    with labs_lock():
-        for index in clean_stale_labs():
-            print(f"stale lab {lab_name(index)} removed")
-        drop_guard_if_unused()
-    return code
-
-
-def _status() -> int:
-    present = labs_present()
-    if not present:
-        print("no lab")
-    for index in sorted(present):
-        owner = read_owner(index)
-        state = "running" if owner is not None and owner.alive() else "stale (run make lab-down)"
-        who = f"owner {owner.pid}{' (make lab)' if owner.cli else ''}" if owner else "no owner"
-        print(f"{lab_name(index)}: {state}, {who}, {lab_dir(index)}")
-        session = http_session()
-        for cfg in sorted(lab_dir(index).glob("h*/hvd.toml")):
-            url = f"http://{host_ip(index, int(cfg.parent.name[1:]))}:{API_PORT}"
-            try:
-                health = session.get(url + "/healthz", timeout=2).json()
-                print(f"  {cfg.parent.name} {url} leader={health.get('leader')}")
-            except (requests.RequestException, ValueError):
-                print(f"  {cfg.parent.name} {url} not answering")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m tests.lab.cluster", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["up", "down", "status", "serve"])
-    parser.add_argument("--hosts", type=int, default=3)
-    args = parser.parse_args(argv)
-    if args.command in ("up", "serve") and (reason := lab_available()):
-        print(reason, file=sys.stderr)
-        return 1
-    if args.command == "up":
-        return _up(args.hosts)
-    if args.command == "serve":
-        return _serve(args.hosts)
-    if args.command == "down":
-        return _down()
-    return _status()
-
-
-if __name__ == "__main__":
     sys.exit(main())

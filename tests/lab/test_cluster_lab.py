@@ -166,7 +166,7 @@ def test_a_guest_live_migrates_p2p_with_storage_copy(lab: LabCluster, booting_gu
 def test_a_killed_run_is_cleaned_by_the_next_start() -> None:
     """A `make lab` owner killed with SIGKILL leaves its hosts running; the next lab start (here
     its stale-lab cleanup) removes all of it."""
-    serve = subprocess.Popen([sys.executable, "-m", "tests.lab.cluster", "serve", "--hosts", "1"], cwd=REPO,
+    serve = subprocess.Popen([sys.executable, "-m", "tests.lab.lab_cli", "serve", "--hosts", "1"], cwd=REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert serve.stdout is not None
     line = serve.stdout.readline().strip()
