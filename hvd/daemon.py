@@ -29,6 +29,7 @@ from hvd.api.v1.netcommon import NETWORK
 from hvd.api.v1.servers import COMPUTE
 from hvd.catalog.service import Catalog
 from hvd.cluster.coordinator import RaftCoordinator
+from hvd.cluster.event_relay import EventRelay
 from hvd.cluster.member import open_raft_coordinator
 from hvd.cluster.peer_auth import PeerVerifier
 from hvd.cluster.peers import PeerCaller
@@ -211,12 +212,13 @@ async def _cluster_upkeep(service: ComputeService) -> None:
 @contextlib.asynccontextmanager
 async def running_compute(config: Config, catalog: Catalog, api_url: str) -> AsyncIterator[dict[str, Any]]:
     """Driver → host record → image store/cache → manager → placement → crash repair → sync loop."""
-    events = EventBus()
+    events = EventBus(host=config.host_name)
     driver = make_driver(config)
     await driver.start()
     sync: asyncio.Task[None] | None = None
     recovery: asyncio.Task[None] | None = None
     peers: PeerCaller | None = None
+    relay: EventRelay | None = None
     service: ComputeService | None = None
     network: NetworkService | None = None
     try:
@@ -237,6 +239,8 @@ async def running_compute(config: Config, catalog: Catalog, api_url: str) -> Asy
             await peers.start()
             service.builds.peers = peers
             manager.peers = peers
+            relay = EventRelay(events, peers, catalog)
+            relay.install()
         reconciler = Reconciler(service)
         await reconciler.startup()
         sync = asyncio.create_task(reconciler.run(config.compute.sync_power_state_interval_s))
@@ -248,6 +252,8 @@ async def running_compute(config: Config, catalog: Catalog, api_url: str) -> Asy
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if relay is not None:
+            await relay.close()
         if peers is not None:
             await peers.close()
         if service is not None:

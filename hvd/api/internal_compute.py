@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from hvd.api.internal import _authenticated_body, _wire
 from hvd.api.services import SERVICES
+from hvd.cluster import event_relay
 from hvd.cluster.peers import APPLIED_HEADER
 from hvd.compute.builds import BUILD_PATH, PLACE_PATH, BuildRequest, PlaceAnswer, PlaceRequest
 from hvd.compute.service import ComputeService
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 CATCH_UP_TIMEOUT_S = 10.0
 COMPUTE_KEY = "compute"  # key of the ComputeService in ApiServices.extra
+EVENTS_KEY = "events"  # key of the EventBus in ApiServices.extra
 
 
 async def catch_up(request: web.Request) -> None:
@@ -90,9 +92,18 @@ async def _image_data(request: web.Request) -> web.StreamResponse:
         return _wire(exc)
 
 
+async def _events(request: web.Request) -> web.StreamResponse:
+    try:
+        await _authenticated_body(request)
+    except HvdError as exc:
+        return _wire(exc)
+    return await event_relay.serve_stream(request, request.app[SERVICES].extra[EVENTS_KEY])
+
+
 def install(app: web.Application) -> None:
     """Add the compute peer routes (the app must already carry the peer endpoint and services)."""
     app.router.add_post(PLACE_PATH, _typed(PlaceRequest, _place))
     app.router.add_post(BUILD_PATH, _typed(BuildRequest, _build))
     app.router.add_post(transfer.REPLICATE_PATH, _typed(ReplicateRequest, _replicate))
     app.router.add_get(transfer.DATA_PATH, _image_data)
+    app.router.add_get(event_relay.STREAM_PATH, _events)

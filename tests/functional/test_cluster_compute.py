@@ -186,3 +186,24 @@ def test_an_aggregate_zone_steers_placement_and_is_listed(cloud: Cluster, image:
     r = cloud.call("node2", "DELETE", f"/v1/aggregates/{agg['id']}/hosts/node3")
     assert r.status_code == 200 and r.json()["hosts"] == [], r.text
     assert cloud.call("node2", "DELETE", f"/v1/aggregates/{agg['id']}").status_code == 204
+
+
+def test_the_event_stream_of_any_host_shows_the_whole_clusters_events(cloud: Cluster, image: dict[str, Any]) -> None:
+    cloud.call("node1", "GET", "/v1/flavors")  # a token for node1
+    seen: list[dict[str, Any]] = []
+    with requests.get(cloud.url("node1") + "/v1/events", stream=True, timeout=60,
+                      headers={"Authorization": f"Bearer {cloud.tokens['node1']}"}) as stream:
+        time.sleep(1.0)  # the relay follows the other hosts once someone listens
+        server = create(cloud, "node2", "watched", image["id"], host="node3")
+        deadline = time.monotonic() + 30
+        for line in stream.iter_lines():
+            if line.startswith(b"data: "):
+                event = json.loads(line[6:])
+                if event.get("instance_id") == server["id"]:
+                    seen.append(event)
+                    if event["type"] == "instance.action.finish":
+                        break
+            assert time.monotonic() < deadline, seen
+    assert {e["host"] for e in seen if e["type"] == "instance.action.finish"} == {"node3"}, seen
+    assert "instance.task" in {e["type"] for e in seen}  # the build steps, published on node3
+    assert cloud.call("node1", "DELETE", f"/v1/servers/{server['id']}?wait=true").status_code == 204
