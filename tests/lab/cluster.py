@@ -69,6 +69,7 @@ from tests.lab.lab_plan import (
     CLUSTER_KEY_BYTES,
     IMAGES_PATH,
     INSTANCES_PATH,
+    MAX_HOSTS,
     MTU,
     daemon_config,
     host_ip,
@@ -186,8 +187,8 @@ class LabCluster:
     def __init__(self, hosts: int = 3, *, config: Mapping[str, Mapping[str, Any]] | None = None,
                  host_config: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
                  start_daemons: bool = True, ready_timeout: float = 90.0, cli: bool = False) -> None:
-        if hosts < 1:
-            raise ValueError("a lab needs at least one host")
+        if not 1 <= hosts <= MAX_HOSTS:
+            raise ValueError(f"a lab has 1 to {MAX_HOSTS} hosts, not {hosts}")
         self.hosts_count = hosts
         self.config = config or {}
         self.host_config = host_config or {}

@@ -29,7 +29,7 @@ BIND_MOUNTS = {
 }
 INSTANCES_PATH = "/var/lib/libvirt/hvd-instances"
 IMAGES_PATH = "/var/lib/libvirt/images"
-
+MAX_HOSTS = 250  # .1-.250 of the lab /24; .254 is the root namespace
 
 
 def lab_name(index: int) -> str:
