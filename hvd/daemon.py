@@ -41,6 +41,7 @@ from hvd.config import Config
 from hvd.drivers.base import ComputeDriver
 from hvd.errors import Conflict, ServiceUnavailable
 from hvd.events import EventBus
+from hvd.health import Health, State, dead, task_status
 from hvd.identity.policy import Policy
 from hvd.identity.service import IdentityService, now_iso
 from hvd.net.service import NetworkService
@@ -129,6 +130,8 @@ async def wait_for_cluster(coordinator: RaftCoordinator) -> None:
             await coordinator.read_barrier()
             return
         except ServiceUnavailable as exc:
+            if coordinator.health().state is State.DEAD:
+                raise  # the Raft loop stopped for good (logged): waiting longer cannot help
             log.warning("waiting for a Raft leader: %s", exc.message)
 
 
@@ -157,8 +160,10 @@ async def running_services(config: Config, listener: socket.socket | None = None
     api_url = f"http://{config.api.listen}:{config.api.port}"
     catalog, coordinator = open_catalog(config, data_dir)
     startup: StartupListener | None = None
+    health = Health()  # what /healthz and the watchdog look at
     try:
         await coordinator.start()
+        health.add("raft", coordinator.health)
         key = config.cluster.cluster_key.encode()
         endpoint = PeerEndpoint(coordinator, PeerVerifier(key) if key else None)
         if listener is not None:
@@ -168,13 +173,13 @@ async def running_services(config: Config, listener: socket.socket | None = None
         identity = IdentityService(catalog, config.identity.token_ttl_s)
         openrc = Path(config.identity.openrc_path or data_dir / "openrc")
         await bootstrap_identity(config, identity, openrc, api_url)
-        async with running_compute(config, catalog, api_url) as extra:
+        async with running_compute(config, catalog, api_url, health) as extra:
             extra[PEER_SERVICE] = endpoint
             extra[STARTUP_LISTENER] = startup
             policy = Policy(config.identity.policy)
             extra[COMPUTE].policy = policy
             yield ApiServices(config=config, catalog=catalog, identity=identity, policy=policy, api_url=api_url,
-                              extra=extra)
+                              extra=extra, health=health)
     finally:
         if startup is not None:
             await startup.close()
@@ -210,7 +215,9 @@ async def _cluster_upkeep(service: ComputeService) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_compute(config: Config, catalog: Catalog, api_url: str) -> AsyncIterator[dict[str, Any]]:
+async def running_compute(
+    config: Config, catalog: Catalog, api_url: str, health: Health | None = None
+) -> AsyncIterator[dict[str, Any]]:
     """Driver → host record → image store/cache → manager → placement → crash repair → sync loop."""
     events = EventBus(host=config.host_name)
     driver = make_driver(config)
@@ -244,6 +251,8 @@ async def running_compute(config: Config, catalog: Catalog, api_url: str) -> Asy
         reconciler = Reconciler(service)
         await reconciler.startup()
         sync = asyncio.create_task(reconciler.run(config.compute.sync_power_state_interval_s))
+        if health is not None:
+            health.add("power_sync", lambda: task_status(sync, reconciler.status))
         recovery = asyncio.create_task(_cluster_upkeep(service))
         yield {COMPUTE: service, IMAGE_STORE: store, EVENTS: events, NETWORK: network, PEERS: peers}
     finally:
@@ -263,8 +272,9 @@ async def running_compute(config: Config, catalog: Catalog, api_url: str) -> Asy
         await driver.close()
 
 
-async def serve(config: Config) -> None:
-    """Run the daemon until SIGTERM/SIGINT."""
+async def serve(config: Config) -> int:
+    """Run the daemon until SIGTERM/SIGINT (exit code 0) or until one of its loops dies for good
+    (logged; exit code 1, so that systemd restarts it)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -284,7 +294,7 @@ async def serve(config: Config) -> None:
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
-            return
+            return 0
         services = starting.result()
         app = build_app(services)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -301,10 +311,21 @@ async def serve(config: Config) -> None:
         log.info("hvd %s listening on %s (host %s)", hvd.__version__, services.api_url, config.host_name)
         systemd.notify("READY=1")
         interval = systemd.watchdog_interval()
-        watchdog = asyncio.create_task(systemd.watchdog_loop(interval)) if interval else None
+        watchdog = (asyncio.create_task(systemd.watchdog_loop(interval, lambda: not dead(services.health.check())))
+                    if interval else None)
+        died = asyncio.ensure_future(services.health.wait_dead())
+        stopping = asyncio.ensure_future(stop.wait())
         try:
-            await stop.wait()
+            await asyncio.wait({died, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if died.done():
+                for name, reason in died.result().items():
+                    log.critical("the %s loop died (%s): exiting so that the service manager restarts hvd",
+                                 name, reason)
+                return 1
+            return 0
         finally:
+            died.cancel()
+            stopping.cancel()
             log.info("shutting down")
             systemd.notify("STOPPING=1")
             if watchdog is not None:
@@ -316,4 +337,6 @@ def run(config: Config) -> None:
     """Entry point of `hvd daemon`: uvloop + serve()."""
     import uvloop
 
-    uvloop.run(serve(config))
+    code = uvloop.run(serve(config))
+    if code:
+        raise SystemExit(code)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 
 def notify(state: str) -> bool:
@@ -29,7 +33,15 @@ def watchdog_interval() -> float | None:
     return int(usec) / 1_000_000 / 2
 
 
-async def watchdog_loop(interval: float) -> None:
+async def watchdog_loop(interval: float, alive: Callable[[], bool] = lambda: True) -> None:
+    """Ping systemd's watchdog every `interval` while `alive()`: once a loop of the daemon has died,
+    the pings stop, so systemd restarts a daemon that is stuck instead of trusting a live event loop."""
+    silent = False
     while True:
-        notify("WATCHDOG=1")
+        if alive():
+            notify("WATCHDOG=1")
+            silent = False
+        elif not silent:
+            log.error("a daemon loop is dead: no more watchdog pings")
+            silent = True
         await asyncio.sleep(interval)

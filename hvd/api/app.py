@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 import hvd
 from hvd.api import internal, internal_compute
@@ -13,16 +13,23 @@ from hvd.api.middleware import auth_middleware, error_middleware, request_id_mid
 from hvd.api.routing import Router, openapi_document
 from hvd.api.services import SERVICES, ApiServices
 from hvd.api.v1 import admin, aggregates, auth, cluster, events, flavors, identity, images, keypairs, networks, servers
+from hvd.health import verdict
 
 ROUTER_KEY = web.AppKey("hvd.router", Router)
 ROUTE_MODULES = [auth, identity, flavors, keypairs, admin, aggregates, cluster, images, servers, events, networks]
 
 
+class LoopHealth(BaseModel):
+    state: str = Field(description="ok, degraded (retrying by itself) or dead (the daemon is about to exit)")
+    reason: str
+
+
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok (HTTP 200), or degraded / dead (HTTP 503): see loops")
     version: str
     host: str
     leader: str | None
+    loops: dict[str, LoopHealth] = Field(description="The Raft loop and the power-sync loop, by name")
 
 
 class Versions(BaseModel):
@@ -31,10 +38,16 @@ class Versions(BaseModel):
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 while every loop of the daemon works; 503 naming the loop that is degraded or dead."""
     svc = request.app[SERVICES]
     coord = svc.catalog.coordinator
+    statuses = {"raft": coord.health(), **svc.health.check()}
+    code, state = verdict(statuses)
+    loops = {name: {"state": s.state.value, "reason": s.reason} for name, s in statuses.items()}
     return json_response(
-        {"status": "ok", "version": hvd.__version__, "host": svc.config.host_name, "leader": coord.leader_id}
+        {"status": state, "version": hvd.__version__, "host": svc.config.host_name, "leader": coord.leader_id,
+         "loops": loops},
+        status=code,
     )
 
 

@@ -15,7 +15,8 @@ from prometheus_client import Counter, Histogram
 from hvd.api.helpers import CONTEXT_KEY
 from hvd.api.routing import Handler
 from hvd.api.services import SERVICES
-from hvd.errors import HvdError, Unauthorized
+from hvd.errors import HvdError, InsufficientStorage, Unauthorized
+from hvd.iofaults import is_disk_full
 from hvd.log import project_var, request_id_var, user_var
 
 log = logging.getLogger("hvd.api")
@@ -95,7 +96,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         elif exc.status == 404:
             message = f"no resource at {request.path}"
         return web.json_response(error_body(exc.status, exc.reason, message), status=exc.status)
-    except Exception:  # a bug anywhere below: logged with the request id, answered 500
+    except Exception as exc:
+        if is_disk_full(exc):  # a local write (catalog, image store) found no room: 507, not a bug
+            log.error("%s %s: the disk is full: %s", request.method, request.path, exc)
+            error = InsufficientStorage(f"this host's disk is full ({exc}); retry once space is freed")
+            return web.json_response(error_body(error.status, error.title, error.message), status=error.status)
+        # a bug anywhere below: logged with the request id, answered 500
         log.exception("unexpected error handling %s %s", request.method, request.path)
         return web.json_response(
             error_body(500, "Internal Server Error", "unexpected error; see the daemon log for the request id"),

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from hvd.catalog.service import Catalog
 from hvd.config import Config
+from hvd.health import Health
 from hvd.identity.policy import Policy
 from hvd.identity.service import IdentityService
 
@@ -21,6 +22,7 @@ class ApiServices:
     policy: Policy
     api_url: str
     extra: dict[str, Any] = field(default_factory=dict)  # services added by later layers (compute, net)
+    health: Health = field(default_factory=Health)  # probes of the daemon's loops (besides the catalog's)
 
 
 SERVICES = web.AppKey("hvd.services", ApiServices)

@@ -14,6 +14,7 @@ from typing import Any
 from hvd.catalog.commands import Command, encode
 from hvd.catalog.db import Database
 from hvd.catalog.state import CatalogState, decode_result
+from hvd.health import OK, Status
 
 
 class Coordinator(abc.ABC):
@@ -42,6 +43,10 @@ class Coordinator(abc.ABC):
     @abc.abstractmethod
     async def wait_applied(self, index: int) -> None:
         """Return once the local catalog has applied `index`."""
+
+    def health(self) -> Status:
+        """Whether the loop that commits changes runs (for /healthz and the watchdog)."""
+        return OK
 
     async def read_barrier(self) -> None:  # noqa: B027 - optional hook; local reads are current
         """Return once local reads reflect every command committed before the call."""

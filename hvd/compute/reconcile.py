@@ -26,10 +26,16 @@ from hvd.compute.lifecycle import PowerState, RepairKind, TaskState, VmState
 from hvd.compute.manager import RESIZE_SUFFIX
 from hvd.compute.service import ComputeService
 from hvd.errors import HvdError, NotFound
+from hvd.health import OK, State, Status
 from hvd.identity.service import now_iso
+from hvd.iofaults import backoff_s, describe
 from hvd.storage.image_cache import BASE_DIR_NAME
 
 log = logging.getLogger(__name__)
+
+
+def _reason(exc: Exception) -> str:
+    return exc.message if isinstance(exc, HvdError) else describe(exc)
 
 
 def instances_of_host(conn: sqlite3.Connection, host: str) -> list[dict[str, Any]]:
@@ -74,6 +80,7 @@ class Reconciler:
         self.catalog = service.catalog
         self.driver = service.manager.driver
         self.host = service.host
+        self.status: Status = OK  # of the periodic power sync (for /healthz)
 
     async def startup(self) -> None:
         """Repair interrupted operations, then remove orphans, then sync power states."""
@@ -287,19 +294,28 @@ class Reconciler:
             async for uuid, power in self.driver.events():
                 try:
                     await self.on_event(uuid, power)
-                except HvdError as exc:
-                    log.warning("event handling for %s failed: %s", uuid, exc.message)
+                except Exception as exc:  # one event's failure must not end the event stream
+                    log.warning("event handling for %s failed: %s", uuid, _reason(exc))
 
         watcher = asyncio.create_task(events())
+        failures = 0
         try:
             while True:
-                await asyncio.sleep(interval)
+                # after failures, back off (up to the interval) so a broken hypervisor is not hammered
+                await asyncio.sleep(interval + (min(backoff_s(failures) * 20, interval) if failures else 0))
                 try:
                     await self.sync_power_states()
                     await self.auto_confirm_resizes()
                     await self.clean_image_cache()
-                except HvdError as exc:
-                    log.warning("power sync failed: %s", exc.message)
+                except Exception as exc:  # any failure (a bug, libvirt, the disk): log, report, go on
+                    failures += 1
+                    log.log(logging.ERROR if failures == 1 else logging.WARNING,
+                            "power sync failed (%d in a row): %s", failures, _reason(exc),
+                            exc_info=not isinstance(exc, HvdError))
+                    self.status = Status(State.DEGRADED, f"power sync failing ({failures} in a row): {_reason(exc)}")
+                else:
+                    failures = 0
+                    self.status = OK
         finally:
             watcher.cancel()
 
