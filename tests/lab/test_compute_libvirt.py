@@ -88,6 +88,45 @@ def heartbeats(text: str) -> list[int]:
     return [int(n) for n in re.findall(r"HVD-GUEST heartbeat (\d+)", text)]
 
 
+async def mark(api: Api, sid: str) -> int:
+    """The console's length now: what the guest prints from here on lies after it (the log is
+    kept across QEMU restarts)."""
+    return len(await console(api, sid))
+
+
+def domain_id(uuid: str) -> int:
+    """libvirt's id of the running domain: a new one at every start of its QEMU process."""
+    conn = libvirt.open("qemu:///system")
+    try:
+        return int(conn.lookupByUUIDString(uuid).ID())
+    finally:
+        conn.close()
+
+
+async def assert_rebooted(api: Api, sid: str, kind: str, booted_at: int) -> int:
+    """Reboot `sid` (whose current boot printed from console position `booted_at` on) and prove it
+    from inside the guest: a new boot after the old output, the heartbeat counter starting again
+    at 1, a new QEMU process (domain id); soft reboot lets the guest shut itself down first (its
+    poweroff marker), hard does not. Returns the console position the new boot starts at."""
+    # past heartbeat 1 of this boot, so a "heartbeat 1" after the reboot can only be a new boot
+    await wait_console(api, sid, r"HVD-GUEST heartbeat 2\b", after=booted_at)
+    old_id, start = domain_id(sid), await mark(api, sid)
+    status, body = await action(api, sid, "reboot", {"type": kind})
+    assert status == 202 and body["status"] == "ACTIVE", body
+    await wait_console(api, sid, r"HVD-GUEST boot variant=", after=start)
+    await wait_console(api, sid, r"HVD-GUEST heartbeat 1\b", after=start)
+    assert domain_id(sid) != old_id
+    said = (await console(api, sid))[start:]
+    assert ("HVD-GUEST poweroff" in said) == (kind == "soft"), said[-2000:]
+    return start
+
+
+def guest_size(line: str) -> tuple[str, int]:
+    """("big", cpus) for a `mem_kb=.. cpus=..` line of a 192 MiB guest, ("small", cpus) for 128 MiB."""
+    mem_kb = int(re.findall(r"mem_kb=(\d+)", line)[0])
+    return ("big" if mem_kb > 140_000 else "small", int(re.findall(r"cpus=(\d+)", line)[0]))
+
+
 def domain_state(uuid: str) -> int | None:
     conn = libvirt.open("qemu:///system")
     try:
@@ -114,53 +153,56 @@ async def test_full_lifecycle_on_a_real_guest(lab: dict[str, Any]) -> None:
     await wait_console(api, sid, r"HVD-MARK written")
 
     # stop: the guest sees the ACPI button and powers off cleanly
+    at = await mark(api, sid)
     status, body = await action(api, sid, "stop")
     assert body["status"] == "SHUTOFF" and body["power_state"] == 4
-    assert "HVD-GUEST poweroff" in await console(api, sid)
+    assert "HVD-GUEST poweroff" in (await console(api, sid))[at:]
     assert domain_state(sid) == libvirt.VIR_DOMAIN_SHUTOFF
 
-    # start regenerates the XML and boots again
+    # start regenerates the XML and boots again; the console keeps the first boot's output
+    at = await mark(api, sid)
     status, body = await action(api, sid, "start")
     assert body["status"] == "ACTIVE"
-    await wait_console(api, sid, r"HVD-GUEST ready")
+    await wait_console(api, sid, r"HVD-GUEST ready", after=at)
+    assert f"instance-id={sid}" in (await console(api, sid))[:at]
 
     # soft reboot: a clean shutdown and a fresh boot (heartbeats count from 1 again)
-    await wait_console(api, sid, r"heartbeat 3\b")
-    status, body = await action(api, sid, "reboot", {"type": "soft"})
-    assert body["status"] == "ACTIVE", body
-    await wait_console(api, sid, r"HVD-GUEST ready")
-    assert min(heartbeats(await console(api, sid)) or [1]) == 1
+    at = await assert_rebooted(api, sid, "soft", booted_at=at)
+    await wait_console(api, sid, r"HVD-GUEST ready", after=at)
 
     # pause: heartbeats stop; unpause: they go on
-    await wait_console(api, sid, r"heartbeat 2\b")
+    await wait_console(api, sid, r"heartbeat 2\b", after=at)
     status, body = await action(api, sid, "pause")
     assert body["status"] == "PAUSED" and domain_state(sid) == libvirt.VIR_DOMAIN_PAUSED
-    text = await console(api, sid)
+    text = (await console(api, sid))[at:]
     assert heartbeats(text), text[-3000:]
-    frozen = max(heartbeats(text))
+    frozen = heartbeats(text)[-1]
     await asyncio.sleep(2.5)
-    assert max(heartbeats(await console(api, sid))) == frozen
+    assert heartbeats((await console(api, sid))[at:])[-1] == frozen
     await action(api, sid, "unpause")
-    await wait_console(api, sid, rf"heartbeat {frozen + 2}\b", timeout=20)
+    await wait_console(api, sid, rf"heartbeat {frozen + 2}\b", timeout=20, after=at)
 
-    # suspend saves the state to disk; resume continues the same boot: QEMU restarts (the
-    # console file starts afresh) but the guest's heartbeat counter goes on where it was
-    before = max(heartbeats(await console(api, sid)))
+    # suspend saves the state to disk; resume continues the same boot: QEMU restarts but the
+    # guest's heartbeat counter goes on where it was, with no boot in between
+    before = heartbeats((await console(api, sid))[at:])[-1]
+    saved_at = await mark(api, sid)
     status, body = await action(api, sid, "suspend")
     assert body["status"] == "SUSPENDED", body
     status, body = await action(api, sid, "resume")
     assert body["status"] == "ACTIVE", body
-    await wait_console(api, sid, rf"heartbeat {before + 2}\b", timeout=20)
-    assert "HVD-GUEST boot" not in await console(api, sid)
+    await wait_console(api, sid, rf"heartbeat {before + 2}\b", timeout=20, after=at)
+    assert "HVD-GUEST boot" not in (await console(api, sid))[saved_at:]
 
     # rescue: the rescue disk is vda and the original disk is vdb
+    at = await mark(api, sid)
     status, body = await action(api, sid, "rescue")
     assert body["status"] == "RESCUE", body
-    disks = await wait_console(api, sid, r"HVD-GUEST disks=[a-z ]+")
+    disks = await wait_console(api, sid, r"HVD-GUEST disks=[a-z ]+", after=at)
     assert disks.split("=")[1].split()[:2] == ["vda", "vdb"]
+    at = await mark(api, sid)
     status, body = await action(api, sid, "unrescue")
     assert body["status"] == "ACTIVE"
-    await wait_console(api, sid, r"HVD-GUEST ready")
+    await wait_console(api, sid, r"HVD-GUEST ready", after=at)
 
     # snapshot → an image that boots and keeps the data written before it
     status, snap = await action(api, sid, "snapshot", {"name": "life-snap"})
@@ -176,23 +218,39 @@ async def test_full_lifecycle_on_a_real_guest(lab: dict[str, Any]) -> None:
     await wait_console(api, from_snap["id"], r"HVD-MARK found kept")
     await api.call("DELETE", f"/v1/servers/{from_snap['id']}?wait=true")
 
-    # rebuild boots the other image
+    # rebuild boots the other image (new disks and a new console log: the guest writes its mark afresh)
     status, body = await action(api, sid, "rebuild", {"image": "guest-alt"})
     assert body["status"] == "ACTIVE" and body["image"]["id"] == lab["alt"]["id"], body
     await wait_console(api, sid, r"HVD-GUEST boot variant=alt")
+    await wait_console(api, sid, r"HVD-MARK written")
 
-    # resize shows the new RAM and vCPUs inside the guest; revert restores them
+    # resize shows the new RAM and vCPUs inside the guest; confirm keeps them. The resized guest
+    # starts in a new instance directory (the old one waits as <id>_resize): a new console log.
+    resize_dir = Path(lab["base"]) / "instances" / f"{sid}_resize"
     status, body = await action(api, sid, "resize", {"flavor": "small"})
     assert body.get("status") == "VERIFY_RESIZE", body
-    assert (Path(lab["base"]) / "instances" / f"{sid}_resize").is_dir()
-    line = await wait_console(api, sid, r"HVD-GUEST mem_kb=\d+ cpus=\d+")
-    assert line.endswith("cpus=2") and int(re.findall(r"mem_kb=(\d+)", line)[0]) > 140_000
+    assert resize_dir.is_dir()
+    assert guest_size(await wait_console(api, sid, r"HVD-GUEST mem_kb=\d+ cpus=\d+")) == ("big", 2)
     status, body = await action(api, sid, "confirm-resize")
     assert body["status"] == "ACTIVE" and body["flavor"]["name"] == "small"
-    assert not (Path(lab["base"]) / "instances" / f"{sid}_resize").exists()
+    assert not resize_dir.exists()
+
+    # resize back down, then revert: the guest boots again with the flavor it had (2 vCPUs)
+    await wait_console(api, sid, r"HVD-GUEST ready")
+    status, body = await action(api, sid, "resize", {"flavor": "tiny"})
+    assert body.get("status") == "VERIFY_RESIZE", body
+    assert guest_size(await wait_console(api, sid, r"HVD-GUEST mem_kb=\d+ cpus=\d+")) == ("small", 1)
+    await wait_console(api, sid, r"HVD-GUEST ready")
+    at = len((resize_dir / "console.log").read_bytes())  # revert goes back to that directory and log
+    old_id = domain_id(sid)
+    status, body = await action(api, sid, "revert-resize")
+    assert body["status"] == "ACTIVE" and body["flavor"]["name"] == "small", body
+    assert domain_id(sid) != old_id
+    assert guest_size(await wait_console(api, sid, r"HVD-GUEST mem_kb=\d+ cpus=\d+", after=at)) == ("big", 2)
+    assert not resize_dir.exists()
 
     # shelve frees the host; unshelve boots the shelved image with its data
-    await wait_console(api, sid, r"HVD-GUEST ready")
+    await wait_console(api, sid, r"HVD-GUEST ready", after=at)
     status, body = await action(api, sid, "shelve")
     assert body["status"] == "SHELVED_OFFLOADED" and body["host"] is None, body
     assert domain_state(sid) is None and not instance_dir.exists()
@@ -201,6 +259,7 @@ async def test_full_lifecycle_on_a_real_guest(lab: dict[str, Any]) -> None:
     status, body = await action(api, sid, "unshelve")
     assert body["status"] == "ACTIVE", body
     await wait_console(api, sid, r"HVD-GUEST ready")
+    await wait_console(api, sid, r"HVD-MARK found kept")  # the new console: the instance dir is new
 
     # delete removes domain, files and claims
     status, _ = await api.call("DELETE", f"/v1/servers/{sid}?wait=true")
@@ -215,9 +274,8 @@ async def test_hard_reboot_and_guest_initiated_poweroff(lab: dict[str, Any]) -> 
     _, server = await api.call("POST", "/v1/servers?wait=true", {"name": "hr", "flavor": "tiny", "image": "guest"})
     sid = server["id"]
     await wait_console(api, sid, r"HVD-GUEST ready")
-    _, body = await action(api, sid, "reboot", {"type": "hard"})
-    assert body["status"] == "ACTIVE"
-    await wait_console(api, sid, r"HVD-GUEST ready")
+    at = await assert_rebooted(api, sid, "hard", booted_at=0)
+    await wait_console(api, sid, r"HVD-GUEST ready", after=at)
     # the guest powers itself off: the power sync records it as stopped
     conn = libvirt.open("qemu:///system")
     try:
