@@ -40,8 +40,8 @@ Message = dict[str, Any]
 class CoreConfig:
     """Protocol timing and fan-out (the daemon fills it from ``[gossip]``; see hvd/config.py)."""
 
-    probe_interval: float = 0.4
-    probe_timeout: float = 0.15
+    probe_interval: float = 0.3
+    probe_timeout: float = 0.12
     indirect_checks: int = 3
     suspicion_mult: float = 3.0
     suspicion_max_mult: float = 3.0
