@@ -20,7 +20,7 @@ Use it in a test module::
         lab.exec("h3", ["ip", "-o", "addr"])      # inside h3's namespaces
         lab.kill_daemon(lab.leader(), signal.SIGKILL); lab.restart_daemon("h1")
 
-People use `make lab HOSTS=3` / `make lab-down` (this module's CLI: ``up|down|status``).
+People use `make lab HOSTS=3` / `make lab-down` / `make lab-status` (tests/lab/lab_cli.py).
 
 Layout of lab number L (0-99, the lowest free one; several labs may run side by side):
 - Names start with ``hvdl<L>-``: host namespaces ``hvdl<L>-h1``..., the underlay namespace
@@ -164,6 +164,17 @@ class LabHost:
         return Path(p)
 
 
+def _not_host_config(directory: str, names: list[str]) -> set[str]:
+    """copytree filter for /etc/libvirt: leave out the main libvirtd's own objects (the files
+    that its running daemon may also be writing meanwhile)."""
+    rel = os.path.relpath(directory, "/etc/libvirt")
+    if rel in ("storage", "secrets", "qemu/autostart", "qemu/networks/autostart"):
+        return set(names)
+    if rel == "qemu":
+        return {n for n in names if n.endswith(".xml") or n == "autostart"}
+    return set()
+
+
 @dataclass
 class _Daemon:
     proc: subprocess.Popen[bytes]
@@ -300,13 +311,10 @@ class LabCluster:
         host.root.mkdir(mode=0o755)
         for local in BIND_MOUNTS.values():
             (host.root / local).mkdir(mode=0o755)
-        shutil.copytree("/etc/libvirt", host.path("/etc/libvirt"), dirs_exist_ok=True, symlinks=True)
+        # the main libvirtd's domains, networks, pools and secrets are not this host's
+        shutil.copytree("/etc/libvirt", host.path("/etc/libvirt"), dirs_exist_ok=True, symlinks=True,
+                        ignore=_not_host_config)
         etc = host.path("/etc/libvirt")
-        # the main libvirtd's domains, networks and pools are not this host's
-        for pattern in ("qemu/*.xml", "qemu/autostart/*", "qemu/networks/autostart/*", "storage/*.xml",
-                        "storage/autostart/*"):
-            for f in etc.glob(pattern):
-                f.unlink()
         with open(etc / "libvirtd.conf", "a") as fh:
             fh.write(libvirtd_conf(host.name, host.ip, host.host_uuid))
         with open(etc / "qemu.conf", "a") as fh:
@@ -316,15 +324,16 @@ class LabCluster:
             f"<pool type='dir'><name>default</name><uuid>{uuid.uuid4()}</uuid>"
             f"<target><path>{IMAGES_PATH}</path></target></pool>\n")
         (etc / "storage" / "autostart" / "default.xml").symlink_to("../default.xml")
-        # the same skeleton (owners, modes) as the real directories
+        # the same skeleton (owners, modes) as the real directories, without per-domain ones
         for top in ("/var/lib/libvirt", "/var/cache/libvirt", "/var/log/libvirt"):
             for dirpath, dirnames, _ in os.walk(top):
-                dirnames[:] = [d for d in dirnames if not d.startswith("domain-")]
-                st = os.stat(dirpath)
-                target = host.path(dirpath)
-                target.mkdir(exist_ok=True)
-                os.chown(target, st.st_uid, st.st_gid)
-                target.chmod(st.st_mode & 0o7777)
+                dirnames[:] = [d for d in dirnames if not d.startswith("domain-") and dirpath.count("/") < 6]
+                with contextlib.suppress(FileNotFoundError):  # the main libvirtd may remove it meanwhile
+                    st = os.stat(dirpath)
+                    target = host.path(dirpath)
+                    target.mkdir(exist_ok=True)
+                    os.chown(target, st.st_uid, st.st_gid)
+                    target.chmod(st.st_mode & 0o7777)
         host.path(IMAGES_PATH).mkdir(exist_ok=True)
         host.path(INSTANCES_PATH).mkdir(mode=0o755, exist_ok=True)
         # a seeded capabilities cache spares each libvirtd a QEMU probe of several seconds
