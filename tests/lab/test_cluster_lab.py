@@ -178,8 +178,8 @@ def test_a_killed_run_is_cleaned_by_the_next_start() -> None:
     assert len([p for p in pids if pid_alive(p)]) >= 4  # holder, virtlogd, libvirtd, hvd
     serve.kill()
     serve.wait(10)
-    assert leftovers(index), "the killed owner must leave its lab behind for this test to mean anything"
-    with labs_lock():
+    with labs_lock():  # under the lock: no other lab start cleans it first
+        assert leftovers(index), "the killed owner must leave its lab behind for this test to mean anything"
         assert index in clean_stale_labs()
     assert wait_gone(pids) == []
     assert leftovers(index) == []
