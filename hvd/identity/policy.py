@@ -3,6 +3,11 @@
 Roles rank admin > member > reader; 'any' = any authenticated user. Defaults follow the seeds:
 forced host, migrations, evacuation, provider network fields and host management are admin-only;
 admin ignores instance locks; any member may unlock. Config `[identity] policy` overrides rules.
+
+Seeing and acting on OTHER projects' resources is its own rule, `scope:all_projects`
+(`Policy.all_projects`), so relaxing an action rule (`image:publicize`, `network:provider`,
+`compute:ignore_lock`, `flavor:manage`, ...) to members grants that action only, never every
+project's resources.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ DEFAULT_RULES: dict[str, Level] = {
     "network:read": "reader",
     "network:provider": "admin",
     "network:external": "admin",
+    "scope:all_projects": "admin",
 }
 
 _RANK = {"reader": 1, "member": 2, "admin": 3}
@@ -73,6 +79,10 @@ class Policy:
     def allowed(self, roles: Iterable[str], rule: str) -> bool:
         level = self.rules.get(rule, "admin")  # an unknown rule is admin-only: fail closed
         return role_satisfies(roles, level)  # type: ignore[arg-type]
+
+    def all_projects(self, roles: Iterable[str]) -> bool:
+        """True if `roles` see and act on every project's resources (not only their own)."""
+        return self.allowed(roles, "scope:all_projects")
 
     def enforce(self, roles: Iterable[str], rule: str) -> None:
         if not self.allowed(roles, rule):

@@ -23,7 +23,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     svc, ctx = services(request), context(request)
     svc.policy.enforce(ctx.roles, "compute:read")
     bus: EventBus = svc.extra[EVENTS]
-    admin = svc.policy.allowed(ctx.roles, "compute:ignore_lock")
+    admin = svc.policy.all_projects(ctx.roles)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     try:

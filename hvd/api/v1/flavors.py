@@ -97,7 +97,7 @@ def find_flavor(conn: sqlite3.Connection, ref: str, ctx: RequestContext, admin: 
 async def list_flavors(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
     svc.policy.enforce(ctx.roles, "flavor:read")
-    rows = await svc.catalog.read(_visible, ctx, svc.policy.allowed(ctx.roles, "flavor:manage"))
+    rows = await svc.catalog.read(_visible, ctx, svc.policy.all_projects(ctx.roles))
     page, nxt = paginate(rows, *page_params(request))
     return json_response({"flavors": page, "next": nxt})
 
@@ -105,7 +105,7 @@ async def list_flavors(request: web.Request) -> web.Response:
 async def show_flavor(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
     svc.policy.enforce(ctx.roles, "flavor:read")
-    admin = svc.policy.allowed(ctx.roles, "flavor:manage")
+    admin = svc.policy.all_projects(ctx.roles)
     return json_response(await svc.catalog.read(find_flavor, request.match_info["id"], ctx, admin))
 
 

@@ -110,7 +110,7 @@ def _visible_images(conn: sqlite3.Connection, ctx: RequestContext, admin: bool) 
 async def _own_image(request: web.Request) -> dict[str, Any]:
     """An image the caller may change: its project's (any for admin); others' are 404 or 403."""
     svc, ctx = services(request), context(request)
-    admin = svc.policy.allowed(ctx.roles, "image:publicize")
+    admin = svc.policy.all_projects(ctx.roles)
     row = await svc.catalog.read(find_image, request.match_info["id"], ctx, admin)
     if row["owner"] != ctx.project_id and not admin:
         raise NotFound(f"Image {request.match_info['id']} could not be found")
@@ -120,7 +120,7 @@ async def _own_image(request: web.Request) -> dict[str, Any]:
 async def list_images(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
     svc.policy.enforce(ctx.roles, "image:read")
-    rows = await svc.catalog.read(_visible_images, ctx, svc.policy.allowed(ctx.roles, "image:publicize"))
+    rows = await svc.catalog.read(_visible_images, ctx, svc.policy.all_projects(ctx.roles))
     for key in ("name", "status", "visibility", "disk_format"):
         want = request.query.get(key)
         if want is not None:
@@ -132,7 +132,7 @@ async def list_images(request: web.Request) -> web.Response:
 async def show_image(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
     svc.policy.enforce(ctx.roles, "image:read")
-    admin = svc.policy.allowed(ctx.roles, "image:publicize")
+    admin = svc.policy.all_projects(ctx.roles)
     return json_response(image_view(await svc.catalog.read(find_image, request.match_info["id"], ctx, admin)))
 
 
@@ -221,7 +221,7 @@ async def upload_image(request: web.Request) -> web.Response:
 async def download_image(request: web.Request) -> web.StreamResponse:
     svc, ctx = services(request), context(request)
     svc.policy.enforce(ctx.roles, "image:read")
-    admin = svc.policy.allowed(ctx.roles, "image:publicize")
+    admin = svc.policy.all_projects(ctx.roles)
     row = await svc.catalog.read(find_image, request.match_info["id"], ctx, admin)
     if row["status"] != "active":
         raise Conflict(f"Image {row['id']} has no data (status {row['status']})")

@@ -35,7 +35,8 @@ def new_mac() -> str:
 
 
 def is_admin(request: web.Request, ctx: RequestContext) -> bool:
-    return services(request).policy.allowed(ctx.roles, "network:provider")
+    """Whether the caller acts on every project's networking (the cross-project scope rule)."""
+    return services(request).policy.all_projects(ctx.roles)
 
 
 def check_port_on_network(request: web.Request, ctx: RequestContext, network: dict[str, Any], *,
@@ -50,6 +51,11 @@ def check_port_on_network(request: web.Request, ctx: RequestContext, network: di
                           (chosen_ip, "choose the fixed IP address")):
         if refused:
             raise Forbidden(f"only the owner of network {network['id']} or an admin may {what} of a port on it")
+
+
+def sees_provider(request: web.Request, ctx: RequestContext) -> bool:
+    """Whether network views show the provider fields (type, physical network, segment)."""
+    return services(request).policy.allowed(ctx.roles, "network:provider")
 
 
 async def notify(request: web.Request) -> None:
@@ -116,13 +122,13 @@ def subnet_view(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def network_view(conn: sqlite3.Connection, row: dict[str, Any], admin: bool) -> dict[str, Any]:
+def network_view(conn: sqlite3.Connection, row: dict[str, Any], provider_fields: bool) -> dict[str, Any]:
     subnets = [r["id"] for r in fetch_all(conn, "SELECT id FROM subnets WHERE network_id=? ORDER BY created_at, id",
                                           (row["id"],))]
-    provider = {k: row[k] if admin else None for k in ("physical_network", "segmentation_id")}
+    provider = {k: row[k] if provider_fields else None for k in ("physical_network", "segmentation_id")}
     return {
         **{k: row[k] for k in ("id", "name", "project_id", "mtu", "status", "created_at")},
-        "network_type": row["type"] if admin else None,
+        "network_type": row["type"] if provider_fields else None,
         **provider,
         "shared": bool(row["shared"]),
         "external": bool(row["external"]),

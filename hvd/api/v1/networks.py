@@ -25,6 +25,7 @@ from hvd.api.v1.netcommon import (
     notify,
     port_of,
     port_view,
+    sees_provider,
     subnet_view,
     visible_networks,
     visible_subnets,
@@ -194,7 +195,7 @@ async def list_networks(request: web.Request) -> web.Response:
     admin = is_admin(request, ctx)
     rows = await svc.catalog.read(visible_networks, ctx, admin)
     page, nxt = paginate(rows, *page_params(request))
-    views = [await svc.catalog.read(network_view, r, admin) for r in page]
+    views = [await svc.catalog.read(network_view, r, sees_provider(request, ctx)) for r in page]
     return json_response({"networks": views, "next": nxt})
 
 
@@ -203,7 +204,7 @@ async def show_network(request: web.Request) -> web.Response:
     svc.policy.enforce(ctx.roles, "network:read")
     admin = is_admin(request, ctx)
     row = await svc.catalog.read(find_network, request.match_info["id"], ctx, admin)
-    return json_response(await svc.catalog.read(network_view, row, admin))
+    return json_response(await svc.catalog.read(network_view, row, sees_provider(request, ctx)))
 
 
 async def create_network(request: web.Request) -> web.Response:
@@ -225,7 +226,7 @@ async def create_network(request: web.Request) -> web.Response:
         physical_network=body.physical_network, segmentation_id=body.segmentation_id, mtu=body.mtu,
         shared=body.shared, external=body.external, created_at=now_iso(), **segment_ranges(svc.config)))
     row = await svc.catalog.read(find_network, nid, ctx, True)
-    return json_response(await svc.catalog.read(network_view, row, is_admin(request, ctx)), status=201,
+    return json_response(await svc.catalog.read(network_view, row, sees_provider(request, ctx)), status=201,
                          location=f"/v1/networks/{nid}")
 
 
@@ -239,7 +240,7 @@ async def update_network(request: web.Request) -> web.Response:
         svc.policy.enforce(ctx.roles, "network:external")
     await svc.catalog.propose(NetworkUpdate(id=row["id"], name=body.name, shared=body.shared))
     row = await svc.catalog.read(find_network, row["id"], ctx, True)
-    return json_response(await svc.catalog.read(network_view, row, admin))
+    return json_response(await svc.catalog.read(network_view, row, sees_provider(request, ctx)))
 
 
 async def delete_network(request: web.Request) -> web.Response:

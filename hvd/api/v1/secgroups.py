@@ -114,7 +114,10 @@ async def _group(request: web.Request, ref: str | None = None) -> dict[str, Any]
 async def list_groups(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
     svc.policy.enforce(ctx.roles, "network:read")
-    await ensure_default(request)
+    # a read makes the default group only for a caller who may write, and only once
+    if svc.policy.allowed(ctx.roles, "network:manage") and not await svc.catalog.read(
+            fetch_one, "SELECT id FROM security_groups WHERE project_id=? AND name='default'", (ctx.project_id,)):
+        await ensure_default(request)
     admin = is_admin(request, ctx)
     sql, args = ("", ()) if admin else (" WHERE project_id=?", (ctx.project_id,))
     rows = await svc.catalog.read(fetch_all, f"SELECT * FROM security_groups{sql} ORDER BY created_at, id", args)

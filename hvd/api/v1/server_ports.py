@@ -152,7 +152,7 @@ async def undo(request: web.Request, ports: list[tuple[str, bool]]) -> None:
 
 async def _server(request: web.Request) -> dict[str, Any]:
     svc, ctx = services(request), context(request)
-    admin = svc.policy.allowed(ctx.roles, "compute:ignore_lock")
+    admin = svc.policy.all_projects(ctx.roles)
     where, args = ("deleted_at IS NULL", ()) if admin else ("deleted_at IS NULL AND project_id=?", (ctx.project_id,))
     await catch_up_if_forwarded(request)
     return await svc.catalog.read(queries.find, "instances", request.match_info["id"], "Instance", where, args)
