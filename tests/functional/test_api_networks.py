@@ -477,3 +477,35 @@ async def test_spoofing_on_a_shared_network_is_for_its_owner_or_admin(env: dict[
     fip = await ok(b, "POST", "/v1/floating-ips", {"floating_network": "public",
                                                    "floating_ip_address": "172.30.0.120"}, 201)
     assert fip["floating_ip_address"] == "172.30.0.120"
+
+
+async def test_a_failing_network_is_reported_and_retried_while_the_others_converge(
+        env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client import REGISTRY
+
+    from hvd.net.plan import SECURITY_UNIT, network_unit
+    from hvd.net.proc import NetError
+
+    a, service = env["a"], env["net"]
+    fake = service.adapter.host
+    bad = await ok(a, "POST", "/v1/networks", {"name": "bad"}, 201)
+    real_start = fake._StartDnsmasq
+
+    def refusing(step: Any) -> None:  # this host's dnsmasq refuses the network (as for a bad option)
+        if step.network_id == bad["id"]:
+            raise NetError("dnsmasq: bad command line options")
+        real_start(step)
+
+    monkeypatch.setattr(fake, "_StartDnsmasq", refusing)
+    await ok(a, "POST", "/v1/subnets", {"network": bad["id"], "cidr": "10.60.0.0/24"}, 201)  # committed: 201
+    good, _ = await network_with_subnet(a, "good", "10.61.0.0/24")
+    assert set(service.failed) == {network_unit(bad["id"])}
+    assert fake.dhcp[good["id"]].pid is not None and fake.dhcp[bad["id"]].pid is None
+    assert REGISTRY.get_sample_value("hvd_net_failed_units") == 1
+    with pytest.raises(NetError):  # plugging an instance into the bad network fails, naming the cause
+        await service.sync(require={network_unit(bad["id"]), SECURITY_UNIT})
+    await service.sync(require={network_unit(good["id"]), SECURITY_UNIT})  # the good one plugs fine
+    monkeypatch.setattr(fake, "_StartDnsmasq", real_start)
+    await service.sync()  # the next converge (the periodic loop's) retries it
+    assert service.failed == {} and fake.dhcp[bad["id"]].pid is not None
+    assert REGISTRY.get_sample_value("hvd_net_failed_units") == 0
