@@ -487,8 +487,8 @@ class LabCluster:
         return dict(r.json()) if r.status_code == 200 else None
 
     def wait_ready(self, hosts: Sequence[str] | None = None, timeout: float | None = None) -> str:
-        """Wait until the running daemons among `hosts` (default: all) answer /healthz and name the
-        same leader; returns the leader's name."""
+        """Wait until the daemons among `hosts` (default: all running ones) answer /healthz and name
+        the same leader, itself running; returns the leader's name."""
         names = list(hosts) if hosts is not None else [n for n in self.hosts if self.daemon_pid(n)]
         deadline = time.monotonic() + (timeout or self.ready_timeout)
         while True:
@@ -498,7 +498,8 @@ class LabCluster:
                     raise RuntimeError(f"hvd daemon of {name} exited ({d.proc.returncode}):\n"
                                        f"{self.daemon_log(name)[-3000:]}")
             leaders = {(self.health(n) or {}).get("leader") for n in names}
-            if len(leaders) == 1 and (leader := leaders.pop()) in self.hosts:
+            # a leader whose daemon is gone is only the survivors' memory until they elect anew
+            if len(leaders) == 1 and (leader := leaders.pop()) in self.hosts and self.daemon_pid(leader):
                 return str(leader)
             if time.monotonic() > deadline:
                 logs = "\n".join(f"--- {n}\n{self.daemon_log(n)[-2000:]}" for n in names)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -161,6 +162,21 @@ def test_a_guest_live_migrates_p2p_with_storage_copy(lab: LabCluster, booting_gu
     line = wait_for_console(h2.path(booting_guest), r"HVD-GUEST heartbeat \d+", timeout=60)
     assert int(line.split()[-1]) > before
     assert "HVD-GUEST boot" not in h2.path(booting_guest).read_text(errors="replace")
+
+
+def test_a_killed_leader_daemon_is_replaced_and_restarts_as_a_member(lab: LabCluster) -> None:
+    leader = lab.leader()
+    pid = lab.daemon_pid(leader)
+    assert pid is not None
+    assert lab.kill_daemon(leader, signal.SIGKILL) == -signal.SIGKILL
+    assert not pid_alive(pid) and lab.daemon_pid(leader) is None
+    survivors = [n for n in lab.hosts if n != leader]
+    new_leader = lab.wait_ready(survivors, timeout=60)
+    assert new_leader in survivors
+    lab.restart_daemon(leader)
+    assert lab.wait_ready() in lab.hosts
+    members = lab.call(leader, "GET", "/v1/cluster").json()["members"]
+    assert sorted(m["id"] for m in members) == ["h1", "h2", "h3"]
 
 
 def test_a_killed_run_is_cleaned_by_the_next_start() -> None:
