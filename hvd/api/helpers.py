@@ -9,6 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from hvd.api.context import RequestContext
+from hvd.bounds import SAFE_INT_MAX, first_int_outside
 from hvd.errors import BadRequest, Forbidden, UnsupportedMediaType
 
 M = TypeVar("M", bound=BaseModel)
@@ -30,15 +31,23 @@ def describe_validation(exc: ValidationError) -> str:
     return "Invalid input: " + "; ".join(parts)
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 async def parse_body(request: web.Request, model: type[M]) -> M:
     """Validate the JSON body against `model`; 400 names the bad field, 413 if too big."""
     if request.content_type not in ("application/json", "application/octet-stream", ""):
         raise UnsupportedMediaType(f"expected application/json, got {request.content_type}")
     raw = await request.read()
     try:
-        data = json.loads(raw or b"{}")
-    except ValueError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
+        data = json.loads(raw or b"{}", parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser's stack
+        raise BadRequest(f"request body is not valid JSON: {type(exc).__name__}: {exc}"[:500]) from exc
+    where = first_int_outside(data, -SAFE_INT_MAX, SAFE_INT_MAX)
+    if where is not None:  # free-form fields too (properties, metadata): the catalog stores 64-bit integers
+        raise BadRequest(f"Invalid input: field '{where}': integer out of range"
+                         f" (-{SAFE_INT_MAX}..{SAFE_INT_MAX})")
     try:
         return model.model_validate(data)
     except ValidationError as exc:

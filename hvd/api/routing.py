@@ -68,7 +68,7 @@ ERROR_SCHEMA: dict[str, Any] = {
 }
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
-_ERROR_CODES = ("400", "401", "403", "404", "405", "409", "413", "415", "500", "501", "503", "504")
+_ERROR_CODES = ("400", "401", "403", "404", "405", "409", "413", "415", "500", "501", "503", "504", "507")
 
 
 def openapi_document(router: Router, title: str, version: str) -> dict[str, Any]:

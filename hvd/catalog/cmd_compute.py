@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from hvd.bounds import Int64
 from hvd.catalog import quota
 from hvd.catalog.commands import Command, Result, handles
 from hvd.catalog.sql import dumps, fetch_one, require
@@ -25,8 +26,8 @@ class ImageCreate(Command):
     container_format: str
     visibility: Literal["public", "private"]
     protected: bool = False
-    min_disk: int = 0
-    min_ram: int = 0
+    min_disk: Int64 = 0
+    min_ram: Int64 = 0
     properties: dict[str, str] = Field(default_factory=dict)
     created_at: str
 
@@ -37,8 +38,8 @@ class ImageUpdate(Command):
     name: str | None = None
     visibility: Literal["public", "private"] | None = None
     protected: bool | None = None
-    min_disk: int | None = None
-    min_ram: int | None = None
+    min_disk: Int64 | None = None
+    min_ram: Int64 | None = None
     properties: dict[str, str] | None = None
     updated_at: str
 
@@ -50,8 +51,8 @@ class ImageSetStatus(Command):
     id: str
     status: Literal["queued", "saving", "active", "killed", "deleted"]
     expect: list[str]
-    size: int | None = None
-    virtual_size: int | None = None
+    size: Int64 | None = None
+    virtual_size: Int64 | None = None
     checksum: str | None = None
     host: str | None = None
     updated_at: str
@@ -99,7 +100,7 @@ class InstanceUpdate(Command):
     expect_host: list[str | None] | None = None  # None = no check; guards a build against reassignment
     vm_state: str = UNSET
     task_state: str | None = UNSET
-    power_state: int | None = None
+    power_state: Int64 | None = None
     host: str | None = UNSET
     fault: dict[str, Any] | Literal["__unset__"] | None = UNSET
     launched_at: str | None = None

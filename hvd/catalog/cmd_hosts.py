@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from hvd.bounds import Int64
 from hvd.catalog.commands import Command, Result, handles
 from hvd.catalog.sql import dumps, fetch_one, require
 from hvd.errors import CapacityExceeded, Conflict, NotFound
@@ -20,12 +21,12 @@ class HostRegister(Command):
     name: str
     node_id: str
     availability_zone: str
-    vcpus: int
-    memory_mb: int
-    disk_gb: int
-    reserved_vcpus: int
-    reserved_memory_mb: int
-    reserved_disk_gb: int
+    vcpus: Int64
+    memory_mb: Int64
+    disk_gb: Int64
+    reserved_vcpus: Int64
+    reserved_memory_mb: Int64
+    reserved_disk_gb: Int64
     cpu_ratio: float
     ram_ratio: float
     disk_ratio: float
@@ -52,9 +53,9 @@ class ClaimResources(Command):
     instance_id: str
     kind: Literal["instance", "resize"] = "instance"
     host: str
-    vcpus: int
-    memory_mb: int
-    disk_gb: int
+    vcpus: Int64
+    memory_mb: Int64
+    disk_gb: Int64
     created_at: str
 
 

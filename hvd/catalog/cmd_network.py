@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hvd.bounds import Int64
 from hvd.catalog import quota
 from hvd.catalog.commands import Command, Result, handles
 from hvd.catalog.sql import dumps, fetch_all, fetch_one, require
@@ -60,13 +61,13 @@ class NetworkCreate(Command):
     name: str
     network_type: Literal["local", "flat", "vlan", "vxlan"] | None = None
     physical_network: str | None = None
-    segmentation_id: int | None = None
-    mtu: int | None = None
+    segmentation_id: Int64 | None = None
+    mtu: Int64 | None = None
     shared: bool = False
     external: bool = False
     tenant_types: list[str] = Field(default_factory=list)
-    vlan_ranges: list[tuple[str, int, int]] = Field(default_factory=list)
-    vni_ranges: list[tuple[int, int]] = Field(default_factory=list)
+    vlan_ranges: list[tuple[str, Int64, Int64]] = Field(default_factory=list)
+    vni_ranges: list[tuple[Int64, Int64]] = Field(default_factory=list)
     created_at: str
 
 

@@ -11,6 +11,7 @@ import sqlite3
 import uuid
 from typing import Any, Literal
 
+from hvd.bounds import Int64
 from hvd.catalog import quota
 from hvd.catalog.cmd_network import (
     OWNER_FLOATINGIP,
@@ -59,8 +60,8 @@ class SecurityGroupRuleCreate(Command):
     direction: Literal["ingress", "egress"]
     ethertype: Literal["IPv4", "IPv6"] = "IPv4"
     protocol: str | None = None
-    port_range_min: int | None = None
-    port_range_max: int | None = None
+    port_range_min: Int64 | None = None
+    port_range_max: Int64 | None = None
     remote_ip_prefix: IpPrefix | None = None
     remote_group_id: str | None = None
     created_at: str

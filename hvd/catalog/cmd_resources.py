@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from hvd.bounds import Int64
 from hvd.catalog import quota
 from hvd.catalog.commands import Command, Result, handles
 from hvd.catalog.sql import dumps, fetch_one, require
@@ -17,11 +18,11 @@ class FlavorCreate(Command):
     type: Literal["flavor.create"] = "flavor.create"
     id: str
     name: str
-    vcpus: int
-    ram_mb: int
-    disk_gb: int
-    ephemeral_gb: int = 0
-    swap_mb: int = 0
+    vcpus: Int64
+    ram_mb: Int64
+    disk_gb: Int64
+    ephemeral_gb: Int64 = 0
+    swap_mb: Int64 = 0
     is_public: bool = True
     extra_specs: dict[str, str] = Field(default_factory=dict)
     description: str = ""
@@ -83,7 +84,7 @@ class ServerGroupDelete(Command):
 class QuotaSet(Command):
     type: Literal["quota.set"] = "quota.set"
     project_id: str
-    limits: dict[str, int]
+    limits: dict[str, Int64]
 
 
 @handles(FlavorCreate)

@@ -24,9 +24,13 @@ _DECODER: list[TypeAdapter[Command]] = []  # built on first decode; a registrati
 
 
 class Command(BaseModel):
-    """Base of all commands; subclasses set `type: Literal["resource.verb"] = "resource.verb"`."""
+    """Base of all commands; subclasses set `type: Literal["resource.verb"] = "resource.verb"`.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    Integer fields use ``hvd.bounds.Int64`` (or tighter bounds): an integer SQLite cannot store
+    would be committed to the log and refused by apply on every replica (a test checks them all).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     type: str
 
 

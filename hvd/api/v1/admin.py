@@ -11,12 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from hvd.api.helpers import context, json_response, page_params, paginate, parse_body
 from hvd.api.routing import Router
 from hvd.api.services import services
+from hvd.bounds import QuotaLimit
 from hvd.catalog import queries, quota
 from hvd.catalog.cmd_hosts import HostSetEnabled, capacity, claimed
 from hvd.catalog.cmd_resources import QuotaSet
 from hvd.catalog.sql import fetch_all, require
 from hvd.catalog.usage import project_usage
 from hvd.errors import NotFound
+
+GOSSIP = "gossip"  # key of the GossipService in ApiServices.extra
 
 
 class QuotaItem(BaseModel):
@@ -31,7 +34,7 @@ class QuotaSetView(BaseModel):
 
 class QuotaIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    quotas: dict[str, int] = Field(description="resource -> limit (-1 = unlimited)")
+    quotas: dict[str, QuotaLimit] = Field(description="resource -> limit (-1 = unlimited)")
 
 
 class HostView(BaseModel):
@@ -47,6 +50,12 @@ class HostView(BaseModel):
     updated_at: str
     resources: dict[str, dict[str, float]]
     instances: int
+    state: str = Field(description="alive | suspect | dead | left as gossip sees it here; unknown = not heard of")
+    incarnation: int | None = Field(description="The host's gossip incarnation (grows at each refutation or report)")
+    report_age_s: float | None = Field(description="Seconds since this host learned the host's current report")
+    reported: dict[str, float] | None = Field(
+        description="Free vcpus / memory_mb / disk_gb, instance count and load as the host itself reports them"
+    )
 
 
 class HostList(BaseModel):
@@ -121,17 +130,32 @@ def _one_host(conn: sqlite3.Connection, name: str) -> dict[str, Any]:
     return host_view(conn, require(conn, "hosts", "name", name, "Host"))
 
 
+def _with_liveness(request: web.Request, views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add what gossip says about each host (state, incarnation, report age, reported free resources)."""
+    gossip = services(request).extra.get(GOSSIP)
+    members = {m.name: m for m in gossip.members()} if gossip is not None else {}
+    for view in views:
+        m = members.get(view["name"])
+        view["state"] = m.state if m else "unknown"
+        view["incarnation"] = m.incarnation if m else None
+        view["report_age_s"] = round(m.report_age, 3) if m else None
+        view["reported"] = {"vcpus_free": m.report.vcpus_free, "memory_mb_free": m.report.memory_mb_free,
+                            "disk_gb_free": m.report.disk_gb_free, "instances": m.report.instances,
+                            "load": m.report.load} if m else None
+    return views
+
+
 async def list_hosts(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
     svc.policy.enforce(ctx.roles, "host:read")
     page, nxt = paginate(await svc.catalog.read(_host_views), *page_params(request), key="name")
-    return json_response({"hosts": page, "next": nxt})
+    return json_response({"hosts": _with_liveness(request, page), "next": nxt})
 
 
 async def show_host(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
     svc.policy.enforce(ctx.roles, "host:read")
-    return json_response(await svc.catalog.read(_one_host, request.match_info["name"]))
+    return json_response(_with_liveness(request, [await svc.catalog.read(_one_host, request.match_info["name"])])[0])
 
 
 async def update_host(request: web.Request) -> web.Response:
@@ -140,7 +164,7 @@ async def update_host(request: web.Request) -> web.Response:
     body = await parse_body(request, HostPatch)
     name = request.match_info["name"]
     await svc.catalog.propose(HostSetEnabled(name=name, enabled=body.enabled, reason=body.reason))
-    return json_response(await svc.catalog.read(_one_host, name))
+    return json_response(_with_liveness(request, [await svc.catalog.read(_one_host, name)])[0])
 
 
 def register(router: Router) -> None:

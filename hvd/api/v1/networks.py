@@ -30,6 +30,7 @@ from hvd.api.v1.netcommon import (
     visible_networks,
     visible_subnets,
 )
+from hvd.bounds import SafeInt
 from hvd.catalog.cmd_network import (
     FixedIpRequest,
     HostRouteIn,
@@ -60,7 +61,7 @@ class NetworkIn(_In):
     name: str = Name
     network_type: Literal["local", "flat", "vlan", "vxlan"] | None = Field(None, description="Provider (admin).")
     physical_network: str | None = Field(None, max_length=64, description="Physical label (admin).")
-    segmentation_id: int | None = Field(None, description="VLAN id or VNI (admin); omitted = next free.")
+    segmentation_id: SafeInt | None = Field(None, description="VLAN id or VNI (admin); omitted = next free.")
     mtu: int | None = Field(None, ge=68, le=9000)
     shared: bool = Field(False, description="Usable by every project (admin).")
     external: bool = Field(False, description="Router gateways and floating IPs (admin).")
