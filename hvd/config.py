@@ -112,7 +112,7 @@ class ComputeSection(Section):
 class SchedulerSection(Section):
     max_attempts: int = Field(3, ge=1, description="Hosts tried per placement (Nova's scheduler_max_attempts).")
     max_candidates: int = Field(
-        50, ge=0, le=100000,
+        20, ge=0, le=100000,
         description="A decision stops evaluating hosts (in a random rotation) once this many passed the filters,"
                     " and weighs those (as Nomad limits its candidates): fast at thousands of hosts, still spread."
                     " 0 = evaluate every host.",

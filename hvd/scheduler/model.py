@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -25,6 +25,12 @@ class HostState:
     arch: str
     capabilities: dict[str, Any] = field(default_factory=dict)
     aggregate_metadata: dict[str, frozenset[str]] = field(default_factory=dict)  # key -> values of its aggregates
+
+    def with_claim(self, vcpus: int, memory_mb: int, disk_gb: int) -> HostState:
+        """This host after one more claim (decisions later in a batch see it)."""
+        return replace(self, vcpus_claimed=self.vcpus_claimed + vcpus,
+                       memory_claimed_mb=self.memory_claimed_mb + memory_mb,
+                       disk_claimed_gb=self.disk_claimed_gb + disk_gb, instance_count=self.instance_count + 1)
 
     @property
     def free_vcpus(self) -> int:
@@ -50,6 +56,7 @@ class RequestSpec:
     availability_zone: str | None = None
     extra_specs: dict[str, str] = field(default_factory=dict)
     image_properties: dict[str, str] = field(default_factory=dict)
+    group_id: str | None = None
     group_policy: str | None = None  # "affinity" | "anti-affinity" | "soft-affinity" | "soft-anti-affinity"
     group_hosts: frozenset[str] = frozenset()  # hosts of the group's other members
     tried_hosts: frozenset[str] = frozenset()

@@ -7,9 +7,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import sqlite3
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hvd.catalog.cmd_hosts import ClaimResources, ReleaseClaim, capacity
@@ -19,7 +20,7 @@ from hvd.config import Config
 from hvd.errors import CapacityExceeded, HvdError, InvalidState, NotFound, NoValidHost
 from hvd.identity.service import now_iso
 from hvd.scheduler.model import HostState, RequestSpec
-from hvd.scheduler.select import Weights, select
+from hvd.scheduler.select import Selection, Weights, select
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,11 @@ def read_host_states(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             for host in fetch_all(conn, "SELECT * FROM hosts ORDER BY name")]
 
 
+def _group_hosts_of(conn: sqlite3.Connection, reqs: list[RequestSpec]) -> dict[str, frozenset[str]]:
+    """instance id -> hosts of its group's other members (claims included), for group requests."""
+    return {r.instance_id: group_hosts(conn, r.group_id, r.instance_id)[1] for r in reqs if r.group_id}
+
+
 def group_hosts(conn: sqlite3.Connection, group_id: str, instance_id: str) -> tuple[str, frozenset[str]]:
     """(policy, hosts of the group's other live members)."""
     row = conn.execute("SELECT policy FROM server_groups WHERE id=?", (group_id,)).fetchone()
@@ -64,17 +70,45 @@ def group_hosts(conn: sqlite3.Connection, group_id: str, instance_id: str) -> tu
     return str(row[0]), frozenset(h[0] for h in hosts)
 
 
+@dataclass
+class _Pending:
+    """A placement waiting for the decider: its request, claim kind and the caller's answer."""
+
+    req: RequestSpec
+    kind: str
+    answer: asyncio.Future[str]
+
+
+class _NoCandidate(Exception):
+    """No host passed the filters for one request (the selection says why)."""
+
+    def __init__(self, selection: Selection) -> None:
+        super().__init__(selection.explain())
+        self.selection = selection
+
+
 class Placement:
-    """Filter/weigh over host records and the claim ledger; claim atomically; build; retry."""
+    """Filter/weigh over host records and the claim ledger; claim atomically; build; retry.
+
+    Decisions are made in batches by one decider task: it reads every host's state once per batch,
+    decides each waiting request in turn against that snapshot (a decision adds its claim to the
+    snapshot, so the next one sees it: parallel creates spread and group policies hold), then
+    commits the batch's claims together (one Raft round carries them all). The claim command
+    re-checks capacity atomically, so a stale snapshot can cost a retry, never an overbooking.
+    """
+
+    MAX_BATCH = 512
 
     def __init__(self, config: Config, catalog: Catalog, is_up: Callable[[str], bool]) -> None:
         self.config = config
         self.catalog = catalog
         self.is_up = is_up
-        self._deciding = asyncio.Lock()
         s = config.scheduler
         self.weights = Weights(s.ram_weight_multiplier, s.disk_weight_multiplier, s.vcpu_weight_multiplier,
                                s.instance_count_weight_multiplier)
+        self._waiting: list[_Pending] = []
+        self._decider: asyncio.Task[None] | None = None
+        self._rotation = random.Random()  # where a limited evaluation starts: not replicated state
 
     async def host_states(self) -> list[HostState]:
         rows = await self.catalog.read(read_host_states)
@@ -109,24 +143,11 @@ class Placement:
             availability_zone=inst.get("availability_zone"),
             extra_specs=dict(flavor.get("extra_specs", {})),
             image_properties={k: str(v) for k, v in props.items()},
+            group_id=inst.get("server_group_id") or None,
             group_policy=policy or None,
             group_hosts=hosts,
         )
         return replace(spec, **overrides)
-
-    async def refresh_group(self, req: RequestSpec) -> RequestSpec:
-        """``req`` with its server group's hosts as the catalog has them now (placements before
-        this one may have added hosts)."""
-        if not req.group_policy:
-            return req
-        group = await self.catalog.read(
-            lambda c: c.execute("SELECT group_id FROM server_group_members WHERE instance_id=?",
-                                (req.instance_id,)).fetchone()
-        )
-        if group is None:
-            return req
-        _, hosts = await self.catalog.read(group_hosts, group[0], req.instance_id)
-        return replace(req, group_hosts=hosts)
 
     async def place(self, req: RequestSpec, build: Build, kind: str = "instance") -> str:
         """Claim `req` on the best host and run `build(host)`; on failure release the claim and
@@ -138,30 +159,16 @@ class Placement:
         tried: set[str] = set(req.tried_hosts)
         failures: list[str] = []
         for _ in range(self.config.scheduler.max_attempts):
-            # select + claim one placement at a time: parallel creates each see the claims before them
-            # (so they spread under the weighers, and group policies hold); builds run in parallel
-            async with self._deciding:
-                req = await self.refresh_group(req)
-                hosts = await self.host_states()
-                selection = select(hosts, replace(req, tried_hosts=frozenset(tried)), self.config.scheduler.filters,
-                                   self.weights)
-                if not selection.ranked:
-                    raise NoValidHost(
-                        "No valid host was found. " + "; ".join([*failures, selection.explain()]),
-                        rejected=selection.rejected,
-                    )
-                host = selection.ranked[0][0].name
-                try:
-                    await self.catalog.propose(
-                        ClaimResources(instance_id=req.instance_id, kind=kind,
-                                       host=host, vcpus=req.vcpus, memory_mb=req.memory_mb, disk_gb=req.disk_gb,
-                                       created_at=now_iso())
-                    )
-                except CapacityExceeded as exc:
-                    tried.add(host)
-                    failures.append(f"{host}: {exc.message}")
-                    continue
-
+            try:
+                host = await self.claim(replace(req, tried_hosts=frozenset(tried)), kind)
+            except _NoCandidate as exc:
+                raise NoValidHost("No valid host was found. " + "; ".join([*failures, exc.selection.explain()]),
+                                  rejected=exc.selection.rejected) from None
+            except CapacityExceeded as exc:  # the snapshot was stale: the claim's own check refused
+                host = str(exc.details.get("host", ""))
+                tried.add(host)
+                failures.append(f"{host}: {exc.message}")
+                continue
             try:
                 await build(host)
             except (InvalidState, NotFound):
@@ -177,6 +184,58 @@ class Placement:
         raise NoValidHost(
             f"Exceeded maximum number of retries ({self.config.scheduler.max_attempts}). " + "; ".join(failures)
         )
+
+    async def claim(self, req: RequestSpec, kind: str) -> str:
+        """Decide a host for ``req`` and commit its claim there; returns the host. Raises
+        _NoCandidate when no host passes the filters, CapacityExceeded when the claim is refused."""
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Pending(req, kind, answer))
+        if self._decider is None or self._decider.done():
+            self._decider = asyncio.ensure_future(self._decide_batches())
+        return await answer
+
+    async def _decide_batches(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting[:self.MAX_BATCH], self._waiting[self.MAX_BATCH:]
+            try:
+                await self._decide(batch)
+            except Exception as exc:  # a failed read fails this batch only; the next one starts afresh
+                for pending in batch:
+                    if not pending.answer.done():
+                        pending.answer.set_exception(exc)
+
+    async def _decide(self, batch: list[_Pending]) -> None:
+        hosts = await self.host_states()
+        position = {h.name: i for i, h in enumerate(hosts)}
+        in_batch: dict[str, set[str]] = {}  # server group -> hosts chosen earlier in this batch
+        groups = await self.catalog.read(_group_hosts_of, [p.req for p in batch if p.req.group_id])
+        decided: list[tuple[_Pending, str]] = []
+        limit = self.config.scheduler.max_candidates
+        for pending in batch:
+            req = pending.req
+            if req.group_id:
+                extra = groups.get(req.instance_id, frozenset()) | in_batch.get(req.group_id, set())
+                req = replace(req, group_hosts=req.group_hosts | extra)
+            selection = select(hosts, req, self.config.scheduler.filters, self.weights, limit=limit,
+                               start=self._rotation.randrange(len(hosts)) if limit and hosts else 0)
+            if not selection.ranked:
+                pending.answer.set_exception(_NoCandidate(selection))
+                continue
+            chosen = selection.ranked[0][0]
+            hosts[position[chosen.name]] = chosen.with_claim(req.vcpus, req.memory_mb, req.disk_gb)
+            if req.group_id:
+                in_batch.setdefault(req.group_id, set()).add(chosen.name)
+            decided.append((pending, chosen.name))
+        results = await asyncio.gather(*(
+            self.catalog.propose(ClaimResources(instance_id=p.req.instance_id, kind=p.kind, host=host,
+                                                vcpus=p.req.vcpus, memory_mb=p.req.memory_mb, disk_gb=p.req.disk_gb,
+                                                created_at=now_iso()))
+            for p, host in decided), return_exceptions=True)
+        for (pending, host), result in zip(decided, results, strict=True):
+            if isinstance(result, BaseException):
+                pending.answer.set_exception(result)
+            else:
+                pending.answer.set_result(host)
 
     async def release(self, instance_id: str, kind: str | None = None) -> None:
         with contextlib.suppress(NotFound):  # already released: release is idempotent

@@ -43,16 +43,26 @@ def _normalise(values: list[float]) -> list[float]:
 
 
 def select(
-    hosts: Sequence[HostState], req: RequestSpec, filter_names: Sequence[str], weights: Weights
+    hosts: Sequence[HostState], req: RequestSpec, filter_names: Sequence[str], weights: Weights,
+    limit: int = 0, start: int = 0,
 ) -> Selection:
-    """Rank the hosts that pass every filter (best first). Unknown filter names raise KeyError."""
+    """Rank the hosts that pass every filter (best first). Unknown filter names raise KeyError.
+
+    With ``limit``, hosts are evaluated from index ``start`` on (wrapping around) and evaluation
+    stops once ``limit`` hosts passed; an empty ranking therefore always comes from evaluating
+    every host, so its trace names every host's reason.
+    """
     chosen = [FILTERS[name] for name in filter_names]
     if compute_filter not in chosen:
         chosen.append(compute_filter)  # mandatory, as in the seed
     names = {fn: name for name, fn in FILTERS.items()}
     survivors: list[HostState] = []
     rejected: dict[str, str] = {}
-    for host in hosts:
+    count = len(hosts)
+    order = (hosts[(start + i) % count] for i in range(count)) if start % max(count, 1) else iter(hosts)
+    for host in order:
+        if limit and len(survivors) >= limit:
+            break
         if req.force_host and host.name != req.force_host:
             rejected[host.name] = "not the forced host"
             continue
