@@ -45,11 +45,14 @@ def _serve(hosts: int) -> int:
     try:
         lab = LabCluster(hosts, cli=True, ready_timeout=180).start()
     except Exception as exc:
-        print(f"FAILED {exc}", flush=True)
+        print(f"lab start failed: {exc}", file=sys.stderr, flush=True)
+        print("FAILED", flush=True)
         return 1
     print(f"READY {lab.index}", flush=True)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
+    # from now on nobody reads our output: keep it with the lab
+    out = os.open(lab.dir / "owner.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
     try:
         while not stop:
             time.sleep(0.5)
@@ -68,7 +71,8 @@ def _up(hosts: int) -> int:
     line = proc.stdout.readline().decode().strip()
     proc.stdout.close()
     if not line.startswith("READY"):
-        print(f"lab did not start: {line or log.read_text()[-3000:]}", file=sys.stderr)
+        proc.wait(30)
+        print(f"lab did not start: {log.read_text(errors='replace')[-5000:]}", file=sys.stderr)
         log.unlink(missing_ok=True)
         return 1
     log.unlink(missing_ok=True)
