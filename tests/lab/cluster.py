@@ -19,6 +19,7 @@ Use it in a test module::
         lab.virsh("h1", "list", "--all")          # that host's own libvirtd, by unix socket
         lab.exec("h3", ["ip", "-o", "addr"])      # inside h3's namespaces
         lab.kill_daemon(lab.leader(), signal.SIGKILL); lab.restart_daemon("h1")
+        lab.isolate("h2"); lab.rejoin("h2")        # a partition: h2 off the underlay and back
 
 People use `make lab HOSTS=3` / `make lab-down` / `make lab-status` (tests/lab/lab_cli.py).
 
@@ -104,8 +105,8 @@ from tests.lab.lab_system import (
     wait_gone,
 )
 
-__all__ = ["LabCluster", "LabHost", "cgroup_pids", "cgroup_root", "clean_stale_labs", "lab_available", "lab_name",
-           "labs_lock", "leftovers", "pid_alive", "spare_cidr", "wait_gone"]
+__all__ = ["INSTANCES_PATH", "LabCluster", "LabHost", "cgroup_pids", "cgroup_root", "clean_stale_labs",
+           "lab_available", "lab_name", "labs_lock", "leftovers", "pid_alive", "spare_cidr", "wait_gone"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -559,6 +560,17 @@ class LabCluster:
     def pids(self) -> dict[str, list[int]]:
         """Live PIDs of each host's processes (holder, libvirtd, QEMU, hvd, dnsmasq...)."""
         return {n: [p for p in cgroup_pids(h.cgroup) if pid_alive(p)] for n, h in self.hosts.items()}
+
+    # -- faults -------------------------------------------------------------------------------
+
+    def isolate(self, host: str | int) -> None:
+        """Cut the host off the underlay (its port on the lab bridge goes down): its peers, and the
+        root namespace too, no longer reach it; everything on it keeps running. Undo with `rejoin`."""
+        run("ip", "-n", f"{self.prefix}ul", "link", "set", self.host(host).name, "down")
+
+    def rejoin(self, host: str | int) -> None:
+        """Put an isolated host back on the underlay."""
+        run("ip", "-n", f"{self.prefix}ul", "link", "set", self.host(host).name, "up")
 
 
 if __name__ == "__main__":  # python3 -m tests.lab.cluster up|down|status (see lab_cli)

@@ -164,7 +164,7 @@ def test_a_guest_live_migrates_p2p_with_storage_copy(lab: LabCluster, booting_gu
     assert "HVD-GUEST boot" not in h2.path(booting_guest).read_text(errors="replace")
 
 
-def test_a_killed_leader_daemon_is_replaced_and_restarts_as_a_member(lab: LabCluster) -> None:
+def test_daemon_kill_restart_and_host_isolation(lab: LabCluster) -> None:
     leader = lab.leader()
     pid = lab.daemon_pid(leader)
     assert pid is not None
@@ -174,6 +174,12 @@ def test_a_killed_leader_daemon_is_replaced_and_restarts_as_a_member(lab: LabClu
     new_leader = lab.wait_ready(survivors, timeout=60)
     assert new_leader in survivors
     lab.restart_daemon(leader)
+    assert lab.wait_ready() in lab.hosts
+
+    # an isolated host drops off the underlay (no answer even to the root namespace) and comes back
+    lab.isolate(leader)
+    assert lab.health(leader) is None
+    lab.rejoin(leader)
     assert lab.wait_ready() in lab.hosts
     members = lab.call(leader, "GET", "/v1/cluster").json()["members"]
     assert sorted(m["id"] for m in members) == ["h1", "h2", "h3"]
