@@ -90,10 +90,23 @@ async def test_group_commit_batches_concurrent_proposals(tmp_path: Path) -> None
             await d.stop()
 
 
+class RestoreCountingKV(KVStateMachine):
+    """Records every snapshot installed into it (index), so a test can tell a catch-up by
+    snapshot from a catch-up by log replay."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.restored: list[int] = []
+
+    def restore(self, index: int, data: bytes) -> None:
+        self.restored.append(index)
+        super().restore(index, data)
+
+
 async def test_restart_keeps_state_and_lagging_member_catches_up_by_snapshot(tmp_path: Path) -> None:
     net = InMemoryNetwork()
     ids = ["a", "b", "c"]
-    sms = {i: KVStateMachine() for i in ids}  # the state machine is durable, like the catalog
+    sms = {i: RestoreCountingKV() for i in ids}  # the state machine is durable, like the catalog
     drivers = {i: make(tmp_path, net, i, ids, sms[i], seed=n) for n, i in enumerate(ids)}
     for d in drivers.values():
         await d.start()
@@ -101,14 +114,19 @@ async def test_restart_keeps_state_and_lagging_member_catches_up_by_snapshot(tmp
         leader = await leader_of(list(drivers.values()))
         lagger = next(i for i in ids if i != leader.node.id)
         await drivers[lagger].stop()
+        stopped_at = sms[lagger].applied_index()
         for i in range(60):  # more than snapshot_every: the leader compacts past the lagger
             await leader.propose(put_cmd("n", str(i)))
+        compacted_to = leader.node.log.snapshot.meta.index
+        assert compacted_to > stopped_at + 1, "the leader's log still holds what the lagger misses"
         drivers[lagger] = make(tmp_path, net, lagger, [], sms[lagger], seed=9)
         await drivers[lagger].start()
         index = await leader.read_barrier()
         async with asyncio.timeout(5):
             await drivers[lagger].wait_applied(index)
         assert sms[lagger].get("n") == "59"
+        # it was sent the leader's snapshot (nothing else could bridge the compacted gap)
+        assert sms[lagger].restored and sms[lagger].restored[0] >= compacted_to, (sms[lagger].restored, compacted_to)
     finally:
         for d in drivers.values():
             await d.stop()
