@@ -14,6 +14,7 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from aiohttp import web
 
@@ -23,6 +24,7 @@ from hvd.api.app import build_app
 from hvd.api.forward import PEERS
 from hvd.api.internal import PEER_SERVICE, PeerEndpoint, StartupListener
 from hvd.api.services import ApiServices
+from hvd.api.v1.admin import GOSSIP
 from hvd.api.v1.events import EVENTS
 from hvd.api.v1.images import IMAGE_STORE
 from hvd.api.v1.netcommon import NETWORK
@@ -30,6 +32,10 @@ from hvd.api.v1.servers import COMPUTE
 from hvd.catalog.service import Catalog
 from hvd.cluster.coordinator import RaftCoordinator
 from hvd.cluster.event_relay import EventRelay
+from hvd.cluster.gossip import hostreport
+from hvd.cluster.gossip import metrics as gossip_metrics
+from hvd.cluster.gossip.core import MemberEvent
+from hvd.cluster.gossip.service import GossipService, core_config
 from hvd.cluster.member import open_raft_coordinator
 from hvd.cluster.peer_auth import PeerVerifier
 from hvd.cluster.peers import PeerCaller
@@ -99,6 +105,54 @@ async def register_host(config: Config, catalog: Catalog, driver: ComputeDriver,
     await catalog.propose(cmd)
 
 
+def _own_url(config: Config, api_url: str) -> str:
+    """The peer API URL others reach this host at (its entry in cluster.peers, if listed)."""
+    return config.cluster.peer_urls().get(config.node_id, api_url)
+
+
+def make_gossip(config: Config, catalog: Catalog, api_url: str) -> GossipService:
+    """Gossip over UDP with the cluster's members as seeds; alone (no peers) it runs without a socket."""
+    seeds = _member_addresses(catalog)
+
+    def all_seeds() -> dict[str, str]:
+        return {**config.cluster.peer_urls(), **seeds()}  # configured peers, then the live Raft membership
+
+    report = hostreport.initial_report(config, _own_url(config, api_url))
+    if not config.cluster.peers:
+        return GossipService(config.host_name, core_config(config.gossip), report)
+    g = config.gossip
+    host, port = g.bind_address or config.api.listen, g.port or config.api.port
+    advertise = g.advertise_address
+    if not advertise and host in ("0.0.0.0", "::", ""):
+        own = config.cluster.peer_urls().get(config.node_id)
+        advertise = (urlparse(own).hostname if own else None) or config.host_name
+    if advertise:
+        advertise = socket.gethostbyname(advertise) if ":" not in advertise else advertise  # once, at start
+    return GossipService(config.host_name, core_config(g), report, config.cluster.cluster_key.encode(),
+                         bind=(host, port), advertise_host=advertise, seeds=all_seeds)
+
+
+async def _report_loop(config: Config, catalog: Catalog, driver: ComputeDriver, gossip: GossipService,
+                       api_url: str) -> None:
+    """Recompute this host's resource report now and then; gossip tells others when it changed."""
+    while True:
+        try:
+            res = await driver.host_resources()
+            gossip.update_report(await hostreport.current_report(config, catalog, res, _own_url(config, api_url)))
+        except Exception:  # the next round retries; reporting must not end because one read failed
+            log.exception("resource report round failed")
+        await asyncio.sleep(config.gossip.report_interval_s)
+
+
+def _publish_host_state(events: EventBus) -> Callable[[MemberEvent], None]:
+    def publish(event: MemberEvent) -> None:
+        if event.state != event.previous:
+            events.publish("host.state", member=event.name, state=event.state, previous=event.previous,
+                           incarnation=event.incarnation)
+
+    return publish
+
+
 STARTUP_LISTENER = "startup_listener"
 BUILD_RECOVERY_INTERVAL_S = 5.0
 
@@ -160,6 +214,7 @@ async def running_services(config: Config, listener: socket.socket | None = None
     api_url = f"http://{config.api.listen}:{config.api.port}"
     catalog, coordinator = open_catalog(config, data_dir)
     startup: StartupListener | None = None
+    gossip: GossipService | None = None
     health = Health()  # what /healthz and the watchdog look at
     try:
         await coordinator.start()
@@ -169,18 +224,27 @@ async def running_services(config: Config, listener: socket.socket | None = None
         if listener is not None:
             startup = StartupListener(endpoint, listener)
             await startup.start()
+        # before waiting for Raft: liveness does not depend on a quorum (a report follows the driver)
+        gossip = make_gossip(config, catalog, api_url)
+        await gossip.start()
+        endpoint.gossip = gossip
+        gossip_metrics.expose(gossip)
         await wait_for_cluster(coordinator)
         identity = IdentityService(catalog, config.identity.token_ttl_s)
         openrc = Path(config.identity.openrc_path or data_dir / "openrc")
         await bootstrap_identity(config, identity, openrc, api_url)
-        async with running_compute(config, catalog, api_url, health) as extra:
+        async with running_compute(config, catalog, api_url, health, gossip) as extra:
             extra[PEER_SERVICE] = endpoint
+            extra[GOSSIP] = gossip
             extra[STARTUP_LISTENER] = startup
             policy = Policy(config.identity.policy)
             extra[COMPUTE].policy = policy
             yield ApiServices(config=config, catalog=catalog, identity=identity, policy=policy, api_url=api_url,
                               extra=extra, health=health)
     finally:
+        if gossip is not None:
+            await gossip.stop()  # announces "left" to every live member
+            gossip_metrics.expose(None)
         if startup is not None:
             await startup.close()
         await catalog.coordinator.stop()
@@ -216,7 +280,8 @@ async def _cluster_upkeep(service: ComputeService) -> None:
 
 @contextlib.asynccontextmanager
 async def running_compute(
-    config: Config, catalog: Catalog, api_url: str, health: Health | None = None
+    config: Config, catalog: Catalog, api_url: str, health: Health | None = None,
+    gossip: GossipService | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Driver → host record → image store/cache → manager → placement → crash repair → sync loop."""
     events = EventBus(host=config.host_name)
@@ -224,6 +289,7 @@ async def running_compute(
     await driver.start()
     sync: asyncio.Task[None] | None = None
     recovery: asyncio.Task[None] | None = None
+    reporting: asyncio.Task[None] | None = None
     peers: PeerCaller | None = None
     relay: EventRelay | None = None
     service: ComputeService | None = None
@@ -237,8 +303,13 @@ async def running_compute(
         await network.start()
         manager.network = network
         host = config.host_name
-        # until gossip reports liveness, every host of a cluster counts as up (alone: only this one)
-        placement = Placement(config, catalog, is_up=lambda name: name == host or peers is not None)
+        # up = alive in gossip (the host record's enabled flag is the ComputeFilter's other half);
+        # without gossip (tests composing services alone) only this host is known up
+        is_up = gossip.is_alive if gossip is not None else (lambda name: name == host or peers is not None)
+        placement = Placement(config, catalog, is_up=is_up)
+        if gossip is not None:
+            gossip.on_change(_publish_host_state(events))
+            reporting = asyncio.create_task(_report_loop(config, catalog, driver, gossip, api_url))
         service = ComputeService(config, catalog, Policy(config.identity.policy), manager, placement, events)
         if config.cluster.cluster_key:
             peers = PeerCaller(host, config.node_id, config.cluster.cluster_key.encode(), catalog,
@@ -256,7 +327,7 @@ async def running_compute(
         recovery = asyncio.create_task(_cluster_upkeep(service))
         yield {COMPUTE: service, IMAGE_STORE: store, EVENTS: events, NETWORK: network, PEERS: peers}
     finally:
-        for task in (sync, recovery):
+        for task in (sync, recovery, reporting):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -18,6 +18,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from hvd.api.middleware import error_body, error_middleware, request_id_middleware
 from hvd.catalog.state import encode_result
 from hvd.cluster.coordinator import MEMBERSHIP_TIMEOUT_S, RaftCoordinator, routing_error_response
+from hvd.cluster.gossip.service import PUSH_PULL_PATH, GossipService
 from hvd.cluster.http_transport import (
     APPLIED_HEADER,
     MEMBERSHIP_PATH,
@@ -43,6 +44,7 @@ class PeerEndpoint:
 
     coordinator: RaftCoordinator
     verifier: PeerVerifier | None  # None when no cluster_key is set: every peer request is refused
+    gossip: GossipService | None = None  # set once gossip runs: serves push-pull state syncs
 
 
 PEER = web.AppKey("hvd.peer", PeerEndpoint)
@@ -171,6 +173,21 @@ async def cluster_status(request: web.Request) -> web.Response:
     return web.json_response(request.app[PEER].coordinator.status())
 
 
+async def gossip_push_pull(request: web.Request) -> web.Response:
+    """A gossip push-pull: the caller's full member view in, ours out (hvd/cluster/gossip)."""
+    body = await _authenticated_body(request)
+    gossip = request.app[PEER].gossip
+    if gossip is None:
+        raise ServiceUnavailable("gossip is not running yet on this host")
+    try:
+        state = json.loads(body)
+    except ValueError as exc:
+        raise BadRequest(f"gossip push-pull body is not JSON: {exc}") from exc
+    if not isinstance(state, dict) or not isinstance(state.get("members"), list):
+        raise BadRequest("gossip push-pull body must be an object with a 'members' list")
+    return web.json_response(gossip.handle_push_pull(state))
+
+
 def install(app: web.Application, endpoint: PeerEndpoint) -> None:
     """Add the peer routes to ``app`` (outside the public Router, so outside OpenAPI)."""
     app[PEER] = endpoint
@@ -181,6 +198,7 @@ def install(app: web.Application, endpoint: PeerEndpoint) -> None:
     app.router.add_post(READ_INDEX_PATH, raft_read_index)
     app.router.add_get(STATUS_PATH, cluster_status)
     app.router.add_post(MEMBERSHIP_PATH, cluster_membership)
+    app.router.add_post(PUSH_PULL_PATH, gossip_push_pull)
 
 
 async def _starting(request: web.Request) -> web.Response:
