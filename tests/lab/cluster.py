@@ -369,21 +369,22 @@ class LabCluster:
         if self._stopped or self.index < 0:
             return
         self._stopped = True
-        for daemon in self._daemons.values():
-            if daemon.proc.poll() is None:
-                daemon.proc.kill()
         for proc in [*(d.proc for d in self._daemons.values()), *self._holders.values()]:
             if proc.poll() is None:
                 proc.kill()
-        with labs_lock():
-            destroy_lab(self.index)
+        try:
+            with labs_lock():
+                try:
+                    destroy_lab(self.index)
+                finally:
+                    drop_guard_if_unused()
+        finally:
             for proc in [*(d.proc for d in self._daemons.values()), *self._holders.values()]:
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(5)
+                    proc.wait(5)  # reap our children: no zombies of ours
             for daemon in self._daemons.values():
                 daemon.log.close()
-            drop_guard_if_unused()
-        self._session.close()
+            self._session.close()
 
     # -- daemons ------------------------------------------------------------------------------
 
@@ -424,8 +425,10 @@ class LabCluster:
         """Start the host's hvd daemon (config rewritten when `overrides` is given); returns its PID.
         `wait`: until its API answers /healthz with a leader."""
         h = self.host(host)
-        if (old := self._daemons.get(h.name)) is not None and old.proc.poll() is None:
-            raise RuntimeError(f"the hvd daemon of {h.name} runs already (pid {old.proc.pid})")
+        if (old := self._daemons.get(h.name)) is not None:
+            if old.proc.poll() is None:
+                raise RuntimeError(f"the hvd daemon of {h.name} runs already (pid {old.proc.pid})")
+            old.log.close()
         if overrides is not None or not h.config_path.exists():
             self.write_config(h.name, overrides or {})
         log = open(h.log_path, "ab")  # noqa: SIM115 - closed at stop()

@@ -25,6 +25,7 @@ from tests.lab.lab_plan import GUARD_CIDR, LOCK_PATH, PREFIX, STATE_ROOT, lab_di
 
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
+
 def run(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
@@ -191,17 +192,27 @@ def live_labs() -> dict[int, Owner]:
 
 def destroy_lab(index: int) -> None:
     """Remove everything of lab `index`: processes (by PID, through its cgroups), namespaces,
-    the root veth, cgroups and the state directory. Idempotent; used by stop() and for stale labs."""
+    the root veth, cgroups and the state directory. Idempotent; used by stop() and for stale labs.
+    Every step is tried; RuntimeError afterwards names what could not be removed."""
     name = lab_name(index)
-    with contextlib.suppress(RuntimeError):
-        for cgroup in sorted(cgroup_root().glob(f"{name}-*")):
+    errors: list[str] = []
+    try:
+        cgroups = sorted(cgroup_root().glob(f"{name}-*"))
+    except RuntimeError:
+        cgroups = []
+    for cgroup in cgroups:
+        try:
             kill_cgroup(cgroup)
-    if link_exists(f"{name}-rt"):
-        run("ip", "link", "del", f"{name}-rt", check=False)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+    if link_exists(f"{name}-rt") and (r := run("ip", "link", "del", f"{name}-rt", check=False)).returncode:
+        errors.append(f"link {name}-rt: {r.stderr.strip()}")
     for ns in sorted(netns_names()):
-        if ns.startswith(f"{name}-"):
-            run("ip", "netns", "del", ns, check=False)
+        if ns.startswith(f"{name}-") and (r := run("ip", "netns", "del", ns, check=False)).returncode:
+            errors.append(f"netns {ns}: {r.stderr.strip()}")
     shutil.rmtree(lab_dir(index), ignore_errors=True)
+    if errors:
+        raise RuntimeError(f"lab {name} not fully removed: " + "; ".join(errors))
 
 
 def leftovers(index: int) -> list[str]:
