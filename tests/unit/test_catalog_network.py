@@ -46,7 +46,8 @@ class Catalog:
                           dhcp_mac="fa:16:3e:00:00:01", host="h1", created_at=T0, **subnet))  # type: ignore[arg-type]
 
     def port(self, pid: str, nid: str, ip: str) -> dict[str, object]:
-        return self(PortCreate(id=pid, network_id=nid, project_id="p1", mac=f"fa:16:3e:00:01:{sum(map(ord, pid)) % 256:02x}",
+        mac = f"fa:16:3e:00:01:{sum(map(ord, pid)) % 256:02x}"
+        return self(PortCreate(id=pid, network_id=nid, project_id="p1", mac=mac,
                                fixed_ips=[FixedIpRequest(ip_address=ip)], default_sg_id=SG, created_at=T0))
 
 
@@ -132,8 +133,9 @@ def test_requested_fixed_and_floating_addresses_must_lie_in_the_pools() -> None:
     cat.network("ext", "192.0.2.0/24", external=True, allocation_pools=[("192.0.2.100", "192.0.2.110")])
 
     def fip(fid: str, address: str) -> dict[str, object]:
+        mac = f"fa:16:3e:00:03:{sum(map(ord, fid)) % 256:02x}"
         return cat(FloatingIpCreate(id=fid, project_id="p1", network_id="ext", floating_ip=address,
-                                    fip_port_id=f"fp-{fid}", mac=f"fa:16:3e:00:03:{sum(map(ord, fid)) % 256:02x}", created_at=T0))
+                                    fip_port_id=f"fp-{fid}", mac=mac, created_at=T0))
 
     with pytest.raises(BadRequest, match="outside the allocation pools"):
         fip("f1", "192.0.2.5")

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hvd.net import steps as s
+from hvd.net.apply import apply_isolated
 from hvd.net.dhcp import dhcp_paths, dnsmasq_argv, render_hosts
 from hvd.net.fake import FakeHost
 from hvd.net.model import (
@@ -44,7 +45,6 @@ from hvd.net.model import (
     vxlan_name,
 )
 from hvd.net.nft import render_router_nat, render_rule, render_security_ruleset
-from hvd.net.apply import apply_isolated
 from hvd.net.plan import SECURITY_UNIT, network_unit, plan_host, plan_orphans, plan_units, router_unit
 from hvd.net.proc import KernelFeatureMissing
 from hvd.net.state import ObservedDevices, ObservedLink
