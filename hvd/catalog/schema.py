@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from hvd.errors import ConfigError
+
 _V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT INTO meta VALUES ('applied_index', '0');
@@ -155,9 +157,21 @@ CREATE TABLE aggregate_hosts (
 MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
 
 
+def check_not_newer(version: int, what: str = "the catalog") -> None:
+    """ConfigError when `version` was written by a newer hvd: an older release would misread it
+    (a downgrade), so it refuses to open it instead."""
+    if version > len(MIGRATIONS):
+        raise ConfigError(
+            f"{what} has catalog schema {version}, newer than this hvd's {len(MIGRATIONS)}: it was"
+            " written by a newer release. Downgrades are not supported: run that release again, or"
+            " restore a backup made by this one (hvd catalog restore)")
+
+
 def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema to the newest version; returns it. Each step commits atomically."""
+    """Bring the schema to the newest version; returns it. Each step commits atomically.
+    A catalog of a newer schema is refused (ConfigError), never opened."""
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    check_not_newer(version)
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:

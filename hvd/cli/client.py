@@ -10,13 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from hvd.cli.admin import register_admin
 from hvd.cli.aggregates import register_aggregates
 from hvd.cli.cluster import register_cluster
 from hvd.cli.commands import Registry
 from hvd.cli.compute import register_compute
 from hvd.cli.core import register_core
 
-REGISTRARS: list[Callable[[Registry], None]] = [register_core, register_cluster, register_compute, register_aggregates]
+REGISTRARS: list[Callable[[Registry], None]] = [register_core, register_cluster, register_compute, register_aggregates,
+                                                 register_admin]
 
 
 def build_registry() -> Registry:
