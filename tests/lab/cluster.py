@@ -188,7 +188,7 @@ class LabCluster:
     `hosts`: how many (h1..hN). `config`: hvd.toml overrides for every host,
     ``{"compute": {"sync_power_state_interval_s": 2}}``; `host_config`: per-host overrides by
     host name. `start_daemons=False` brings up namespaces and libvirt only (then call
-    `start_daemon()` per host, e.g. with ``{"cluster": {"join": True}}``). `ready_timeout`:
+    `start_all_daemons()`, or `start_daemon()` per host, e.g. with ``{"cluster": {"join": True}}``). `ready_timeout`:
     seconds to wait for libvirtd, the daemons and a common leader. `cli`: owned by `make lab`.
 
     Attributes once started: `index` (lab number L), `hosts` (name -> LabHost), `admin_password`,
@@ -263,10 +263,18 @@ class LabCluster:
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(self.hosts)) as pool:
             list(pool.map(self._start_host, self.hosts.values()))
         if self.start_daemons:
-            for host in self.hosts.values():
-                self.start_daemon(host.name, wait=False)
-            self.wait_ready()
-            (self.dir / "openrc").write_text(self.openrc())
+            self.start_all_daemons()
+
+    def start_all_daemons(self) -> str:
+        """Start every host's daemon that is not running, wait for a common leader (returned) and
+        write <dir>/openrc. For a lab made with `start_daemons=False`, e.g. to boot guests with virsh
+        while the daemons start."""
+        for name in self.hosts:
+            if self.daemon_pid(name) is None:
+                self.start_daemon(name, wait=False)
+        leader = self.wait_ready()
+        (self.dir / "openrc").write_text(self.openrc())
+        return leader
 
     def _underlay(self) -> None:
         ul = f"{self.prefix}ul"

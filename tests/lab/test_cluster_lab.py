@@ -33,36 +33,34 @@ from tests.lab.cluster import (
 )
 
 GUEST = "lab-mig"
-CONSOLE_DIR = "/var/lib/libvirt/hvd-lab-console"  # the same path on both hosts, each its own
+CONSOLE = f"/var/lib/libvirt/hvd-lab-console/{GUEST}.log"  # the same path on both hosts, each its own
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[LabCluster]:
+    """Three hosts; a guest starts booting on h1 (virsh) while the hvd daemons start."""
     if reason := lab_available():
         pytest.skip(reason)
-    with LabCluster(hosts=3) as cluster:
+    with LabCluster(hosts=3, start_daemons=False) as cluster:
+        boot_guest(cluster)
+        cluster.start_all_daemons()
         yield cluster
 
 
-@pytest.fixture(scope="module")
-def booting_guest(lab: LabCluster) -> str:
-    """A guest defined and started with virsh on h1; started as early as possible (it boots while
-    the other tests run). Returns its console log path inside the hosts."""
-    image = guest_image_path("main")
+def boot_guest(lab: LabCluster) -> None:
+    """Define and start the test guest on h1 with virsh, its console in CONSOLE on h1 (and, once
+    migrated, on h2)."""
     disk = f"/var/lib/libvirt/images/{GUEST}.qcow2"
-    console = f"{CONSOLE_DIR}/{GUEST}.log"
     for host in ("h1", "h2"):
-        lab.host(host).path(CONSOLE_DIR).mkdir(mode=0o755)
-    shutil.copyfile(image, lab.host("h1").path(disk))
+        lab.host(host).path(CONSOLE).parent.mkdir(mode=0o755)
+    shutil.copyfile(guest_image_path("main"), lab.host("h1").path(disk))
     xml_path = lab.dir / f"{GUEST}.xml"
-    xml_path.write_text(domain_xml(GUEST, disk, memory_mib=128, console_log=console))
+    xml_path.write_text(domain_xml(GUEST, disk, memory_mib=128, console_log=CONSOLE))
     lab.virsh("h1", "define", str(xml_path))
     lab.virsh("h1", "start", GUEST)
-    return console
 
 
-pytestmark = [pytest.mark.libvirt, pytest.mark.slow, pytest.mark.netns,
-              pytest.mark.usefixtures("booting_guest"), pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.libvirt, pytest.mark.slow, pytest.mark.netns, pytest.mark.timeout(240)]
 
 
 def test_every_daemon_answers_and_the_cluster_has_three_members_and_one_leader(lab: LabCluster) -> None:
@@ -149,19 +147,19 @@ def test_an_api_create_reaches_active_on_the_host_that_received_it(lab: LabClust
     assert disk.is_file()
 
 
-def test_a_guest_live_migrates_p2p_with_storage_copy(lab: LabCluster, booting_guest: str) -> None:
+def test_a_guest_live_migrates_p2p_with_storage_copy(lab: LabCluster) -> None:
     h1, h2 = lab.host("h1"), lab.host("h2")
-    wait_for_console(h1.path(booting_guest), r"HVD-GUEST ready", timeout=120)
-    before = int(wait_for_console(h1.path(booting_guest), r"HVD-GUEST heartbeat \d+", timeout=30).split()[-1])
+    wait_for_console(h1.path(CONSOLE), r"HVD-GUEST ready", timeout=120)
+    before = int(wait_for_console(h1.path(CONSOLE), r"HVD-GUEST heartbeat \d+", timeout=30).split()[-1])
     lab.virsh("h1", "migrate", "--live", "--p2p", "--copy-storage-all", "--persistent", "--undefinesource",
               GUEST, h2.migration_uri, timeout=180)
     assert lab.virsh("h2", "domstate", GUEST).stdout.strip() == "running"
     assert GUEST not in lab.virsh("h1", "list", "--all", "--name").stdout.split()
     assert h2.path(f"/var/lib/libvirt/images/{GUEST}.qcow2").is_file()  # the disk was copied
     # the same boot goes on at the destination: heartbeats continue, no new boot
-    line = wait_for_console(h2.path(booting_guest), r"HVD-GUEST heartbeat \d+", timeout=60)
+    line = wait_for_console(h2.path(CONSOLE), r"HVD-GUEST heartbeat \d+", timeout=60)
     assert int(line.split()[-1]) > before
-    assert "HVD-GUEST boot" not in h2.path(booting_guest).read_text(errors="replace")
+    assert "HVD-GUEST boot" not in h2.path(CONSOLE).read_text(errors="replace")
 
 
 def test_daemon_kill_restart_and_host_isolation(lab: LabCluster) -> None:
