@@ -99,6 +99,7 @@ from tests.lab.lab_system import (
     labs_lock,
     leftovers,
     live_labs,
+    netns_names,
     pid_alive,
     pid_start_time,
     run,
@@ -106,7 +107,8 @@ from tests.lab.lab_system import (
 )
 
 __all__ = ["INSTANCES_PATH", "LabCluster", "LabHost", "cgroup_pids", "cgroup_root", "clean_stale_labs",
-           "lab_available", "lab_name", "labs_lock", "leftovers", "pid_alive", "spare_cidr", "wait_gone"]
+           "lab_available", "lab_name", "labs_lock", "leftovers", "netns_names", "pid_alive", "spare_cidr",
+           "wait_gone"]
 
 REPO = Path(__file__).resolve().parents[2]
 

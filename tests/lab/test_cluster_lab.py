@@ -5,19 +5,23 @@ of a killed run) leaves nothing behind."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.guest.helpers import domain_xml, guest_image_path, wait_for_console
 from tests.lab.cluster import (
+    INSTANCES_PATH,
     REPO,
     LabCluster,
     cgroup_pids,
@@ -27,6 +31,7 @@ from tests.lab.cluster import (
     lab_name,
     labs_lock,
     leftovers,
+    netns_names,
     pid_alive,
     spare_cidr,
     wait_gone,
@@ -41,7 +46,9 @@ def lab() -> Iterator[LabCluster]:
     """Three hosts; a guest starts booting on h1 (virsh) while the hvd daemons start."""
     if reason := lab_available():
         pytest.skip(reason)
-    with LabCluster(hosts=3, start_daemons=False) as cluster:
+    # A host adds another host's new port to its VXLAN flood list only at its periodic converge
+    # (not when the catalog changes): keep that short so a guest's DHCP (6 s) crosses hosts.
+    with LabCluster(hosts=3, start_daemons=False, config={"network": {"converge_interval_s": 3.0}}) as cluster:
         boot_guest(cluster)
         cluster.start_all_daemons()
         yield cluster
@@ -124,27 +131,65 @@ def test_vxlan_between_two_hosts_carries_a_ping(lab: LabCluster) -> None:
     assert " 0% packet loss" in result.stdout, result.stdout
 
 
-def test_an_api_create_reaches_active_on_the_host_that_received_it(lab: LabCluster) -> None:
-    host = "h3"
-    r = lab.call(host, "POST", "/v1/images", {"name": "guest", "disk_format": "qcow2", "visibility": "public"})
+def upload_guest(lab: LabCluster, host: str) -> str:
+    """The test guest uploaded as an image through `host` (its image store); returns the image id."""
+    r = lab.call(host, "POST", "/v1/images", {"name": f"guest-{host}", "disk_format": "qcow2",
+                                              "visibility": "public"})
     assert r.status_code == 201, r.text
-    image_id = r.json()["id"]
+    image_id = str(r.json()["id"])
     r = lab.call(host, "PUT", f"/v1/images/{image_id}/file", data=guest_image_path("main").read_bytes(),
                  headers={"Content-Type": "application/octet-stream"})
     assert r.status_code == 204, r.text
+    return image_id
+
+
+def create_on(lab: LabCluster, host: str, name: str, image_id: str, **fields: object) -> dict[str, Any]:
+    """A server created through `host` and forced onto it (true of today's local placement and of
+    leader placement alike); returns it once ACTIVE."""
     r = lab.call(host, "POST", "/v1/flavors", {"name": "lab.tiny", "vcpus": 1, "ram_mb": 128, "disk_gb": 1})
-    assert r.status_code == 201, r.text
-    # forced to the receiving host: true of today's local placement and of leader placement
-    r = lab.call(host, "POST", "/v1/servers?wait=true", {"name": "on-h3", "flavor": "lab.tiny", "image": image_id,
-                                                          "availability_zone": f"nova:{host}"}, timeout=180)
+    assert r.status_code in (201, 409), r.text
+    body = {"name": name, "flavor": "lab.tiny", "image": image_id, "availability_zone": f"nova:{host}", **fields}
+    r = lab.call(host, "POST", "/v1/servers?wait=true", body, timeout=180)
     assert r.status_code == 202, r.text
-    server = r.json()
+    server: dict[str, Any] = r.json()
     assert server["status"] == "ACTIVE" and server["host"] == host, server
-    assert lab.virsh(host, "domstate", server["id"]).stdout.strip() == "running"
+    return server
+
+
+def test_an_api_create_reaches_active_on_the_host_that_received_it(lab: LabCluster) -> None:
+    server = create_on(lab, "h3", "on-h3", upload_guest(lab, "h3"), networks="none")
+    assert lab.virsh("h3", "domstate", server["id"]).stdout.strip() == "running"
     for other in ("h1", "h2"):
         assert lab.virsh(other, "domstate", server["id"], check=False).returncode != 0
-    disk = lab.host(host).path(f"/var/lib/libvirt/hvd-instances/{server['id']}/disk")
-    assert disk.is_file()
+    assert lab.host("h3").path(f"{INSTANCES_PATH}/{server['id']}/disk").is_file()
+
+
+def test_hvd_networks_live_in_each_hosts_own_namespaces(lab: LabCluster) -> None:
+    """A tenant VXLAN network with DHCP, a server on h1 and one on h2: both get a lease over hvd's
+    own VXLAN across the underlay; the qdhcp- namespace is in its host's private /run/netns with
+    the host's prefix, never in the root namespace's."""
+    r = lab.call("h1", "POST", "/v1/networks", {"name": "labnet", "shared": True})
+    assert r.status_code == 201, r.text
+    net_id = r.json()["id"]
+    r = lab.call("h1", "POST", "/v1/subnets", {"name": "labsub", "network": net_id, "cidr": "10.77.0.0/24"})
+    assert r.status_code == 201, r.text
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # both boot at once
+        futures = {h: pool.submit(lambda h: create_on(lab, h, f"net-{h}", upload_guest(lab, h),
+                                                      networks=[{"network": net_id}]), h) for h in ("h1", "h2")}
+        servers = {h: f.result() for h, f in futures.items()}
+    for host, server in servers.items():
+        deadline = time.monotonic() + 90
+        while not re.search(r"HVD-GUEST (lease|nolease) eth0",
+                            out := lab.call(host, "GET", f"/v1/servers/{server['id']}/console-log").json()["output"]):
+            assert time.monotonic() < deadline, out[-2000:]
+            time.sleep(0.5)
+        assert re.search(r"HVD-GUEST lease eth0 10\.77\.0\.\d+/24", out), out[-2000:]
+    qdhcp = {h: [ns for ns in lab.exec(h, ["ip", "netns", "list"], check=True).stdout.split() if "qdhcp-" in ns]
+             for h in lab.hosts}
+    assert any(qdhcp.values()), qdhcp
+    for host, names in qdhcp.items():
+        assert all(ns.startswith(f"{lab.prefix.rstrip('-')}{host}-qdhcp-{net_id}") for ns in names), names
+    assert not [ns for ns in netns_names() if "qdhcp-" in ns and ns.startswith(lab.prefix.rstrip("-"))]
 
 
 def test_a_guest_live_migrates_p2p_with_storage_copy(lab: LabCluster) -> None:
