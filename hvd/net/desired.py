@@ -65,14 +65,17 @@ def _port_groups(conn: sqlite3.Connection, port_ids: list[str]) -> dict[str, tup
     return {k: tuple(v) for k, v in out.items()}
 
 
-def _network_spec(row: dict[str, Any], mappings: Mapping[str, str]) -> NetworkSpec | None:
+def _network_spec(row: dict[str, Any], mappings: Mapping[str, str],
+                  local_vtep: LocalVtep | None) -> NetworkSpec | str:
+    """The network's spec on this host, or why this host cannot build it."""
     nic = mappings.get(row["physical_network"] or "")
+    if row["type"] == "vxlan" and local_vtep is None:
+        return "a vxlan network needs [network] local_ip (the VTEP address) on this host"
     try:
         return NetworkSpec(id=row["id"], type=row["type"], segmentation_id=row["segmentation_id"], physical_nic=nic,
                            mtu=int(row["mtu"]))
     except ValueError as exc:
-        log.error("network %s cannot be realised on this host: %s", row["id"], exc)
-        return None
+        return str(exc)
 
 
 def _dns(row: dict[str, Any]) -> tuple[str, ...]:
@@ -122,10 +125,13 @@ def host_state(conn: sqlite3.Connection, host: str, mappings: Mapping[str, str],
                local_vtep: LocalVtep | None = None) -> HostNetworkState:
     """The desired network state of `host` (see the module docstring)."""
     net_ids = {r[0] for r in conn.execute("SELECT DISTINCT network_id FROM ports WHERE host=?", (host,))}
-    networks = []
+    networks, unrealisable = [], []
     for row in fetch_all(conn, f"SELECT * FROM networks WHERE id IN ({_in(net_ids)}) ORDER BY id", tuple(net_ids)):
-        spec = _network_spec(row, mappings)
-        if spec is not None:
+        spec = _network_spec(row, mappings, local_vtep)
+        if isinstance(spec, str):
+            log.error("network %s cannot be realised on this host: %s", row["id"], spec)
+            unrealisable.append((str(row["id"]), spec))
+        else:
             networks.append(spec)
     net_ids = {n.id for n in networks}
     subnets = [_subnet_spec(r) for r in fetch_all(
@@ -147,6 +153,7 @@ def host_state(conn: sqlite3.Connection, host: str, mappings: Mapping[str, str],
         "SELECT host, ip FROM host_vteps WHERE host != ? ORDER BY host", (host,)))
     return HostNetworkState(host=host, networks=tuple(networks), subnets=tuple(subnets), ports=ports,
                             security_groups=_groups(conn, group_ids), routers=routers, local_vtep=local_vtep,
+                            unrealisable=tuple(unrealisable),
                             vteps=vteps)
 
 

@@ -325,6 +325,8 @@ class HostNetworkState:
     networks on any host; `netns_prefix` is prepended to qdhcp-/qrouter- namespace names.
     `dhcp_dir` holds one directory per network (hosts file, pid file, leases);
     `dnsmasq_user` is the user dnsmasq drops to (None: its built-in default).
+    `unrealisable` names networks with ports here that this host cannot build, and why (left
+    out of `networks`, so they hold back nothing else).
     """
 
     host: str
@@ -338,6 +340,7 @@ class HostNetworkState:
     netns_prefix: str = ""
     dhcp_dir: str = "/var/lib/hvd/dhcp"
     dnsmasq_user: str | None = None
+    unrealisable: tuple[tuple[str, str], ...] = ()
 
     def network(self, network_id: str) -> NetworkSpec:
         for net in self.networks:

@@ -44,7 +44,7 @@ from hvd.net.desired import host_state, instance_ports
 from hvd.net.fake import FakeHost
 from hvd.net.model import HostNetworkState, LocalVtep, bridge_name, dhcp_namespace, router_namespace, tap_name
 from hvd.net.plan import SECURITY_UNIT, Planned, desired_layout, network_unit, plan_orphans, plan_units
-from hvd.net.proc import in_netns, run
+from hvd.net.proc import NetError, in_netns, run
 from hvd.net.state import ObservedDevices
 from hvd.storage.config_drive import NetworkDataNic
 
@@ -222,6 +222,9 @@ class NetworkService:
             await asyncio.to_thread(self.owned.add, desired_names(desired))
         planned = plan_units(desired, await self._observe(desired))
         report = ApplyReport()
+        for network_id, reason in desired.unrealisable:  # failed before any step: nothing to apply
+            report.failed[network_unit(network_id)] = NetError(
+                f"network {network_id} cannot be realised on host {self.host}: {reason}")
         if planned:
             half = len(planned) // 2
             report = await self.adapter.apply_planned(planned[:half], report)

@@ -509,3 +509,19 @@ async def test_a_failing_network_is_reported_and_retried_while_the_others_conver
     await service.sync()  # the next converge (the periodic loop's) retries it
     assert service.failed == {} and fake.dhcp[bad["id"]].pid is not None
     assert REGISTRY.get_sample_value("hvd_net_failed_units") == 0
+
+
+async def test_a_network_this_host_cannot_build_holds_back_no_other(env: dict[str, Any]) -> None:
+    from hvd.net.plan import network_unit
+    from hvd.net.proc import NetError
+
+    admin, a, service = env["admin"], env["a"], env["net"]
+    # this host has no [network] local_ip: it cannot carry a vxlan network an admin asks for
+    overlay = await ok(admin, "POST", "/v1/networks", {"name": "overlay", "network_type": "vxlan"}, 201)
+    await ok(admin, "POST", "/v1/subnets", {"network": overlay["id"], "cidr": "10.70.0.0/24"}, 201)
+    good, _ = await network_with_subnet(a, "plain", "10.71.0.0/24")
+    fake = service.adapter.host
+    assert fake.dhcp[good["id"]].pid is not None, "the other network converged"
+    assert overlay["id"] not in fake.dhcp and set(service.failed) == {network_unit(overlay["id"])}
+    with pytest.raises(NetError, match="needs \\[network\\] local_ip"):
+        await service.sync(require={network_unit(overlay["id"])})
