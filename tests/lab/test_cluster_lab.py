@@ -1,7 +1,8 @@
 """The multi-host lab itself (tests/lab/cluster.py): three hosts, each with its own hvd daemon and
 libvirtd, one Raft cluster; a real guest live-migrates between two hosts' libvirtds with storage
-copy; VXLAN across the underlay; an API create lands on the host that received it; teardown (also
-of a killed run) leaves nothing behind."""
+copy; VXLAN across the underlay, by hand and through hvd's own networks (per-host namespaces);
+an API create lands on the host that received it; a killed daemon restarts, an isolated host
+comes back; teardown (also of a killed run) leaves nothing behind."""
 
 from __future__ import annotations
 
