@@ -43,7 +43,15 @@ from hvd.net.apply import ApplyReport, apply_isolated
 from hvd.net.desired import host_state, instance_ports
 from hvd.net.fake import FakeHost
 from hvd.net.model import HostNetworkState, LocalVtep, bridge_name, dhcp_namespace, router_namespace, tap_name
-from hvd.net.plan import SECURITY_UNIT, Planned, desired_layout, network_unit, plan_orphans, plan_units
+from hvd.net.plan import (
+    SECURITY_UNIT,
+    Planned,
+    desired_layout,
+    network_unit,
+    plan_orphans,
+    plan_units,
+    step_unit,
+)
 from hvd.net.proc import NetError, in_netns, run
 from hvd.net.state import ObservedDevices
 from hvd.storage.config_drive import NetworkDataNic
@@ -165,7 +173,8 @@ class NetworkService:
         orphans = plan_orphans(desired, observed, self.owned or (lambda name: True))
         if orphans:
             log.warning("removing %d orphaned network objects: %s", len(orphans), orphans)
-            await self.adapter.apply(orphans)
+            # each orphan on its own: one that cannot be removed (logged) must not stop start-up
+            await self.adapter.apply_planned([(step_unit(step, {}, desired.netns_prefix), step) for step in orphans])
         self._loop_task = asyncio.create_task(self._periodic())
 
     async def stop(self) -> None:
