@@ -326,10 +326,10 @@ class LabCluster:
         shutil.copytree("/etc/libvirt", host.path("/etc/libvirt"), dirs_exist_ok=True, symlinks=True,
                         ignore=_not_host_config)
         etc = host.path("/etc/libvirt")
-        with open(etc / "libvirtd.conf", "a") as fh:
-            fh.write(libvirtd_conf(host.name, host.ip, host.host_uuid))
-        with open(etc / "qemu.conf", "a") as fh:
-            fh.write(qemu_conf(host.name, host.ip))
+        conf = etc / "libvirtd.conf"
+        conf.write_text(libvirtd_conf(conf.read_text(), host.name, host.ip, host.host_uuid))
+        conf = etc / "qemu.conf"
+        conf.write_text(qemu_conf(conf.read_text(), host.name, host.ip))
         (etc / "storage" / "autostart").mkdir(parents=True, exist_ok=True)
         (etc / "storage" / "default.xml").write_text(
             f"<pool type='dir'><name>default</name><uuid>{uuid.uuid4()}</uuid>"

@@ -118,15 +118,37 @@ def daemon_config(index: int, k: int, hosts: int, data_dir: Path, admin_password
     return merge_config(base, overrides)
 
 
-def libvirtd_conf(name: str, ip: str, host_uuid: str) -> str:
-    """Lines appended to a host's libvirtd.conf: its own identity (else libvirt refuses to
+def with_settings(text: str, settings: Mapping[str, str], comment: str) -> str:
+    """A libvirt .conf `text` with `settings` (key -> value as written) appended and any earlier
+    uncommented setting of those keys removed (libvirt takes the first one it reads)."""
+    out: list[str] = []
+    skipping = False
+    for line in text.splitlines():
+        if skipping:  # the rest of a multi-line [ ... ] value
+            skipping = "]" not in line
+            continue
+        key = line.split("=", 1)[0].strip()
+        if "=" in line and key in settings and not line.lstrip().startswith("#"):
+            skipping = "[" in line and "]" not in line
+            continue
+        out.append(line)
+    out.append(f"# {comment}")
+    out.extend(f"{key} = {value}" for key, value in settings.items())
+    return "\n".join(out) + "\n"
+
+
+def libvirtd_conf(base: str, name: str, ip: str, host_uuid: str) -> str:
+    """A host's libvirtd.conf from the machine's `base`: its own identity (else libvirt refuses to
     migrate "to the same host") and a TCP listener without auth on the lab address only."""
-    return (f'\n# hvd lab host {name}\nhost_uuid = "{host_uuid}"\nlisten_tcp = 1\nlisten_tls = 0\n'
-            f'listen_addr = "{ip}"\nauth_tcp = "none"\nlog_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n')
+    return with_settings(base, {
+        "host_uuid": f'"{host_uuid}"', "listen_tcp": "1", "listen_tls": "0", "listen_addr": f'"{ip}"',
+        "auth_tcp": '"none"', "log_outputs": '"3:file:/var/log/libvirt/libvirtd.log"',
+    }, f"hvd lab host {name}")
 
 
-def qemu_conf(name: str, ip: str) -> str:
-    """Lines appended to a host's qemu.conf: migration streams on the lab address; no cgroups
-    (the lab tracks processes in its own cgroup and there is no systemd)."""
-    return (f'\n# hvd lab host {name}\nmigration_host = "{ip}"\nmigration_address = "{ip}"\n'
-            'cgroup_controllers = [ ]\n')
+def qemu_conf(base: str, name: str, ip: str) -> str:
+    """A host's qemu.conf from the machine's `base`: migration streams on the lab address; no
+    cgroups (the lab tracks processes in its own cgroup and there is no systemd)."""
+    return with_settings(base, {
+        "migration_host": f'"{ip}"', "migration_address": f'"{ip}"', "cgroup_controllers": "[ ]",
+    }, f"hvd lab host {name}")

@@ -61,7 +61,12 @@ def test_addresses_stay_inside_the_guard_range_and_names_fit_an_interface_name()
         pick_index(set(range(100)))
 
 
-def test_libvirt_config_lines_name_the_host() -> None:
-    assert 'host_uuid = "u-1"' in libvirtd_conf("h1", "10.214.0.1", "u-1")
-    assert 'listen_addr = "10.214.0.1"' in libvirtd_conf("h1", "10.214.0.1", "u-1")
-    assert 'migration_address = "10.214.0.1"' in qemu_conf("h1", "10.214.0.1")
+def test_libvirt_configs_set_the_host_and_override_the_machines_own_settings() -> None:
+    base = ('# listen_addr = "192.168.0.1"\nlisten_addr = "0.0.0.0"\nmax_clients = 5000\n'
+            'cgroup_controllers = [ "cpu",\n    "devices" ]\nuser = "libvirt-qemu"\n')
+    conf = libvirtd_conf(base, "h1", "10.214.0.1", "u-1")
+    assert 'host_uuid = "u-1"' in conf and 'listen_addr = "10.214.0.1"' in conf and "max_clients = 5000" in conf
+    assert 'listen_addr = "0.0.0.0"' not in conf and '# listen_addr = "192.168.0.1"' in conf
+    qemu = qemu_conf(base, "h1", "10.214.0.1")
+    assert 'migration_address = "10.214.0.1"' in qemu and 'user = "libvirt-qemu"' in qemu
+    assert "cpu" not in qemu and "devices" not in qemu and "cgroup_controllers = [ ]" in qemu
