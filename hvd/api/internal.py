@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -28,7 +28,7 @@ from hvd.cluster.http_transport import (
     STREAM_PATH,
     decode_batch,
 )
-from hvd.cluster.peer_auth import TIMESTAMP_HEADER, FrameOpener, PeerAuthError, PeerVerifier
+from hvd.cluster.peer_auth import FrameOpener, PeerAuthError, PeerVerifier
 from hvd.cluster.raft.messages import Message
 from hvd.errors import BadRequest, HvdError, NotLeader, PayloadTooLarge, ServiceUnavailable, Unauthorized
 
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 MAX_PEER_BODY = 512 * 1024 * 1024  # a stream frame: a Raft snapshot carries the whole catalog
 MAX_PEER_REQUEST = 16 * 1024 * 1024  # a forwarded command (the largest holds an instance's user data)
+PRE_AUTH_READERS = 4  # concurrent reads of big unauthenticated peer bodies
+SMALL_PEER_BODY = 64 * 1024  # read without waiting for a pre-auth slot
 
 
 @dataclass
@@ -45,6 +47,9 @@ class PeerEndpoint:
     coordinator: RaftCoordinator
     verifier: PeerVerifier | None  # None when no cluster_key is set: every peer request is refused
     gossip: GossipService | None = None  # set once gossip runs: serves push-pull state syncs
+    # bodies are read before their signature can be checked: at most this many big ones at once,
+    # so anonymous requests can buffer at most PRE_AUTH_READERS x MAX_PEER_REQUEST bytes
+    pre_auth: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(PRE_AUTH_READERS))
 
 
 PEER = web.AppKey("hvd.peer", PeerEndpoint)
@@ -55,30 +60,41 @@ PEER_SERVICE = "peer"  # key of the PeerEndpoint in ApiServices.extra
 
 
 async def _authenticated_body(request: web.Request) -> bytes:
+    """The body of a signed peer request, read only after every check the headers allow (time
+    window, replay) and within MAX_PEER_REQUEST; raises Unauthorized or PayloadTooLarge."""
     endpoint = request.app[PEER]
     if endpoint.verifier is None:
         raise Unauthorized("this host has no cluster_key: peer requests are refused")
-    if TIMESTAMP_HEADER not in request.headers:  # cheap refusal before reading an anonymous body
-        raise Unauthorized("peer request is not signed")
+    try:  # cheap refusals before reading an anonymous body
+        endpoint.verifier.precheck(request.headers)
+    except PeerAuthError as exc:
+        raise Unauthorized(f"peer authentication failed: {exc}") from exc
     length = request.content_length
     if length is not None and length > MAX_PEER_REQUEST:
         raise PayloadTooLarge(f"peer request bodies are limited to {MAX_PEER_REQUEST} bytes")
-    if length == 0:
-        body = b""
-    elif length is not None:
-        body = await request.content.readexactly(length)  # one call: the body is usually buffered already
+    if length is not None and length <= SMALL_PEER_BODY:
+        body = await _read_body(request, length)
     else:
-        chunks = bytearray()
-        async for chunk in request.content.iter_chunked(1 << 16):
-            chunks += chunk
-            if len(chunks) > MAX_PEER_REQUEST:
-                raise PayloadTooLarge(f"peer request bodies are limited to {MAX_PEER_REQUEST} bytes")
-        body = bytes(chunks)
+        async with endpoint.pre_auth:
+            body = await _read_body(request, length)
     try:
         endpoint.verifier.verify(request.method, request.path, request.headers, body)
     except PeerAuthError as exc:
         raise Unauthorized(f"peer authentication failed: {exc}") from exc
     return body
+
+
+async def _read_body(request: web.Request, length: int | None) -> bytes:
+    if length == 0:
+        return b""
+    if length is not None:
+        return await request.content.readexactly(length)  # one call: the body is usually buffered already
+    chunks = bytearray()
+    async for chunk in request.content.iter_chunked(1 << 16):
+        chunks += chunk
+        if len(chunks) > MAX_PEER_REQUEST:
+            raise PayloadTooLarge(f"peer request bodies are limited to {MAX_PEER_REQUEST} bytes")
+    return bytes(chunks)
 
 
 async def raft_stream(request: web.Request) -> web.StreamResponse:

@@ -103,6 +103,22 @@ class PeerVerifier:
         self._order: deque[tuple[float, str]] = deque()
         self._floor = float("-inf")
 
+    def precheck(self, headers: Mapping[str, str], now: float | None = None) -> None:
+        """What can be checked before reading the body (headers, time window, replay): a request
+        that fails here is refused without buffering its body. Raises PeerAuthError."""
+        now = time.time() if now is None else now
+        try:
+            sent = float(headers[TIMESTAMP_HEADER])
+            signature = headers[SIGNATURE_HEADER]
+        except (KeyError, ValueError) as exc:
+            raise PeerAuthError("missing or malformed peer signature headers") from exc
+        if NODE_HEADER not in headers or NONCE_HEADER not in headers:
+            raise PeerAuthError("missing or malformed peer signature headers")
+        if not abs(now - sent) <= self._window:  # also refuses NaN
+            raise PeerAuthError(f"peer request timestamp outside the ±{self._window:.0f} s window")
+        if signature in self._seen or sent <= self._floor:
+            raise PeerAuthError("replayed peer request")
+
     def verify(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
                now: float | None = None) -> str:
         """Return the sending node's id, or raise PeerAuthError."""
@@ -116,7 +132,7 @@ class PeerVerifier:
         expected = _mac(self._key, method, path, node, timestamp, nonce, body)
         if not hmac.compare_digest(expected, signature):
             raise PeerAuthError("bad peer signature")
-        if abs(now - sent) > self._window:
+        if not abs(now - sent) <= self._window:  # also refuses NaN
             raise PeerAuthError(f"peer request timestamp outside the ±{self._window:.0f} s window")
         self._expire(now)
         if signature in self._seen or sent <= self._floor:

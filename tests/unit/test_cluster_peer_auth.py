@@ -108,3 +108,18 @@ def test_stream_frames_cannot_be_forged_replayed_reordered_or_moved() -> None:
     assert opener.open(second) == b"two"  # the stream itself goes on in order
     with pytest.raises(PeerAuthError, match="replayed"):
         v.open_stream("GET", path, headers)  # replaying the opening request
+
+
+def test_precheck_refuses_from_the_headers_alone() -> None:
+    v = PeerVerifier(KEY)
+    fresh = sign_headers(KEY, "n1", "POST", PATH, b"body", now=1000.0)
+    v.precheck(fresh, now=1001.0)  # a plausible request: its body is worth reading
+    with pytest.raises(PeerAuthError, match="window"):
+        v.precheck(fresh, now=2000.0)
+    with pytest.raises(PeerAuthError, match="window"):
+        v.precheck({**fresh, TIMESTAMP_HEADER: "nan"}, now=1000.0)
+    with pytest.raises(PeerAuthError, match="malformed"):
+        v.precheck({k: h for k, h in fresh.items() if k != NONCE_HEADER}, now=1000.0)
+    v.verify("POST", PATH, fresh, b"body", now=1001.0)
+    with pytest.raises(PeerAuthError, match="replayed"):
+        v.precheck(fresh, now=1002.0)
