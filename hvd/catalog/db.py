@@ -18,6 +18,8 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
+from hvd.private_files import private_file
+
 T = TypeVar("T")
 P = ParamSpec("P")
 
@@ -40,7 +42,10 @@ def rollback_keeping_error(conn: sqlite3.Connection) -> None:
 
 
 def connect(path: Path | str, synchronous: str = "FULL") -> sqlite3.Connection:
-    """Open a catalog database with the pragmas hvd relies on (WAL, foreign keys)."""
+    """Open a catalog database with the pragmas hvd relies on (WAL, foreign keys); a file on disk
+    is private (0600: it holds password hashes and user data)."""
+    if str(path) != ":memory:" and not str(path).startswith("file:"):
+        private_file(path)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")

@@ -9,6 +9,8 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from hvd.private_files import FILE_MODE, private_dir
+
 CHUNK = 1 << 20
 
 
@@ -17,7 +19,7 @@ class ImageStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        private_dir(root)  # images may hold tenants' data; hvd (root) copies them into the cache
 
     def path(self, image_id: str) -> Path:
         return self.root / image_id
@@ -44,7 +46,7 @@ class ImageStore:
                 await loop.run_in_executor(None, fh.write, chunk)
             await loop.run_in_executor(None, os.fsync, fh.fileno())
             fh.close()
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, FILE_MODE)
             os.replace(tmp, self.path(image_id))
         except BaseException:
             fh.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from hvd.cluster.raft.messages import ConfState, Entry, EntryKind, HardState, Snapshot, SnapshotMeta
+from hvd.private_files import private_file
 
 
 class Storage(Protocol):
@@ -80,6 +81,8 @@ class SqliteStorage:
     """Raft state in one SQLite file. Blocking: call it from a dedicated executor thread."""
 
     def __init__(self, path: str | Path) -> None:
+        if str(path) != ":memory:":
+            private_file(path)  # the log carries every command: password hashes, user data
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # Raft replies promise durability
