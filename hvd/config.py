@@ -54,6 +54,19 @@ class LibvirtSection(Section):
     virt_type: Literal["kvm", "qemu"] = Field(
         "kvm", description="Domain type: kvm (hardware) or qemu (TCG, for hosts without usable KVM)."
     )
+    migration_uri: str = Field(
+        "qemu+tcp://{address}/system", min_length=1, max_length=255,
+        description="libvirt URI of a destination host for live migration ({address}: the host part of its API"
+                    " URL). Plain TCP suits a closed lab network; in production use qemu+tls://{address}/system"
+                    " with libvirt's TLS certificates (see docs/operations.md).",
+    )
+    migration_max_downtime_ms: int = Field(
+        500, ge=10, le=60000, description="Longest pause of the guest at the switch-over of a live migration.")
+    migration_auto_converge: bool = Field(
+        True, description="Throttle a guest that dirties memory faster than it is copied, so migrations finish.")
+    migration_timeout_s: float = Field(
+        600.0, gt=0, le=86400, description="A live migration still copying after this long is aborted (the guest"
+                                           " stays on its source).")
 
 
 class LogSection(Section):

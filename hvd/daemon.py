@@ -317,6 +317,7 @@ async def running_compute(
             await peers.start()
             service.builds.peers = peers
             manager.peers = peers
+            service.migrations.peers = peers
             relay = EventRelay(events, peers, catalog)
             relay.install()
         reconciler = Reconciler(service)

@@ -14,7 +14,9 @@ from hvd.api.internal import _authenticated_body, _wire
 from hvd.api.services import SERVICES
 from hvd.cluster import event_relay
 from hvd.cluster.peers import APPLIED_HEADER
+from hvd.compute import migration
 from hvd.compute.builds import BUILD_PATH, PLACE_PATH, BuildRequest, PlaceAnswer, PlaceRequest
+from hvd.compute.migration import MigrationCall
 from hvd.compute.service import ComputeService
 from hvd.errors import BadRequest, Conflict, HvdError, ServiceUnavailable
 from hvd.storage import transfer
@@ -71,6 +73,21 @@ async def _build(service: ComputeService, payload: BaseModel) -> BaseModel:
     return await service.builds.accept_build(payload)
 
 
+async def _migration_prepare(service: ComputeService, payload: BaseModel) -> BaseModel:
+    assert isinstance(payload, MigrationCall)
+    return await service.migrations.prepare(payload)
+
+
+async def _migration_finish(service: ComputeService, payload: BaseModel) -> BaseModel:
+    assert isinstance(payload, MigrationCall)
+    return await service.migrations.finish(payload)
+
+
+async def _migration_abort(service: ComputeService, payload: BaseModel) -> BaseModel:
+    assert isinstance(payload, MigrationCall)
+    return await service.migrations.abort_incoming(payload)
+
+
 async def _replicate(service: ComputeService, payload: BaseModel) -> BaseModel:
     assert isinstance(payload, ReplicateRequest)
     manager = service.manager
@@ -105,5 +122,8 @@ def install(app: web.Application) -> None:
     app.router.add_post(PLACE_PATH, _typed(PlaceRequest, _place))
     app.router.add_post(BUILD_PATH, _typed(BuildRequest, _build))
     app.router.add_post(transfer.REPLICATE_PATH, _typed(ReplicateRequest, _replicate))
+    app.router.add_post(migration.PREPARE_PATH, _typed(MigrationCall, _migration_prepare))
+    app.router.add_post(migration.FINISH_PATH, _typed(MigrationCall, _migration_finish))
+    app.router.add_post(migration.ABORT_PATH, _typed(MigrationCall, _migration_abort))
     app.router.add_get(transfer.DATA_PATH, _image_data)
     app.router.add_get(event_relay.STREAM_PATH, _events)

@@ -32,6 +32,7 @@ from hvd.compute.builds import ClusterBuilds
 from hvd.compute.faults import checkpoint
 from hvd.compute.lifecycle import Op, PowerState, TaskState, VmState
 from hvd.compute.manager import ComputeManager
+from hvd.compute.migration import LiveMigrations
 from hvd.compute.oplock import OperationLocks
 from hvd.config import Config
 from hvd.errors import (
@@ -90,6 +91,7 @@ class ComputeService:
         self._settled = asyncio.Condition()  # notified whenever an operation finishes
         self._finished = 0  # how many operations finished: a waiter that saw N misses no wake-up
         self.builds = ClusterBuilds(self, None, BUILD_CALL_TIMEOUT_S)  # peers set by the daemon in a cluster
+        self.migrations = LiveMigrations(self)
 
     # --- plumbing ---------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +105,26 @@ class Capabilities:
     supports_live_migration: bool = False
     supports_attach_interface: bool = False
     supports_config_drive: bool = True
+
+
+@dataclass(frozen=True)
+class MigrationParams:
+    """How a live migration runs: block (copy the disks: storage not shared), the allowed pause at
+    switch-over, throttling the guest when it dirties memory faster than it is copied."""
+
+    block: bool = True
+    max_downtime_ms: int = 500
+    auto_converge: bool = True
+    timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class MigrationProgress:
+    """One reading of a running live migration."""
+
+    data_total: int
+    data_processed: int
+    data_remaining: int
 
 
 @dataclass(frozen=True)
@@ -322,6 +342,29 @@ class ComputeDriver(abc.ABC):
 
     async def detach_interface(self, uuid: str, nic: Nic) -> None:
         """Hot-unplug the NIC with ``nic.mac``. Optional. Idempotent when absent."""
+        raise NotImplementedError
+
+    async def prepare_incoming(self, spec: InstanceSpec) -> None:
+        """Destination of a live migration: make the instance's directory and disks (an overlay on
+        the cached base, at the same paths as on the source) for the hypervisor to copy into; no
+        domain. On failure nothing is left. Optional: see ``supports_live_migration``."""
+        raise NotImplementedError
+
+    async def live_migrate(self, uuid: str, dest_uri: str, params: MigrationParams,
+                           progress: Callable[[MigrationProgress], None] | None = None) -> None:
+        """Source: move the running domain to the hypervisor at ``dest_uri`` (peer to peer). On
+        success it runs there, defined there, and is gone here (its files are left for the caller);
+        on failure (DriverError) it still runs here, unchanged. ``progress`` is called while the
+        memory and disks are copied. Optional: see ``supports_live_migration``."""
+        raise NotImplementedError
+
+    async def abort_live_migration(self, uuid: str) -> None:
+        """Source: cancel a running ``live_migrate`` of ``uuid`` (it then fails); no-op when none runs."""
+        raise NotImplementedError
+
+    async def finish_incoming(self, spec: InstanceSpec) -> None:
+        """Destination, after a successful ``live_migrate``: the domain runs here (DriverError if it
+        does not). Optional: see ``supports_live_migration``."""
         raise NotImplementedError
 
     @abc.abstractmethod

@@ -18,6 +18,7 @@ import dataclasses
 import os
 import shutil
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,8 @@ from hvd.drivers.base import (
     EventStream,
     HostResources,
     InstanceSpec,
+    MigrationParams,
+    MigrationProgress,
     Nic,
 )
 from hvd.drivers.console import read_console_tail
@@ -73,7 +76,7 @@ class FakeDriver(ComputeDriver):
         self.domains: dict[str, FakeDomain] = {}
         self.image_sizes = image_sizes if image_sizes is not None else {}
         self.calls: dict[str, int] = defaultdict(int)
-        self._caps = capabilities or Capabilities(supports_live_migration=False, supports_attach_interface=True)
+        self._caps = capabilities or Capabilities(supports_live_migration=True, supports_attach_interface=True)
         self._resources = resources or HostResources(
             vcpus=os.cpu_count() or 1,
             memory_mib=16384,
@@ -87,6 +90,7 @@ class FakeDriver(ComputeDriver):
         self._failures: dict[str, list[HvdError]] = defaultdict(list)
         self._hub = EventHub()
         self._next_dom_id = 1
+        self.migrated_to: dict[str, str] = {}  # uuid -> destination URI of its live migration
 
     # --- test hooks ---------------------------------------------------------------------------
 
@@ -352,6 +356,33 @@ class FakeDriver(ComputeDriver):
         self._maybe_fail("detach_interface")
         dom = self._get(uuid)
         dom.nics = [n for n in dom.nics if n.mac != nic.mac]
+
+    async def prepare_incoming(self, spec: InstanceSpec) -> None:
+        self._maybe_fail("prepare_incoming")
+        if spec.uuid in self.domains:
+            raise Conflict(f"a domain for instance {spec.uuid} already exists on this host")
+        self._write_files(spec)
+
+    async def live_migrate(self, uuid: str, dest_uri: str, params: MigrationParams,
+                           progress: Callable[[MigrationProgress], None] | None = None) -> None:
+        dom = self._get(uuid)
+        if dom.power not in (PowerState.RUNNING, PowerState.PAUSED):
+            raise InvalidState(f"instance {uuid} is not running: it cannot move live")
+        self._maybe_fail("live_migrate")
+        if progress is not None:
+            progress(MigrationProgress(dom.spec.memory_mib << 20, dom.spec.memory_mib << 20, 0))
+        self.migrated_to[uuid] = dest_uri
+        del self.domains[uuid]  # it runs on the destination now (its finish_incoming adopts it)
+        self._hub.publish(uuid, PowerState.SHUTDOWN)
+
+    async def abort_live_migration(self, uuid: str) -> None:
+        self.calls["abort_live_migration"] += 1
+
+    async def finish_incoming(self, spec: InstanceSpec) -> None:
+        self._maybe_fail("finish_incoming")
+        dom = FakeDomain(spec=spec, nics=list(spec.nics), boots=1)
+        self.domains[spec.uuid] = dom
+        self._set_power(dom, PowerState.RUNNING)
 
     def events(self) -> EventStream:
         return self._hub.subscribe()

@@ -207,3 +207,27 @@ def test_the_event_stream_of_any_host_shows_the_whole_clusters_events(cloud: Clu
     assert {e["host"] for e in seen if e["type"] == "instance.action.finish"} == {"node3"}, seen
     assert "instance.task" in {e["type"] for e in seen}  # the build steps, published on node3
     assert cloud.call("node1", "DELETE", f"/v1/servers/{server['id']}?wait=true").status_code == 204
+
+
+def test_live_migration_moves_the_server_and_its_claim(cloud: Cluster, image: dict[str, Any]) -> None:
+    server = create(cloud, "node1", "mover", image["id"], host="node2")
+    sid = server["id"]
+    for body, why in (({"host": "node2"}, "UnableToMigrateToSelf"), ({"host": "nosuch"}, "No such host"),
+                      ({"block_migration": "maybe"}, "block_migration")):
+        r = cloud.call("node3", "POST", f"/v1/servers/{sid}/live-migrate", body)
+        assert r.status_code == 400 and why in r.text, (body, r.text)
+    hosts_before = {h["name"]: h["instances"] for h in cloud.call("node1", "GET", "/v1/hosts").json()["hosts"]}
+    r = cloud.call("node3", "POST", f"/v1/servers/{sid}/live-migrate?wait=true", {"host": "node3"})
+    assert r.status_code == 202, r.text
+    moved = r.json()
+    assert moved["host"] == "node3" and moved["status"] == "ACTIVE" and moved["task_state"] is None, moved
+    hosts_after = {h["name"]: h["instances"] for h in cloud.call("node1", "GET", "/v1/hosts").json()["hosts"]}
+    assert hosts_after["node2"] == hosts_before["node2"] - 1 and hosts_after["node3"] == hosts_before["node3"] + 1
+    assert not (cloud.base / "node2" / "instances" / sid).exists()  # the source kept nothing
+    r = cloud.call("node1", "POST", f"/v1/servers/{sid}/stop?wait=true")  # runs on node3's driver now
+    assert r.status_code == 202 and r.json()["status"] == "SHUTOFF", r.text
+    r = cloud.call("node1", "POST", f"/v1/servers/{sid}/live-migrate", {})
+    assert r.status_code == 409, r.text  # a stopped server cannot move live
+    actions = [a["action"] for a in cloud.call("node2", "GET", f"/v1/servers/{sid}/actions").json()["actions"]]
+    assert actions == ["create", "live-migrate", "stop"], actions
+    assert cloud.call("node2", "DELETE", f"/v1/servers/{sid}?wait=true").status_code == 204

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import re
 import signal
 import time
 from collections import Counter
@@ -187,3 +188,51 @@ def test_killing_the_leader_during_parallel_creates_builds_each_server_once(lab:
     for host in HOSTS:
         assert held[host] <= known, f"orphan domains on {host}: {held[host] - known}"
     delete_all(lab, followers[1], list(rows.values()))
+
+
+MARK_SCRIPT = """#!/bin/sh
+mkdir -p /mnt/b
+if mount -t vfat /dev/vda /mnt/b 2>/dev/null; then
+  if [ -f /mnt/b/hvdmark ]; then echo "HVD-MARK found $(cat /mnt/b/hvdmark)"; else
+    echo kept > /mnt/b/hvdmark; sync; echo "HVD-MARK written"; fi
+  umount /mnt/b
+fi
+"""
+
+
+def console_until(lab: LabCluster, via: str, sid: str, pattern: str, timeout: float = 240) -> str:
+    """The server's console log (read on its owner, through ``via``) once it matches ``pattern``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = lab.call(via, "GET", f"/v1/servers/{sid}/console-log")
+        assert r.status_code == 200, r.text
+        text = str(r.json()["output"])
+        if re.search(pattern, text):
+            return text
+        assert time.monotonic() < deadline, f"no {pattern!r} in:\n{text[-2000:]}"
+        time.sleep(1)
+
+
+def heartbeats(text: str) -> list[int]:
+    return [int(n) for n in re.findall(r"HVD-GUEST heartbeat (\d+)", text)]
+
+
+def test_live_migration_keeps_the_guest_running_and_its_disk(lab: LabCluster, image: str) -> None:
+    [server] = create(lab, "h3", "live", image, availability_zone="nova:h1", user_data=MARK_SCRIPT)
+    sid = server["id"]
+    assert server["host"] == "h1", server
+    before = max(heartbeats(console_until(lab, "h2", sid, r"HVD-MARK written[\s\S]*heartbeat 3")))
+    r = lab.call("h3", "POST", f"/v1/servers/{sid}/live-migrate?wait=true", {"host": "h2"}, timeout=600)
+    assert r.status_code == 202, r.text
+    moved = r.json()
+    assert moved["host"] == "h2" and moved["status"] == "ACTIVE" and moved["task_state"] is None, moved
+    assert state(lab, "h2", sid) == "running" and state(lab, "h1", sid) == "absent"
+    assert not lab.host("h1").path(f"{INSTANCES}/{sid}").exists()
+    # the same guest goes on counting on h2 (a restarted guest would count from 1 and print "boot")
+    after = console_until(lab, "h1", sid, rf"heartbeat (?:{before + 5}|{before + 6}|{before + 7})\b")
+    assert "HVD-GUEST boot" not in after and min(heartbeats(after)) > 1, after[-1500:]
+    r = lab.call("h1", "POST", f"/v1/servers/{sid}/reboot?wait=true", {"type": "hard"}, timeout=300)
+    assert r.status_code == 202 and r.json()["host"] == "h2", r.text
+    console_until(lab, "h3", sid, r"HVD-MARK found kept")  # the disk's contents came along
+    delete_all(lab, "h1", [server])
+    assert state(lab, "h2", sid) == "absent"

@@ -128,7 +128,8 @@ class ResizeIn(BaseModel):
 class MigrateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     host: str | None = Field(None, min_length=1, max_length=255)
-    block_migration: bool = True
+    block_migration: bool | Literal["auto"] = Field(
+        "auto", description="live-migrate: copy the disks (true), not (false: shared storage only), or as found")
 
 
 class Empty(BaseModel):
@@ -394,6 +395,14 @@ async def _action(request: web.Request, op: Op, body_model: type[BaseModel]) -> 
         await comp.begin(ctx, inst, op, comp.shelve(str(uuid.uuid4())))
     elif op == Op.UNSHELVE:
         await comp.begin(ctx, inst, op, comp.unshelve())
+    elif op == Op.LIVE_MIGRATE:
+        if body.host is not None:
+            if body.host == comp.host:
+                raise BadRequest(f"Instance {inst['id']} is on host {comp.host} already (UnableToMigrateToSelf)")
+            if await svc.catalog.read(fetch_one, "SELECT name FROM hosts WHERE name=?", (body.host,)) is None:
+                raise BadRequest(f"No such host: {body.host}")
+        comp.migrations.check(inst, body.block_migration)
+        await comp.begin(ctx, inst, op, comp.migrations.run(body.host, body.block_migration))
     else:
         await comp.migrate_unavailable(ctx, inst, op)
     row = (await _wait(request, [inst["id"]]))[0]
@@ -402,6 +411,18 @@ async def _action(request: web.Request, op: Op, body_model: type[BaseModel]) -> 
         return json_response({"image_id": extra["image_id"], "server": view}, status=202,
                              location=f"/v1/images/{extra['image_id']}")
     return json_response(view, status=202)
+
+
+async def abort_live_migration(request: web.Request) -> web.Response:
+    svc, ctx = services(request), context(request)
+    await parse_body(request, Empty)
+    inst = await visible_server(request)
+    svc.policy.enforce(ctx.roles, "compute:live_migrate")
+    forwarded = await to_owner(request, inst, compute(request).placement.is_up)
+    if forwarded is not None:
+        return forwarded
+    await compute(request).migrations.abort(inst)
+    return web.Response(status=202)
 
 
 async def lock_server(request: web.Request) -> web.Response:
@@ -499,6 +520,8 @@ def register(router: Router) -> None:
         response: type[BaseModel] = SnapshotOut if op == Op.SNAPSHOT else Server
         router.add("POST", f"/v1/servers/{{id}}/{name}", _handler(op, model), summary, body=model,
                    response=response, status=202, query=wait, tag=t)
+    router.add("POST", "/v1/servers/{id}/live-migrate-abort", abort_live_migration,
+               "Cancel a running live migration (the server stays on its source)", body=Empty, status=202, tag=t)
     router.add("POST", "/v1/servers/{id}/lock", lock_server, "Lock (state changes refused; admin ignores)",
                body=Empty, response=Server, status=202, tag=t)
     router.add("POST", "/v1/servers/{id}/unlock", unlock_server, "Unlock", body=Empty, response=Server, status=202,

@@ -39,19 +39,22 @@ from hvd.drivers.base import (
     EventStream,
     HostResources,
     InstanceSpec,
+    MigrationParams,
+    MigrationProgress,
     Nic,
 )
 from hvd.drivers.console import read_console_tail
 from hvd.drivers.libvirt import guest
 from hvd.drivers.libvirt.host import LibvirtHost, translate
 from hvd.drivers.libvirt.xml import VirtType, domain_xml, interface_xml
-from hvd.errors import BadRequest, Conflict, DriverError, HvdError, InvalidState
+from hvd.errors import BadRequest, Conflict, DriverError, HvdError, InvalidState, NotFound
 from hvd.storage import qemu_img
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.1  # power-state polling while waiting for a guest to stop
 DETACH_TIMEOUT_S = 30.0  # a guest that never acknowledges the unplug keeps the NIC
+MIGRATION_POLL_S = 0.5  # progress readings of a running live migration
 
 
 def supports_o_direct(directory: Path) -> bool:
@@ -119,7 +122,7 @@ class LibvirtDriver(ComputeDriver):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(supports_live_migration=False, supports_attach_interface=True)
+        return Capabilities(supports_live_migration=True, supports_attach_interface=True)
 
     async def start(self) -> None:
         if not self.instances_path.is_dir():
@@ -199,6 +202,66 @@ class LibvirtDriver(ComputeDriver):
                 await asyncio.shield(self.destroy(spec, keep_disks=spec.reuse_disks))
             raise
         log.info("spawned %s as %s in %.2f s", spec.uuid, spec.domain_name, time.monotonic() - started)
+
+    async def prepare_incoming(self, spec: InstanceSpec) -> None:
+        if await self._call(f"look up {spec.uuid}", guest.lookup_or_none, spec.uuid, retry=True) is not None:
+            raise Conflict(f"a domain for instance {spec.uuid} already exists on this host")
+        if not spec.image_path.is_file():
+            raise DriverError(f"image {spec.image_path} is not in the cache")
+        try:
+            spec.instance_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+            spec.instance_dir.chmod(0o755)
+            await self._make_disks(spec)
+        except (HvdError, OSError, asyncio.CancelledError):
+            with contextlib.suppress(OSError):
+                await asyncio.shield(asyncio.to_thread(shutil.rmtree, spec.instance_dir, True))
+            raise
+
+    async def live_migrate(self, uuid: str, dest_uri: str, params: MigrationParams,
+                           progress: Callable[[MigrationProgress], None] | None = None) -> None:
+        flags = guest.migration_flags(params.block, params.auto_converge)
+        # migrateToURI3 blocks for the whole copy: its own thread, so progress can be read meanwhile
+        job = asyncio.ensure_future(self._call(f"live-migrate {uuid} to {dest_uri}", guest.migrate, uuid, dest_uri,
+                                               flags))
+        downtime_set = False
+        deadline = time.monotonic() + params.timeout_s
+        try:
+            while not job.done():
+                await asyncio.wait({job}, timeout=MIGRATION_POLL_S)
+                if job.done():
+                    break
+                try:
+                    stats = await self._call(f"job of {uuid}", guest.migration_job, uuid)
+                    if stats is not None and not downtime_set:
+                        await self._call(f"max downtime of {uuid}", guest.set_max_downtime, uuid,
+                                         params.max_downtime_ms)
+                        downtime_set = True
+                except (InvalidState, NotFound):  # the job is ending (the guest left): its result decides
+                    continue
+                if stats is None:
+                    continue
+                if progress is not None:
+                    progress(MigrationProgress(int(stats.get("data_total", 0)), int(stats.get("data_processed", 0)),
+                                               int(stats.get("data_remaining", 0))))
+                if time.monotonic() > deadline:
+                    log.warning("live migration of %s passed %.0f s: aborting it", uuid, params.timeout_s)
+                    await self.abort_live_migration(uuid)
+            await job
+        except BaseException:
+            if not job.done():  # cancelled: the domain must stay here
+                await asyncio.shield(self.abort_live_migration(uuid))
+                with contextlib.suppress(HvdError):
+                    await asyncio.shield(job)
+            raise
+
+    async def abort_live_migration(self, uuid: str) -> None:
+        await self._call(f"abort migration of {uuid}", guest.abort_job, uuid)
+
+    async def finish_incoming(self, spec: InstanceSpec) -> None:
+        power = await self._call(f"state of {spec.uuid}", guest.get_power, spec.uuid, retry=True)
+        if power not in (PowerState.RUNNING, PowerState.PAUSED):
+            raise DriverError(f"instance {spec.uuid} arrived but is {power.name.lower()}")
+        await asyncio.to_thread(spec.path(DOMAIN_XML).write_text, self._xml(spec))
 
     async def destroy(self, target: InstanceSpec | str, keep_disks: bool = False) -> None:
         uuid = target.uuid if isinstance(target, InstanceSpec) else target

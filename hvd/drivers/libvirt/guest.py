@@ -193,3 +193,41 @@ def host_facts(conn: Any) -> dict[str, Any]:
         "hostname": conn.getHostname(),
         "capabilities": conn.getCapabilities(),
     }
+
+
+def migration_flags(block: bool, auto_converge: bool) -> int:
+    """Peer-to-peer live migration that leaves the domain defined at the destination only; with
+    ``block`` the disks' top layers are copied (the destination has the same base image)."""
+    flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
+             | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+    if block:
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
+    if auto_converge:
+        flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+    return int(flags)
+
+
+def migrate(conn: Any, uuid: str, dest_uri: str, flags: int) -> None:
+    lookup(conn, uuid).migrateToURI3(dest_uri, {}, flags)
+
+
+def migration_job(conn: Any, uuid: str) -> dict[str, Any] | None:
+    """The running migration job's statistics, or None when no job runs."""
+    dom = lookup_or_none(conn, uuid)
+    if dom is None:
+        return None
+    stats: dict[str, Any] = dom.jobStats()
+    if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+        return None
+    return stats
+
+
+def set_max_downtime(conn: Any, uuid: str, ms: int) -> None:
+    lookup(conn, uuid).migrateSetMaxDowntime(ms, 0)
+
+
+def abort_job(conn: Any, uuid: str) -> None:
+    dom = lookup_or_none(conn, uuid)
+    if dom is not None:
+        with contextlib.suppress(libvirt.libvirtError):  # no job: nothing to abort
+            dom.abortJob()
