@@ -54,6 +54,12 @@ pip_install() { "${pip[@]}" install -q "$@" 2> >(grep -v "is ignored: it is neit
 pip_install --require-hashes -r "$pip_lock"
 pip_install --require-hashes -r "$lock"
 if [ "$editable" = 1 ]; then pip_install --no-deps -e .; else pip_install --no-deps .; fi
+# a requirement added to pyproject.toml but not yet locked is missing now: say how to fix it
+if ! problems=$("${pip[@]}" check 2>&1); then
+  echo "venv: $lock does not satisfy pyproject.toml (run: make lock):" >&2
+  echo "$problems" >&2
+  exit 1
+fi
 # after an editable install of another checkout, `import hvd` must still find THIS one
 (cd / && "$dir/bin/python" -c "import hvd, sys; sys.exit(hvd.__file__ != '$here/hvd/__init__.py' and $editable)") \
   || { echo "venv: hvd in $dir is not this checkout's" >&2; exit 1; }
