@@ -29,6 +29,7 @@ from hvd.api.v1.events import EVENTS
 from hvd.api.v1.images import IMAGE_STORE
 from hvd.api.v1.netcommon import NETWORK
 from hvd.api.v1.servers import COMPUTE
+from hvd.catalog.purge import run_purges
 from hvd.catalog.service import Catalog
 from hvd.cluster.coordinator import RaftCoordinator
 from hvd.cluster.event_relay import EventRelay
@@ -215,6 +216,7 @@ async def running_services(config: Config, listener: socket.socket | None = None
     catalog, coordinator = open_catalog(config, data_dir)
     startup: StartupListener | None = None
     gossip: GossipService | None = None
+    purges: asyncio.Task[None] | None = None
     health = Health()  # what /healthz and the watchdog look at
     try:
         await coordinator.start()
@@ -233,6 +235,7 @@ async def running_services(config: Config, listener: socket.socket | None = None
         identity = IdentityService(catalog, config.identity.token_ttl_s)
         openrc = Path(config.identity.openrc_path or data_dir / "openrc")
         await bootstrap_identity(config, identity, openrc, api_url)
+        purges = asyncio.create_task(run_purges(catalog))  # expired tokens, old instance actions (leader)
         async with running_compute(config, catalog, api_url, health, gossip) as extra:
             extra[PEER_SERVICE] = endpoint
             extra[GOSSIP] = gossip
@@ -242,6 +245,8 @@ async def running_services(config: Config, listener: socket.socket | None = None
             yield ApiServices(config=config, catalog=catalog, identity=identity, policy=policy, api_url=api_url,
                               extra=extra, health=health)
     finally:
+        if purges is not None:
+            purges.cancel()
         if gossip is not None:
             await gossip.stop()  # announces "left" to every live member
             gossip_metrics.expose(None)

@@ -8,6 +8,7 @@ from hvd.catalog import (
     cmd_network,
     cmd_network_l3,
     cmd_resources,
+    purge,
 )
 
-MODULES = (cmd_identity, cmd_resources, cmd_hosts, cmd_compute, cmd_network, cmd_network_l3, cmd_aggregates)
+MODULES = (cmd_identity, cmd_resources, cmd_hosts, cmd_compute, cmd_network, cmd_network_l3, cmd_aggregates, purge)
