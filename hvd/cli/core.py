@@ -73,7 +73,8 @@ USER = Resource(
 
 HOST = Resource(
     "host", "/v1/hosts", "hosts",
-    ("name", "availability_zone", "enabled", "disabled_reason", "hypervisor_type", "instances"),
+    ("name", "availability_zone", "enabled", "disabled_reason", "state", "incarnation", "report_age_s",
+     "hypervisor_type", "instances"),
     ref="host name", deletable=False,
 )
 

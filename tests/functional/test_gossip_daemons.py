@@ -40,7 +40,12 @@ class GossipCluster(Cluster):
         return {h["name"]: h for h in r.json()["hosts"]}
 
     def states(self, observer: str) -> dict[str, str]:
-        return {name: h["state"] for name, h in self.hosts(observer).items()}
+        """What ``observer`` says about every host; empty while it cannot answer (starting, stopped)."""
+        try:
+            return {name: h["state"] for name, h in self.hosts(observer).items()}
+        except (AssertionError, requests.RequestException):
+            self.tokens.pop(observer, None)
+            return {}
 
     def metrics(self, node: str) -> str:
         return requests.get(self.url(node) + "/metrics", timeout=10).text

@@ -159,6 +159,8 @@ class GossipCore:
             if record["node"] != name:
                 self.members[record["node"]] = Member(record["node"], _addr(record["addr"]), int(record["inc"]),
                                                       str(record["state"]), dict(record["report"]), now, now)
+        if known:
+            self._next_push_pull = now + rng.uniform(0, self._push_pull_interval())
 
     # ---- views -------------------------------------------------------------------------------
 

@@ -76,6 +76,7 @@ class GossipService:
         self._pulling: set[str] = set()
         self.stats: Counter[str] = Counter()
         self.addr: Addr | None = None
+        self._stopped = False
 
     # ---- life cycle --------------------------------------------------------------------------
 
@@ -95,7 +96,10 @@ class GossipService:
             self._joiner = asyncio.create_task(self._join_loop())
 
     async def stop(self) -> None:
-        """Announce "left" to every live member, then close the socket."""
+        """Announce "left" to every live member, then close the socket (once; later calls do nothing)."""
+        if self._stopped:
+            return
+        self._stopped = True
         core = self._core
         if self._joiner is not None:
             self._joiner.cancel()
