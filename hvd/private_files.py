@@ -38,3 +38,26 @@ def _tighten(path: Path, mode: int) -> None:
         return
     if current & ~mode:
         os.chmod(path, current & mode)
+
+
+def write_private(path: Path | str, text: str) -> None:
+    """Write ``text`` to ``path`` (mode 0600) and make it durable: the file and its directory entry
+    are fsynced before this returns."""
+    path = Path(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _tighten(path, FILE_MODE)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path | str) -> None:
+    """Make a rename or a new file in directory ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

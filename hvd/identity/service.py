@@ -28,9 +28,10 @@ from hvd.api.context import RequestContext
 from hvd.catalog.cmd_identity import ProjectCreate, RoleGrant, TokenIssue, TokenPurge, UserCreate, UserUpdate
 from hvd.catalog.service import Catalog
 from hvd.catalog.sql import fetch_all, fetch_one
-from hvd.errors import Unauthorized
+from hvd.errors import Conflict, Unauthorized
 from hvd.identity.passwords import hash_password, needs_rehash, verify_password
 from hvd.identity.throttle import FailureThrottle, TooManyRequests
+from hvd.private_files import fsync_dir, write_private
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,11 @@ class IdentityService:
         Also prepares the hash an unknown user's login is checked against (start-up pays it)."""
         await self._ensure_dummy()
         count = await self.catalog.read(lambda c: c.execute("SELECT COUNT(*) FROM users").fetchone()[0])
+        pending = openrc_path.with_name(openrc_path.name + ".new")
         if count:
+            if pending.exists():
+                log.warning("%s holds the admin password of a bootstrap interrupted by a crash: if admin cannot"
+                            " log in with %s, use it", pending, openrc_path)
             return False
         password = admin_password or secrets.token_urlsafe(18)
         demo_password = secrets.token_urlsafe(18)
@@ -239,23 +244,29 @@ class IdentityService:
         admin_user, demo_user = str(uuid.uuid4()), str(uuid.uuid4())
         admin_hash = await self.hash(password)
         demo_hash = await self.hash(demo_password)
-        for cmd in (
-            ProjectCreate(id=admin_project, name="admin", description="Bootstrap admin project", created_at=created),
-            ProjectCreate(id=demo_project, name="demo", description="Bootstrap demo project", created_at=created),
-            UserCreate(id=admin_user, name="admin", password_hash=admin_hash, created_at=created),
-            UserCreate(id=demo_user, name="demo", password_hash=demo_hash, created_at=created),
-            RoleGrant(user_id=admin_user, project_id=admin_project, role="admin"),
-            RoleGrant(user_id=demo_user, project_id=demo_project, role="member"),
-        ):
-            await self.catalog.propose(cmd)
         openrc_path.parent.mkdir(parents=True, exist_ok=True)
         text = (
             f"export HVD_URL={api_url}\nexport HVD_USERNAME=admin\nexport HVD_PASSWORD={password}\n"
             "export HVD_PROJECT=admin\n"
             f"# demo user (role member in project demo): HVD_USERNAME=demo HVD_PASSWORD={demo_password}\n"
         )
-        fd = os.open(openrc_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        # on disk before the admin exists: a crash after its commit must not lose a generated password
+        await asyncio.to_thread(write_private, pending, text)
+        commands = (
+            ProjectCreate(id=admin_project, name="admin", description="Bootstrap admin project", created_at=created),
+            ProjectCreate(id=demo_project, name="demo", description="Bootstrap demo project", created_at=created),
+            UserCreate(id=admin_user, name="admin", password_hash=admin_hash, created_at=created),
+            UserCreate(id=demo_user, name="demo", password_hash=demo_hash, created_at=created),
+            RoleGrant(user_id=admin_user, project_id=admin_project, role="admin"),
+            RoleGrant(user_id=demo_user, project_id=demo_project, role="member"),
+        )
+        try:
+            for cmd in commands:
+                await self.catalog.propose(cmd)
+        except Conflict:
+            pending.unlink(missing_ok=True)  # another member bootstrapped: this password was never used
+            raise
+        os.replace(pending, openrc_path)
+        await asyncio.to_thread(fsync_dir, openrc_path.parent)
         log.info("bootstrapped identity: admin credentials written to %s", openrc_path)
         return True
