@@ -152,6 +152,9 @@ def test_installed_daemon_follows_the_units_notify_protocol(
     assert argv[:2] == ["/usr/bin/hvd", "daemon"]
     port = free_port()
     cfg = write_config(tmp_path / "hvd", port)
+    pre = shlex.split(unit["ExecStartPre"])
+    pre = [str(installed / "usr/bin/hvd"), *pre[1:pre.index("-c")], "-c", str(cfg)]
+    assert _run(in_root(installed, pre)).stdout.strip() == "config ok"
     argv = [str(installed / "usr/bin/hvd"), *argv[1:argv.index("-c")], "-c", str(cfg)]
     watchdog_usec = int(unit["WatchdogSec"].removesuffix("s")) * 1_000_000
     path, sock = notify_socket
