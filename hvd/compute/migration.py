@@ -26,9 +26,12 @@ from pydantic import BaseModel, Field
 from hvd.catalog.cmd_hosts import ClaimPromote
 from hvd.catalog.sql import fetch_one
 from hvd.cluster.peers import PeerCaller
-from hvd.compute.lifecycle import PowerState
+from hvd.compute import lifecycle
+from hvd.compute.faults import checkpoint
+from hvd.compute.lifecycle import Op, PowerState, TaskState, VmState
 from hvd.drivers.base import MigrationParams, MigrationProgress
 from hvd.errors import BadRequest, Conflict, HvdError, NotFound
+from hvd.identity.service import now_iso
 
 if TYPE_CHECKING:
     from hvd.compute.service import ComputeService
@@ -76,6 +79,8 @@ class LiveMigrations:
 
     def check(self, inst: dict[str, Any], block: BlockMigration) -> None:
         """What can be refused before the operation starts (a 4xx that changes nothing)."""
+        lifecycle.check_allowed(Op.LIVE_MIGRATE, VmState(inst["vm_state"]),
+                                TaskState(inst["task_state"]) if inst["task_state"] else None, inst["id"])
         if not self.svc.manager.driver.capabilities.supports_live_migration:
             raise Conflict(f"the compute driver of host {self.host} cannot live-migrate")
         if self.peers is None:
@@ -116,6 +121,8 @@ class LiveMigrations:
         params = MigrationParams(block=not shared, max_downtime_ms=cfg.migration_max_downtime_ms,
                                  auto_converge=cfg.migration_auto_converge, timeout_s=cfg.migration_timeout_s)
         uri = await self.migration_uri(dest)
+        # where the guest may be: a restart of either host in the middle finds its way from this
+        await svc.update(inst_id, extra={"migration": {"dest": dest, "shared": shared}})
         log.info("live-migrating %s to %s (%s, block copy %s)", inst_id, dest, uri, params.block)
 
         def progress(reading: MigrationProgress) -> None:
@@ -139,6 +146,7 @@ class LiveMigrations:
         finally:
             self.progress.pop(inst_id, None)
         # the switch-over happened: from here on the guest lives on the destination
+        checkpoint("live_migrate.switched")
         try:
             await peers.call(dest, FINISH_PATH, MigrationCall(instance_id=inst_id, source=self.host), Done,
                              timeout=120.0)
@@ -149,7 +157,39 @@ class LiveMigrations:
         if not shared:  # with shared storage the files are the destination's now
             await svc.manager.cleanup_host({**inst, "host": self.host})
         power = PowerState.PAUSED if int(inst["power_state"]) == PowerState.PAUSED else PowerState.RUNNING
-        return {"vm_state": inst["vm_state"], "host": dest, "power_state": int(power)}
+        return {"vm_state": inst["vm_state"], "host": dest, "power_state": int(power), "extra": {"migration": None}}
+
+    async def recover(self, inst: dict[str, Any]) -> None:
+        """Start-up repair of a live migration this host was running when it stopped: finish it
+        if the guest runs on the destination now, else undo it (the guest is still here)."""
+        svc = self.svc
+        moving = inst["extra"].get("migration") or {}
+        dest = moving.get("dest")
+        here = await self._still_here(inst["id"])
+        done: dict[str, Any] = {"task_state": None, "extra": {"migration": None}}
+        if here or not dest:
+            log.warning("live migration of %s was interrupted before the switch-over: it stays here", inst["id"])
+            if dest:
+                await self._undo(dest, inst)
+            power = await svc.manager.driver.get_power_state(inst["id"]) if here else PowerState.NOSTATE
+            await svc.update(inst["id"], power_state=int(power), **done)
+            return
+        try:
+            assert self.peers is not None
+            await self.peers.call(dest, FINISH_PATH, MigrationCall(instance_id=inst["id"], source=self.host), Done,
+                                  timeout=120.0)
+        except (HvdError, AssertionError) as exc:
+            log.error("instance %s is on neither host after an interrupted live migration: %s", inst["id"], exc)
+            await svc.update(inst["id"], vm_state="error", power_state=int(PowerState.NOSTATE), **done,
+                             fault={"code": 500, "message": f"lost during a live migration to {dest}: {exc}",
+                                    "created": now_iso()})
+            return
+        log.warning("live migration of %s to %s completed while this host was down: finishing it", inst["id"], dest)
+        with contextlib.suppress(NotFound):
+            await svc.catalog.propose(ClaimPromote(instance_id=inst["id"]))
+        if not moving.get("shared"):
+            await svc.manager.cleanup_host(inst)
+        await svc.update(inst["id"], host=dest, power_state=int(PowerState.RUNNING), **done)
 
     async def _still_here(self, inst_id: str) -> bool:
         try:
@@ -163,6 +203,8 @@ class LiveMigrations:
     async def _undo(self, dest: str, inst: dict[str, Any]) -> None:
         await self._abort_destination(dest, inst["id"])
         await self.svc.placement.release(inst["id"], "resize")
+        with contextlib.suppress(HvdError):
+            await self.svc.update(inst["id"], extra={"migration": None})
         if self.svc.manager.network is not None:
             with contextlib.suppress(HvdError):
                 await self.svc.manager.network.plug_instance(inst)  # the destination unbound the ports
@@ -218,6 +260,7 @@ class LiveMigrations:
         return PrepareAnswer(shared_storage=shared)
 
     async def finish(self, call: MigrationCall) -> Done:
+        """Adopt the arrived guest; NotFound-like DriverError when it is not here (did not arrive)."""
         self._incoming_shared.pop(call.instance_id, None)
         inst = await self.svc.instance(call.instance_id)
         await self.svc.manager.driver.finish_incoming(await self.svc.manager.spec_of(inst))

@@ -48,6 +48,13 @@ def hostless_busy(conn: sqlite3.Connection) -> list[dict[str, Any]]:
                            " AND task_state IS NOT NULL")
 
 
+def incoming_migrations(conn: sqlite3.Connection, host: str) -> list[str]:
+    """Instances being live-migrated to ``host`` (their source names it in extra.migration)."""
+    return [r["id"] for r in fetch_all(conn, "SELECT id, extra FROM instances WHERE task_state='migrating'"
+                                             " AND deleted_at IS NULL")
+            if (r["extra"].get("migration") or {}).get("dest") == host]
+
+
 def known_ids(conn: sqlite3.Connection) -> set[str]:
     return {r[0] for r in conn.execute("SELECT id FROM instances WHERE deleted_at IS NULL")}
 
@@ -122,6 +129,9 @@ class Reconciler:
     async def _apply_repair(self, inst: dict[str, Any], task: TaskState, vm_state: VmState,
                             kind: RepairKind) -> None:
         m = self.manager
+        if task is TaskState.MIGRATING:  # the guest may be on either host: ask them
+            await self.service.migrations.recover(inst)
+            return
         if kind is RepairKind.FINISH and task is TaskState.DELETING:
             await self.service.finish_delete(inst)
             return
@@ -190,7 +200,9 @@ class Reconciler:
     async def remove_orphans(self) -> None:
         """Remove domains, instance dirs and claims of this host that the catalog does not know."""
         known = await self.catalog.read(known_ids)
-        mine = {i["id"] for i in await self.catalog.read(instances_of_host, self.host)}
+        # an instance arriving by live migration is ours too: its source finishes or undoes the move
+        mine = {i["id"] for i in await self.catalog.read(instances_of_host, self.host)} | set(
+            await self.catalog.read(incoming_migrations, self.host))
         root = Path(self.service.config.host.instances_path)
         for uuid in await self.driver.list_domains():
             if uuid in mine:

@@ -42,7 +42,7 @@ INVALID = [
     ("PATCH", "/v1/users/admin", {"password": 12345678}, ["field 'password'"]),
     ("POST", "/v1/keypairs", {"name": "k", "public_key": "ssh-rsa not-base64!"}, ["Keypair data is invalid"]),
     ("POST", "/v1/keypairs", {"name": "", "public_key": PUBLIC_KEY}, ["field 'name'"]),
-    ("POST", "/v1/server-groups", {"name": "g", "policy": "soft-affinity"}, ["field 'policy'"]),
+    ("POST", "/v1/server-groups", {"name": "g", "policy": "strict-affinity"}, ["field 'policy'"]),
     ("PUT", "/v1/quotas/admin", {"quotas": {"cores": "many"}}, ["field 'quotas.cores'"]),
     ("PUT", "/v1/quotas/admin", {"quotas": {"bogus": 1}}, ["unknown quota resource 'bogus'"]),
     ("PUT", "/v1/quotas/admin", {"quotas": {"cores": -2}}, ["cores", "-1"]),

@@ -40,11 +40,11 @@ class Cluster:
     def url(self, node: str) -> str:
         return f"http://127.0.0.1:{self.ports[node]}"
 
-    def start(self, node: str, join: bool = False) -> None:
+    def start(self, node: str, join: bool = False, env: dict[str, str] | None = None) -> None:
         self.ports.setdefault(node, free_port())
         peers = ", ".join(f'"{n}=http://127.0.0.1:{p}"' for n, p in self.ports.items())
         extra = f'[cluster]\npeers = [{peers}]\ncluster_key = "{KEY}"\njoin = {str(join).lower()}\n'
-        self.procs[node] = start_daemon(self.base / node, extra=extra, env={"HVD_HOST__NAME": node},
+        self.procs[node] = start_daemon(self.base / node, extra=extra, env={"HVD_HOST__NAME": node, **(env or {})},
                                         port=self.ports[node])
 
     def stop(self, node: str, sig: int = signal.SIGTERM) -> None:

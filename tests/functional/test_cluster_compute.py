@@ -231,3 +231,25 @@ def test_live_migration_moves_the_server_and_its_claim(cloud: Cluster, image: di
     actions = [a["action"] for a in cloud.call("node2", "GET", f"/v1/servers/{sid}/actions").json()["actions"]]
     assert actions == ["create", "live-migrate", "stop"], actions
     assert cloud.call("node2", "DELETE", f"/v1/servers/{sid}?wait=true").status_code == 204
+
+
+def test_a_source_that_dies_after_the_switch_over_finishes_the_migration_at_restart(
+        cloud: Cluster, image: dict[str, Any]) -> None:
+    cloud.stop("node2")  # the fake hypervisor forgets its domains with its process: restart first
+    cloud.start("node2", env={"HVD_CRASH_AT": "live_migrate.switched"})
+    cloud.wait_ready(IDS)
+    server = create(cloud, "node1", "crashmove", image["id"], host="node2")
+    sid = server["id"]
+    r = cloud.call("node1", "POST", f"/v1/servers/{sid}/live-migrate", {"host": "node3"})
+    assert r.status_code == 202, r.text
+    wait_for(lambda: cloud.procs["node2"].proc.poll() is not None, "node2 to exit at the checkpoint")
+    assert cloud.call("node1", "GET", f"/v1/servers/{sid}").json()["task_state"] == "migrating"
+    cloud.stop("node2")
+    cloud.start("node2")  # its start-up repair finds the guest gone and the destination holding it
+    cloud.wait_ready(IDS)
+    row = wait_for(lambda: (s := cloud.call("node3", "GET", f"/v1/servers/{sid}").json())["task_state"] is None
+                   and s, "the repair to finish the move")
+    assert row["host"] == "node3" and row["status"] == "ACTIVE", row
+    r = cloud.call("node2", "POST", f"/v1/servers/{sid}/stop?wait=true")  # node3's driver has the domain
+    assert r.status_code == 202 and r.json()["status"] == "SHUTOFF", r.text
+    assert cloud.call("node1", "DELETE", f"/v1/servers/{sid}?wait=true").status_code == 204
