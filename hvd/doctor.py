@@ -155,6 +155,24 @@ def check_disk(config: Config) -> Check:
     return Check("disk", "OK", f"{free_gib:.0f} GiB free at {probe} (instances_path {path})")
 
 
+def check_instances_path(config: Config) -> Check:
+    """QEMU (libvirt's user) must be able to search every directory down to instances_path."""
+    from hvd.drivers.libvirt.access import instances_path_problem, qemu_identity
+
+    path = Path(config.host.instances_path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # a missing instances_path is created 0755 at start-up: check what exists
+    who = qemu_identity()
+    if who is None:
+        return Check("instances_path", "WARN", f"no QEMU user on this host: {path} not checked",
+                     "install libvirt-daemon-driver-qemu")
+    problem = instances_path_problem(probe, who)
+    if problem is not None:
+        return Check("instances_path", "FAIL", problem.split(". Fix: ")[0], problem.split(". Fix: ")[-1])
+    return Check("instances_path", "OK", f"{path} is reachable by {who.name}")
+
+
 def run_checks(config: Config) -> list[Check]:
     checks = [Check("config", "OK", "valid")]
     checks.append(check_libvirt(config))
@@ -168,6 +186,7 @@ def run_checks(config: Config) -> list[Check]:
     else:
         checks.append(Check("links", "WARN", "not root: kernel link kinds not probed", "run hvd doctor as root"))
     checks.append(check_disk(config))
+    checks.append(check_instances_path(config))
     return checks
 
 

@@ -45,9 +45,10 @@ from hvd.drivers.base import (
 )
 from hvd.drivers.console import read_console_tail
 from hvd.drivers.libvirt import guest
+from hvd.drivers.libvirt.access import instances_path_problem
 from hvd.drivers.libvirt.host import LibvirtHost, translate
 from hvd.drivers.libvirt.xml import VirtType, domain_xml, interface_xml
-from hvd.errors import BadRequest, Conflict, DriverError, HvdError, InvalidState, NotFound
+from hvd.errors import BadRequest, ConfigError, Conflict, DriverError, HvdError, InvalidState, NotFound
 from hvd.storage import qemu_img
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,9 @@ class LibvirtDriver(ComputeDriver):
             self.instances_path.mkdir(parents=True)
             # libvirt-qemu must traverse it; the unit's UMask=0077 would leave a new directory 0700
             self.instances_path.chmod(0o755)
+        problem = await asyncio.to_thread(instances_path_problem, self.instances_path)
+        if problem is not None:  # refuse to start rather than fail every create with "Permission denied"
+            raise ConfigError(problem)
         if not await asyncio.to_thread(supports_o_direct, self.instances_path):
             self.disk_cache = "writethrough"
             log.info("%s does not support O_DIRECT; disks use cache=writethrough", self.instances_path)
