@@ -209,7 +209,7 @@ async def visible_server(request: web.Request, ref: str | None = None) -> dict[s
     svc, ctx = services(request), context(request)
     ref = ref or request.match_info["id"]
     await catch_up_if_forwarded(request)
-    admin = svc.policy.allowed(ctx.roles, "compute:ignore_lock")
+    admin = svc.policy.all_projects(ctx.roles)
     where, args = ("deleted_at IS NULL", ()) if admin else ("deleted_at IS NULL AND project_id=?", (ctx.project_id,))
     return await svc.catalog.read(queries.find, "instances", ref, "Instance", where, args)
 
@@ -217,7 +217,7 @@ async def visible_server(request: web.Request, ref: str | None = None) -> dict[s
 async def list_servers(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
     svc.policy.enforce(ctx.roles, "compute:read")
-    all_projects = query_bool(request, "all_projects") and svc.policy.allowed(ctx.roles, "compute:ignore_lock")
+    all_projects = query_bool(request, "all_projects") and svc.policy.all_projects(ctx.roles)
     rows = await svc.catalog.read(_visible_servers, ctx, all_projects)
     for key in ("name", "status", "host"):
         want = request.query.get(key)
@@ -245,9 +245,9 @@ async def _wait(request: web.Request, ids: list[str]) -> list[dict[str, Any]]:
 
 
 async def _resolve_create(svc: ApiServices, ctx: RequestContext, body: ServerCreate) -> dict[str, Any]:
-    admin = svc.policy.allowed(ctx.roles, "flavor:manage")
+    admin = svc.policy.all_projects(ctx.roles)
     flavor = await svc.catalog.read(find_flavor, body.flavor, ctx, admin)
-    image = await svc.catalog.read(find_image, body.image, ctx, svc.policy.allowed(ctx.roles, "image:publicize"))
+    image = await svc.catalog.read(find_image, body.image, ctx, svc.policy.all_projects(ctx.roles))
     if image["status"] != "active":
         raise BadRequest(f"Image {body.image} is not active (status {image['status']})")
     if flavor["disk_gb"] and image["min_disk"] > flavor["disk_gb"]:
@@ -366,10 +366,10 @@ async def _action(request: web.Request, op: Op, body_model: type[BaseModel]) -> 
     elif op == Op.RESCUE:
         image_id = None
         if body.image is not None:
-            image_id = (await svc.catalog.read(find_image, body.image, ctx, ctx.is_admin))["id"]
+            image_id = (await svc.catalog.read(find_image, body.image, ctx, svc.policy.all_projects(ctx.roles)))["id"]
         await comp.begin(ctx, inst, op, comp.rescue(image_id))
     elif op == Op.REBUILD:
-        image = await svc.catalog.read(find_image, body.image, ctx, ctx.is_admin)
+        image = await svc.catalog.read(find_image, body.image, ctx, svc.policy.all_projects(ctx.roles))
         if image["status"] != "active":
             raise BadRequest(f"Image {body.image} is not active (status {image['status']})")
         await comp.begin(ctx, inst, op, comp.rebuild(image["id"]))
@@ -378,7 +378,7 @@ async def _action(request: web.Request, op: Op, body_model: type[BaseModel]) -> 
         extra["image_id"] = image_id
         await comp.begin(ctx, inst, op, comp.snapshot(image_id, body.name))
     elif op == Op.RESIZE:
-        flavor = await svc.catalog.read(find_flavor, body.flavor, ctx, ctx.is_admin)
+        flavor = await svc.catalog.read(find_flavor, body.flavor, ctx, svc.policy.all_projects(ctx.roles))
         if flavor["id"] == inst["flavor_id"]:
             raise BadRequest("When resizing, instances must change flavor")
         if flavor["disk_gb"] < inst["flavor"]["disk_gb"]:
@@ -464,7 +464,7 @@ async def console_log(request: web.Request) -> web.Response:
 async def list_actions(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
     svc.policy.enforce(ctx.roles, "compute:read")
-    admin = svc.policy.allowed(ctx.roles, "compute:ignore_lock")
+    admin = svc.policy.all_projects(ctx.roles)
     ref = request.match_info["id"]
     where, args = ("1=1", ()) if admin else ("project_id=?", (ctx.project_id,))
     inst = await svc.catalog.read(queries.find, "instances", ref, "Instance", where, args)
