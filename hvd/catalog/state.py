@@ -12,6 +12,7 @@ import json
 import logging
 import sqlite3
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,10 @@ log = logging.getLogger(__name__)
 
 
 def encode_result(result: dict[str, Any] | None = None, error: HvdError | None = None) -> bytes:
+    # default=str: a value JSON cannot hold (a handler's bug) must not make apply raise on every replica
     if error is not None:
-        return json.dumps({"error": error.to_wire()}).encode()
-    return json.dumps({"ok": result}).encode()
+        return json.dumps({"error": error.to_wire()}, default=str).encode()
+    return json.dumps({"ok": result}, default=str).encode()
 
 
 def decode_result(data: bytes) -> dict[str, Any]:
@@ -93,6 +95,10 @@ def _proposal_result(conn: sqlite3.Connection, proposal_id: bytes | None) -> byt
     return None if row is None else bytes(row[0])
 
 
+# commands after which a host's networking may have to change (every replica converges at once)
+NETWORK_COMMAND_PREFIXES = ("network.", "subnet.", "port.", "router.", "floating_ip.", "security_group",
+                            "host.set_vtep")
+
 # commands after which a cached token validation may be wrong (revocation, roles, disabling)
 IDENTITY_COMMANDS = frozenset({
     "token.revoke", "token.purge", "user.update", "user.delete", "project.update", "project.delete",
@@ -108,6 +114,8 @@ class CatalogState:
         # grows after every committed identity change, on every replica: caches keyed on it
         # (token validation) can never serve a revoked token
         self.identity_generation = 0
+        # called (from the database thread) after a batch that holds a networking command commits
+        self.on_network_change: Callable[[], None] | None = None
         migrate(conn)
 
     def applied_index(self) -> int:
@@ -128,6 +136,7 @@ class CatalogState:
             applied = read_applied_index(conn)
             results = []
             identity_changed = False
+            network_changed = False
             for index, data in entries:
                 if index <= applied:
                     # already applied before a crash/restart: replaying must not apply twice
@@ -142,6 +151,7 @@ class CatalogState:
                 else:
                     result, cmd_type = _apply_one(conn, command)
                     identity_changed = identity_changed or cmd_type in IDENTITY_COMMANDS
+                    network_changed = network_changed or cmd_type.startswith(NETWORK_COMMAND_PREFIXES)
                     results.append(result)
                     if proposal_id is not None:
                         conn.execute("INSERT INTO proposals (id, idx, result) VALUES (?, ?, ?)",
@@ -157,6 +167,8 @@ class CatalogState:
             raise
         if identity_changed:
             self.identity_generation += 1
+        if network_changed and self.on_network_change is not None:
+            self.on_network_change()
         return results
 
     def snapshot(self) -> tuple[int, bytes]:
@@ -189,3 +201,5 @@ class CatalogState:
             src.close()
         migrate(self.conn)
         self.identity_generation += 1
+        if self.on_network_change is not None:
+            self.on_network_change()

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
+from pydantic import ValidationError
 
 from hvd.catalog import all_commands, quota  # noqa: F401 - all_commands registers the handlers
 from hvd.catalog.cmd_hosts import ClaimResources, HostRegister, HostSetEnabled, ReleaseClaim
@@ -378,3 +380,43 @@ def test_a_full_disk_is_raised_not_recorded_and_the_retry_applies_it() -> None:
     state.conn.execute("PRAGMA max_page_count=1073741823")  # space is back: the same entry applies
     _result(state, 1, big)
     assert state.applied_index() == 1
+
+
+HOSTILE_VALUES = st.one_of(
+    st.integers(), st.sampled_from([2**63, 2**64, -(2**63) - 1, 10**30]), st.floats(), st.text(max_size=30),
+    st.sampled_from(["2001:db8::5%eth0", "a\x00b", "x" * 5000, "", "10.0.0.0/24"]), st.booleans(), st.none(),
+    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+)
+
+
+@st.composite
+def hostile_entries(draw: st.DrawFn) -> bytes:
+    """Raw bytes, or a command of a registered type (built from its field types where hypothesis can)
+    with some fields replaced by hostile values."""
+    if draw(st.integers(0, 4)) == 0:
+        return draw(st.binary(max_size=200))
+    cls = draw(st.sampled_from(sorted(commands_registry(), key=lambda c: c.__name__)))
+    try:
+        body = json.loads(encode(draw(st.builds(cls))))
+    except (ValidationError, InvalidArgument):  # a field type hypothesis cannot build valid values for
+        body = {"type": cls.model_fields["type"].default}
+    names = [name for name in cls.model_fields if name != "type"]
+    for name in draw(st.lists(st.sampled_from(names), max_size=2)) if names else []:
+        body[name] = draw(HOSTILE_VALUES)
+    return json.dumps(body, allow_nan=True).encode()
+
+
+def commands_registry() -> list[type[Command]]:
+    from hvd.catalog.commands import _REGISTRY
+
+    return [cls for cls, _ in _REGISTRY.values()]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(entries=st.lists(hostile_entries(), min_size=1, max_size=10))
+def test_apply_never_raises_on_any_entry_and_the_index_always_advances(entries: list[bytes]) -> None:
+    state = fresh()
+    for index, data in enumerate(entries, start=1):
+        result = json.loads(state.apply(index, data))
+        assert set(result) <= {"ok", "error"} and state.applied_index() == index
+    assert not state.conn.in_transaction
