@@ -47,7 +47,9 @@ class Client:
     def _next_op(self) -> None:
         if self.finished:
             return
-        kind = self.rng.choice(("put", "put", "get", "read"))
+        # reads are half the traffic: read-index reads (served by the leader without a log
+        # entry) are the path a deposed or brand-new leader can get wrong
+        kind = self.rng.choice(("put", "put", "get", "read", "read", "read"))
         key = self.rng.choice(KEYS)
         self._op = (kind, key, f"c{self.cid}.{self.done_ops}" if kind == "put" else "")
         self._token += 1
@@ -61,8 +63,9 @@ class Client:
     def _pick(self) -> SimNode | None:
         nodes = self.sim.nodes
         if self.hint is not None and nodes[self.hint].up:
-            return nodes[self.hint]
-        live = [n for n in nodes.values() if n.up]
+            # a stalled node does not answer: wait for it (it may wake up still believing it leads)
+            return None if self.hint in self.sim.paused else nodes[self.hint]
+        live = [n for n in nodes.values() if n.up and n.id not in self.sim.paused]
         return self.rng.choice(live) if live else None
 
     def _retry(self, token: int, delay: int) -> None:

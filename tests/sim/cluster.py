@@ -158,6 +158,8 @@ class Sim:
         self.max_entries_per_msg = max_entries_per_msg
         self.disk_ms = 3  # fsync latency bound: the window in which a crash loses state
         self.obs = Observer()
+        # paused hosts (a stalled process: GC, swap, SIGSTOP) neither tick nor read messages
+        self.paused: set[str] = set()
         self.net = SimNetwork(random.Random(self.rng.random()), self.schedule)
         self.net.deliver = self._deliver
         if storages is None:
@@ -191,13 +193,13 @@ class Sim:
 
     def _tick(self) -> None:
         for node in self.nodes.values():
-            if node.raft is not None:
+            if node.raft is not None and node.id not in self.paused:
                 node.call(RaftNode.tick)
         self.schedule(TICK_MS, self._tick)
 
     def _deliver(self, msg: Message) -> None:
         node = self.nodes.get(msg.to)
-        if node is None or node.raft is None:
+        if node is None or node.raft is None or msg.to in self.paused:
             return
         if self.verbose:
             self.log(f"deliver {msg}")
@@ -211,6 +213,17 @@ class Sim:
             if r is not None and r.role == Role.LEADER and (best is None or r.term > best.raft.term):  # type: ignore[union-attr]
                 best = node
         return best
+
+    def pause(self, node_id: str) -> None:
+        """Stall ``node_id``: its clock stops and what arrives meanwhile is lost. A paused leader
+        still believes it leads when it resumes: the deposed-leader case reads must survive."""
+        self.paused.add(node_id)
+        self.log(f"pause {node_id}")
+
+    def resume(self, node_id: str) -> None:
+        if node_id in self.paused:
+            self.paused.discard(node_id)
+            self.log(f"resume {node_id}")
 
     def crash(self, node_id: str) -> None:
         if self.nodes[node_id].up:

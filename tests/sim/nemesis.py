@@ -31,7 +31,8 @@ def plan_faults(sim: Sim, rng: random.Random, until: int) -> None:
     sim.schedule(until, lambda: heal_all(sim))
 
 
-ACTIONS = ("crash", "crash_leader", "crash_candidates", "partition", "isolate_leader", "one_way", "none")
+ACTIONS = ("crash", "crash_leader", "crash_candidates", "partition", "isolate_leader", "one_way", "pause_leader",
+           "depose_leader", "none")
 
 
 def _start(sim: Sim, rng: random.Random, action: str, heal_at: int) -> None:
@@ -59,6 +60,20 @@ def _start(sim: Sim, rng: random.Random, action: str, heal_at: int) -> None:
         sim.log(f"isolate leader {leader.id}")
         sim.net.partition({leader.id}, set(ids) - {leader.id})
         sim.schedule(back, lambda: _heal_net(sim))
+    elif action == "pause_leader" and leader is not None:
+        # a stalled leader that wakes up after its successor has committed: reads must not be stale
+        sim.pause(leader.id)
+        sim.schedule(back, lambda n=leader.id: sim.resume(n))  # type: ignore[misc]
+    elif action == "depose_leader" and leader is not None and len(ids) >= 4:
+        # the leader and one follower are cut off and the leader stalls while the rest elect a new
+        # one and commit; it wakes still cut off, believing it leads, with a follower acking it
+        follower = rng.choice([i for i in ids if i != leader.id])
+        sim.log(f"depose {leader.id}: partition {[leader.id, follower]} | rest, pause {leader.id}")
+        sim.net.partition({leader.id, follower}, set(ids) - {leader.id, follower})
+        sim.pause(leader.id)
+        wake = max(1, min(back - 1, rng.randint(150, 400)))
+        sim.schedule(wake, lambda n=leader.id: sim.resume(n))  # type: ignore[misc]
+        sim.schedule(back, lambda: _heal_net(sim))
     elif action == "one_way":
         src = leader.id if leader is not None and rng.random() < 0.5 else rng.choice(ids)
         for dst in ids:
@@ -78,6 +93,8 @@ def heal_all(sim: Sim) -> None:
     """Stop all faults: heal the network, restart crashed nodes, make delivery reliable."""
     sim.log("heal all")
     sim.net.heal()
+    for node_id in sorted(sim.paused):
+        sim.resume(node_id)
     sim.net.drop_rate = sim.net.dup_rate = sim.net.slow_rate = 0.0
     sim.net.max_delay = min(sim.net.max_delay, 8)
     for node_id, node in sim.nodes.items():

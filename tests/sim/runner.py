@@ -42,6 +42,8 @@ def run_seed(seed: int, verbose: bool = False) -> SimResult:
     voters = rng.choice((3, 3, 5))
     spares = 1 if rng.random() < 0.3 else 0
     election_ticks = rng.choice((4, 10, 10))  # short timeouts: frequent split votes and elections
+    # frequent compaction: laggards and restarted nodes catch up by snapshot, not only by log replay
+    snapshot_every = rng.choice((3, 6, 24))
     sim = Sim(
         seed,
         voters=voters,
@@ -49,6 +51,7 @@ def run_seed(seed: int, verbose: bool = False) -> SimResult:
         verbose=verbose,
         election_ticks=election_ticks,
         heartbeat_ticks=min(3, election_ticks // 3),
+        snapshot_every=snapshot_every,
     )
     sim.log(f"seed {seed}: {voters} voters, {spares} spare")
     clients = [
@@ -61,6 +64,24 @@ def run_seed(seed: int, verbose: bool = False) -> SimResult:
         plan_membership(sim, random.Random(rng.random()), FAULT_MS)
     sim.run_until(FAULT_MS + SETTLE_MS)
     return finish(sim, clients)
+
+
+def check_replicas_agree(sim: Sim, members: frozenset[str] | set[str]) -> list[str]:
+    """Every member's state machine, once applied to the same index, holds the same data (a lost
+    or extra key anywhere, e.g. a snapshot that drops one, shows here)."""
+    states = {
+        n.id: (n.sm.applied_index(), n.sm.data) for n in sim.nodes.values() if n.id in members and n.raft is not None
+    }
+    if not states:
+        return []
+    top = max(index for index, _ in states.values())
+    reference_id = min(i for i, (index, _) in states.items() if index == top)
+    reference = states[reference_id][1]
+    return [
+        f"state machines differ at index {top}: {node_id} has {data}, {reference_id} has {reference}"
+        for node_id, (index, data) in sorted(states.items())
+        if index == top and data != reference
+    ]
 
 
 def finish(sim: Sim, clients: list[Client]) -> SimResult:
@@ -83,6 +104,7 @@ def finish(sim: Sim, clients: list[Client]) -> SimResult:
             for n in sim.nodes.values()
         ):
             failures.append("two leaders at the end")
+        failures += check_replicas_agree(sim, members)
     for c in clients:
         if not c.finished:
             failures.append(f"liveness: client {c.cid} stuck after {c.done_ops} ops")

@@ -23,6 +23,7 @@ from hvd.cluster.raft.storage import MemoryStorage
 from tests.sim.clients import Client
 from tests.sim.cluster import Sim, SimNode
 from tests.sim.kv import put_cmd
+from tests.sim.linearizability import Op, check_linearizable
 from tests.sim.runner import finish
 
 SEEDS = range(8)
@@ -213,3 +214,124 @@ def test_snapshot_install_races_with_appends(seed: int) -> None:
     sim.run_until(sim.now + 2500)
     assert any("installed snapshot" in line for line in sim.trace), "no snapshot was installed"
     assert_safe(sim, clients)
+
+
+def commit_put(sim: Sim, node: SimNode, key: str, value: str) -> Op:
+    """Propose put(key, value) on ``node`` and run until it is applied there; the completed op."""
+    call = sim.clock()
+    index, term = propose(node, put_cmd(key, value))
+    results: list[bytes | None] = []
+    node.waiters.setdefault(index, []).append((term, results.append))
+    assert wait_for(sim, lambda: bool(results)), f"put {key}={value} never applied on {node.id}"
+    assert results[0] is not None, f"put {key}={value} was overwritten"
+    return Op(0, key, "put", value, call, sim.clock())
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_deposed_leader_serves_no_stale_read(seed: int) -> None:
+    """5 voters, partition {old leader, one follower} | {three}. The old leader stalls (a GC pause)
+    while the majority elects a new leader and commits x=2; when it wakes up it still believes it
+    leads, and its follower still acknowledges it. A read-index read it serves now must not return
+    x=1: the leader and one peer are 2 of 5, not a quorum, so the read must wait (and be dropped
+    when check-quorum deposes it)."""
+    sim = Sim(seed, voters=5)
+    old = elect(sim)
+    history = [commit_put(sim, old, "x", "1")]
+    sim.run_until(sim.now + 100)  # every replica has x=1
+    follower = next(i for i in sorted(sim.nodes) if i != old.id)
+    majority = set(sim.nodes) - {old.id, follower}
+    sim.pause(old.id)
+    sim.net.partition({old.id, follower}, majority)
+    assert wait_for(sim, lambda: (m := sim.leader()) is not None and m.id in majority), "majority elected no one"
+    new = sim.leader()
+    assert new is not None and new.raft is not None and old.raft is not None
+    assert new.raft.term > old.raft.term
+    history.append(commit_put(sim, new, "x", "2"))
+    sim.resume(old.id)
+    assert old.raft.role == Role.LEADER  # it has not noticed yet: that is the case under test
+
+    read: list[str | None] = []
+    call = sim.clock()
+    ctx = b"deposed-read"
+
+    def done(index: int | None) -> None:
+        if index is None:
+            read.append(None)  # dropped: the leader stepped down first (the right outcome)
+        elif old.raft is not None and old.raft.applied >= index:
+            read.append(old.sm.get("x"))
+        else:
+            old.apply_waiters.append((index, lambda: read.append(old.sm.get("x"))))
+
+    old.read_waiters[ctx] = done
+    old.call(lambda r: r.read_index(ctx))
+    assert wait_for(sim, lambda: bool(read), 2 * 20 * 10 + 100), "the read neither completed nor was dropped"
+    if read[0] is not None:
+        history.append(Op(1, "x", "get", read[0], call, sim.clock()))
+    ok, why = check_linearizable(history)
+    assert ok, f"stale read from the deposed leader: {why}"
+    assert read == [None]  # with 2 of 5 the read can only be dropped
+    sim.net.heal()
+    sim.run_until(sim.now + 800)
+    assert_safe(sim)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_new_leader_serves_reads_only_after_a_commit_of_its_term(seed: int) -> None:
+    """A new leader does not know the commit index until an entry of its own term commits. Here
+    x=1 is committed and acknowledged by the old leader, whose followers never heard that it
+    committed; the old leader is then cut off, and the new leader's own entries cannot reach its
+    peer (its heartbeats, and so read confirmations, can). A read on the new leader must wait for
+    its first commit: serving it at its stale commit index would return x's old value."""
+    sim = Sim(seed, voters=3)
+    old = elect(sim)
+    assert old.raft is not None
+    old_term = old.raft.term
+    hidden: list[int] = []
+
+    def hide(msg: Message) -> Message | None:
+        if not isinstance(msg, AppendRequest):
+            return msg
+        if msg.frm == old.id and hidden and msg.commit >= hidden[0]:
+            return dataclasses.replace(msg, commit=hidden[0] - 1)  # followers never learn x=1 committed
+        if msg.frm != old.id and msg.term > old_term:
+            return dataclasses.replace(msg, entries=tuple(e for e in msg.entries if e.term <= old_term))
+        return msg
+
+    sim.net.filter = hide
+    call = sim.clock()
+    index, term = propose(old, put_cmd("x", "1"))
+    hidden.append(index)
+    results: list[bytes | None] = []
+    old.waiters.setdefault(index, []).append((term, results.append))
+    assert wait_for(sim, lambda: bool(results)) and results[0] is not None
+    history = [Op(0, "x", "put", "1", call, sim.clock())]
+    others = set(sim.nodes) - {old.id}
+    assert all(sim.nodes[n].raft.commit < index for n in others)  # type: ignore[union-attr]
+    sim.net.partition({old.id}, others)
+    assert wait_for(sim, lambda: any(sim.nodes[n].raft.role == Role.LEADER for n in others))  # type: ignore[union-attr]
+    new = next(sim.nodes[n] for n in sorted(others) if sim.nodes[n].raft.role == Role.LEADER)  # type: ignore[union-attr]
+
+    read: list[str] = []
+    call = sim.clock()
+    ctx = b"new-leader-read"
+
+    def done(at: int | None) -> None:
+        assert at is not None, "the read was dropped by a leader that kept leading"
+        if new.raft is not None and new.raft.applied >= at:
+            read.append(new.sm.get("x"))
+        else:
+            new.apply_waiters.append((at, lambda: read.append(new.sm.get("x"))))
+
+    new.read_waiters[ctx] = done
+    new.call(lambda r: r.read_index(ctx))
+    sim.run_until(sim.now + 300)  # heartbeats go back and forth; nothing of the new term commits
+    if read:
+        history.append(Op(1, "x", "get", read[0], call, sim.clock()))
+        ok, why = check_linearizable(history)
+        assert ok, f"read served before the new leader's first commit: {why}"
+    sim.net.filter = None
+    sim.net.heal()
+    assert wait_for(sim, lambda: bool(read)), "the read never completed once the cluster healed"
+    assert read == ["1"]
+    sim.run_until(sim.now + 800)
+    assert_safe(sim)
