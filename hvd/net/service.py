@@ -62,6 +62,7 @@ Owned = Callable[[str], bool]
 UNIT_FAILURES = Counter("hvd_net_unit_failures_total", "Network units whose converge failed, by kind "
                         "(network, router, security, stale)", ["kind"])
 FAILED_UNITS = Gauge("hvd_net_failed_units", "Network units left failed by the last converge on this host")
+CHANGE_DEBOUNCE_S = 0.2  # a burst of networking commands (a server's ports, a router) converges once
 SG_TABLES_NAME = "nft:hvd_sg"  # ownership record entry for the host's security-group tables
 
 
@@ -155,6 +156,7 @@ class NetworkService:
         self._requested = 0
         self._done = 0
         self._loop_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self.converges = 0  # how many plans were applied (tests, metrics)
         self.failed: dict[str, Exception] = {}  # unit -> the error that stopped it in the last converge
 
@@ -176,13 +178,32 @@ class NetworkService:
             # each orphan on its own: one that cannot be removed (logged) must not stop start-up
             await self.adapter.apply_planned([(step_unit(step, {}, desired.netns_prefix), step) for step in orphans])
         self._loop_task = asyncio.create_task(self._periodic())
+        self._watch_task = asyncio.create_task(self._follow_catalog())
 
     async def stop(self) -> None:
-        """Stop the loop; devices and dnsmasq stay (a restart of hvd must not cut networking)."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        """Stop the loops; devices and dnsmasq stay (a restart of hvd must not cut networking)."""
+        self.catalog.state.on_network_change = None
+        for task in (self._loop_task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _follow_catalog(self) -> None:
+        """Converge as soon as a networking command is applied here, whichever host it came from
+        (every replica applies every command); bursts of changes make one convergence."""
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+
+        def poke() -> None:  # runs on the catalog's database thread
+            loop.call_soon_threadsafe(wake.set)
+
+        self.catalog.state.on_network_change = poke
+        while True:
+            await wake.wait()
+            await asyncio.sleep(CHANGE_DEBOUNCE_S)
+            wake.clear()
+            await self.changed()
 
     async def _periodic(self) -> None:
         while True:
