@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 import hvd
 from hvd.api import internal, internal_compute
 from hvd.api.helpers import json_response
-from hvd.api.middleware import auth_middleware, error_middleware, request_id_middleware
+from hvd.api.middleware import auth_middleware, error_body, error_middleware, request_id_middleware
 from hvd.api.routing import Router, openapi_document
 from hvd.api.services import SERVICES, ApiServices
 from hvd.api.v1 import admin, aggregates, auth, cluster, events, flavors, identity, images, keypairs, networks, servers
@@ -44,11 +44,12 @@ async def healthz(request: web.Request) -> web.Response:
     statuses = {"raft": coord.health(), **svc.health.check()}
     code, state = verdict(statuses)
     loops = {name: {"state": s.state.value, "reason": s.reason} for name, s in statuses.items()}
-    return json_response(
-        {"status": state, "version": hvd.__version__, "host": svc.config.host_name, "leader": coord.leader_id,
-         "loops": loops},
-        status=code,
-    )
+    body: dict[str, object] = {"status": state, "version": hvd.__version__, "host": svc.config.host_name,
+                               "leader": coord.leader_id, "loops": loops}
+    if code != 200:  # also a regular error body, so a client handling any 503 shows what is wrong
+        failing = "; ".join(f"{name} {s.state.value}: {s.reason}" for name, s in statuses.items() if s.reason)
+        body.update(error_body(code, "Service Unavailable", failing or state))
+    return json_response(body, status=code)
 
 
 async def metrics(request: web.Request) -> web.Response:

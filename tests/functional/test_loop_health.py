@@ -58,6 +58,7 @@ async def test_a_dead_raft_loop_fails_healthz_and_serve_exits_1(tmp_path: Path,
             assert status == 503 and body["status"] == "dead"
             assert body["loops"]["raft"]["state"] == "dead"
             assert "injected bug in persist" in body["loops"]["raft"]["reason"]
+            assert body["error"]["code"] == 503 and "raft dead" in body["error"]["message"]
             async with asyncio.timeout(20):
                 assert await daemon == 1
     finally:
