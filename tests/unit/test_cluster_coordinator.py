@@ -254,3 +254,33 @@ async def test_a_snapshot_right_after_a_leader_no_op_restores_at_restart(tmp_pat
     finally:
         await catalog.coordinator.stop()
         catalog.close()
+
+
+async def test_a_full_catalog_refuses_writes_with_507_and_applies_them_once_space_returns(tmp_path: Path) -> None:
+    from hvd.errors import InsufficientStorage
+
+    catalog = open_catalog(tmp_path)
+    await catalog.coordinator.start()
+    try:
+        await catalog.propose(flavor("before"))
+        pages = await catalog.read(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+        await catalog.read(lambda c: c.execute(f"PRAGMA max_page_count={pages}"))  # SQLITE_FULL in apply
+        big = FlavorCreate(id=str(uuid.uuid4()), name="during", vcpus=1, ram_mb=64, disk_gb=1,
+                           created_at="2026-01-01", description="x" * 200_000)
+        pending = asyncio.create_task(catalog.propose(big))
+        assert isinstance(catalog.coordinator, RaftCoordinator)
+        driver = catalog.coordinator.driver
+        async with asyncio.timeout(10):
+            while driver.storage_full is None:
+                await asyncio.sleep(0.01)
+        with pytest.raises(InsufficientStorage) as err:
+            await catalog.propose(flavor("refused"))
+        assert err.value.status == 507 and "disk is full" in err.value.message
+        await catalog.read(lambda c: c.execute("PRAGMA max_page_count=1073741823"))
+        async with asyncio.timeout(10):
+            await pending
+        await catalog.propose(flavor("after"))
+        assert await names(catalog) == {"before", "during", "after"}
+    finally:
+        await catalog.coordinator.stop()
+        catalog.close()
