@@ -320,3 +320,109 @@ async def test_concurrent_creates_of_an_uncached_image_fetch_once(lab: dict[str,
         status, _ = await api.call("DELETE", f"/v1/servers/{sid}?wait=true")
         assert status == 204
         assert domain_state(sid) is None
+
+
+# user data: report NICs that appear or vanish after boot and ask DHCP for each new one
+NIC_WATCH = """#!/bin/sh
+seen=" $(cd /sys/class/net && echo eth*) "
+while :; do
+  now=" "
+  for n in /sys/class/net/eth*; do
+    [ -e "$n" ] || continue
+    i=${n##*/}
+    now="$now$i "
+    case "$seen" in *" $i "*) continue ;; esac
+    echo "HVD-NIC added $i mac=$(cat "$n/address")"
+    ip link set "$i" up
+    udhcpc -i "$i" -s /etc/udhcpc.script -f -q -n -t 6 -T 1 -A 1 >/dev/null 2>&1 || echo "HVD-NIC nolease $i" &
+  done
+  for i in $seen; do
+    case "$now" in *" $i "*) ;; *) echo "HVD-NIC removed $i" ;; esac
+  done
+  seen=$now
+  sleep 0.5
+done
+"""
+
+
+@pytest.fixture
+async def netlab(lab_guard: str) -> AsyncIterator[dict[str, Any]]:
+    """The API with the linux network backend: DHCP servers in namespaces named with a lab prefix
+    (the root namespace has the guard route for the lab range and no lab address)."""
+    import os
+    import tempfile
+
+    from hvd.config import load_config
+    from tests.lab.conftest import Lab
+
+    prefix = f"hvdt-{os.getpid() % 100000}-nic{os.urandom(2).hex()}-"
+    workdir = Path(tempfile.mkdtemp(prefix="hvdt-"))
+    workdir.chmod(0o755)  # dnsmasq reads its hosts file after dropping privileges
+    netns = Lab(prefix, workdir)
+    base = make_searchable_dir(prefix="hvdtest-nic-")
+    extra = f"""[network]
+backend = "linux"
+netns_prefix = "{prefix}"
+dhcp_dir = "{workdir / 'dhcp'}"
+claim_all_devices = false
+"""
+    config = load_config(write_config(base, free_port(), driver="libvirt", extra=extra))
+    network_ids: list[str] = []
+    try:
+        async with serve_in_process(config) as (_, url), aiohttp.ClientSession() as session:
+            api = Api(session, url)
+            await api.login("admin", "admin-secret", "admin")
+            await upload_image(api, guest_image_path("main"), name="guest", visibility="public")
+            await make_flavor(api, name="tiny", vcpus=1, ram_mb=128, disk_gb=1)
+            try:
+                yield {"api": api, "network_ids": network_ids}
+            finally:
+                _, servers = await api.call("GET", "/v1/servers?all_projects=true")
+                for s in servers.get("servers", []):
+                    await api.call("DELETE", f"/v1/servers/{s['id']}?wait=true")
+                for nid in network_ids:
+                    await api.call("DELETE", f"/v1/networks/{nid}")
+    finally:
+        import subprocess
+
+        for nid in network_ids:  # bridges left by a failed teardown
+            subprocess.run(["ip", "link", "del", f"brq{nid[:11]}"], check=False, capture_output=True)
+        netns.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.netns
+async def test_interface_hotplug_seen_by_the_guest(netlab: dict[str, Any]) -> None:
+    """Attach through the API: the running guest sees a new NIC with the port's MAC and gets a DHCP
+    lease on it from the port's network; detach: the NIC vanishes from the guest."""
+    api: Api = netlab["api"]
+    for name, cidr in (("first", "10.213.52.0/24"), ("second", "10.213.53.0/24")):
+        status, net = await api.call("POST", "/v1/networks", {"name": name})
+        assert status == 201, net
+        netlab["network_ids"].append(net["id"])
+        status, sub = await api.call("POST", "/v1/subnets", {"network": name, "cidr": cidr})
+        assert status == 201, sub
+    status, server = await api.call("POST", "/v1/servers?wait=true", {
+        "name": "nics", "flavor": "tiny", "image": "guest", "networks": [{"network": "first"}],
+        "user_data": NIC_WATCH})
+    assert status == 202 and server["status"] == "ACTIVE", server
+    sid = server["id"]
+    await wait_console(api, sid, r"HVD-GUEST lease eth0 10\.213\.52\.\d+/", timeout=90)
+    await wait_console(api, sid, r"HVD-GUEST heartbeat 1\b")  # the watcher runs by now
+
+    at = await mark(api, sid)
+    status, port = await api.call("POST", f"/v1/servers/{sid}/interfaces", {"network": "second"})
+    assert status == 201, port
+    ip = port["fixed_ips"][0]["ip_address"]
+    added = await wait_console(api, sid, r"HVD-NIC added eth\d+ mac=\S+", after=at)
+    nic = added.split()[2]
+    assert added.endswith(f"mac={port['mac_address']}"), added
+    await wait_console(api, sid, rf"HVD-GUEST lease {nic} {re.escape(ip)}/24", after=at, timeout=60)
+
+    at = await mark(api, sid)
+    status, _ = await api.call("DELETE", f"/v1/servers/{sid}/interfaces/{port['id']}")
+    assert status == 204
+    await wait_console(api, sid, rf"HVD-NIC removed {nic}\b", after=at)
+    _, listed = await api.call("GET", f"/v1/servers/{sid}/interfaces")
+    assert len(listed["interfaces"]) == 1 and listed["interfaces"][0]["id"] != port["id"]
