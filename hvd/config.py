@@ -191,6 +191,37 @@ class NetworkSection(Section):
     )
 
 
+class FencingSection(Section):
+    """When a host dies: nothing of it is rebuilt elsewhere before it is fenced (hvd/cluster/fencing.py)."""
+
+    fence_delay_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="The leader fences a host dead in gossip this long (longer than self_fence_s: a cut-off host"
+                    " has stopped its guests by then).",
+    )
+    self_fence_s: float = Field(
+        20.0, gt=0, le=3600,
+        description="A host out of touch with a Raft quorum this long stops its guests itself (Proxmox HA's"
+                    " watchdog idea, without hardware); 0 < self_fence_s < fence_delay_s.",
+    )
+    fence_agent: list[str] = Field(
+        default_factory=list, max_length=64,
+        description="Optional command run by the leader before it fences a host (e.g. an IPMI or Redfish power-off),"
+                    " argv with {host}; the fence is committed only if it exits 0. Empty = rely on self-fencing.",
+    )
+    auto_evacuate: bool = Field(
+        False, description="Rebuild a fenced host's servers elsewhere at once (else: 'evacuate' by an admin).")
+    evacuations_per_minute: int = Field(
+        10, ge=1, le=10000, description="Rate limit of automatic evacuations, so a lost rack does not storm the rest.")
+
+    @model_validator(mode="after")
+    def _self_fence_first(self) -> FencingSection:
+        if self.self_fence_s >= self.fence_delay_s:
+            raise ValueError(f"self_fence_s ({self.self_fence_s}) must be shorter than fence_delay_s"
+                             f" ({self.fence_delay_s}): a cut-off host must stop its guests before it is fenced")
+        return self
+
+
 class ClusterSection(Section):
     node_id: str = Field("", description="Stable id of this node; empty = host.name.")
     peers: list[str] = Field(
@@ -319,6 +350,7 @@ class Config(Section):
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection, description="Placement.")
     network: NetworkSection = Field(default_factory=NetworkSection, description="Networking.")
     cluster: ClusterSection = Field(default_factory=ClusterSection, description="Cluster membership.")
+    fencing: FencingSection = Field(default_factory=FencingSection, description="Fencing and evacuation.")
     gossip: GossipSection = Field(default_factory=GossipSection, description="Host membership and liveness gossip.")
 
     @property

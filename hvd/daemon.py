@@ -33,6 +33,7 @@ from hvd.catalog.purge import run_purges
 from hvd.catalog.service import Catalog
 from hvd.cluster.coordinator import RaftCoordinator
 from hvd.cluster.event_relay import EventRelay
+from hvd.cluster.fencing import Fencer
 from hvd.cluster.gossip import hostreport
 from hvd.cluster.gossip import metrics as gossip_metrics
 from hvd.cluster.gossip.core import MemberEvent
@@ -294,6 +295,7 @@ async def running_compute(
     await driver.start()
     sync: asyncio.Task[None] | None = None
     recovery: asyncio.Task[None] | None = None
+    fencing: asyncio.Task[None] | None = None
     reporting: asyncio.Task[None] | None = None
     peers: PeerCaller | None = None
     relay: EventRelay | None = None
@@ -331,9 +333,11 @@ async def running_compute(
         if health is not None:
             health.add("power_sync", lambda: task_status(sync, reconciler.status))
         recovery = asyncio.create_task(_cluster_upkeep(service))
+        if peers is not None:  # one host alone has nothing to fence and nowhere to evacuate to
+            fencing = asyncio.create_task(Fencer(config, service, reconciler, gossip).run())
         yield {COMPUTE: service, IMAGE_STORE: store, EVENTS: events, NETWORK: network, PEERS: peers}
     finally:
-        for task in (sync, recovery, reporting):
+        for task in (sync, recovery, reporting, fencing):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from hvd.bounds import Int64
 from hvd.catalog.commands import Command, Result, handles
-from hvd.catalog.sql import dumps, fetch_one, require
+from hvd.catalog.sql import dumps, fetch_all, fetch_one, require
 from hvd.errors import CapacityExceeded, Conflict, NotFound
 
 
@@ -137,6 +137,44 @@ def claim_release(conn: sqlite3.Connection, cmd: ReleaseClaim) -> Result:
     if cur.rowcount == 0 and cmd.kind is not None:
         raise NotFound(f"instance {cmd.instance_id} holds no {cmd.kind} claim")
     return {"released": cur.rowcount}
+
+
+class HostFence(Command):
+    """The leader (at ``term``) declares ``host`` fenced: nothing of it runs any more, its servers
+    may be rebuilt elsewhere. Refused while the host is fenced already."""
+
+    type: Literal["host.fence"] = "host.fence"
+    host: str
+    term: Int64
+    reason: str
+    fenced_at: str
+
+
+class HostUnfence(Command):
+    """A fenced host came back and removed what the catalog moved away: it may run servers again."""
+
+    type: Literal["host.unfence"] = "host.unfence"
+    host: str
+
+
+@handles(HostFence)
+def host_fence(conn: sqlite3.Connection, cmd: HostFence) -> Result:
+    require(conn, "hosts", "name", cmd.host, "Host")
+    if fetch_one(conn, "SELECT host FROM host_fences WHERE host=?", (cmd.host,)):
+        raise Conflict(f"host {cmd.host} is fenced already")
+    conn.execute("INSERT INTO host_fences VALUES (?,?,?,?)", (cmd.host, cmd.term, cmd.reason, cmd.fenced_at))
+    return {"host": cmd.host, "term": cmd.term}
+
+
+@handles(HostUnfence)
+def host_unfence(conn: sqlite3.Connection, cmd: HostUnfence) -> Result:
+    if conn.execute("DELETE FROM host_fences WHERE host=?", (cmd.host,)).rowcount == 0:
+        raise NotFound(f"host {cmd.host} is not fenced")
+    return {"host": cmd.host}
+
+
+def fenced_hosts(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+    return {r["host"]: r for r in fetch_all(conn, "SELECT * FROM host_fences")}
 
 
 class ClaimPromote(Command):

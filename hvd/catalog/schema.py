@@ -154,7 +154,12 @@ CREATE TABLE aggregate_hosts (
   PRIMARY KEY (aggregate_id, host));
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
+_V5 = """
+CREATE TABLE host_fences (
+  host TEXT PRIMARY KEY, term INTEGER NOT NULL, reason TEXT NOT NULL, fenced_at TEXT NOT NULL);
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5]
 
 
 def check_not_newer(version: int, what: str = "the catalog") -> None:

@@ -24,7 +24,7 @@ from hvd.catalog.cmd_compute import (
     InstanceLock,
     InstanceUpdate,
 )
-from hvd.catalog.cmd_hosts import ClaimPromote
+from hvd.catalog.cmd_hosts import ClaimPromote, ReleaseClaim, fenced_hosts
 from hvd.catalog.service import Catalog
 from hvd.catalog.sql import fetch_one
 from hvd.compute import lifecycle
@@ -36,6 +36,7 @@ from hvd.compute.migration import LiveMigrations
 from hvd.compute.oplock import OperationLocks
 from hvd.config import Config
 from hvd.errors import (
+    Conflict,
     HvdError,
     InstanceLocked,
     InvalidState,
@@ -432,6 +433,38 @@ class ComputeService:
                 if self._finished == seen:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._settled.wait(), min(remaining, 0.5))
+
+    # --- evacuation -------------------------------------------------------------------------
+
+    async def evacuate(self, ctx: RequestContext | None, inst: dict[str, Any], host: str | None) -> None:
+        """Rebuild a server of a fenced host on another host (from its image, keeping its id, ports
+        and addresses): recorded as a new placement, so the leader places it and the chosen host
+        builds it like a create. Refused unless the server's host is fenced (one server never runs
+        twice). ``ctx`` None = automatic evacuation by the leader."""
+        source = inst["host"]
+        fenced = await self.catalog.read(fenced_hosts)
+        if source is None or source not in fenced:
+            state = "up" if source and self.placement.is_up(source) else "down but not fenced yet"
+            raise Conflict(f"Cannot evacuate instance {inst['id']}: its host {source} is {state}; only servers of a"
+                           " fenced host are rebuilt elsewhere (see [fencing] fence_delay_s)", host=source)
+        if ctx is not None:
+            self.check_lock(ctx, inst)
+        lifecycle.check_allowed(Op.EVACUATE, VmState(inst["vm_state"]),
+                                TaskState(inst["task_state"]) if inst["task_state"] else None, inst["id"])
+        self.locks.acquire(inst["id"], "evacuate")
+        try:
+            await self.update(inst["id"], expect_task_state=[None], expect_host=[source], host=None,
+                              vm_state=VmState.BUILDING, task_state=TaskState.SCHEDULING,
+                              power_state=int(PowerState.NOSTATE), fault=None,
+                              extra={"evacuated_from": source})
+            with contextlib.suppress(NotFound):  # the fenced host's claim goes: its resources are free
+                await self.catalog.propose(ReleaseClaim(instance_id=inst["id"]))
+            action_id = await self.start_action(ctx, inst, "evacuate")
+        finally:
+            self.locks.release(inst["id"])
+        self.events.publish("instance.evacuate", instance_id=inst["id"], project_id=inst["project_id"],
+                            source=source)
+        self._background(self.builds.schedule(inst["id"], action_id, host))
 
     # --- migrations -------------------------------------------------------------------------
 

@@ -43,7 +43,9 @@ def read_host_states(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             zones.setdefault(host, zone)
         for key, value in json.loads(meta).items():
             metadata.setdefault(host, {}).setdefault(key, set()).add(str(value))
+    fenced = {r[0] for r in conn.execute("SELECT host FROM host_fences")}
     return [{**host, "availability_zone": zones.get(host["name"], host["availability_zone"]),
+             "fenced": host["name"] in fenced,
              "aggregate_metadata": {k: frozenset(v) for k, v in metadata.get(host["name"], {}).items()},
              "capacity": capacity(host), "claimed": usage.get(host["name"], idle)}
             for host in fetch_all(conn, "SELECT * FROM hosts ORDER BY name")]
@@ -115,7 +117,7 @@ class Placement:
         return [
             HostState(
                 name=r["name"], availability_zone=r["availability_zone"], enabled=r["enabled"],
-                up=self.is_up(r["name"]),
+                up=self.is_up(r["name"]) and not r["fenced"],  # a fenced host runs nothing until it is back
                 vcpus_capacity=r["capacity"]["vcpus"], vcpus_claimed=r["claimed"]["vcpus"],
                 memory_capacity_mb=r["capacity"]["memory_mb"], memory_claimed_mb=r["claimed"]["memory_mb"],
                 disk_capacity_gb=r["capacity"]["disk_gb"], disk_claimed_gb=r["claimed"]["disk_gb"],

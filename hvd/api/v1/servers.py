@@ -403,6 +403,11 @@ async def _action(request: web.Request, op: Op, body_model: type[BaseModel]) -> 
                 raise BadRequest(f"No such host: {body.host}")
         comp.migrations.check(inst, body.block_migration)
         await comp.begin(ctx, inst, op, comp.migrations.run(body.host, body.block_migration))
+    elif op == Op.EVACUATE:
+        if body.host is not None and await svc.catalog.read(fetch_one, "SELECT name FROM hosts WHERE name=?",
+                                                            (body.host,)) is None:
+            raise BadRequest(f"No such host: {body.host}")
+        await comp.evacuate(ctx, inst, body.host)
     else:
         await comp.migrate_unavailable(ctx, inst, op)
     row = (await _wait(request, [inst["id"]]))[0]
