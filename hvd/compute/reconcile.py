@@ -315,6 +315,11 @@ class Reconciler:
             while True:
                 # after failures, back off (up to the interval) so a broken hypervisor is not hammered
                 await asyncio.sleep(interval + (min(backoff_s(failures) * 20, interval) if failures else 0))
+                if watcher.done():  # the hypervisor's event stream ended (a lost connection): follow it again
+                    ended = None if watcher.cancelled() else watcher.exception()
+                    log.warning("the hypervisor event stream ended (%s); following it again",
+                                describe(ended) if ended is not None else "closed")
+                    watcher = asyncio.create_task(events())
                 try:
                     await self.sync_power_states()
                     await self.auto_confirm_resizes()

@@ -94,3 +94,27 @@ async def test_the_power_sync_survives_any_error_and_reports_it(tmp_path: Path,
 
         await _until(healthy)
         assert services.health.check()["power_sync"].state is State.OK
+
+
+async def test_a_broken_hypervisor_event_stream_is_followed_again(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from hvd.drivers.fake import FakeDriver
+
+    calls = {"n": 0}
+    real = FakeDriver.events
+
+    def events(self: FakeDriver) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            async def broken() -> Any:
+                raise ConnectionError("libvirt connection lost")
+                yield  # an async generator
+            return broken()
+        return real(self)
+
+    monkeypatch.setattr(FakeDriver, "events", events)
+    config = load_config(write_config(tmp_path / "hvd", free_port(), extra="sync_power_state_interval_s = 0.05"))
+    async with serve_in_process(config):
+        async with asyncio.timeout(10):  # before: the stream stayed dead until a restart
+            while calls["n"] < 2:
+                await asyncio.sleep(0.05)
