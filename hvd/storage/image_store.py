@@ -9,7 +9,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from hvd.private_files import FILE_MODE, private_dir
+from hvd.private_files import FILE_MODE, fsync_dir, private_dir
 
 CHUNK = 1 << 20
 
@@ -48,6 +48,8 @@ class ImageStore:
             fh.close()
             os.chmod(tmp, FILE_MODE)
             os.replace(tmp, self.path(image_id))
+            # the rename itself must survive a power loss, or an "active" image could lose its file
+            await loop.run_in_executor(None, fsync_dir, self.root)
         except BaseException:
             fh.close()
             with contextlib.suppress(FileNotFoundError):

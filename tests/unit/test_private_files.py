@@ -61,3 +61,12 @@ def test_files_an_older_hvd_left_readable_are_tightened(tmp_path: Path) -> None:
     ImageStore(tmp_path / "images")
     assert [mode(tmp_path / n) for n in ("catalog.db", "catalog.db-wal", "raft.db", "images")] == \
         [0o600, 0o600, 0o600, 0o700]
+
+
+async def test_a_stored_image_survives_a_power_loss_its_rename_too(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[Path] = []
+    monkeypatch.setattr("hvd.storage.image_store.fsync_dir", lambda path: synced.append(Path(path)))
+    store = ImageStore(tmp_path / "images")
+    await store.write("img", _chunks(), 1 << 20)
+    assert store.path("img").read_bytes() == b"image data" and synced == [tmp_path / "images"]
