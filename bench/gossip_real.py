@@ -42,8 +42,8 @@ class DeathWatch:
                 if (event.get("type") == "host.state" and event.get("host") == self.observer
                         and event.get("state") == "dead"):
                     self.dead_at[event["member"]] = float(event["time"])
-        except (requests.RequestException, ValueError):
-            return
+        except (requests.RequestException, ValueError, AttributeError):
+            return  # AttributeError: urllib3 read from a response close() shut under this thread
 
     def close(self) -> None:
         self._resp.close()
