@@ -8,6 +8,7 @@ Waits poll the API with generous limits: timings are measured by bench/gossip.py
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -95,9 +96,18 @@ def test_five_daemons_see_each_other_and_a_killed_one_dies_and_comes_back(five: 
 
     victim, others = "node4", [n for n in NODES if n != "node4"]
     before = five.hosts("node1")[victim]["incarnation"]
+    events = requests.get(five.url("node1") + "/v1/events", stream=True, timeout=(5, 60),
+                          headers={"Authorization": f"Bearer {five.tokens['node1']}"})
     five.stop(victim, signal.SIGKILL)
     five.wait("the others see the killed daemon dead", lambda: five.all_see(others, victim, "dead"))
     assert 'hvd_gossip_member_state{member="node4",state="dead"} 1.0' in five.metrics("node1")
+    for line in events.iter_lines():  # the state change is on the event stream too
+        e = json.loads(line[6:]) if line.startswith(b"data: ") else {}
+        if e.get("type") == "host.state" and (e["host"], e["member"], e["state"]) == ("node1", victim, "dead"):
+            break
+    else:
+        raise AssertionError("the event stream ended without node1's host.state dead event")
+    events.close()
 
     five.start(victim)
     five.wait("the restarted daemon is alive everywhere", lambda: five.all_see(others, victim, "alive"))
