@@ -416,7 +416,8 @@ class GossipCore:
             if about is not None and int(msg["inc"]) < about.incarnation and about.state == ALIVE:
                 # the sender accuses on stale news: send it the refutation it missed
                 self._send(src, [self._alive_msg(about)])
-            elif kind == "suspect":
+                return
+            if kind == "suspect":
                 self._apply_suspect(msg, now)
             else:
                 self._apply_dead(msg, now)
