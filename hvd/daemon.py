@@ -325,6 +325,7 @@ async def running_compute(
             service.builds.peers = peers
             manager.peers = peers
             service.migrations.peers = peers
+            service.moves.peers = peers
             relay = EventRelay(events, peers, catalog)
             relay.install()
         reconciler = Reconciler(service)

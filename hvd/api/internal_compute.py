@@ -14,8 +14,9 @@ from hvd.api.internal import _authenticated_body, _wire
 from hvd.api.services import SERVICES
 from hvd.cluster import event_relay
 from hvd.cluster.peers import APPLIED_HEADER
-from hvd.compute import migration
+from hvd.compute import coldmove, migration
 from hvd.compute.builds import BUILD_PATH, PLACE_PATH, BuildRequest, PlaceAnswer, PlaceRequest
+from hvd.compute.coldmove import MoveCall
 from hvd.compute.migration import MigrationCall
 from hvd.compute.service import ComputeService
 from hvd.errors import BadRequest, Conflict, HvdError, ServiceUnavailable
@@ -88,6 +89,35 @@ async def _migration_abort(service: ComputeService, payload: BaseModel) -> BaseM
     return await service.migrations.abort_incoming(payload)
 
 
+async def _move_receive(service: ComputeService, payload: BaseModel) -> BaseModel:
+    assert isinstance(payload, MoveCall)
+    return await service.moves.receive(payload)
+
+
+async def _move_manifest(service: ComputeService, payload: BaseModel) -> BaseModel:
+    assert isinstance(payload, MoveCall)
+    return await service.moves.manifest(payload)
+
+
+async def _move_confirm(service: ComputeService, payload: BaseModel) -> BaseModel:
+    assert isinstance(payload, MoveCall)
+    return await service.moves.confirmed(payload)
+
+
+async def _move_revert(service: ComputeService, payload: BaseModel) -> BaseModel:
+    assert isinstance(payload, MoveCall)
+    return await service.moves.reverted(payload)
+
+
+async def _move_file(request: web.Request) -> web.StreamResponse:
+    try:
+        await _authenticated_body(request)
+        service: ComputeService = request.app[SERVICES].extra[COMPUTE_KEY]
+        return await service.moves.serve_file(request, request.match_info["id"], request.match_info["name"])
+    except HvdError as exc:
+        return _wire(exc)
+
+
 async def _replicate(service: ComputeService, payload: BaseModel) -> BaseModel:
     assert isinstance(payload, ReplicateRequest)
     manager = service.manager
@@ -125,5 +155,10 @@ def install(app: web.Application) -> None:
     app.router.add_post(migration.PREPARE_PATH, _typed(MigrationCall, _migration_prepare))
     app.router.add_post(migration.FINISH_PATH, _typed(MigrationCall, _migration_finish))
     app.router.add_post(migration.ABORT_PATH, _typed(MigrationCall, _migration_abort))
+    app.router.add_post(coldmove.RECEIVE_PATH, _typed(MoveCall, _move_receive))
+    app.router.add_post(coldmove.MANIFEST_PATH, _typed(MoveCall, _move_manifest))
+    app.router.add_post(coldmove.CONFIRM_PATH, _typed(MoveCall, _move_confirm))
+    app.router.add_post(coldmove.REVERT_PATH, _typed(MoveCall, _move_revert))
+    app.router.add_get(coldmove.FILE_PATH, _move_file)
     app.router.add_get(transfer.DATA_PATH, _image_data)
     app.router.add_get(event_relay.STREAM_PATH, _events)

@@ -55,6 +55,13 @@ def incoming_migrations(conn: sqlite3.Connection, host: str) -> list[str]:
             if (r["extra"].get("migration") or {}).get("dest") == host]
 
 
+def moved_from(conn: sqlite3.Connection, host: str) -> list[str]:
+    """Instances resized or cold-migrated away from ``host`` and not confirmed yet (its copy stays)."""
+    return [r["id"] for r in fetch_all(conn, "SELECT id, extra FROM instances WHERE vm_state='resized'"
+                                             " AND deleted_at IS NULL")
+            if r["extra"].get("old_host") == host]
+
+
 def known_ids(conn: sqlite3.Connection) -> set[str]:
     return {r[0] for r in conn.execute("SELECT id FROM instances WHERE deleted_at IS NULL")}
 
@@ -204,6 +211,7 @@ class Reconciler:
         mine = {i["id"] for i in await self.catalog.read(instances_of_host, self.host)} | set(
             await self.catalog.read(incoming_migrations, self.host))
         root = Path(self.service.config.host.instances_path)
+        sent = set(await self.catalog.read(moved_from, self.host))
         for uuid in await self.driver.list_domains():
             if uuid in mine:
                 continue
@@ -222,8 +230,8 @@ class Reconciler:
             resized = name.endswith(RESIZE_SUFFIX)
             if owner in mine and not resized:
                 continue
-            if resized and owner in mine:
-                continue  # kept until the resize is confirmed or reverted
+            if resized and (owner in mine or owner in sent):
+                continue  # kept until the resize (here, or to another host) is confirmed or reverted
             if len(owner) != 36 or owner.count("-") != 4:
                 continue  # not an instance dir of ours
             log.warning("removing orphan instance dir %s", entry)
@@ -257,8 +265,8 @@ class Reconciler:
         except NotFound:
             power = None
         inst = await self.service.instance(inst["id"])
-        if self._busy(inst) or inst["deleted_at"] is not None:
-            return
+        if self._busy(inst) or inst["deleted_at"] is not None or inst["host"] != self.host:
+            return  # busy, gone, or moved to another host meanwhile (its domain left with it)
         vm_state = VmState(inst["vm_state"])
         if vm_state in (VmState.SHELVED_OFFLOADED, VmState.ERROR, VmState.DELETED, VmState.BUILDING):
             return

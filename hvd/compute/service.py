@@ -29,6 +29,7 @@ from hvd.catalog.service import Catalog
 from hvd.catalog.sql import fetch_one
 from hvd.compute import lifecycle
 from hvd.compute.builds import ClusterBuilds
+from hvd.compute.coldmove import ColdMoves
 from hvd.compute.faults import checkpoint
 from hvd.compute.lifecycle import Op, PowerState, TaskState, VmState
 from hvd.compute.manager import ComputeManager
@@ -93,6 +94,7 @@ class ComputeService:
         self._finished = 0  # how many operations finished: a waiter that saw N misses no wake-up
         self.builds = ClusterBuilds(self, None, BUILD_CALL_TIMEOUT_S)  # peers set by the daemon in a cluster
         self.migrations = LiveMigrations(self)
+        self.moves = ColdMoves(self)
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -206,7 +208,8 @@ class ComputeService:
         except Exception as exc:
             message = exc.message if isinstance(exc, HvdError) else f"unexpected error: {exc!r}"
             log.warning("%s of %s failed: %s", op.value, inst["id"], message)
-            fields = {"vm_state": VmState.ERROR} if op in ERROR_ON_FAILURE else {}
+            # no host for a resize/migration: nothing was touched, the server stays as it was (as Nova)
+            fields = {"vm_state": VmState.ERROR} if op in ERROR_ON_FAILURE and not isinstance(exc, NoValidHost) else {}
             try:
                 power = await self.manager.driver.get_power_state(inst["id"])
             except HvdError:
@@ -268,14 +271,19 @@ class ComputeService:
 
         return run
 
-    def resize(self, flavor: dict[str, Any]) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
+    def resize(self, flavor: dict[str, Any], *, migrate: bool = False,
+               host: str | None = None) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
+        """Resize to ``flavor`` (on this host or another, as placement decides), or with ``migrate``
+        a cold migration: the same flavor on another host (``host`` forces one)."""
         async def run(inst: dict[str, Any]) -> dict[str, Any]:
             was_running = int(inst["power_state"]) == PowerState.RUNNING
-            req = await self.placement.request_for(inst, flavor=flavor)
+            req = await self.placement.request_for(inst, flavor=flavor, force_host=host,
+                                                   ignore_hosts=frozenset({self.host}) if migrate else frozenset())
 
-            async def build_on(host: str) -> None:
-                if host != self.host:
-                    raise NoValidHost(f"host {host} is remote; cross-host resize needs the cluster layer")
+            async def build_on(dest: str) -> None:
+                if dest != self.host:
+                    await self.moves.send(inst, dest, flavor, was_running)
+                    return
                 await self.manager.set_task(inst["id"], TaskState.RESIZE_PREP, TaskState.RESIZE_MIGRATING)
                 await self.manager.set_task(inst["id"], TaskState.RESIZE_MIGRATING, TaskState.RESIZE_MIGRATED)
                 await self.manager.set_task(inst["id"], TaskState.RESIZE_MIGRATED, TaskState.RESIZE_FINISH)
@@ -283,13 +291,15 @@ class ComputeService:
                 if not was_running:
                     await self.manager.driver.power_off(inst["id"], 0)
 
-            await self.placement.place(req, build_on, kind="resize")
+            dest = await self.placement.place(req, build_on, kind="resize")
             return {
                 "vm_state": VmState.RESIZED,
                 "power_state": int(PowerState.RUNNING if was_running else PowerState.SHUTDOWN),
                 "flavor": flavor,
                 "flavor_id": flavor["id"],
-                "extra": {"old_flavor": inst["flavor"], "old_vm_state": inst["vm_state"], "resized_at": now_iso()},
+                "host": dest,
+                "extra": {"old_flavor": inst["flavor"], "old_vm_state": inst["vm_state"], "resized_at": now_iso(),
+                          "old_host": self.host},
             }
 
         return run
@@ -297,10 +307,14 @@ class ComputeService:
     def confirm_resize(self) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
         async def run(inst: dict[str, Any]) -> dict[str, Any]:
             await self.manager.confirm_resize(inst)
+            try:  # a move from another host: its kept copy goes (its restart repair removes it otherwise)
+                await self.moves.confirm_at_source(inst)
+            except HvdError as exc:
+                log.warning("source of %s could not drop its copy now: %s", inst["id"], exc.message)
             await self.catalog.propose(ClaimPromote(instance_id=inst["id"]))
             previous = VmState(inst["extra"].get("old_vm_state", "active"))
             return {"vm_state": lifecycle.result_of(Op.CONFIRM_RESIZE, VmState.RESIZED, previous),
-                    "extra": {"old_flavor": None, "old_vm_state": None}}
+                    "extra": {"old_flavor": None, "old_vm_state": None, "old_host": None}}
 
         return run
 
@@ -308,11 +322,16 @@ class ComputeService:
         async def run(inst: dict[str, Any]) -> dict[str, Any]:
             old_flavor = inst["extra"]["old_flavor"]
             previous = VmState(inst["extra"].get("old_vm_state", "active"))
-            power = await self.manager.revert_resize(inst, old_flavor, previous == VmState.ACTIVE)
+            source = inst["extra"].get("old_host") or self.host
+            if source != self.host:  # it came from another host: it goes back there
+                await self.moves.revert_to_source(inst, old_flavor, previous == VmState.ACTIVE)
+                power = PowerState.RUNNING if previous == VmState.ACTIVE else PowerState.SHUTDOWN
+            else:
+                power = await self.manager.revert_resize(inst, old_flavor, previous == VmState.ACTIVE)
             await self.placement.release(inst["id"], "resize")
             return {"vm_state": lifecycle.result_of(Op.REVERT_RESIZE, VmState.RESIZED, previous),
-                    "power_state": int(power), "flavor": old_flavor, "flavor_id": old_flavor["id"],
-                    "extra": {"old_flavor": None, "old_vm_state": None}}
+                    "power_state": int(power), "flavor": old_flavor, "flavor_id": old_flavor["id"], "host": source,
+                    "extra": {"old_flavor": None, "old_vm_state": None, "old_host": None}}
 
         return run
 

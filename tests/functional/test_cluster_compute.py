@@ -253,3 +253,41 @@ def test_a_source_that_dies_after_the_switch_over_finishes_the_migration_at_rest
     r = cloud.call("node2", "POST", f"/v1/servers/{sid}/stop?wait=true")  # node3's driver has the domain
     assert r.status_code == 202 and r.json()["status"] == "SHUTOFF", r.text
     assert cloud.call("node1", "DELETE", f"/v1/servers/{sid}?wait=true").status_code == 204
+
+
+def test_cold_migration_and_cross_host_resize_with_confirm_and_revert(cloud: Cluster, image: dict[str, Any]) -> None:
+    server = create(cloud, "node1", "cold", image["id"], host="node1")
+    sid = server["id"]
+    kept = cloud.base / "node1" / "instances" / f"{sid}_resize"
+    r = cloud.call("node2", "POST", f"/v1/servers/{sid}/migrate?wait=true", {"host": "node3"})
+    assert r.status_code == 202, r.text
+    moved = r.json()
+    assert (moved["status"], moved["host"]) == ("VERIFY_RESIZE", "node3"), moved
+    assert (cloud.base / "node3" / "instances" / sid / "disk").exists() and kept.is_dir()
+    r = cloud.call("node1", "POST", f"/v1/servers/{sid}/confirm-resize?wait=true")
+    assert r.status_code == 202 and r.json()["status"] == "ACTIVE" and r.json()["host"] == "node3", r.text
+    wait_for(lambda: not kept.exists(), "the source to drop its copy")
+    # a resize that lands on another host, then reverted: back on node3 with the old flavor
+    r = cloud.call("node1", "POST", "/v1/flavors", {"name": "c.small", "vcpus": 1, "ram_mb": 96, "disk_gb": 1})
+    assert r.status_code == 201, r.text
+    r = cloud.call("node2", "POST", "/v1/servers/" + sid + "/stop?wait=true")
+    assert r.json()["status"] == "SHUTOFF", r.text
+    cloud.call("node1", "PATCH", "/v1/hosts/node3", {"enabled": False, "reason": "force the resize elsewhere"})
+    try:
+        r = cloud.call("node1", "POST", f"/v1/servers/{sid}/resize?wait=true", {"flavor": "c.small"})
+    finally:
+        cloud.call("node1", "PATCH", "/v1/hosts/node3", {"enabled": True})
+    resized = r.json()
+    assert r.status_code == 202 and resized["status"] == "VERIFY_RESIZE", r.text
+    assert resized["host"] != "node3" and resized["flavor"]["name"] == "c.small", resized
+    assert resized["power_state"] == 4  # it was stopped: it stays stopped
+    r = cloud.call("node3", "POST", f"/v1/servers/{sid}/revert-resize?wait=true")
+    back = r.json()
+    assert r.status_code == 202 and (back["status"], back["host"], back["flavor"]["name"]) == (
+        "SHUTOFF", "node3", "c.tiny"), back
+    assert not (cloud.base / resized["host"] / "instances" / sid).exists()
+    r = cloud.call("node1", "POST", f"/v1/servers/{sid}/start?wait=true")  # node3's driver has it again
+    assert r.status_code == 202 and r.json()["status"] == "ACTIVE", r.text
+    r = cloud.call("node1", "POST", f"/v1/servers/{sid}/migrate", {"host": "node3"})
+    assert r.status_code == 400 and "UnableToMigrateToSelf" in r.text, r.text
+    assert cloud.call("node2", "DELETE", f"/v1/servers/{sid}?wait=true").status_code == 204

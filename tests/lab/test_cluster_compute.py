@@ -236,3 +236,25 @@ def test_live_migration_keeps_the_guest_running_and_its_disk(lab: LabCluster, im
     console_until(lab, "h3", sid, r"HVD-MARK found kept")  # the disk's contents came along
     delete_all(lab, "h1", [server])
     assert state(lab, "h2", sid) == "absent"
+
+
+def test_cold_migration_carries_the_disk_and_a_revert_brings_the_server_back(lab: LabCluster, image: str) -> None:
+    [server] = create(lab, "h2", "cold", image, availability_zone="nova:h3", user_data=MARK_SCRIPT)
+    sid = server["id"]
+    console_until(lab, "h1", sid, r"HVD-MARK written")
+    r = lab.call("h1", "POST", f"/v1/servers/{sid}/migrate?wait=true", {"host": "h1"}, timeout=600)
+    assert r.status_code == 202, r.text
+    moved = r.json()
+    assert (moved["status"], moved["host"]) == ("VERIFY_RESIZE", "h1"), moved
+    assert state(lab, "h1", sid) == "running" and state(lab, "h3", sid) == "absent"
+    console_until(lab, "h2", sid, r"HVD-MARK found kept")  # the overlay came along (its base was fetched)
+    assert lab.host("h3").path(f"{INSTANCES}/{sid}_resize/disk").is_file()  # kept for a revert
+    r = lab.call("h2", "POST", f"/v1/servers/{sid}/revert-resize?wait=true", timeout=300)
+    assert r.status_code == 202, r.text
+    back = r.json()
+    assert (back["status"], back["host"]) == ("ACTIVE", "h3"), back
+    assert state(lab, "h3", sid) == "running" and state(lab, "h1", sid) == "absent"
+    assert not lab.host("h1").path(f"{INSTANCES}/{sid}").exists()
+    # h3's console log held only the first boot ("written"): a "found" now is the kept copy booting again
+    console_until(lab, "h1", sid, r"HVD-MARK found kept")
+    delete_all(lab, "h1", [server])

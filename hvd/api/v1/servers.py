@@ -403,6 +403,13 @@ async def _action(request: web.Request, op: Op, body_model: type[BaseModel]) -> 
                 raise BadRequest(f"No such host: {body.host}")
         comp.migrations.check(inst, body.block_migration)
         await comp.begin(ctx, inst, op, comp.migrations.run(body.host, body.block_migration))
+    elif op == Op.MIGRATE:
+        if body.host is not None:
+            if body.host == comp.host:
+                raise BadRequest(f"Instance {inst['id']} is on host {comp.host} already (UnableToMigrateToSelf)")
+            if await svc.catalog.read(fetch_one, "SELECT name FROM hosts WHERE name=?", (body.host,)) is None:
+                raise BadRequest(f"No such host: {body.host}")
+        await comp.begin(ctx, inst, op, comp.resize(dict(inst["flavor"]), migrate=True, host=body.host))
     elif op == Op.EVACUATE:
         if body.host is not None and await svc.catalog.read(fetch_one, "SELECT name FROM hosts WHERE name=?",
                                                             (body.host,)) is None:
