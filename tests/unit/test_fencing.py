@@ -33,7 +33,7 @@ def test_the_evacuation_budget_allows_a_burst_then_the_rate() -> None:
 
 
 def test_self_fencing_must_come_before_fencing(tmp_path: object) -> None:
-    with pytest.raises(Exception, match="self_fence_s .* must be shorter than fence_delay_s"):
+    with pytest.raises(Exception, match=r"self_fence_s .* must be shorter than fence_delay_s"):
         load_config(None, {"HVD_FENCING__SELF_FENCE_S": "30", "HVD_FENCING__FENCE_DELAY_S": "30"})
     config = load_config(None, {"HVD_FENCING__SELF_FENCE_S": "2", "HVD_FENCING__FENCE_DELAY_S": "3"})
     assert (config.fencing.self_fence_s, config.fencing.fence_delay_s) == (2.0, 3.0)
