@@ -12,11 +12,25 @@ from hvd.api.helpers import json_response
 from hvd.api.middleware import auth_middleware, error_body, error_middleware, request_id_middleware
 from hvd.api.routing import Router, openapi_document
 from hvd.api.services import SERVICES, ApiServices
-from hvd.api.v1 import admin, aggregates, auth, cluster, events, flavors, identity, images, keypairs, networks, servers
+from hvd.api.v1 import (
+    admin,
+    aggregates,
+    auth,
+    cluster,
+    events,
+    flavors,
+    host_actions,
+    identity,
+    images,
+    keypairs,
+    networks,
+    servers,
+)
 from hvd.health import verdict
 
 ROUTER_KEY = web.AppKey("hvd.router", Router)
-ROUTE_MODULES = [auth, identity, flavors, keypairs, admin, aggregates, cluster, images, servers, events, networks]
+ROUTE_MODULES = [auth, identity, flavors, keypairs, admin, aggregates, host_actions, cluster, images, servers, events,
+                 networks]
 
 
 class LoopHealth(BaseModel):

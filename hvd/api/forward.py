@@ -55,27 +55,32 @@ async def to_owner(request: web.Request, inst: dict[str, Any], is_up: Any) -> we
     Raises Conflict naming the owner and its state when the owner is down, ServiceUnavailable
     when it does not answer.
     """
+    if inst["host"] is None:
+        return None
+    return await to_host(request, inst["host"], is_up, f"Instance {inst['id']} is on host {inst['host']}")
+
+
+async def to_host(request: web.Request, host: str, is_up: Any, what: str) -> web.Response | None:
+    """``host``'s answer to this request when ``host`` is not this one (None when it is); ``what``
+    starts the error messages ("Instance X is on host Y")."""
     svc = services(request)
-    owner = inst["host"]
-    if owner is None or owner == svc.config.host_name:
+    if host == svc.config.host_name:
         return None
     if FORWARDED_HEADER in request.headers:
-        raise Conflict(f"Instance {inst['id']} is on host {owner}, not on {svc.config.host_name}"
-                       f" (forwarded by {request.headers[FORWARDED_HEADER]}); retry")
+        raise Conflict(f"{what}, not on {svc.config.host_name} (forwarded by {request.headers[FORWARDED_HEADER]});"
+                       " retry")
     peers: PeerCaller | None = svc.extra.get(PEERS)
     if peers is None:
-        raise ServiceUnavailable(f"Instance {inst['id']} is on host {owner}, and this host has no cluster key"
-                                 " to reach it")
-    if not is_up(owner):
-        raise Conflict(f"Instance {inst['id']} is on host {owner}, which is down; retry when it is back",
-                       host=owner)
+        raise ServiceUnavailable(f"{what}, and this host has no cluster key to reach it")
+    if not is_up(host):
+        raise Conflict(f"{what}, which is down; retry when it is back", host=host)
     body = await request.read()
     headers = peers.signed(request.method, request.path, body)
     headers[FORWARDED_HEADER] = svc.config.host_name
     for name in PASSED_HEADERS:
         if name in request.headers:
             headers[name] = request.headers[name]
-    url = await peers.url_of(owner) + request.path_qs
+    url = await peers.url_of(host) + request.path_qs
     timeout = aiohttp.ClientTimeout(total=svc.config.api.wait_timeout_s + 30)
     try:
         async with peers.session.request(request.method, url, data=body, headers=headers,
@@ -84,5 +89,5 @@ async def to_owner(request: web.Request, inst: dict[str, Any], is_up: Any) -> we
             passed = {k: resp.headers[k] for k in ANSWER_HEADERS if k in resp.headers}
             return web.Response(status=resp.status, body=answer, headers=passed)
     except PeerErrors as exc:
-        raise ServiceUnavailable(f"host {owner}, which runs instance {inst['id']}, did not answer:"
-                                 f" {type(exc).__name__} {exc}".strip(), host=owner) from exc
+        raise ServiceUnavailable(f"{what}, which did not answer: {type(exc).__name__} {exc}".strip(),
+                                 host=host) from exc

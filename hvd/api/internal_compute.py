@@ -109,6 +109,11 @@ async def _move_revert(service: ComputeService, payload: BaseModel) -> BaseModel
     return await service.moves.reverted(payload)
 
 
+async def _move_confirm_here(service: ComputeService, payload: BaseModel) -> BaseModel:
+    assert isinstance(payload, MoveCall)
+    return await service.moves.confirm_here(payload)
+
+
 async def _move_file(request: web.Request) -> web.StreamResponse:
     try:
         await _authenticated_body(request)
@@ -159,6 +164,7 @@ def install(app: web.Application) -> None:
     app.router.add_post(coldmove.MANIFEST_PATH, _typed(MoveCall, _move_manifest))
     app.router.add_post(coldmove.CONFIRM_PATH, _typed(MoveCall, _move_confirm))
     app.router.add_post(coldmove.REVERT_PATH, _typed(MoveCall, _move_revert))
+    app.router.add_post(coldmove.CONFIRM_HERE_PATH, _typed(MoveCall, _move_confirm_here))
     app.router.add_get(coldmove.FILE_PATH, _move_file)
     app.router.add_get(transfer.DATA_PATH, _image_data)
     app.router.add_get(event_relay.STREAM_PATH, _events)

@@ -160,6 +160,13 @@ def _host_enabled(enabled: bool) -> Any:
     return run
 
 
+def _host_post(action: str) -> Any:
+    def run(session: Session, args: argparse.Namespace) -> None:
+        print_one(session.call("POST", HOST.url(args.host) + "/" + action, {}), args)
+
+    return run
+
+
 def token_issue(session: Session, args: argparse.Namespace) -> None:
     if session.token is not None and not session.username:
         got = session.call("GET", "/v1/auth/token")
@@ -208,6 +215,10 @@ def register_core(registry: Registry) -> None:
     registry.register_action("host", Action("disable", "stop scheduling to a host", _host_enabled(False),
                                             (Opt("host", "", "host name"),
                                              Opt("--reason", "", "why (shown in host show)"))))
+    registry.register_action("host", Action("drain", "disable a host and move every server away", _host_post("drain"),
+                                            (Opt("host", "", "host name"),)))
+    registry.register_action("host", Action("evacuate", "rebuild every server of a fenced host elsewhere",
+                                            _host_post("evacuate"), (Opt("host", "", "host name"),)))
     registry.register_action("token", Action("issue", "issue a token from the HVD_* credentials", token_issue),
                              "tokens")
     registry.register_action("token", Action("revoke", "revoke a token (default: HVD_TOKEN)", token_revoke,

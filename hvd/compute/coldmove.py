@@ -42,6 +42,7 @@ MANIFEST_PATH = "/internal/v1/compute/resize/manifest"
 FILE_PATH = "/internal/v1/compute/resize/file/{id}/{name}"
 CONFIRM_PATH = "/internal/v1/compute/resize/confirm"
 REVERT_PATH = "/internal/v1/compute/resize/revert"
+CONFIRM_HERE_PATH = "/internal/v1/compute/resize/confirm-here"
 MOVED_FILES = (DISK, DISK_EPH0, DISK_SWAP)  # the config drive is written anew; logs and XML stay behind
 CHUNK = 1 << 20
 ATTEMPTS = 5  # a dropped transfer resumes where it stopped, this many times
@@ -177,6 +178,20 @@ class ColdMoves:
         await self.peers.call(source, REVERT_PATH, MoveCall(instance_id=inst["id"], source=source, flavor=old_flavor,
                                                             was_running=was_running), Done, timeout=600.0)
         return str(source)
+
+    async def confirm_here(self, call: MoveCall) -> Done:
+        """On the new owner: confirm the move (a drain confirms what it moved at once)."""
+        from hvd.compute.lifecycle import Op
+
+        svc = self.svc
+        inst = await svc.instance(call.instance_id)
+        if inst["host"] != self.host:
+            raise Conflict(f"instance {call.instance_id} is on {inst['host']}, not on {self.host}")
+        await svc.begin(None, inst, Op.CONFIRM_RESIZE, svc.confirm_resize())
+        row = await svc.wait_stable(call.instance_id, svc.config.api.wait_timeout_s)
+        if row["vm_state"] == "resized":
+            raise DriverError(f"confirming {call.instance_id} failed: {(row['fault'] or {}).get('message')}")
+        return Done()
 
     async def confirmed(self, call: MoveCall) -> Done:
         await asyncio.to_thread(shutil.rmtree, self.kept_dir(call.instance_id), True)

@@ -30,6 +30,7 @@ from hvd.catalog.sql import fetch_one
 from hvd.compute import lifecycle
 from hvd.compute.builds import ClusterBuilds
 from hvd.compute.coldmove import ColdMoves
+from hvd.compute.drain import Drains
 from hvd.compute.faults import checkpoint
 from hvd.compute.lifecycle import Op, PowerState, TaskState, VmState
 from hvd.compute.manager import ComputeManager
@@ -95,6 +96,7 @@ class ComputeService:
         self.builds = ClusterBuilds(self, None, BUILD_CALL_TIMEOUT_S)  # peers set by the daemon in a cluster
         self.migrations = LiveMigrations(self)
         self.moves = ColdMoves(self)
+        self.drains = Drains(self)
 
     # --- plumbing ---------------------------------------------------------------------------
 

@@ -291,3 +291,22 @@ def test_cold_migration_and_cross_host_resize_with_confirm_and_revert(cloud: Clu
     r = cloud.call("node1", "POST", f"/v1/servers/{sid}/migrate", {"host": "node3"})
     assert r.status_code == 400 and "UnableToMigrateToSelf" in r.text, r.text
     assert cloud.call("node2", "DELETE", f"/v1/servers/{sid}?wait=true").status_code == 204
+
+
+def test_drain_empties_a_host_and_leaves_it_disabled(cloud: Cluster, image: dict[str, Any]) -> None:
+    servers = [create(cloud, "node3", f"drained-{i}", image["id"], host="node2") for i in range(3)]
+    r = cloud.call("node1", "POST", f"/v1/servers/{servers[2]['id']}/stop?wait=true")
+    assert r.json()["status"] == "SHUTOFF", r.text
+    r = cloud.call("node1", "POST", "/v1/hosts/node2/drain", {})  # runs on node2, the owner of all three
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert report["left"] == {} and set(report["moved"]) == {s["id"] for s in servers}, report
+    assert set(report["moved"].values()) <= {"node1", "node3"}
+    node2 = cloud.call("node3", "GET", "/v1/hosts/node2").json()
+    assert (node2["enabled"], node2["disabled_reason"], node2["instances"]) == (False, "drained", 0), node2
+    statuses = [cloud.call("node1", "GET", f"/v1/servers/{s['id']}").json()["status"] for s in servers]
+    assert statuses == ["ACTIVE", "ACTIVE", "SHUTOFF"], statuses  # moved as they were, cold moves confirmed
+    assert not list((cloud.base / "node2" / "instances").glob("*_resize"))
+    assert cloud.call("node1", "PATCH", "/v1/hosts/node2", {"enabled": True}).status_code == 200
+    for s in servers:
+        assert cloud.call("node2", "DELETE", f"/v1/servers/{s['id']}?wait=true").status_code == 204
