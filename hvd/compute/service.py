@@ -43,7 +43,6 @@ from hvd.errors import (
     InstanceLocked,
     InvalidState,
     NotFound,
-    NotImplementedYet,
     NoValidHost,
     Timeout,
 )
@@ -487,23 +486,3 @@ class ComputeService:
                             source=source)
         self._background(self.builds.schedule(inst["id"], action_id, host))
 
-    # --- migrations -------------------------------------------------------------------------
-
-    async def migrate_unavailable(self, ctx: RequestContext, inst: dict[str, Any], op: Op) -> None:
-        """migrate / live-migrate / evacuate: checked like any operation, then placed.
-
-        Moving an instance needs a second host; with none that qualifies this is NoValidHost
-        naming each host's reason (as Nova answers). Cross-host moves are not built yet: they
-        are refused with a clear error rather than started and left half done.
-        """
-        self.check_lock(ctx, inst)
-        lifecycle.check_allowed(op, VmState(inst["vm_state"]),
-                                TaskState(inst["task_state"]) if inst["task_state"] else None, inst["id"])
-        if op == Op.EVACUATE and self.placement.is_up(inst["host"] or ""):
-            raise InvalidState(f"Cannot evacuate instance {inst['id']}: its host {inst['host']} is up")
-        req = await self.placement.request_for(inst, ignore_hosts=frozenset({inst["host"] or ""}))
-        from hvd.scheduler.select import select_or_raise
-
-        select_or_raise(await self.placement.host_states(), req, self.config.scheduler.filters,
-                        self.placement.weights)
-        raise NotImplementedYet(f"{op.value} to another host needs the multi-host cluster layer (not built yet)")

@@ -415,8 +415,8 @@ async def _action(request: web.Request, op: Op, body_model: type[BaseModel]) -> 
                                                             (body.host,)) is None:
             raise BadRequest(f"No such host: {body.host}")
         await comp.evacuate(ctx, inst, body.host)
-    else:
-        await comp.migrate_unavailable(ctx, inst, op)
+    else:  # every action of ACTIONS is handled above
+        raise AssertionError(f"unhandled server action {op.value}")
     row = (await _wait(request, [inst["id"]]))[0]
     view = await _view(request, row)
     if op == Op.SNAPSHOT:
