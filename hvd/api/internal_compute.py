@@ -15,7 +15,15 @@ from hvd.api.services import SERVICES
 from hvd.cluster import event_relay
 from hvd.cluster.peers import APPLIED_HEADER
 from hvd.compute import coldmove, migration
-from hvd.compute.builds import BUILD_PATH, PLACE_PATH, BuildRequest, PlaceAnswer, PlaceRequest
+from hvd.compute.builds import (
+    BUILD_PATH,
+    PLACE_PATH,
+    UNSHELVE_PATH,
+    BuildRequest,
+    PlaceAnswer,
+    PlaceRequest,
+    UnshelveRequest,
+)
 from hvd.compute.coldmove import MoveCall
 from hvd.compute.migration import MigrationCall
 from hvd.compute.service import ComputeService
@@ -72,6 +80,11 @@ async def _place(service: ComputeService, payload: BaseModel) -> BaseModel:
 async def _build(service: ComputeService, payload: BaseModel) -> BaseModel:
     assert isinstance(payload, BuildRequest)
     return await service.builds.accept_build(payload)
+
+
+async def _unshelve(service: ComputeService, payload: BaseModel) -> BaseModel:
+    assert isinstance(payload, UnshelveRequest)
+    return await service.builds.accept_unshelve(payload)
 
 
 async def _migration_prepare(service: ComputeService, payload: BaseModel) -> BaseModel:
@@ -156,6 +169,7 @@ def install(app: web.Application) -> None:
     """Add the compute peer routes (the app must already carry the peer endpoint and services)."""
     app.router.add_post(PLACE_PATH, _typed(PlaceRequest, _place))
     app.router.add_post(BUILD_PATH, _typed(BuildRequest, _build))
+    app.router.add_post(UNSHELVE_PATH, _typed(UnshelveRequest, _unshelve))
     app.router.add_post(transfer.REPLICATE_PATH, _typed(ReplicateRequest, _replicate))
     app.router.add_post(migration.PREPARE_PATH, _typed(MigrationCall, _migration_prepare))
     app.router.add_post(migration.FINISH_PATH, _typed(MigrationCall, _migration_finish))

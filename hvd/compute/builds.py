@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 PLACE_PATH = "/internal/v1/compute/place"
 BUILD_PATH = "/internal/v1/compute/build"
+UNSHELVE_PATH = "/internal/v1/compute/unshelve"
 BUILD_TASKS = [TaskState.SCHEDULING, TaskState.NETWORKING, TaskState.BLOCK_DEVICE_MAPPING, TaskState.SPAWNING]
 RECOVER_GRACE_S = 15.0  # a create younger than this still has its placement or build call in flight
 HANDOFF_TIMEOUT_S = 30.0  # how long a host tries to hand a placement to a leader before recovery takes over
@@ -65,6 +66,14 @@ class BuildRequest(BaseModel):
 
 class BuildAnswer(BaseModel):
     host: str
+
+
+class UnshelveRequest(BaseModel):
+    """Chosen host: boot this shelved instance from its shelved image (the unshelve runs on the host
+    that took the request; the boot happens here)."""
+
+    instance_id: str = Field(max_length=64)
+    image_id: str = Field(max_length=64)
 
 
 def _age_s(timestamp: str) -> float:
@@ -238,6 +247,20 @@ class ClusterBuilds:
         await self.svc.update(inst_id, expect_task_state=[TaskState.SPAWNING], vm_state=VmState.ACTIVE,
                               task_state=None, power_state=PowerState.RUNNING, launched_at=now_iso(), fault=None)
         await self.svc.finish_action(inst_id, action_id, "create")
+
+    async def unshelve_on(self, host: str, inst_id: str, image_id: str) -> None:
+        """Have ``host`` boot the shelved instance (placement's build step of an unshelve)."""
+        if self.peers is None:
+            raise ServiceUnavailable(f"host {host} is remote and this host has no cluster key to call it")
+        await self.peers.call(host, UNSHELVE_PATH, UnshelveRequest(instance_id=inst_id, image_id=image_id),
+                              BuildAnswer, timeout=self.build_timeout_s)
+
+    async def accept_unshelve(self, req: UnshelveRequest) -> BuildAnswer:
+        inst = await self.svc.instance(req.instance_id)
+        if inst["host"] != self.host or inst["task_state"] != TaskState.UNSHELVING:
+            raise InvalidState(f"Instance {req.instance_id} is not being unshelved onto {self.host}")
+        await self.svc.manager.unshelve(inst, req.image_id)
+        return BuildAnswer(host=self.host)
 
     # --- recovery (periodic, every host) ----------------------------------------------------
 

@@ -368,9 +368,10 @@ class ComputeService:
             req = await self.placement.request_for({**inst, "image_id": image_id})
 
             async def build_on(host: str) -> None:
-                if host != self.host:
-                    raise NoValidHost(f"host {host} is remote; multi-host unshelve needs the cluster layer")
                 await self.update(inst["id"], host=host)
+                if host != self.host:  # the chosen host boots it (fetching the shelved image from a holder)
+                    await self.builds.unshelve_on(host, inst["id"], image_id)
+                    return
                 await self.manager.unshelve({**inst, "host": host}, image_id)
 
             host = await self.placement.place(req, build_on)

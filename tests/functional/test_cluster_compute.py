@@ -310,3 +310,20 @@ def test_drain_empties_a_host_and_leaves_it_disabled(cloud: Cluster, image: dict
     assert cloud.call("node1", "PATCH", "/v1/hosts/node2", {"enabled": True}).status_code == 200
     for s in servers:
         assert cloud.call("node2", "DELETE", f"/v1/servers/{s['id']}?wait=true").status_code == 204
+
+
+def test_unshelve_boots_on_whichever_host_placement_chooses(cloud: Cluster, image: dict[str, Any]) -> None:
+    server = create(cloud, "node1", "shelver", image["id"], host="node3")
+    sid = server["id"]
+    r = cloud.call("node1", "POST", f"/v1/servers/{sid}/shelve?wait=true")
+    assert r.status_code == 202 and r.json()["status"] == "SHELVED_OFFLOADED", r.text
+    cloud.call("node1", "PATCH", "/v1/hosts/node2", {"enabled": False, "reason": "unshelve elsewhere"})
+    try:  # node2 takes the request but may not take the server: it boots on another host
+        r = cloud.call("node2", "POST", f"/v1/servers/{sid}/unshelve?wait=true")
+    finally:
+        cloud.call("node1", "PATCH", "/v1/hosts/node2", {"enabled": True})
+    back = r.json()
+    assert r.status_code == 202 and back["status"] == "ACTIVE" and back["host"] in ("node1", "node3"), back
+    r = cloud.call("node2", "POST", f"/v1/servers/{sid}/stop?wait=true")  # its host's driver has it
+    assert r.status_code == 202 and r.json()["status"] == "SHUTOFF", r.text
+    assert cloud.call("node2", "DELETE", f"/v1/servers/{sid}?wait=true").status_code == 204
