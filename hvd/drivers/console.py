@@ -1,9 +1,9 @@
 """Reading an instance's serial console log: only its tail, never the whole file.
 
 The log survives QEMU restarts (the domain appends to it) and is capped by virtlogd's rotation
-(``max_size``/``max_backups`` in virtlogd.conf: ``console.log``, ``console.log.1``, ...), so a
-guest cannot fill the host's disk through its console. A reader gets at most ``max_bytes`` from
-the end, spanning the newest backup when the live file was just rotated.
+(``max_size``/``max_backups`` in virtlogd.conf: ``console.log``, then ``console.log.0`` the newest
+backup, ``.1``, ...), so a guest cannot fill the host's disk through its console. A reader gets at
+most ``max_bytes`` from the end, spanning the newest backup when the live file was just rotated.
 """
 
 from __future__ import annotations
@@ -31,15 +31,21 @@ def _tail(path: Path, max_bytes: int) -> tuple[bytes, bool]:
         return b"", False
 
 
+def _newest_backup(path: Path) -> Path:
+    # virtlogd renames console.log to console.log.0 (older ones move up); .1 if .0 is not there
+    zero = path.with_name(path.name + ".0")
+    return zero if zero.exists() else path.with_name(path.name + ".1")
+
+
 def read_console_tail(path: Path, lines: int | None = None, max_bytes: int = CONSOLE_TAIL_BYTES) -> str:
-    """The last ``max_bytes`` of the console log at ``path`` (and of ``path.1`` before it when the
-    live file is shorter), decoded with replacement; then the last ``lines`` lines if given.
+    """The last ``max_bytes`` of the console log at ``path`` (and of its newest backup before it when
+    the live file is shorter), decoded with replacement; then the last ``lines`` lines if given.
 
     A window that starts inside a line drops that partial line, so every line shown is whole.
     """
     data, cut = _tail(path, max_bytes)
     if len(data) < max_bytes:
-        older, cut = _tail(path.with_name(path.name + ".1"), max_bytes - len(data))
+        older, cut = _tail(_newest_backup(path), max_bytes - len(data))
         data = older + data
     if cut and b"\n" in data:
         data = data[data.index(b"\n") + 1:]

@@ -40,6 +40,14 @@ def test_a_just_rotated_log_is_continued_from_its_backup(tmp_path: Path) -> None
     assert "older" not in read_console_tail(log)  # one backup at most
 
 
+def test_virtlogd_names_its_newest_backup_dot_zero(tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    (tmp_path / "console.log.0").write_text("newest backup\n")
+    (tmp_path / "console.log.1").write_text("older backup\n")
+    log.write_text("live\n")
+    assert read_console_tail(log) == "newest backup\nlive\n"
+
+
 def test_invalid_utf8_is_replaced(tmp_path: Path) -> None:
     log = tmp_path / "console.log"
     log.write_bytes(b"boot \xff\xfe ok\n")
