@@ -26,11 +26,11 @@ class HostState:
     capabilities: dict[str, Any] = field(default_factory=dict)
     aggregate_metadata: dict[str, frozenset[str]] = field(default_factory=dict)  # key -> values of its aggregates
 
-    def with_claim(self, vcpus: int, memory_mb: int, disk_gb: int) -> HostState:
-        """This host after one more claim (decisions later in a batch see it)."""
+    def with_claim(self, vcpus: int, memory_mb: int, disk_gb: int, count: int = 1) -> HostState:
+        """This host after ``count`` more claims of these totals (decisions later in a batch see it)."""
         return replace(self, vcpus_claimed=self.vcpus_claimed + vcpus,
                        memory_claimed_mb=self.memory_claimed_mb + memory_mb,
-                       disk_claimed_gb=self.disk_claimed_gb + disk_gb, instance_count=self.instance_count + 1)
+                       disk_claimed_gb=self.disk_claimed_gb + disk_gb, instance_count=self.instance_count + count)
 
     @property
     def free_vcpus(self) -> int:

@@ -92,14 +92,16 @@ class _NoCandidate(Exception):
 class Placement:
     """Filter/weigh over host records and the claim ledger; claim atomically; build; retry.
 
-    Decisions are made in batches by one decider task: it reads every host's state once per batch,
-    decides each waiting request in turn against that snapshot (a decision adds its claim to the
-    snapshot, so the next one sees it: parallel creates spread and group policies hold), then
-    commits the batch's claims together (one Raft round carries them all). The claim command
-    re-checks capacity atomically, so a stale snapshot can cost a retry, never an overbooking.
+    Decisions are made in batches by one decider task: it reads every host's state once per batch
+    (plus the claims it decided that are not committed yet), decides each waiting request in turn
+    against that snapshot (a decision adds its claim to it, so the next one sees it: parallel creates
+    spread and group policies hold), then commits the batch's claims together (one Raft round
+    carries them all) while it decides the next batch. The claim command re-checks capacity
+    atomically, so a stale snapshot can cost a retry, never an overbooking.
     """
 
     MAX_BATCH = 512
+    MAX_INFLIGHT = 4  # batches whose claims are being committed while the next is decided
 
     def __init__(self, config: Config, catalog: Catalog, is_up: Callable[[str], bool]) -> None:
         self.config = config
@@ -111,6 +113,10 @@ class Placement:
         self._waiting: list[_Pending] = []
         self._decider: asyncio.Task[None] | None = None
         self._rotation = random.Random()  # where a limited evaluation starts: not replicated state
+        self._pending_usage: dict[str, list[int]] = {}  # host -> [vcpus, memory, disk, count] decided, uncommitted
+        self._pending_groups: dict[str, dict[str, int]] = {}  # server group -> host -> uncommitted members
+        self._inflight = asyncio.Semaphore(self.MAX_INFLIGHT)
+        self._commits: set[asyncio.Task[None]] = set()
 
     async def host_states(self) -> list[HostState]:
         rows = await self.catalog.read(read_host_states)
@@ -200,23 +206,33 @@ class Placement:
         while self._waiting:
             batch, self._waiting = self._waiting[:self.MAX_BATCH], self._waiting[self.MAX_BATCH:]
             try:
-                await self._decide(batch)
+                decided = await self._decide(batch)
             except Exception as exc:  # a failed read fails this batch only; the next one starts afresh
                 for pending in batch:
                     if not pending.answer.done():
                         pending.answer.set_exception(exc)
+                continue
+            # the next batch is decided while this one commits: it sees these claims as pending
+            await self._inflight.acquire()
+            task = asyncio.ensure_future(self._commit(decided))
+            self._commits.add(task)
+            task.add_done_callback(self._committed)
 
-    async def _decide(self, batch: list[_Pending]) -> None:
-        hosts = await self.host_states()
+    def _committed(self, task: asyncio.Task[None]) -> None:
+        self._commits.discard(task)
+        self._inflight.release()
+
+    async def _decide(self, batch: list[_Pending]) -> list[tuple[_Pending, str]]:
+        hosts = [h.with_claim(*self._pending_usage[h.name]) if h.name in self._pending_usage else h
+                 for h in await self.host_states()]
         position = {h.name: i for i, h in enumerate(hosts)}
-        in_batch: dict[str, set[str]] = {}  # server group -> hosts chosen earlier in this batch
         groups = await self.catalog.read(_group_hosts_of, [p.req for p in batch if p.req.group_id])
         decided: list[tuple[_Pending, str]] = []
         limit = self.config.scheduler.max_candidates
         for pending in batch:
             req = pending.req
-            if req.group_id:
-                extra = groups.get(req.instance_id, frozenset()) | in_batch.get(req.group_id, set())
+            if req.group_id:  # members claimed, or decided and not committed yet, are there too
+                extra = groups.get(req.instance_id, frozenset()) | set(self._pending_groups.get(req.group_id, {}))
                 req = replace(req, group_hosts=req.group_hosts | extra)
             selection = select(hosts, req, self.config.scheduler.filters, self.weights, limit=limit,
                                start=self._rotation.randrange(len(hosts)) if limit and hosts else 0)
@@ -225,15 +241,33 @@ class Placement:
                 continue
             chosen = selection.ranked[0][0]
             hosts[position[chosen.name]] = chosen.with_claim(req.vcpus, req.memory_mb, req.disk_gb)
-            if req.group_id:
-                in_batch.setdefault(req.group_id, set()).add(chosen.name)
+            self._hold(chosen.name, req, +1)
             decided.append((pending, chosen.name))
+        return decided
+
+    def _hold(self, host: str, req: RequestSpec, sign: int) -> None:
+        """Count (or, with sign -1, forget) a decided claim not committed yet."""
+        usage = self._pending_usage.setdefault(host, [0, 0, 0, 0])
+        for i, amount in enumerate((req.vcpus, req.memory_mb, req.disk_gb, 1)):
+            usage[i] += sign * amount
+        if usage[3] <= 0:
+            del self._pending_usage[host]
+        if req.group_id:
+            members = self._pending_groups.setdefault(req.group_id, {})
+            members[host] = members.get(host, 0) + sign
+            if members[host] <= 0:
+                del members[host]
+            if not members:
+                del self._pending_groups[req.group_id]
+
+    async def _commit(self, decided: list[tuple[_Pending, str]]) -> None:
         results = await asyncio.gather(*(
             self.catalog.propose(ClaimResources(instance_id=p.req.instance_id, kind=p.kind, host=host,
                                                 vcpus=p.req.vcpus, memory_mb=p.req.memory_mb, disk_gb=p.req.disk_gb,
                                                 created_at=now_iso()))
             for p, host in decided), return_exceptions=True)
         for (pending, host), result in zip(decided, results, strict=True):
+            self._hold(host, pending.req, -1)  # committed (now in the ledger) or refused: no longer pending
             if isinstance(result, BaseException):
                 pending.answer.set_exception(result)
             else:
