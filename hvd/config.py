@@ -191,6 +191,14 @@ class NetworkSection(Section):
     )
 
 
+class ImagesSection(Section):
+    replicas: int = Field(
+        2, ge=1, le=100,
+        description="Hosts that keep each image's data (uploads and snapshots are copied to replicas - 1 others,"
+                    " clamped to the cluster size), so one dead host does not lose an image.",
+    )
+
+
 class FencingSection(Section):
     """When a host dies: nothing of it is rebuilt elsewhere before it is fenced (hvd/cluster/fencing.py)."""
 
@@ -351,6 +359,7 @@ class Config(Section):
     network: NetworkSection = Field(default_factory=NetworkSection, description="Networking.")
     cluster: ClusterSection = Field(default_factory=ClusterSection, description="Cluster membership.")
     fencing: FencingSection = Field(default_factory=FencingSection, description="Fencing and evacuation.")
+    images: ImagesSection = Field(default_factory=ImagesSection, description="Image data across hosts.")
     gossip: GossipSection = Field(default_factory=GossipSection, description="Host membership and liveness gossip.")
 
     @property

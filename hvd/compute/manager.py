@@ -301,6 +301,8 @@ class ComputeManager:
                 ImageSetStatus(id=image_id, status="active", expect=["saving"], size=size,
                                virtual_size=info.virtual_size, checksum=checksum, updated_at=now_iso())
             )
+            if self.peers is not None:  # a snapshot is kept on other hosts too, like an upload
+                transfer.spread_later(self.peers, self.catalog, image_id, self.config.images.replicas)
         except BaseException:
             self.store.delete(image_id)
             with contextlib.suppress(Exception):

@@ -125,6 +125,16 @@ async def spread(peers: PeerCaller, catalog: Catalog, image_id: str, replicas: i
             log.warning("host %s could not take a copy of image %s: %s", host, image_id, exc.message)
 
 
+_spreading: set[asyncio.Future[None]] = set()  # running spreads (the loop keeps only weak references)
+
+
+def spread_later(peers: PeerCaller, catalog: Catalog, image_id: str, replicas: int) -> None:
+    """``spread`` in the background (an upload or snapshot answers without waiting for the copies)."""
+    task = asyncio.ensure_future(spread(peers, catalog, image_id, replicas))
+    _spreading.add(task)
+    task.add_done_callback(_spreading.discard)
+
+
 async def serve_data(request: web.Request, store: ImageStore, image_id: str) -> web.StreamResponse:
     """The peer side of ``stream_from``: this store's copy of the image, or 404."""
     path = store.path(image_id)

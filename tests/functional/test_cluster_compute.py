@@ -145,7 +145,7 @@ def test_operations_through_any_host_run_on_the_owner(cloud: Cluster, image: dic
 
 
 def test_an_image_uploaded_to_one_host_boots_on_another_and_is_kept_on_two_hosts(
-        cloud: Cluster, tmp_path: Path) -> None:
+        cloud: Cluster, image: dict[str, Any], tmp_path: Path) -> None:  # image: the module's flavor too
     img = upload(cloud, "node1", "spread-img", tmp_path)
     copies = wait_for(lambda: held_by(cloud, img["id"]) if len(held_by(cloud, img["id"])) == 2 else None,
                       "a second copy of the image")
@@ -327,3 +327,19 @@ def test_unshelve_boots_on_whichever_host_placement_chooses(cloud: Cluster, imag
     r = cloud.call("node2", "POST", f"/v1/servers/{sid}/stop?wait=true")  # its host's driver has it
     assert r.status_code == 202 and r.json()["status"] == "SHUTOFF", r.text
     assert cloud.call("node2", "DELETE", f"/v1/servers/{sid}?wait=true").status_code == 204
+
+
+def test_a_snapshot_is_kept_on_two_hosts_and_boots_on_a_third(cloud: Cluster, image: dict[str, Any]) -> None:
+    server = create(cloud, "node1", "snapped", image["id"], host="node2")
+    r = cloud.call("node3", "POST", f"/v1/servers/{server['id']}/snapshot?wait=true", {"name": "snap"})
+    assert r.status_code == 202, r.text
+    snap = r.json()["image_id"]
+    copies = wait_for(lambda: held_by(cloud, snap) if len(held_by(cloud, snap)) == 2 else None,
+                      "a second copy of the snapshot")
+    assert "node2" in copies
+    elsewhere = next(n for n in IDS if n not in copies)
+    booted = create(cloud, "node1", "from-snap", snap, host=elsewhere)
+    assert booted["status"] == "ACTIVE" and booted["host"] == elsewhere, booted
+    for s in (server, booted):
+        assert cloud.call("node1", "DELETE", f"/v1/servers/{s['id']}?wait=true").status_code == 204
+    assert cloud.call("node1", "DELETE", f"/v1/images/{snap}").status_code == 204

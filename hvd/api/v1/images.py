@@ -30,8 +30,6 @@ CONTAINER_FORMATS = Literal["ami", "ari", "aki", "bare", "ovf", "ova", "docker"]
 MAX_IMAGE_BYTES = 1 << 40
 # formats qemu-img can identify, mapped from Glance's names
 QEMU_CHECKED = {"raw", "qcow2", "vmdk", "vdi", "vhdx", "vhd"}
-IMAGE_REPLICAS = 2  # hosts holding each image's data (clamped to the cluster size)
-_spreading: set[asyncio.Future[None]] = set()  # replication after uploads (the loop keeps weak references)
 
 
 class ImageIn(BaseModel):
@@ -206,9 +204,7 @@ async def upload_image(request: web.Request) -> web.Response:
         )
         peers = svc.extra.get(PEERS)
         if peers is not None:  # copies on other hosts, so one dead host does not lose the image
-            _spreading.add(task := asyncio.ensure_future(transfer.spread(peers, svc.catalog, image_id,
-                                                                         IMAGE_REPLICAS)))
-            task.add_done_callback(_spreading.discard)
+            transfer.spread_later(peers, svc.catalog, image_id, svc.config.images.replicas)
     except BaseException:
         image_store.delete(image_id)
         await asyncio.shield(svc.catalog.propose(
