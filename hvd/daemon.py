@@ -230,6 +230,7 @@ async def running_services(config: Config, listener: socket.socket | None = None
         # before waiting for Raft: liveness does not depend on a quorum (a report follows the driver)
         gossip = make_gossip(config, catalog, api_url)
         await gossip.start()
+        coordinator.add_conf_listener(_leave_gossip_when_removed(config.node_id, gossip))
         endpoint.gossip = gossip
         gossip_metrics.expose(gossip)
         await wait_for_cluster(coordinator)
@@ -267,6 +268,26 @@ def _member_addresses(catalog: Catalog) -> Callable[[], dict[str, str]]:
         return {m["id"]: m["address"] for m in coordinator.members() if m["address"]}
 
     return addresses
+
+
+def _leave_gossip_when_removed(node_id: str, gossip: GossipService) -> Callable[[Any], None]:
+    """A membership without this node, after one with it: this host was removed from the cluster,
+    so it leaves gossip too (the others see it "left")."""
+    was_member = False
+    leaving: set[asyncio.Task[None]] = set()
+
+    def on_conf(conf: Any) -> None:
+        nonlocal was_member
+        if node_id in conf.members():
+            was_member = True
+        elif was_member:
+            was_member = False
+            log.warning("this host was removed from the cluster: leaving gossip")
+            task = asyncio.get_running_loop().create_task(gossip.stop())
+            leaving.add(task)
+            task.add_done_callback(leaving.discard)
+
+    return on_conf
 
 
 async def _cluster_upkeep(service: ComputeService) -> None:

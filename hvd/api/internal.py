@@ -204,6 +204,25 @@ async def gossip_push_pull(request: web.Request) -> web.Response:
     return web.json_response(gossip.handle_push_pull(state))
 
 
+GOSSIP_LEAVE_PATH = "/internal/v1/gossip/leave"
+
+
+async def gossip_leave(request: web.Request) -> web.Response:
+    """The cluster removed this host (told by the member that removed it: a removed node may never
+    apply its own removal): it leaves gossip, so every host sees it "left"."""
+    await _authenticated_body(request)
+    gossip = request.app[PEER].gossip
+    if gossip is not None:
+        log.warning("this host was removed from the cluster: leaving gossip")
+        task = asyncio.get_running_loop().create_task(gossip.stop())
+        _leaving.add(task)
+        task.add_done_callback(_leaving.discard)
+    return web.json_response({"ok": True})
+
+
+_leaving: set[asyncio.Task[None]] = set()
+
+
 def install(app: web.Application, endpoint: PeerEndpoint) -> None:
     """Add the peer routes to ``app`` (outside the public Router, so outside OpenAPI)."""
     app[PEER] = endpoint
@@ -215,6 +234,7 @@ def install(app: web.Application, endpoint: PeerEndpoint) -> None:
     app.router.add_get(STATUS_PATH, cluster_status)
     app.router.add_post(MEMBERSHIP_PATH, cluster_membership)
     app.router.add_post(PUSH_PULL_PATH, gossip_push_pull)
+    app.router.add_post(GOSSIP_LEAVE_PATH, gossip_leave)
 
 
 async def _starting(request: web.Request) -> web.Response:

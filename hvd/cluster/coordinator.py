@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -113,6 +114,7 @@ class RaftCoordinator(Coordinator):
         self._propose_timeout = propose_timeout
         self._static_peers = dict(client.peers) if client is not None else {}
         self._forgetting: set[asyncio.Task[None]] = set()
+        self._conf_listeners: list[Callable[[ConfState], None]] = []
         driver.on_conf_change = self._on_conf_change
 
     # ------------------------------------------------------------------ lifecycle
@@ -318,8 +320,14 @@ class RaftCoordinator(Coordinator):
             raise ServiceUnavailable("the leader could not confirm its commit index") from exc
 
     # ------------------------------------------------------------------ membership
+    def add_conf_listener(self, listener: Callable[[ConfState], None]) -> None:
+        """Call ``listener`` with every membership this node applies from now on."""
+        self._conf_listeners.append(listener)
+
     def _on_conf_change(self, conf: ConfState) -> None:
         """Reach every member at the address the log gives it (configured peers fill the gaps)."""
+        for listener in self._conf_listeners:
+            listener(conf)
         if self._client is None:
             return
         self._client.set_peers({**self._static_peers, **conf.address_map()})

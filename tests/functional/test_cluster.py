@@ -241,6 +241,13 @@ def test_a_host_joins_takes_over_leadership_and_an_old_member_leaves(cluster: Cl
     r = cluster.call(follower, "DELETE", f"/v1/cluster/members/{leader}")
     assert r.status_code == 204, r.text
     assert cluster.call(follower, "DELETE", f"/v1/cluster/members/{leader}").status_code == 404
+    deadline = time.monotonic() + 30
+    while True:  # the removed host left gossip too, while its process still runs
+        states = {h["name"]: h["state"] for h in cluster.call(follower, "GET", "/v1/hosts").json()["hosts"]}
+        if states.get(leader) == "left":
+            break
+        assert time.monotonic() < deadline, states
+        time.sleep(0.2)
     cluster.stop(leader)
     rest = [n for n in [*IDS, "node4"] if n != leader]
     assert set(members(cluster, "node4")) == set(rest)

@@ -9,17 +9,22 @@ up. Removing a host and handing leadership over (before maintenance) work the sa
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from hvd.api.forward import PEERS
 from hvd.api.helpers import context, json_response, parse_body
+from hvd.api.internal import GOSSIP_LEAVE_PATH
 from hvd.api.routing import Router
 from hvd.api.services import services
 from hvd.cluster.coordinator import RaftCoordinator
-from hvd.errors import NotFound, NotImplementedYet
+from hvd.errors import HvdError, NotFound, NotImplementedYet
+
+log = logging.getLogger(__name__)
 
 NODE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 _PEER_URL = re.compile(r"^https?://[A-Za-z0-9._\-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
@@ -94,7 +99,17 @@ async def remove_member(request: web.Request) -> web.Response:
     if member not in coordinator.driver.node.conf.members():
         raise NotFound(f"Cluster member {member} could not be found")
     await coordinator.change_membership({"op": "remove", "id": member})
+    peers = services(request).extra.get(PEERS)
+    if peers is not None:  # best effort: a host that is down leaves gossip as dead anyway
+        try:
+            await peers.call("", GOSSIP_LEAVE_PATH, _Notice(), _Notice, timeout=5.0, node_id=member)
+        except HvdError as exc:
+            log.info("removed member %s was not told to leave gossip: %s", member, exc.message)
     return web.Response(status=204)
+
+
+class _Notice(BaseModel):
+    ok: bool = True
 
 
 async def transfer_leader(request: web.Request) -> web.Response:
