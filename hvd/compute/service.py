@@ -463,15 +463,15 @@ class ComputeService:
         builds it like a create. Refused unless the server's host is fenced (one server never runs
         twice). ``ctx`` None = automatic evacuation by the leader."""
         source = inst["host"]
+        if ctx is not None:
+            self.check_lock(ctx, inst)
+        lifecycle.check_allowed(Op.EVACUATE, VmState(inst["vm_state"]),
+                                TaskState(inst["task_state"]) if inst["task_state"] else None, inst["id"])
         fenced = await self.catalog.read(fenced_hosts)
         if source is None or source not in fenced:
             state = "up" if source and self.placement.is_up(source) else "down but not fenced yet"
             raise Conflict(f"Cannot evacuate instance {inst['id']}: its host {source} is {state}; only servers of a"
                            " fenced host are rebuilt elsewhere (see [fencing] fence_delay_s)", host=source)
-        if ctx is not None:
-            self.check_lock(ctx, inst)
-        lifecycle.check_allowed(Op.EVACUATE, VmState(inst["vm_state"]),
-                                TaskState(inst["task_state"]) if inst["task_state"] else None, inst["id"])
         self.locks.acquire(inst["id"], "evacuate")
         try:
             await self.update(inst["id"], expect_task_state=[None], expect_host=[source], host=None,
