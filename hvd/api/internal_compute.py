@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -51,9 +52,12 @@ async def catch_up(request: web.Request) -> None:
         raise ServiceUnavailable(f"this host has not caught up to catalog index {raw} yet; retry") from exc
 
 
-def _typed(model: type[BaseModel],
-           run: Callable[[ComputeService, BaseModel], Awaitable[BaseModel]]) -> Callable[[web.Request],
-                                                                                 Awaitable[web.Response]]:
+M = TypeVar("M", bound=BaseModel)
+
+
+def _typed(model: type[M], run: Callable[[ComputeService, M], Awaitable[BaseModel]]) -> Callable[
+        [web.Request], Awaitable[web.Response]]:
+    """A peer route: signed body -> ``model`` -> ``run`` on this host's compute service -> JSON."""
     async def handler(request: web.Request) -> web.Response:
         try:
             body = await _authenticated_body(request)
@@ -71,60 +75,20 @@ def _typed(model: type[BaseModel],
     return handler
 
 
-async def _place(service: ComputeService, payload: BaseModel) -> BaseModel:
-    assert isinstance(payload, PlaceRequest)
+async def _place(service: ComputeService, payload: PlaceRequest) -> BaseModel:
     service.builds.accept_placement(payload)
     return PlaceAnswer(accepted=True)
 
 
-async def _build(service: ComputeService, payload: BaseModel) -> BaseModel:
-    assert isinstance(payload, BuildRequest)
-    return await service.builds.accept_build(payload)
-
-
-async def _unshelve(service: ComputeService, payload: BaseModel) -> BaseModel:
-    assert isinstance(payload, UnshelveRequest)
-    return await service.builds.accept_unshelve(payload)
-
-
-async def _migration_prepare(service: ComputeService, payload: BaseModel) -> BaseModel:
-    assert isinstance(payload, MigrationCall)
-    return await service.migrations.prepare(payload)
-
-
-async def _migration_finish(service: ComputeService, payload: BaseModel) -> BaseModel:
-    assert isinstance(payload, MigrationCall)
-    return await service.migrations.finish(payload)
-
-
-async def _migration_abort(service: ComputeService, payload: BaseModel) -> BaseModel:
-    assert isinstance(payload, MigrationCall)
-    return await service.migrations.abort_incoming(payload)
-
-
-async def _move_receive(service: ComputeService, payload: BaseModel) -> BaseModel:
-    assert isinstance(payload, MoveCall)
-    return await service.moves.receive(payload)
-
-
-async def _move_manifest(service: ComputeService, payload: BaseModel) -> BaseModel:
-    assert isinstance(payload, MoveCall)
-    return await service.moves.manifest(payload)
-
-
-async def _move_confirm(service: ComputeService, payload: BaseModel) -> BaseModel:
-    assert isinstance(payload, MoveCall)
-    return await service.moves.confirmed(payload)
-
-
-async def _move_revert(service: ComputeService, payload: BaseModel) -> BaseModel:
-    assert isinstance(payload, MoveCall)
-    return await service.moves.reverted(payload)
-
-
-async def _move_confirm_here(service: ComputeService, payload: BaseModel) -> BaseModel:
-    assert isinstance(payload, MoveCall)
-    return await service.moves.confirm_here(payload)
+async def _replicate(service: ComputeService, payload: ReplicateRequest) -> BaseModel:
+    manager = service.manager
+    if manager.peers is None:
+        raise ServiceUnavailable("this host has no cluster key to fetch images with")
+    image = await manager.image_row(payload.image_id)
+    if image["status"] != "active":
+        raise Conflict(f"Image {payload.image_id} is {image['status']}, not active")
+    await transfer.replicate_into(manager.store, manager.peers, service.catalog, image)
+    return ReplicateAnswer(stored=True)
 
 
 async def _move_file(request: web.Request) -> web.StreamResponse:
@@ -134,18 +98,6 @@ async def _move_file(request: web.Request) -> web.StreamResponse:
         return await service.moves.serve_file(request, request.match_info["id"], request.match_info["name"])
     except HvdError as exc:
         return _wire(exc)
-
-
-async def _replicate(service: ComputeService, payload: BaseModel) -> BaseModel:
-    assert isinstance(payload, ReplicateRequest)
-    manager = service.manager
-    if manager.peers is None:
-        raise ServiceUnavailable("this host has no cluster key to fetch images with")
-    image = await manager.image_row(payload.image_id)
-    if image["status"] != "active":
-        raise Conflict(f"Image {payload.image_id} is {image['status']}, not active")
-    await transfer.replicate_into(manager.store, manager.peers, service.catalog, image)
-    return ReplicateAnswer(stored=True)
 
 
 async def _image_data(request: web.Request) -> web.StreamResponse:
@@ -167,18 +119,19 @@ async def _events(request: web.Request) -> web.StreamResponse:
 
 def install(app: web.Application) -> None:
     """Add the compute peer routes (the app must already carry the peer endpoint and services)."""
-    app.router.add_post(PLACE_PATH, _typed(PlaceRequest, _place))
-    app.router.add_post(BUILD_PATH, _typed(BuildRequest, _build))
-    app.router.add_post(UNSHELVE_PATH, _typed(UnshelveRequest, _unshelve))
-    app.router.add_post(transfer.REPLICATE_PATH, _typed(ReplicateRequest, _replicate))
-    app.router.add_post(migration.PREPARE_PATH, _typed(MigrationCall, _migration_prepare))
-    app.router.add_post(migration.FINISH_PATH, _typed(MigrationCall, _migration_finish))
-    app.router.add_post(migration.ABORT_PATH, _typed(MigrationCall, _migration_abort))
-    app.router.add_post(coldmove.RECEIVE_PATH, _typed(MoveCall, _move_receive))
-    app.router.add_post(coldmove.MANIFEST_PATH, _typed(MoveCall, _move_manifest))
-    app.router.add_post(coldmove.CONFIRM_PATH, _typed(MoveCall, _move_confirm))
-    app.router.add_post(coldmove.REVERT_PATH, _typed(MoveCall, _move_revert))
-    app.router.add_post(coldmove.CONFIRM_HERE_PATH, _typed(MoveCall, _move_confirm_here))
+    add = app.router.add_post
+    add(PLACE_PATH, _typed(PlaceRequest, _place))
+    add(BUILD_PATH, _typed(BuildRequest, lambda s, p: s.builds.accept_build(p)))
+    add(UNSHELVE_PATH, _typed(UnshelveRequest, lambda s, p: s.builds.accept_unshelve(p)))
+    add(transfer.REPLICATE_PATH, _typed(ReplicateRequest, _replicate))
+    add(migration.PREPARE_PATH, _typed(MigrationCall, lambda s, p: s.migrations.prepare(p)))
+    add(migration.FINISH_PATH, _typed(MigrationCall, lambda s, p: s.migrations.finish(p)))
+    add(migration.ABORT_PATH, _typed(MigrationCall, lambda s, p: s.migrations.abort_incoming(p)))
+    add(coldmove.RECEIVE_PATH, _typed(MoveCall, lambda s, p: s.moves.receive(p)))
+    add(coldmove.MANIFEST_PATH, _typed(MoveCall, lambda s, p: s.moves.manifest(p)))
+    add(coldmove.CONFIRM_PATH, _typed(MoveCall, lambda s, p: s.moves.confirmed(p)))
+    add(coldmove.CONFIRM_HERE_PATH, _typed(MoveCall, lambda s, p: s.moves.confirm_here(p)))
+    add(coldmove.REVERT_PATH, _typed(MoveCall, lambda s, p: s.moves.reverted(p)))
     app.router.add_get(coldmove.FILE_PATH, _move_file)
     app.router.add_get(transfer.DATA_PATH, _image_data)
     app.router.add_get(event_relay.STREAM_PATH, _events)

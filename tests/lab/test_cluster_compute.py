@@ -22,6 +22,7 @@ import pytest
 
 from tests.guest.helpers import guest_image_path
 from tests.lab.cluster import LabCluster, lab_available
+from tests.lab.test_compute_libvirt import MARK_SCRIPT
 
 HOSTS = ["h1", "h2", "h3"]
 INSTANCES = "/var/lib/libvirt/hvd-instances"  # the lab's instances_path on every host
@@ -190,14 +191,6 @@ def test_killing_the_leader_during_parallel_creates_builds_each_server_once(lab:
     delete_all(lab, followers[1], list(rows.values()))
 
 
-MARK_SCRIPT = """#!/bin/sh
-mkdir -p /mnt/b
-if mount -t vfat /dev/vda /mnt/b 2>/dev/null; then
-  if [ -f /mnt/b/hvdmark ]; then echo "HVD-MARK found $(cat /mnt/b/hvdmark)"; else
-    echo kept > /mnt/b/hvdmark; sync; echo "HVD-MARK written"; fi
-  umount /mnt/b
-fi
-"""
 
 
 def console_until(lab: LabCluster, via: str, sid: str, pattern: str, timeout: float = 240) -> str:

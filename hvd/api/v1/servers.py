@@ -396,19 +396,11 @@ async def _action(request: web.Request, op: Op, body_model: type[BaseModel]) -> 
     elif op == Op.UNSHELVE:
         await comp.begin(ctx, inst, op, comp.unshelve())
     elif op == Op.LIVE_MIGRATE:
-        if body.host is not None:
-            if body.host == comp.host:
-                raise BadRequest(f"Instance {inst['id']} is on host {comp.host} already (UnableToMigrateToSelf)")
-            if await svc.catalog.read(fetch_one, "SELECT name FROM hosts WHERE name=?", (body.host,)) is None:
-                raise BadRequest(f"No such host: {body.host}")
+        await _check_target(svc, inst, body.host, comp.host)
         comp.migrations.check(inst, body.block_migration)
         await comp.begin(ctx, inst, op, comp.migrations.run(body.host, body.block_migration))
     elif op == Op.MIGRATE:
-        if body.host is not None:
-            if body.host == comp.host:
-                raise BadRequest(f"Instance {inst['id']} is on host {comp.host} already (UnableToMigrateToSelf)")
-            if await svc.catalog.read(fetch_one, "SELECT name FROM hosts WHERE name=?", (body.host,)) is None:
-                raise BadRequest(f"No such host: {body.host}")
+        await _check_target(svc, inst, body.host, comp.host)
         await comp.begin(ctx, inst, op, comp.resize(dict(inst["flavor"]), migrate=True, host=body.host))
     elif op == Op.EVACUATE:
         if body.host is not None and await svc.catalog.read(fetch_one, "SELECT name FROM hosts WHERE name=?",
@@ -423,6 +415,16 @@ async def _action(request: web.Request, op: Op, body_model: type[BaseModel]) -> 
         return json_response({"image_id": extra["image_id"], "server": view}, status=202,
                              location=f"/v1/images/{extra['image_id']}")
     return json_response(view, status=202)
+
+
+async def _check_target(svc: ApiServices, inst: dict[str, Any], host: str | None, here: str) -> None:
+    """A move's requested destination: another host that exists (400 naming the problem)."""
+    if host is None:
+        return
+    if host == here:
+        raise BadRequest(f"Instance {inst['id']} is on host {here} already (UnableToMigrateToSelf)")
+    if await svc.catalog.read(fetch_one, "SELECT name FROM hosts WHERE name=?", (host,)) is None:
+        raise BadRequest(f"No such host: {host}")
 
 
 async def abort_live_migration(request: web.Request) -> web.Response:
