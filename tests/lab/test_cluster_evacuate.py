@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.lab.cluster import LabCluster, lab_available
-from tests.lab.test_cluster_compute import HOSTS, create, delete_all, state, upload
+from tests.lab.test_cluster_compute import HOSTS, INSTANCES, create, delete_all, state, upload
 
 FENCING = {"fence_delay_s": 10.0, "self_fence_s": 5.0, "auto_evacuate": True}
 
@@ -21,6 +21,8 @@ def lab() -> Iterator[LabCluster]:
     if reason := lab_available():
         pytest.skip(reason)
     with LabCluster(hosts=3, config={"fencing": FENCING}) as cluster:
+        r = cluster.call("h1", "POST", "/v1/flavors", {"name": "c.tiny", "vcpus": 1, "ram_mb": 128, "disk_gb": 1})
+        assert r.status_code == 201, r.text
         yield cluster
 
 
@@ -29,8 +31,6 @@ def running_on(lab: LabCluster, sid: str) -> list[str]:
 
 
 def test_a_cut_off_host_self_fences_and_its_server_comes_back_elsewhere_once(lab: LabCluster) -> None:
-    r = lab.call("h1", "POST", "/v1/flavors", {"name": "c.tiny", "vcpus": 1, "ram_mb": 128, "disk_gb": 1})
-    assert r.status_code == 201, r.text
     image = upload(lab, "h1", "guest")
     leader = lab.leader()
     victim = next(h for h in HOSTS if h != leader)
@@ -65,3 +65,49 @@ def test_a_cut_off_host_self_fences_and_its_server_comes_back_elsewhere_once(lab
         time.sleep(1)
     assert running_on(lab, sid) == [row["host"]]
     delete_all(lab, others[0], [row])
+
+
+def test_a_live_migration_that_fails_mid_way_leaves_the_guest_on_its_source(lab: LabCluster) -> None:
+    # h3 gives a live migration 0.3 s (a 128 MiB guest under TCG needs seconds): it is aborted mid-copy
+    lab.restart_daemon("h3", overrides={"libvirt": {"migration_timeout_s": 0.3}})
+    try:
+        image = upload(lab, "h1", "guest-abort")
+        [server] = create(lab, "h1", "aborted", image, availability_zone="nova:h3")
+        sid = server["id"]
+        before = lab.call("h1", "GET", "/v1/hosts/h2").json()["instances"]
+        r = lab.call("h1", "POST", f"/v1/servers/{sid}/live-migrate?wait=true", {"host": "h2"}, timeout=300)
+        assert r.status_code == 202, r.text
+        row = r.json()
+        assert (row["host"], row["status"], row["task_state"]) == ("h3", "ACTIVE", None), row
+        assert row["fault"] and row["fault"]["message"], row  # the reason is on the server
+        assert running_on(lab, sid) == ["h3"] and state(lab, "h2", sid) == "absent"
+        assert not lab.host("h2").path(f"{INSTANCES}/{sid}").exists()  # the destination is clean
+        assert lab.call("h1", "GET", "/v1/hosts/h2").json()["instances"] == before  # its claim was released
+        actions = lab.call("h2", "GET", f"/v1/servers/{sid}/actions").json()["actions"]
+        assert [(a["action"], a["result"]) for a in actions] == [("create", "success"), ("live-migrate", "error")]
+        delete_all(lab, "h2", [row])
+    finally:
+        lab.restart_daemon("h3", overrides={})
+
+
+def test_drain_moves_three_servers_away_and_leaves_the_host_disabled(lab: LabCluster) -> None:
+    image = upload(lab, "h2", "guest-drain")
+    servers = [create(lab, "h1", f"drain-{i}", image, availability_zone="nova:h3")[0] for i in range(3)]
+    r = lab.call("h1", "POST", f"/v1/servers/{servers[2]['id']}/stop?wait=true", timeout=300)
+    assert r.json()["status"] == "SHUTOFF", r.text
+    r = lab.call("h1", "POST", "/v1/hosts/h3/drain", {}, timeout=900)  # runs on h3
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert report["left"] == {} and len(report["moved"]) == 3, report
+    h3 = lab.call("h2", "GET", "/v1/hosts/h3").json()
+    assert (h3["enabled"], h3["disabled_reason"], h3["instances"]) == (False, "drained", 0), h3
+    assert not domains_of(lab, "h3") & {s["id"] for s in servers}
+    for s in servers:
+        row = lab.call("h1", "GET", f"/v1/servers/{s['id']}").json()
+        assert state(lab, row["host"], s["id"]) == ("shut off" if s is servers[2] else "running"), row
+    assert lab.call("h1", "PATCH", "/v1/hosts/h3", {"enabled": True}).status_code == 200
+    delete_all(lab, "h1", servers)
+
+
+def domains_of(lab: LabCluster, host: str) -> set[str]:
+    return {line.strip() for line in lab.virsh(host, "list", "--all", "--uuid").stdout.splitlines() if line.strip()}
