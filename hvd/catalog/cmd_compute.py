@@ -146,6 +146,14 @@ class ActionFinish(Command):
     message: str = ""
 
 
+class ActionProgress(Command):
+    """How far a running action is (e.g. bytes a migration still has to copy): its message until it finishes."""
+
+    type: Literal["action.progress"] = "action.progress"
+    id: str
+    message: str = Field(max_length=1024)
+
+
 def _require_live(conn: sqlite3.Connection, instance_id: str) -> dict[str, Any]:
     row = fetch_one(conn, "SELECT * FROM instances WHERE id=? AND deleted_at IS NULL", (instance_id,))
     if row is None:
@@ -318,11 +326,22 @@ def action_start(conn: sqlite3.Connection, cmd: ActionStart) -> Result:
     return {"id": cmd.id}
 
 
+@handles(ActionProgress)
+def action_progress(conn: sqlite3.Connection, cmd: ActionProgress) -> Result:
+    cur = conn.execute("UPDATE instance_actions SET message=? WHERE id=? AND finish_time IS NULL",
+                       (cmd.message, cmd.id))
+    if cur.rowcount == 0:
+        raise NotFound(f"action {cmd.id} is not running")
+    return {"id": cmd.id}
+
+
 @handles(ActionFinish)
 def action_finish(conn: sqlite3.Connection, cmd: ActionFinish) -> Result:
+    # a success without a message keeps the last progress line (e.g. what a migration copied)
     cur = conn.execute(
-        "UPDATE instance_actions SET finish_time=?, result=?, message=? WHERE id=?",
-        (cmd.finish_time, cmd.result, cmd.message, cmd.id),
+        "UPDATE instance_actions SET finish_time=?, result=?, message=CASE WHEN ?='' AND ?='success'"
+        " THEN COALESCE(message, '') ELSE ? END WHERE id=?",
+        (cmd.finish_time, cmd.result, cmd.message, cmd.result, cmd.message, cmd.id),
     )
     if cur.rowcount == 0:
         raise NotFound(f"action {cmd.id} could not be found")

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from hvd.cluster.peers import PeerCaller, PeerErrors, PeerUnreachable
 from hvd.compute.lifecycle import PowerState, TaskState
 from hvd.compute.manager import RESIZE_SUFFIX
+from hvd.compute.progress import ActionReporter, mib
 from hvd.compute.revert import Reverter
 from hvd.drivers.base import DISK, DISK_EPH0, DISK_SWAP
 from hvd.errors import BadRequest, Conflict, DriverError, HvdError, NotFound
@@ -237,10 +238,16 @@ class ColdMoves:
     async def _pull(self, call: MoveCall, into: Path) -> None:
         assert self.peers is not None
         manifest = await self.peers.call(call.source, MANIFEST_PATH, call, Manifest, timeout=600.0)
+        reporter = ActionReporter(self.svc.catalog, call.instance_id)
+        total = sum(f.size for f in manifest.files)
+        done = 0
         for info in manifest.files:
             await self._pull_file(call, info, into / info.name)
+            done += info.size
+            reporter.report(f"copied {info.name} from {call.source}: {mib(done)} of {mib(total)}", force=True)
             self.svc.events.publish("instance.resize.copied", instance_id=call.instance_id, file=info.name,
                                     bytes=info.size)
+        await reporter.flush()
 
     async def _pull_file(self, call: MoveCall, info: FileInfo, dest: Path) -> None:
         assert self.peers is not None

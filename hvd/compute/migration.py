@@ -29,6 +29,7 @@ from hvd.cluster.peers import PeerCaller
 from hvd.compute import lifecycle
 from hvd.compute.faults import checkpoint
 from hvd.compute.lifecycle import Op, PowerState, TaskState, VmState
+from hvd.compute.progress import ActionReporter, mib
 from hvd.drivers.base import MigrationParams, MigrationProgress
 from hvd.errors import BadRequest, Conflict, HvdError, NotFound
 from hvd.identity.service import now_iso
@@ -125,8 +126,12 @@ class LiveMigrations:
         await svc.update(inst_id, extra={"migration": {"dest": dest, "shared": shared}})
         log.info("live-migrating %s to %s (%s, block copy %s)", inst_id, dest, uri, params.block)
 
+        reporter = ActionReporter(svc.catalog, inst_id)
+
         def progress(reading: MigrationProgress) -> None:
             self.progress[inst_id] = reading
+            reporter.report(f"live migration to {dest}: {mib(reading.data_processed)} of {mib(reading.data_total)}"
+                            f" copied, {mib(reading.data_remaining)} remaining")
             svc.events.publish("instance.migration.progress", instance_id=inst_id, project_id=inst["project_id"],
                                destination=dest, data_total=reading.data_total,
                                data_remaining=reading.data_remaining)
@@ -145,6 +150,7 @@ class LiveMigrations:
             raise
         finally:
             self.progress.pop(inst_id, None)
+            await reporter.flush()
         # the switch-over happened: from here on the guest lives on the destination
         checkpoint("live_migrate.switched")
         try:

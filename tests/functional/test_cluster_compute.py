@@ -228,8 +228,9 @@ def test_live_migration_moves_the_server_and_its_claim(cloud: Cluster, image: di
     assert r.status_code == 202 and r.json()["status"] == "SHUTOFF", r.text
     r = cloud.call("node1", "POST", f"/v1/servers/{sid}/live-migrate", {})
     assert r.status_code == 409, r.text  # a stopped server cannot move live
-    actions = [a["action"] for a in cloud.call("node2", "GET", f"/v1/servers/{sid}/actions").json()["actions"]]
-    assert actions == ["create", "live-migrate", "stop"], actions
+    actions = cloud.call("node2", "GET", f"/v1/servers/{sid}/actions").json()["actions"]
+    assert [a["action"] for a in actions] == ["create", "live-migrate", "stop"], actions
+    assert "live migration to node3" in actions[1]["message"] and "remaining" in actions[1]["message"], actions[1]
     assert cloud.call("node2", "DELETE", f"/v1/servers/{sid}?wait=true").status_code == 204
 
 
@@ -264,6 +265,8 @@ def test_cold_migration_and_cross_host_resize_with_confirm_and_revert(cloud: Clu
     moved = r.json()
     assert (moved["status"], moved["host"]) == ("VERIFY_RESIZE", "node3"), moved
     assert (cloud.base / "node3" / "instances" / sid / "disk").exists() and kept.is_dir()
+    migrate = cloud.call("node3", "GET", f"/v1/servers/{sid}/actions").json()["actions"][-1]
+    assert migrate["action"] == "migrate" and "copied disk from node1" in migrate["message"], migrate
     r = cloud.call("node1", "POST", f"/v1/servers/{sid}/confirm-resize?wait=true")
     assert r.status_code == 202 and r.json()["status"] == "ACTIVE" and r.json()["host"] == "node3", r.text
     wait_for(lambda: not kept.exists(), "the source to drop its copy")
