@@ -25,6 +25,7 @@ class EventBus:
         self._queue_size = queue_size
         self.host = host
         self.on_demand: Callable[[bool], None] | None = None
+        self.streams: dict[str, int] = {}  # user id -> open /v1/events streams (bounded by the API)
 
     def publish(self, kind: str, **fields: Any) -> None:
         self._fan_out({"type": kind, "time": time.time(), "host": self.host, **fields}, relayed=False)

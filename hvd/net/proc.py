@@ -40,15 +40,26 @@ def in_netns(netns: str | None, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", netns, *argv]
 
 
-async def run(argv: Sequence[str], *, stdin: str | None = None, check: bool = True) -> Result:
-    """Run `argv` to completion without blocking the event loop."""
+TIMEOUT_S = 60.0  # nft, dnsmasq, sysctl, ip netns exec answer in milliseconds; a hung one must not hang a converge
+
+
+async def run(argv: Sequence[str], *, stdin: str | None = None, check: bool = True,
+              timeout: float = TIMEOUT_S) -> Result:
+    """Run `argv` to completion without blocking the event loop; killed (CommandFailed) after
+    ``timeout`` seconds."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise CommandFailed(argv, -9, f"no answer within {timeout:.0f} s: killed") from None
     assert proc.returncode is not None
     result = Result(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
     if check and result.returncode != 0:

@@ -235,3 +235,39 @@ async def test_lock_stops_members_names_the_lock_and_admin_lock_needs_admin_to_u
     assert status == 403, err
     _, after = await bob.call("GET", f"/v1/servers/{sid}")
     assert after["locked"] and after["status"] == "ACTIVE"
+
+
+async def test_an_event_stream_ends_when_its_token_is_revoked_and_streams_are_bounded(
+        admin_api: Api, env: dict[str, Any]) -> None:
+    import asyncio
+    import json
+
+    from hvd.api.v1.events import MAX_STREAMS_PER_USER
+
+    status, issued = await admin_api.call("POST", "/v1/auth/tokens",
+                                          {"username": "admin", "password": "admin-secret", "project": "admin"})
+    assert status == 201, issued
+    token = issued["token"]
+    seen: list[dict[str, Any]] = []
+    async with admin_api.session.get(admin_api.url + "/v1/events",
+                                     headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert resp.status == 200
+        async with admin_api.session.delete(admin_api.url + "/v1/auth/token",
+                                            headers={"Authorization": f"Bearer {token}"}) as revoked:
+            assert revoked.status == 204, await revoked.text()
+        await admin_api.call("POST", "/v1/servers", {"name": "after-revoke", "flavor": "m1.tiny", "image": "base"})
+        body = await asyncio.wait_for(resp.content.read(), 20)  # the server ended the stream
+        seen = [json.loads(line[6:]) for line in body.splitlines() if line.startswith(b"data: ")]
+    assert seen == []  # not one event after the revocation
+    streams = []
+    try:
+        for _ in range(MAX_STREAMS_PER_USER):
+            streams.append(await admin_api.session.get(admin_api.url + "/v1/events",
+                                                       headers={"Authorization": f"Bearer {admin_api.token}"}))
+        assert all(s.status == 200 for s in streams)
+        async with admin_api.session.get(admin_api.url + "/v1/events",
+                                         headers={"Authorization": f"Bearer {admin_api.token}"}) as extra:
+            assert extra.status == 429 and "too many event streams" in await extra.text()
+    finally:
+        for s in streams:
+            s.close()

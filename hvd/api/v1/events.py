@@ -10,13 +10,17 @@ from aiohttp import web
 
 from hvd.api.helpers import context
 from hvd.api.routing import Router
-from hvd.api.services import services
+from hvd.api.services import ApiServices, services
+from hvd.errors import Unauthorized
 from hvd.events import EventBus
+from hvd.identity.throttle import TooManyRequests
 
 log = logging.getLogger(__name__)
 
 EVENTS = "events"
 KEEPALIVE_S = 15.0
+MAX_STREAMS = 256  # open event streams per host
+MAX_STREAMS_PER_USER = 8
 
 
 async def stream_events(request: web.Request) -> web.StreamResponse:
@@ -24,14 +28,23 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     svc.policy.enforce(ctx.roles, "compute:read")
     bus: EventBus = svc.extra[EVENTS]
     admin = svc.policy.all_projects(ctx.roles)
+    if bus.streams.get(ctx.user_id, 0) >= MAX_STREAMS_PER_USER or sum(bus.streams.values()) >= MAX_STREAMS:
+        raise TooManyRequests(f"too many event streams are open (at most {MAX_STREAMS_PER_USER} per user,"
+                              f" {MAX_STREAMS} per host); close one first", retry_after=KEEPALIVE_S)
+    token = _token_of(request)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
+    bus.streams[ctx.user_id] = bus.streams.get(ctx.user_id, 0) + 1
     try:
         async with bus.subscribe() as queue:
             while True:
                 try:
                     event = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
                 except TimeoutError:
+                    event = None
+                if not await _still_valid(svc, token):  # revoked or expired: not one more event
+                    break
+                if event is None:
                     await response.write(b": keepalive\n\n")
                     continue
                 if not admin and event.get("project_id") != ctx.project_id:
@@ -40,7 +53,25 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
                 await response.write(f"event: {event['type']}\ndata: {data}\n\n".encode())
     except ConnectionResetError:  # aiohttp's ClientConnectionResetError: the client has gone
         log.debug("client %s left the event stream", request.remote)
+    finally:
+        bus.streams[ctx.user_id] -= 1
+        if not bus.streams[ctx.user_id]:
+            del bus.streams[ctx.user_id]
     return response
+
+
+def _token_of(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    return header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("X-Auth-Token", "")
+
+
+async def _still_valid(svc: ApiServices, token: str) -> bool:
+    """The token validates now (cached until the next identity change, so this is cheap)."""
+    try:
+        await svc.identity.validate(token)
+    except Unauthorized:
+        return False
+    return True
 
 
 def register(router: Router) -> None:
