@@ -403,11 +403,14 @@ class ComputeService:
             self._background(self._delete(inst["id"], action_id))
 
     async def _delete(self, inst_id: str, action_id: str) -> None:
-        # wait for a running operation to notice the CAS failure and undo its own work
-        for _ in range(600):
-            if self.locks.holder(inst_id) is None:
-                break
+        # wait for a running operation to notice the CAS failure and undo its own work: as long as
+        # it takes (every operation ends, each bounded by its own timeouts), so a delete never sticks
+        waited = 0
+        while (holder := self.locks.holder(inst_id)) is not None:
+            if waited and waited % 600 == 0:
+                log.warning("delete of %s still waits for its running %s", inst_id, holder)
             await asyncio.sleep(0.1)
+            waited += 1
         self.locks.acquire(inst_id, "delete")
         try:
             await self.finish_delete(await self.instance(inst_id))
