@@ -5,8 +5,13 @@ stale domain and lifts its fence."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,3 +116,32 @@ def test_drain_moves_three_servers_away_and_leaves_the_host_disabled(lab: LabClu
 
 def domains_of(lab: LabCluster, host: str) -> set[str]:
     return {line.strip() for line in lab.virsh(host, "list", "--all", "--uuid").stdout.splitlines() if line.strip()}
+
+
+def test_a_live_migration_whose_destination_dies_leaves_the_guest_on_its_source(lab: LabCluster) -> None:
+    """The destination's libvirtd is killed right after hvd prepared it, as the copy starts."""
+    image = upload(lab, "h1", "guest-victim-dest")
+    [server] = create(lab, "h1", "survivor", image, availability_zone="nova:h1")
+    sid = server["id"]
+    incoming = lab.host("h2").path(f"{INSTANCES}/{sid}")
+    outcome: dict[str, Any] = {}
+    mover = threading.Thread(target=lambda: outcome.update(r=lab.call(
+        "h3", "POST", f"/v1/servers/{sid}/live-migrate?wait=true", {"host": "h2"}, timeout=600)))
+    mover.start()
+    deadline = time.monotonic() + 120
+    while not incoming.exists():  # the destination prepared: the copy starts now
+        assert time.monotonic() < deadline and mover.is_alive(), outcome
+        time.sleep(0.02)
+    for pid in lab.pids()["h2"]:
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "libvirtd":
+            os.kill(pid, signal.SIGKILL)
+    mover.join(600)
+    lab.exec("h2", ["libvirtd", "-d", "-l"], check=True)  # back for the rest of the module
+    row = outcome["r"].json()
+    assert outcome["r"].status_code == 202, row
+    assert (row["host"], row["status"], row["task_state"]) == ("h1", "ACTIVE", None), row
+    assert row["fault"] and row["fault"]["message"], row
+    assert running_on(lab, sid) == ["h1"]
+    actions = lab.call("h2", "GET", f"/v1/servers/{sid}/actions").json()["actions"]
+    assert [(a["action"], a["result"]) for a in actions] == [("create", "success"), ("live-migrate", "error")]
+    delete_all(lab, "h3", [row])
