@@ -248,7 +248,10 @@ def register_compute(registry: Registry) -> None:
     registry.register_action("server", server_action("snapshot", (Opt("--name", "name", "image name",
                                                                       required=True),)))
     registry.register_action("server", server_action("migrate", (Opt("--host", "host", "target host"),)))
-    registry.register_action("server", server_action("live-migrate", (Opt("--host", "host", "target host"),)))
+    registry.register_action("server", server_action("live-migrate", (
+        Opt("--host", "host", "target host"),
+        Opt("--block-migration", "block_migration", "copy the disks: true, false (shared storage) or auto",
+            choices=("auto", "true", "false")))))
     registry.register_action("server", server_action("evacuate", (Opt("--host", "host", "target host"),)))
     registry.register_action("server", Action(
         "console-log", "print the serial console", server_console, output=False,

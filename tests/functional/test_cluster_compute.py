@@ -224,12 +224,18 @@ def test_live_migration_moves_the_server_and_its_claim(cloud: Cluster, image: di
     hosts_after = {h["name"]: h["instances"] for h in cloud.call("node1", "GET", "/v1/hosts").json()["hosts"]}
     assert hosts_after["node2"] == hosts_before["node2"] - 1 and hosts_after["node3"] == hosts_before["node3"] + 1
     assert not (cloud.base / "node2" / "instances" / sid).exists()  # the source kept nothing
-    r = cloud.call("node1", "POST", f"/v1/servers/{sid}/stop?wait=true")  # runs on node3's driver now
+    env = {**os.environ, "HVD_URL": cloud.url("node1"), "HVD_USERNAME": "admin", "HVD_PASSWORD": "admin-secret",
+           "HVD_PROJECT": "admin"}
+    out = subprocess.run([sys.executable, "-m", "hvd", "server", "live-migrate", sid, "--host", "node2",
+                          "--block-migration", "auto", "--wait", "-f", "json"], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert json.loads(out)["host"] == "node2", out  # and back, through the CLI
+    r = cloud.call("node1", "POST", f"/v1/servers/{sid}/stop?wait=true")  # runs on node2's driver now
     assert r.status_code == 202 and r.json()["status"] == "SHUTOFF", r.text
     r = cloud.call("node1", "POST", f"/v1/servers/{sid}/live-migrate", {})
     assert r.status_code == 409, r.text  # a stopped server cannot move live
     actions = cloud.call("node2", "GET", f"/v1/servers/{sid}/actions").json()["actions"]
-    assert [a["action"] for a in actions] == ["create", "live-migrate", "stop"], actions
+    assert [a["action"] for a in actions] == ["create", "live-migrate", "live-migrate", "stop"], actions
     assert "live migration to node3" in actions[1]["message"] and "remaining" in actions[1]["message"], actions[1]
     assert cloud.call("node2", "DELETE", f"/v1/servers/{sid}?wait=true").status_code == 204
 
