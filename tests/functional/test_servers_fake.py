@@ -271,3 +271,19 @@ async def test_an_event_stream_ends_when_its_token_is_revoked_and_streams_are_bo
     finally:
         for s in streams:
             s.close()
+
+
+async def test_only_admins_see_which_host_runs_a_server(admin_api: Api, env: dict[str, Any]) -> None:
+    status, _ = await admin_api.call("POST", "/v1/users", {"name": "hostless", "password": "member-secret-1",
+                                                           "project": "admin", "role": "member"})
+    assert status == 201
+    member = Api(admin_api.session, admin_api.url)
+    await member.login("hostless", "member-secret-1", "admin")
+    status, server = await member.call("POST", "/v1/servers?wait=true", {"name": "mine", "flavor": "m1.tiny",
+                                                                        "image": "base"})
+    assert status == 202 and server["status"] == "ACTIVE", server
+    assert server["host"] is None and len(server["host_id"]) == 56, server  # Nova's hostId: a sha224
+    _, seen_by_admin = await admin_api.call("GET", f"/v1/servers/{server['id']}")
+    assert seen_by_admin["host"] == "hvd-test" and seen_by_admin["host_id"] == server["host_id"]
+    status, err = await member.call("GET", "/v1/servers?host=hvd-test")
+    assert status == 403, err  # a filter by host would name it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import uuid
 from typing import Any, Literal
@@ -75,7 +76,9 @@ class Server(BaseModel):
     vm_state: str
     task_state: str | None
     power_state: int
-    host: str | None
+    host: str | None = Field(description="The hypervisor host (admins only: null for others, as in Nova).")
+    host_id: str = Field(description="An opaque id of the host, per project (Nova's hostId): tells whether two"
+                                     " of your servers share a host without naming it; empty when unplaced.")
     flavor: FlavorRef
     image: dict[str, str]
     addresses: dict[str, list[dict[str, Any]]]
@@ -172,6 +175,7 @@ def server_view(row: dict[str, Any], addresses: dict[str, list[dict[str, Any]]] 
         "task_state": row["task_state"],
         "power_state": row["power_state"],
         "host": row["host"],
+        "host_id": hashlib.sha224(f"{row['project_id']}{row['host']}".encode()).hexdigest() if row["host"] else "",
         "flavor": {k: flavor.get(k, 0) for k in ("id", "name", "vcpus", "ram_mb", "disk_gb", "ephemeral_gb",
                                                    "swap_mb")},
         "image": {"id": row["image_id"]},
@@ -190,9 +194,13 @@ def server_view(row: dict[str, Any], addresses: dict[str, list[dict[str, Any]]] 
 
 
 async def _view(request: web.Request, row: dict[str, Any]) -> dict[str, Any]:
-    net = services(request).extra.get("network")
+    svc = services(request)
+    net = svc.extra.get("network")
     addresses = await net.addresses_of(row["id"]) if net is not None else {}
-    return server_view(row, addresses)
+    view = server_view(row, addresses)
+    if not svc.policy.allowed(context(request).roles, "host:read"):
+        view["host"] = None  # where a server runs is the operator's business (Nova hides it too)
+    return view
 
 
 def _visible_servers(conn: sqlite3.Connection, ctx: RequestContext, all_projects: bool) -> list[dict[str, Any]]:
@@ -219,6 +227,8 @@ async def list_servers(request: web.Request) -> web.Response:
     svc.policy.enforce(ctx.roles, "compute:read")
     all_projects = query_bool(request, "all_projects") and svc.policy.all_projects(ctx.roles)
     rows = await svc.catalog.read(_visible_servers, ctx, all_projects)
+    if "host" in request.query:  # filtering by host would name hosts to those who may not see them
+        svc.policy.enforce(ctx.roles, "host:read")
     for key in ("name", "status", "host"):
         want = request.query.get(key)
         if want is not None:
