@@ -192,6 +192,11 @@ class NetworkSection(Section):
 
 
 class ImagesSection(Section):
+    free_space_reserve_mb: int = Field(
+        1024, ge=0, le=2**40,
+        description="An upload is refused (507) when it would leave less than this free in the image store's"
+                    " filesystem (checked before and while the data arrives), so images cannot fill the host.",
+    )
     replicas: int = Field(
         2, ge=1, le=100,
         description="Hosts that keep each image's data (uploads and snapshots are copied to replicas - 1 others,"

@@ -203,6 +203,9 @@ def image_set_status(conn: sqlite3.Connection, cmd: ImageSetStatus) -> Result:
     row = require(conn, "images", "id", cmd.id, "Image")
     if row["status"] not in cmd.expect:
         raise Conflict(f"Image {cmd.id} is {row['status']}, expected {' or '.join(cmd.expect)}")
+    if cmd.status == "active" and cmd.size:  # the data counts against the owner's quota once it is whole
+        used = project_usage(conn, row["owner"])["image_megabytes"]
+        quota.check(conn, row["owner"], "image_megabytes", (cmd.size + 2**20 - 1) // 2**20, used)
     conn.execute(
         "UPDATE images SET status=?, size=COALESCE(?, size), virtual_size=COALESCE(?, virtual_size),"
         " checksum=COALESCE(?, checksum), host=COALESCE(?, host), updated_at=? WHERE id=?",

@@ -14,6 +14,7 @@ DEFAULT_LIMITS: dict[str, int] = {
     "server_groups": 10,
     "server_group_members": 10,
     "images": 100,
+    "image_megabytes": 102400,  # the data of a project's images (uploads and snapshots), MiB
     "networks": 100,
     "subnets": 100,
     "ports": 500,

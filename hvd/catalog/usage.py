@@ -12,6 +12,8 @@ USAGE_SQL: dict[str, str] = {
     "key_pairs": "SELECT COUNT(*) FROM keypairs WHERE project_id=?",
     "server_groups": "SELECT COUNT(*) FROM server_groups WHERE project_id=?",
     "images": "SELECT COUNT(*) FROM images WHERE owner=? AND status != 'deleted'",
+    "image_megabytes": "SELECT COALESCE(SUM((size + 1048575) / 1048576), 0) FROM images WHERE owner=?"
+                       " AND status = 'active'",
     "networks": "SELECT COUNT(*) FROM networks WHERE project_id=?",
     "subnets": "SELECT COUNT(*) FROM subnets WHERE project_id=?",
     # ports hvd makes for DHCP, routers and floating IPs are not the project's to count

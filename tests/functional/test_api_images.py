@@ -99,3 +99,49 @@ async def test_min_disk_and_min_ram_are_enforced_at_create(admin_api: Api, tmp_p
     assert status == 400 and "memory is too small" in err["error"]["message"]
     _, servers = await admin_api.call("GET", "/v1/servers")
     assert servers["servers"] == []
+
+
+async def test_image_data_counts_against_a_quota_in_megabytes(admin_api: Api, tmp_path: Path) -> None:
+    status, _ = await admin_api.call("PUT", "/v1/quotas/admin", {"quotas": {"image_megabytes": 1}})
+    assert status == 200
+    data = tmp_path / "big.raw"
+    data.write_bytes(b"\x01" * (2 << 20))  # 2 MiB of data
+    status, image = await admin_api.call("POST", "/v1/images", {"name": "big", "disk_format": "raw"})
+    assert status == 201
+    status, err = await admin_api.call("PUT", f"/v1/images/{image['id']}/file", data=data.read_bytes(),
+                                       headers={"Content-Type": "application/octet-stream"})
+    assert status == 403 and "image_megabytes" in err["error"]["message"], err
+    _, still = await admin_api.call("GET", f"/v1/images/{image['id']}")
+    assert still["status"] == "queued"  # refused before any data was taken: nothing changed
+
+    async def chunked() -> object:  # no Content-Length: refused when the image would become active
+        yield data.read_bytes()
+
+    status, err = await admin_api.call("PUT", f"/v1/images/{image['id']}/file", data=chunked(),
+                                       headers={"Content-Type": "application/octet-stream"})
+    assert status == 403 and "image_megabytes" in err["error"]["message"], err
+    _, killed = await admin_api.call("GET", f"/v1/images/{image['id']}")
+    assert killed["status"] == "killed"
+    status, _ = await admin_api.call("PUT", "/v1/quotas/admin", {"quotas": {"image_megabytes": 102400}})
+    assert status == 200
+
+
+def test_an_upload_that_would_eat_the_free_space_reserve_is_refused(tmp_path: Path) -> None:
+    import requests
+
+    from tests.conftest import start_daemon
+
+    daemon = start_daemon(tmp_path / "hvd", extra="[images]\nfree_space_reserve_mb = 1000000000\n")
+    try:
+        creds = {"username": "admin", "password": "admin-secret", "project": "admin"}
+        token = requests.post(daemon.url + "/v1/auth/tokens", json=creds, timeout=30).json()["token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        image = requests.post(daemon.url + "/v1/images", json={"name": "x", "disk_format": "raw"}, headers=headers,
+                              timeout=30).json()
+        r = requests.put(daemon.url + f"/v1/images/{image['id']}/file", data=b"\x01" * 4096, timeout=30,
+                         headers={**headers, "Content-Type": "application/octet-stream"})
+        assert r.status_code == 507 and "free_space_reserve_mb" in r.text, r.text
+        shown = requests.get(daemon.url + f"/v1/images/{image['id']}", headers=headers, timeout=30).json()
+        assert shown["status"] == "queued"
+    finally:
+        daemon.stop()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import shutil
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
@@ -16,13 +18,16 @@ from hvd.api.forward import PEERS
 from hvd.api.helpers import context, json_response, page_params, paginate, parse_body
 from hvd.api.routing import Router
 from hvd.api.services import services
-from hvd.catalog import queries
+from hvd.catalog import queries, quota
 from hvd.catalog.cmd_compute import ImageCreate, ImageDelete, ImageSetStatus, ImageUpdate
 from hvd.catalog.sql import fetch_all
-from hvd.errors import BadRequest, Conflict, HvdError, NotFound
+from hvd.catalog.usage import project_usage
+from hvd.errors import BadRequest, Conflict, HvdError, InsufficientStorage, NotFound, QuotaExceeded
 from hvd.identity.service import now_iso
 from hvd.storage import qemu_img, transfer
 from hvd.storage.image_store import ImageStore
+
+log = logging.getLogger(__name__)
 
 IMAGE_STORE = "image_store"
 DISK_FORMATS = Literal["ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso"]
@@ -166,6 +171,21 @@ async def delete_image(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+ROOM_CHECK_EVERY = 64 << 20  # bytes between two free-space checks during an upload
+
+
+def _within_quota(conn: sqlite3.Connection, owner: str, size: int) -> None:
+    used = project_usage(conn, owner)["image_megabytes"]
+    quota.check(conn, owner, "image_megabytes", (size + 2**20 - 1) // 2**20, used)
+
+
+def _check_room(image_store: ImageStore, incoming: int, reserve: int) -> None:
+    free = shutil.disk_usage(image_store.root).free
+    if free - incoming < reserve:
+        raise InsufficientStorage(f"the image store has {free >> 20} MiB free; this upload would leave less than the"
+                                  f" {reserve >> 20} MiB reserve ([images] free_space_reserve_mb)")
+
+
 async def upload_image(request: web.Request) -> web.Response:
     """Stream the body into the store; queued → saving → active, or killed (nothing kept)."""
     svc, ctx = services(request), context(request)
@@ -174,14 +194,22 @@ async def upload_image(request: web.Request) -> web.Response:
     if request.content_type not in ("application/octet-stream", ""):
         raise BadRequest(f"image data must be sent as application/octet-stream, not {request.content_type}")
     image_id = row["id"]
+    image_store = store(request)
+    reserve = svc.config.images.free_space_reserve_mb * 2**20
+    _check_room(image_store, request.content_length or 0, reserve)  # before anything changes
+    if request.content_length:  # the quota is checked again, atomically, when the image becomes active
+        await svc.catalog.read(_within_quota, row["owner"], request.content_length)
     await svc.catalog.propose(
         ImageSetStatus(id=image_id, status="saving", expect=["queued"], host=svc.config.host_name,
                        updated_at=now_iso())
     )
-    image_store = store(request)
     try:
         async def chunks() -> AsyncIterator[bytes]:
+            received = 0
             async for chunk in request.content.iter_chunked(1 << 20):
+                received += len(chunk)
+                if received % ROOM_CHECK_EVERY < len(chunk):  # a chunked upload has no length to check first
+                    _check_room(image_store, 0, reserve)
                 yield chunk
 
         try:
@@ -205,8 +233,10 @@ async def upload_image(request: web.Request) -> web.Response:
         peers = svc.extra.get(PEERS)
         if peers is not None:  # copies on other hosts, so one dead host does not lose the image
             transfer.spread_later(peers, svc.catalog, image_id, svc.config.images.replicas)
-    except BaseException:
+    except BaseException as exc:
         image_store.delete(image_id)
+        if isinstance(exc, QuotaExceeded):  # the activation was refused: the data goes, the record is killed
+            log.info("upload of image %s refused: %s", image_id, exc.message)
         await asyncio.shield(svc.catalog.propose(
             ImageSetStatus(id=image_id, status="killed", expect=["saving"], updated_at=now_iso())
         ))
