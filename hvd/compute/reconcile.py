@@ -350,7 +350,8 @@ class Reconciler:
         if not max_age:
             return
         instances = await self.catalog.read(instances_of_host, self.host)
-        in_use = {i["image_id"] for i in instances}
+        in_use = {i["image_id"] for i in instances} | {i["extra"]["rescue_image_id"] for i in instances
+                                                          if i["extra"].get("rescue_image_id")}
         try:
             removed = await asyncio.get_running_loop().run_in_executor(
                 None, self.manager.cache.remove_unused, in_use, float(max_age)

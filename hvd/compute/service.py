@@ -240,7 +240,10 @@ class ComputeService:
 
         async def run(inst: dict[str, Any]) -> dict[str, Any]:
             power = await calls[op](inst)
-            return {"vm_state": vm_state, "power_state": int(power)}
+            fields: dict[str, Any] = {"vm_state": vm_state, "power_state": int(power)}
+            if op == Op.UNRESCUE:
+                fields["extra"] = {"rescue_image_id": None}  # its base may go from the cache now
+            return fields
 
         return run
 
@@ -249,7 +252,9 @@ class ComputeService:
     def rescue(self, image_id: str | None) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
         async def run(inst: dict[str, Any]) -> dict[str, Any]:
             power = await self.manager.rescue(inst, image_id)
-            return {"vm_state": VmState.RESCUED, "power_state": int(power)}
+            # recorded, so the image cache keeps the rescue disk's base while the server is rescued
+            return {"vm_state": VmState.RESCUED, "power_state": int(power),
+                    "extra": {"rescue_image_id": image_id or inst["image_id"]}}
 
         return run
 

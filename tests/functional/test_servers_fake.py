@@ -287,3 +287,35 @@ async def test_only_admins_see_which_host_runs_a_server(admin_api: Api, env: dic
     assert seen_by_admin["host"] == "hvd-test" and seen_by_admin["host_id"] == server["host_id"]
     status, err = await member.call("GET", "/v1/servers?host=hvd-test")
     assert status == 403, err  # a filter by host would name it
+
+
+async def test_the_image_cache_keeps_a_rescue_disks_base_while_the_server_is_rescued(
+        api_server: tuple[Any, str], admin_api: Api, env: dict[str, Any], tmp_path: Path) -> None:
+    import os
+    import time
+
+    from hvd.compute.reconcile import Reconciler
+
+    rescue = await upload_image(admin_api, make_qcow2(tmp_path / "rescue.qcow2"), name="rescuer")
+    status, server = await admin_api.call("POST", "/v1/servers?wait=true",
+                                          {"name": "rescued", "flavor": "m1.tiny", "image": "base"})
+    assert status == 202
+    status, body = await action(admin_api, server["id"], "rescue", {"image": "rescuer"})
+    assert status == 202 and body["status"] == "RESCUE", body
+    service = api_server[0].extra["compute"]
+    cache = service.manager.cache
+    base, rescue_base = cache.path_for(env["image"]["id"]), cache.path_for(rescue["id"])
+
+    def age_everything() -> None:  # older than image_cache_max_age_s, so only being in use keeps a base
+        old = time.time() - 3 * 86400
+        for path in (base, rescue_base):
+            os.utime(path, (old, old))
+
+    age_everything()
+    await Reconciler(service).clean_image_cache()
+    assert base.exists() and rescue_base.exists()  # the rescue disk's base is in use
+    status, body = await action(admin_api, server["id"], "unrescue")
+    assert status == 202 and body["status"] == "ACTIVE", body
+    age_everything()
+    await Reconciler(service).clean_image_cache()
+    assert base.exists() and not rescue_base.exists()  # unused now: removed
