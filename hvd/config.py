@@ -10,6 +10,7 @@ else taken as a string), e.g. `HVD_API__PORT=8775`.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -47,6 +48,21 @@ class ApiSection(Section):
     wait_timeout_s: float = Field(
         600.0, gt=0, description="Longest time `?wait=true` blocks before answering with the current state."
     )
+    metrics_from: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"], max_length=64,
+        description="Networks whose clients may read /metrics without a token (a Prometheus on the host or the"
+                    " management network); others need a token with host:read.",
+    )
+
+    @field_validator("metrics_from")
+    @classmethod
+    def _networks(cls, nets: list[str]) -> list[str]:
+        for net in nets:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"metrics_from: {net!r} is not a network ({exc})") from exc
+        return nets
 
 
 class LibvirtSection(Section):

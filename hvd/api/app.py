@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
@@ -67,7 +69,25 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text, for clients of [api] metrics_from, or any caller whose token has host:read."""
+    svc = request.app[SERVICES]
+    if not _metrics_allowed(request.remote or "", svc.config.api.metrics_from):
+        ctx = await svc.identity.validate(_bearer(request))  # Unauthorized without a valid token
+        svc.policy.enforce(ctx.roles, "host:read")
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _metrics_allowed(remote: str, networks: list[str]) -> bool:
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(net, strict=False) for net in networks)
+
+
+def _bearer(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    return header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("X-Auth-Token", "")
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -90,3 +90,17 @@ def test_bad_config_exits_with_a_named_error(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "hvd", "daemon", "-c", str(cfg)], capture_output=True, text=True)
     assert out.returncode == 1
     assert "unknown key 'api.portt'" in out.stderr
+
+
+def test_metrics_need_a_token_from_outside_the_metrics_networks(tmp_path: Path) -> None:
+    import requests
+
+    d = start_daemon(tmp_path / "hvd", env={"HVD_API__METRICS_FROM": "[]"})  # loopback is not trusted here
+    try:
+        assert requests.get(d.url + "/metrics", timeout=10).status_code == 401
+        creds = {"username": "admin", "password": "admin-secret", "project": "admin"}
+        token = requests.post(d.url + "/v1/auth/tokens", json=creds, timeout=30).json()["token"]
+        r = requests.get(d.url + "/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert r.status_code == 200 and "hvd_" in r.text
+    finally:
+        d.stop()
