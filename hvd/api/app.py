@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 import hvd
 from hvd.api import internal, internal_compute
 from hvd.api.helpers import json_response
-from hvd.api.middleware import auth_middleware, error_body, error_middleware, request_id_middleware
+from hvd.api.middleware import auth_middleware, bearer_token, error_body, error_middleware, request_id_middleware
 from hvd.api.routing import Router, openapi_document
 from hvd.api.services import SERVICES, ApiServices
 from hvd.api.v1 import (
@@ -72,7 +72,7 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus text, for clients of [api] metrics_from, or any caller whose token has host:read."""
     svc = request.app[SERVICES]
     if not _metrics_allowed(request.remote or "", svc.config.api.metrics_from):
-        ctx = await svc.identity.validate(_bearer(request))  # Unauthorized without a valid token
+        ctx = await svc.identity.validate(bearer_token(request))  # Unauthorized without a valid token
         svc.policy.enforce(ctx.roles, "host:read")
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -83,11 +83,6 @@ def _metrics_allowed(remote: str, networks: list[str]) -> bool:
     except ValueError:
         return False
     return any(address in ipaddress.ip_network(net, strict=False) for net in networks)
-
-
-def _bearer(request: web.Request) -> str:
-    header = request.headers.get("Authorization", "")
-    return header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("X-Auth-Token", "")
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -42,6 +42,13 @@ async def catch_up_if_forwarded(request: web.Request) -> None:
         verifier.verify(request.method, request.path, request.headers, await request.read())
     except PeerAuthError:
         return  # an unsigned hint: read what this replica has
+    await wait_applied(request, raw)
+
+
+async def wait_applied(request: web.Request, raw: str) -> None:
+    """Wait until this replica has applied the index ``raw`` the calling host named (503 after a while)."""
+    if not raw.isdigit():
+        return
     try:
         async with asyncio.timeout(CATCH_UP_TIMEOUT_S):
             await services(request).catalog.coordinator.wait_applied(int(raw))

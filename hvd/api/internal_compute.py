@@ -3,7 +3,6 @@ data between hosts. Signed like every peer route (see internal.py); typed bodies
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -11,6 +10,7 @@ from typing import TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from hvd.api.forward import wait_applied
 from hvd.api.internal import _authenticated_body, _wire
 from hvd.api.services import SERVICES
 from hvd.cluster import event_relay
@@ -34,22 +34,13 @@ from hvd.storage.transfer import ReplicateAnswer, ReplicateRequest
 
 log = logging.getLogger(__name__)
 
-CATCH_UP_TIMEOUT_S = 10.0
 COMPUTE_KEY = "compute"  # key of the ComputeService in ApiServices.extra
 EVENTS_KEY = "events"  # key of the EventBus in ApiServices.extra
 
 
 async def catch_up(request: web.Request) -> None:
     """Wait until this replica has applied what the calling host had applied when it called."""
-    raw = request.headers.get(APPLIED_HEADER, "")
-    if not raw.isdigit():
-        return
-    coordinator = request.app[SERVICES].catalog.coordinator
-    try:
-        async with asyncio.timeout(CATCH_UP_TIMEOUT_S):
-            await coordinator.wait_applied(int(raw))
-    except TimeoutError as exc:
-        raise ServiceUnavailable(f"this host has not caught up to catalog index {raw} yet; retry") from exc
+    await wait_applied(request, request.headers.get(APPLIED_HEADER, ""))
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -109,13 +109,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
 
 
+def bearer_token(request: web.Request) -> str:
+    """The caller's token: Authorization: Bearer, else X-Auth-Token (OpenStack habit); "" when none."""
+    header = request.headers.get("Authorization", "")
+    return header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("X-Auth-Token", "")
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Resolve the token (Authorization: Bearer or X-Auth-Token) into a RequestContext."""
     if request.path in PUBLIC_PATHS or request.path.startswith("/internal/"):
         return await handler(request)
-    header = request.headers.get("Authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("X-Auth-Token", "")
+    token = bearer_token(request)
     if not token:
         raise Unauthorized("The request you have made requires authentication.")
     ctx = await request.app[SERVICES].identity.validate(token)

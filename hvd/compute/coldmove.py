@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -27,7 +26,7 @@ from pydantic import BaseModel, Field
 
 from hvd.cluster.peers import PeerCaller, PeerErrors, PeerUnreachable
 from hvd.compute.lifecycle import PowerState, TaskState
-from hvd.compute.manager import RESIZE_SUFFIX
+from hvd.compute.manager import RESIZE_SUFFIX, file_sha256
 from hvd.compute.progress import ActionReporter, mib
 from hvd.compute.revert import Reverter
 from hvd.drivers.base import DISK, DISK_EPH0, DISK_SWAP
@@ -69,14 +68,6 @@ class Manifest(BaseModel):
 
 class Done(BaseModel):
     ok: bool = True
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ColdMoves:
@@ -135,7 +126,7 @@ class ColdMoves:
         for name in MOVED_FILES:
             path = keep / name
             if path.is_file():
-                digest = await asyncio.to_thread(_sha256, path)
+                digest = await asyncio.to_thread(file_sha256, path)
                 files.append(FileInfo(name=name, size=path.stat().st_size, sha256=digest))
         return Manifest(files=files)
 
@@ -273,7 +264,7 @@ class ColdMoves:
                 if attempt == ATTEMPTS:
                     raise PeerUnreachable(f"copying {info.name} from {call.source} failed: {exc}") from exc
                 log.warning("copy of %s from %s broke off (%s); resuming", info.name, call.source, exc)
-        got = await asyncio.to_thread(_sha256, partial)
+        got = await asyncio.to_thread(file_sha256, partial)
         if got != info.sha256 or partial.stat().st_size != info.size:
             partial.unlink(missing_ok=True)
             raise BadRequest(f"{info.name} from {call.source} arrived with sha256 {got}, expected {info.sha256}")

@@ -44,7 +44,8 @@ def hostname_of(name: str) -> str:
     return label or "server"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 hex of a file, read in 1 MiB chunks (call it in a worker thread)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -295,7 +296,7 @@ class ComputeManager:
                 await self.set_task(inst["id"], tasks[1], tasks[2])
             info = await qemu_img.info(dest)
             loop = asyncio.get_running_loop()
-            checksum = await loop.run_in_executor(None, _sha256, dest)
+            checksum = await loop.run_in_executor(None, file_sha256, dest)
             size = dest.stat().st_size
             await self.catalog.propose(
                 ImageSetStatus(id=image_id, status="active", expect=["saving"], size=size,

@@ -9,6 +9,7 @@ import logging
 from aiohttp import web
 
 from hvd.api.helpers import context
+from hvd.api.middleware import bearer_token
 from hvd.api.routing import Router
 from hvd.api.services import ApiServices, services
 from hvd.errors import Unauthorized
@@ -31,7 +32,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     if bus.streams.get(ctx.user_id, 0) >= MAX_STREAMS_PER_USER or sum(bus.streams.values()) >= MAX_STREAMS:
         raise TooManyRequests(f"too many event streams are open (at most {MAX_STREAMS_PER_USER} per user,"
                               f" {MAX_STREAMS} per host); close one first", retry_after=KEEPALIVE_S)
-    token = _token_of(request)
+    token = bearer_token(request)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     bus.streams[ctx.user_id] = bus.streams.get(ctx.user_id, 0) + 1
@@ -58,11 +59,6 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         if not bus.streams[ctx.user_id]:
             del bus.streams[ctx.user_id]
     return response
-
-
-def _token_of(request: web.Request) -> str:
-    header = request.headers.get("Authorization", "")
-    return header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("X-Auth-Token", "")
 
 
 async def _still_valid(svc: ApiServices, token: str) -> bool:

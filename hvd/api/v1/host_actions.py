@@ -5,10 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
+from hvd.api.context import RequestContext
 from hvd.api.forward import to_host
 from hvd.api.helpers import context, json_response, parse_body
 from hvd.api.routing import Router
-from hvd.api.services import services
+from hvd.api.services import ApiServices, services
 from hvd.api.v1.servers import compute
 from hvd.catalog.sql import fetch_all, require
 from hvd.compute.drain import DrainReport
@@ -25,12 +26,18 @@ class EvacuateReport(BaseModel):
     refused: dict[str, str]
 
 
-async def drain_host(request: web.Request) -> web.Response:
+async def _host_request(request: web.Request, rule: str) -> tuple[ApiServices, RequestContext, str]:
+    """Policy, an empty body and a known host: what every host action checks first."""
     svc, ctx = services(request), context(request)
-    svc.policy.enforce(ctx.roles, "host:manage")
+    svc.policy.enforce(ctx.roles, rule)
     await parse_body(request, Empty)
     name = request.match_info["name"]
     await svc.catalog.read(require, "hosts", "name", name, "Host")
+    return svc, ctx, name
+
+
+async def drain_host(request: web.Request) -> web.Response:
+    _, ctx, name = await _host_request(request, "host:manage")
     comp = compute(request)
     forwarded = await to_host(request, name, comp.placement.is_up, f"Host {name}")
     if forwarded is not None:
@@ -40,11 +47,7 @@ async def drain_host(request: web.Request) -> web.Response:
 
 
 async def evacuate_host(request: web.Request) -> web.Response:
-    svc, ctx = services(request), context(request)
-    svc.policy.enforce(ctx.roles, "compute:evacuate")
-    await parse_body(request, Empty)
-    name = request.match_info["name"]
-    await svc.catalog.read(require, "hosts", "name", name, "Host")
+    svc, ctx, name = await _host_request(request, "compute:evacuate")
     comp = compute(request)
     accepted: list[str] = []
     refused: dict[str, str] = {}
