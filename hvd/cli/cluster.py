@@ -36,12 +36,16 @@ def cluster_leader(session: Session, args: argparse.Namespace) -> None:
 
 def register_cluster(registry: Registry) -> None:
     registry.register_action("cluster", Action("show", "list the control plane's members and leader",
-                                               cluster_show), "the control plane's Raft membership")
+                                               cluster_show, operations=("GET /v1/cluster",)),
+                             "the control plane's Raft membership")
     registry.register_action("cluster", Action(
         "add", "add a host started with [cluster] join = true", cluster_add,
         (Opt("id", "", "its node id"), Opt("url", "", "its API URL, e.g. http://10.0.0.4:8774"),
-         Opt("--learner", "", "replicate only, never vote", kind="const", const=True))))
+         Opt("--learner", "", "replicate only, never vote", kind="const", const=True)),
+        operations=("POST /v1/cluster/members",)))
     registry.register_action("cluster", Action("remove", "remove a member", cluster_remove,
-                                               (Opt("id", "", "its node id"),), output=False))
+                                               (Opt("id", "", "its node id"),), output=False,
+                                               operations=("DELETE /v1/cluster/members/{id}",)))
     registry.register_action("cluster", Action("leader", "hand leadership to another voter", cluster_leader,
-                                               (Opt("to", "", "the voter's node id"),)))
+                                               (Opt("to", "", "the voter's node id"),),
+                                               operations=("POST /v1/cluster/leader",)))

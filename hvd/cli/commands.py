@@ -3,7 +3,13 @@
 A `Resource` describes a REST collection (path, list columns, create/update options); it yields the
 generic `create`, `list`, `show`, `delete` and `set` actions. Anything else is an `Action` with its
 own options and run function. Later layers (servers, images, networks) register theirs with
-`register_resource` / `register_action`, and `add_client_commands` builds the argparse tree.
+`register_resource` / `register_action` (or `register_command` for a top-level `hvd <name>`), and
+`add_client_commands` builds the argparse tree.
+
+Every action names the API operations it calls in `operations` ("POST /v1/routers/{id}/add-interface",
+path templates as in /v1/openapi.json; parameter names do not matter): the CLI-completeness test
+checks that every operation of the OpenAPI document has a command, and that no command names an
+operation the API does not have. Resources fill theirs in from their path.
 """
 
 from __future__ import annotations
@@ -102,6 +108,7 @@ class Action:
     args: Sequence[Opt] = ()
     output: bool = True  # takes -f/-c
     configure: Callable[[argparse.ArgumentParser], object] | None = None
+    operations: Sequence[str] = ()  # "METHOD /v1/path/{id}" of every API operation it calls
 
 
 @dataclass(frozen=True)
@@ -125,18 +132,23 @@ class Resource:
 
     def actions(self) -> list[Action]:
         singular = self.name.replace("-", " ")
+        item = f"{self.path}/{{id}}"
         acts = [
-            Action("list", f"list {singular}s", self._list, self.list_query),
-            Action("show", f"show a {singular}", self._show, (Opt(self.name, "", help=f"{self.ref}"),)),
+            Action("list", f"list {singular}s", self._list, self.list_query, operations=(f"GET {self.path}",)),
+            Action("show", f"show a {singular}", self._show, (Opt(self.name, "", help=f"{self.ref}"),),
+                   operations=(f"GET {item}",)),
         ]
         if self.create is not None:
-            acts.insert(0, Action("create", f"create a {singular}", self._create, self.create))
+            acts.insert(0, Action("create", f"create a {singular}", self._create, self.create,
+                                  operations=(f"POST {self.path}",)))
         if self.deletable:
             acts.append(Action("delete", f"delete {singular}s", self._delete, output=False,
-                               configure=lambda p: p.add_argument(self.name, nargs="+", help=self.ref)))
+                               configure=lambda p: p.add_argument(self.name, nargs="+", help=self.ref),
+                               operations=(f"DELETE {item}",)))
         if self.update is not None:
             acts.append(Action("set", f"change a {singular}", self._set,
-                               (Opt(self.name, "", help=self.ref), *self.update), output=False))
+                               (Opt(self.name, "", help=self.ref), *self.update), output=False,
+                               operations=(f"PATCH {item}",)))
         return acts
 
     def _create(self, session: Session, args: argparse.Namespace) -> None:
@@ -165,6 +177,7 @@ class Registry:
 
     objects: dict[str, dict[str, Action]] = field(default_factory=dict)
     helps: dict[str, str] = field(default_factory=dict)
+    commands: dict[str, Action] = field(default_factory=dict)  # top-level `hvd <name>` (e.g. events)
 
     def register_resource(self, resource: Resource, help: str = "") -> None:
         for action in resource.actions():
@@ -175,19 +188,38 @@ class Registry:
         if help or obj not in self.helps:
             self.helps[obj] = help or f"{obj} commands"
 
+    def register_command(self, action: Action) -> None:
+        """A top-level command, `hvd <action.name>` (no object)."""
+        self.commands[action.name] = action
+
+    def operations(self) -> dict[str, list[str]]:
+        """API operation ("METHOD /path") -> the commands that call it ("hvd router add-interface")."""
+        found: dict[str, list[str]] = {}
+        named = [(f"hvd {obj} {a.name}", a) for obj, acts in self.objects.items() for a in acts.values()]
+        for command, action in [*named, *((f"hvd {a.name}", a) for a in self.commands.values())]:
+            for op in action.operations:
+                found.setdefault(op, []).append(command)
+        return found
+
     def install(self, subparsers: Any, session_factory: Callable[[], Session] = Session.from_env) -> None:
         for obj, actions in self.objects.items():
             obj_parser = subparsers.add_parser(obj, help=self.helps[obj])
             obj_sub = obj_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
             for action in actions.values():
-                p = obj_sub.add_parser(action.name, help=action.help, description=action.help)
-                for opt in action.args:
-                    opt.add_to(p)
-                if action.configure is not None:
-                    action.configure(p)
-                if action.output:
-                    add_output_options(p)
-                p.set_defaults(func=_runner(action.run, session_factory))
+                _add_action(obj_sub, action, session_factory)
+        for action in self.commands.values():
+            _add_action(subparsers, action, session_factory)
+
+
+def _add_action(subparsers: Any, action: Action, session_factory: Callable[[], Session]) -> None:
+    p = subparsers.add_parser(action.name, help=action.help, description=action.help)
+    for opt in action.args:
+        opt.add_to(p)
+    if action.configure is not None:
+        action.configure(p)
+    if action.output:
+        add_output_options(p)
+    p.set_defaults(func=_runner(action.run, session_factory))
 
 
 def _runner(run: Run, session_factory: Callable[[], Session]) -> Callable[[argparse.Namespace], int]:

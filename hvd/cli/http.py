@@ -63,13 +63,30 @@ class Session:
         self.token = str(body["token"])
         return body
 
-    def call(self, method: str, path: str, body: Any = None, query: Mapping[str, Any] | None = None) -> Any:
-        """Send one request with the session's token; returns the decoded JSON body (None for 204)."""
+    def call(self, method: str, path: str, body: Any = None, query: Mapping[str, Any] | None = None,
+             auth: bool = True) -> Any:
+        """Send one request with the session's token (none when `auth` is false: public paths);
+        returns the decoded JSON body (None for 204)."""
+        if auth and self.token is None:
+            self.login()
+        if query:
+            path += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        return self._send(method, path, body, token=self.token if auth else None)
+
+    def open(self, path: str, query: Mapping[str, Any] | None = None, timeout: float | None = None) -> Any:
+        """GET a streamed answer (e.g. /v1/events): the open response, read by the caller line by line."""
         if self.token is None:
             self.login()
         if query:
             path += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
-        return self._send(method, path, body, token=self.token)
+        req = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {self.token}"})
+        try:
+            return urllib.request.urlopen(req, timeout=self.timeout if timeout is None else timeout)
+        except urllib.error.HTTPError as exc:
+            raise _api_error(exc) from None
+        except urllib.error.URLError as exc:
+            raise CliError(f"cannot connect to {self.url}: {_reason(exc.reason)} (is hvd running? check HVD_URL)"
+                           ) from None
 
     def list_all(self, path: str, plural: str, query: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Every item of a paginated collection (follows `next` markers)."""
