@@ -8,7 +8,9 @@ from hvd.catalog import (
     cmd_network,
     cmd_network_l3,
     cmd_resources,
+    cmd_volumes,
     purge,
 )
 
-MODULES = (cmd_identity, cmd_resources, cmd_hosts, cmd_compute, cmd_network, cmd_network_l3, cmd_aggregates, purge)
+MODULES = (cmd_identity, cmd_resources, cmd_hosts, cmd_compute, cmd_network, cmd_network_l3, cmd_aggregates,
+           cmd_volumes, purge)

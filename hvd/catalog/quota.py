@@ -23,7 +23,9 @@ DEFAULT_LIMITS: dict[str, int] = {
     "security_groups": 10,
     "security_group_rules": 100,
     "volumes": 10,
-    "gigabytes": 1000,
+    "gigabytes": 1000,  # the size of a project's volumes, GiB
+    "snapshots": 10,  # volume snapshots
+    "backups": 10,  # volume backups
 }
 
 

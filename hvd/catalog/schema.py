@@ -159,7 +159,39 @@ CREATE TABLE host_fences (
   host TEXT PRIMARY KEY, term INTEGER NOT NULL, reason TEXT NOT NULL, fenced_at TEXT NOT NULL);
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5]
+_V6 = """
+CREATE TABLE volume_types (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, description TEXT NOT NULL, extra_specs TEXT NOT NULL,
+  is_public INTEGER NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE volumes (
+  id TEXT PRIMARY KEY, project_id TEXT NOT NULL, user_id TEXT NOT NULL, name TEXT NOT NULL,
+  description TEXT NOT NULL, size_gb INTEGER NOT NULL, status TEXT NOT NULL, previous_status TEXT,
+  host TEXT, backend TEXT, volume_type_id TEXT NOT NULL, availability_zone TEXT NOT NULL,
+  bootable INTEGER NOT NULL, multiattach INTEGER NOT NULL, volume_format TEXT NOT NULL,
+  source_image_id TEXT, source_snapshot_id TEXT, source_volume_id TEXT, restore_backup_id TEXT,
+  new_size_gb INTEGER, error TEXT, metadata TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+CREATE INDEX volumes_project ON volumes(project_id);
+CREATE INDEX volumes_host ON volumes(host);
+CREATE TABLE volume_snapshots (
+  id TEXT PRIMARY KEY, project_id TEXT NOT NULL, user_id TEXT NOT NULL, volume_id TEXT NOT NULL,
+  name TEXT NOT NULL, description TEXT NOT NULL, size_gb INTEGER NOT NULL, status TEXT NOT NULL,
+  host TEXT, backend TEXT, error TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+CREATE INDEX volume_snapshots_volume ON volume_snapshots(volume_id);
+CREATE TABLE volume_backups (
+  id TEXT PRIMARY KEY, project_id TEXT NOT NULL, user_id TEXT NOT NULL, volume_id TEXT NOT NULL,
+  name TEXT NOT NULL, description TEXT NOT NULL, size_gb INTEGER NOT NULL, status TEXT NOT NULL,
+  host TEXT NOT NULL, parent_id TEXT, is_incremental INTEGER NOT NULL, chunks INTEGER NOT NULL,
+  new_chunks INTEGER NOT NULL, data_bytes INTEGER NOT NULL, stored_bytes INTEGER NOT NULL,
+  restore_volume_id TEXT, error TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+CREATE INDEX volume_backups_volume ON volume_backups(volume_id);
+CREATE TABLE volume_attachments (
+  id TEXT PRIMARY KEY, volume_id TEXT NOT NULL, instance_id TEXT NOT NULL, host TEXT, device TEXT,
+  status TEXT NOT NULL, attach_mode TEXT NOT NULL, connection_info TEXT NOT NULL, error TEXT,
+  created_at TEXT NOT NULL, updated_at TEXT NOT NULL, UNIQUE (volume_id, instance_id));
+CREATE INDEX volume_attachments_instance ON volume_attachments(instance_id);
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6]
 
 
 def check_not_newer(version: int, what: str = "the catalog") -> None:

@@ -9,9 +9,11 @@ from typing import Any
 from hvd.errors import NotFound
 
 JSON_COLUMNS = frozenset(
-    {"extra_specs", "capabilities", "properties", "flavor", "metadata", "fault", "extra", "roles"}
+    {"extra_specs", "capabilities", "properties", "flavor", "metadata", "fault", "extra", "roles",
+     "connection_info"}
 )
-BOOL_COLUMNS = frozenset({"enabled", "is_public", "protected", "locked", "config_drive", "revoked"})
+BOOL_COLUMNS = frozenset({"enabled", "is_public", "protected", "locked", "config_drive", "revoked", "bootable",
+                          "multiattach", "is_incremental"})
 
 
 def row_dict(row: sqlite3.Row) -> dict[str, Any]:

@@ -22,6 +22,11 @@ USAGE_SQL: dict[str, str] = {
     "floating_ips": "SELECT COUNT(*) FROM floating_ips WHERE project_id=?",
     "security_groups": "SELECT COUNT(*) FROM security_groups WHERE project_id=?",
     "security_group_rules": "SELECT COUNT(*) FROM security_group_rules WHERE project_id=?",
+    "volumes": "SELECT COUNT(*) FROM volumes WHERE project_id=?",
+    # a volume being extended counts at its new size, so two extends cannot both pass the quota
+    "gigabytes": "SELECT COALESCE(SUM(MAX(size_gb, COALESCE(new_size_gb, 0))), 0) FROM volumes WHERE project_id=?",
+    "snapshots": "SELECT COUNT(*) FROM volume_snapshots WHERE project_id=?",
+    "backups": "SELECT COUNT(*) FROM volume_backups WHERE project_id=?",
 }
 
 

@@ -1,0 +1,124 @@
+"""The volume backend interface (Cinder's volume driver), one instance per configured backend.
+
+A backend holds the data of volumes and snapshots on this host, named ``volume-<uuid>`` and
+``snapshot-<uuid>`` (as Cinder names them), so anything with such a name that the catalog does
+not know is an orphan a restart may remove.
+
+Contract of every method:
+- Postcondition on success as stated; on failure (DriverError / Timeout) nothing half-made stays
+  behind for create-type methods (the partial volume is removed), and the catalog is not touched:
+  the caller (VolumeService) records the outcome.
+- ``delete_volume`` / ``delete_snapshot`` succeed when the object is already gone (idempotent).
+- Methods block only in subprocesses or executors, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GIB = 1 << 30
+VOLUME_PREFIX = "volume-"
+SNAPSHOT_PREFIX = "snapshot-"
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_OWN_NAME = re.compile(rf"^(volume|snapshot)-({_UUID})$")
+
+
+def volume_name(volume_id: str) -> str:
+    return f"{VOLUME_PREFIX}{volume_id}"
+
+
+def snapshot_name(snapshot_id: str) -> str:
+    return f"{SNAPSHOT_PREFIX}{snapshot_id}"
+
+
+def parse_name(name: str) -> tuple[str, str] | None:
+    """("volume" | "snapshot", uuid) of an object name a backend made, or None for anything else."""
+    m = _OWN_NAME.match(name)
+    return None if m is None else (m.group(1), m.group(2))
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a backend can still hold (GiB, rounded down) and what it holds in all."""
+
+    total_gb: int
+    free_gb: int
+    thin: bool = False
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What the volume scheduler knows of a backend: where, which, how much (pure data)."""
+
+    host: str
+    name: str
+    driver: str
+    availability_zone: str
+    capacity: Capacity
+    capabilities: dict[str, str] = field(default_factory=dict)
+
+
+class VolumeBackend(abc.ABC):
+    """One storage backend of this host (``[volumes] backends`` entry)."""
+
+    name: str
+    driver: str
+    volume_format: str  # "raw" or "qcow2": the format of the data connection_info points at
+
+    @abc.abstractmethod
+    def connection_info(self, volume_id: str) -> dict[str, Any]:
+        """How a hypervisor on this host reaches the volume (pure; the volume exists):
+        ``{"type": "file", "path": ..., "format": "raw" | "qcow2"}`` or
+        ``{"type": "block", "path": "/dev/<vg>/volume-<id>", "format": "raw"}``."""
+
+    @abc.abstractmethod
+    async def create_blank(self, volume_id: str, size_bytes: int) -> None:
+        """A volume of ``size_bytes`` reading as zeros (sparse or thin where possible)."""
+
+    @abc.abstractmethod
+    async def create_from_image(self, volume_id: str, image: Path, image_format: str, size_bytes: int) -> None:
+        """A volume of ``size_bytes`` holding the image's data (qemu-img convert, sparse)."""
+
+    @abc.abstractmethod
+    async def create_from_snapshot(self, volume_id: str, snapshot_id: str, size_bytes: int) -> None:
+        """A new, independent volume holding the snapshot's data, grown to ``size_bytes``."""
+
+    @abc.abstractmethod
+    async def clone(self, volume_id: str, source_volume_id: str, size_bytes: int) -> None:
+        """A new, independent copy of another volume of this backend, grown to ``size_bytes``."""
+
+    @abc.abstractmethod
+    async def delete_volume(self, volume_id: str, wipe: str = "none") -> None:
+        """The volume's data is gone (``wipe`` "zero": overwritten first; "discard": discarded)."""
+
+    @abc.abstractmethod
+    async def extend(self, volume_id: str, size_bytes: int) -> None:
+        """The volume is ``size_bytes`` long (grow only)."""
+
+    @abc.abstractmethod
+    async def create_snapshot(self, snapshot_id: str, volume_id: str) -> None:
+        """A point-in-time copy of the volume, independent of later writes to it."""
+
+    @abc.abstractmethod
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        """The snapshot is gone."""
+
+    @abc.abstractmethod
+    async def capacity(self) -> Capacity:
+        """Total and free space now (for the volume scheduler and the host's report)."""
+
+    @abc.abstractmethod
+    async def list_objects(self) -> set[str]:
+        """Names (``volume-<uuid>``, ``snapshot-<uuid>``) of the objects this backend holds."""
+
+    @abc.abstractmethod
+    async def size_bytes(self, volume_id: str) -> int | None:
+        """The volume's virtual size now, None when it does not exist."""
+
+    @abc.abstractmethod
+    def raw_path(self, volume_id: str) -> Path | None:
+        """A path whose bytes are the volume's raw data (for backups), None when the format is not raw."""
