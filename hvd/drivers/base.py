@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hvd.compute.lifecycle import PowerState
+from hvd.drivers.remote_console import SerialSession
+from hvd.drivers.volumes import VolumeDisk
 
 DOMAIN_PREFIX = "instance-"
 
@@ -59,6 +61,8 @@ class InstanceSpec:
     raw with force_raw_images). ``instance_dir`` is ``<instances_path>/<uuid>``. ``root_gb`` 0
     means "the image's virtual size". ``config_drive`` is an already built ``disk.config`` or None.
     ``rescue`` True boots ``disk.rescue`` as vda with the instance's disk as vdb.
+    ``volumes`` are the attached volumes (part of every definition: hard reboot, start, resize and
+    moves keep them); one at ``vda`` is the boot volume, and then there is no local root ``disk``.
     """
 
     uuid: str
@@ -84,6 +88,11 @@ class InstanceSpec:
     # "instance-" + %08x as in Nova; a longer prefix (still starting "instance-") keeps several
     # hvd daemons sharing one libvirtd (tests) from colliding on domain names
     name_prefix: str = DOMAIN_PREFIX
+    volumes: tuple[VolumeDisk, ...] = ()
+
+    @property
+    def boots_from_volume(self) -> bool:
+        return any(v.boot for v in self.volumes)
 
     @property
     def domain_name(self) -> str:
@@ -105,6 +114,9 @@ class Capabilities:
     supports_live_migration: bool = False
     supports_attach_interface: bool = False
     supports_config_drive: bool = True
+    # remote consoles the driver serves ("serial", "vnc"; vnc also gives screenshots)
+    remote_consoles: frozenset[str] = frozenset()
+    supports_volumes: bool = False  # attach_volume, detach_volume, extend_volume
 
 
 @dataclass(frozen=True)
@@ -342,6 +354,52 @@ class ComputeDriver(abc.ABC):
 
     async def detach_interface(self, uuid: str, nic: Nic) -> None:
         """Hot-unplug the NIC with ``nic.mac``. Optional. Idempotent when absent."""
+        raise NotImplementedError
+
+    async def attach_volume(self, uuid: str, volume: VolumeDisk) -> str:
+        """Add ``volume`` to the domain: hot-plugged (live and persistent) when the domain runs or
+        is paused, persistent only when it is off. Returns the target device it got.
+
+        Idempotent: a volume already attached (same serial) is left as is and its device returned.
+        Raises DriverError when the hypervisor cannot open the volume (nothing is changed then).
+        Optional: see ``supports_volumes``.
+        """
+        raise NotImplementedError
+
+    async def detach_volume(self, uuid: str, volume_id: str, timeout: float) -> None:
+        """Remove the volume with ``volume_id`` from the domain, live and persistent.
+
+        A live unplug completes only when the guest releases the disk: after ``timeout`` seconds
+        without that, DriverError, and the volume stays in the persistent definition (the caller
+        keeps it attached). Idempotent: absent is success. Optional: see ``supports_volumes``.
+        """
+        raise NotImplementedError
+
+    async def extend_volume(self, uuid: str, volume_id: str, new_size: int) -> None:
+        """Tell the running guest that the volume with ``volume_id`` is now ``new_size`` bytes
+        (libvirt block resize; QEMU grows a qcow2 file itself). A no-op when the domain is off (it
+        reads the size at its next start). Optional: see ``supports_volumes``.
+        """
+        raise NotImplementedError
+
+    async def open_serial_console(self, uuid: str) -> SerialSession:
+        """Attach to the running domain's serial port (``virsh console``); the port stays logged to
+        ``console.log`` meanwhile. Conflict when another session is attached, InvalidState when the
+        domain is not running. Optional: "serial" in ``remote_consoles``.
+        """
+        raise NotImplementedError
+
+    async def vnc_address(self, uuid: str) -> tuple[str, int]:
+        """(address, port) of the running domain's VNC display on this host, for the console proxy.
+        Conflict when the domain has no VNC display (defined while VNC was off), InvalidState when
+        it is not running. Optional: "vnc" in ``remote_consoles``.
+        """
+        raise NotImplementedError
+
+    async def screenshot(self, uuid: str) -> bytes:
+        """The running domain's screen as a PNG. Same errors as ``vnc_address``. Optional: "vnc"
+        in ``remote_consoles``.
+        """
         raise NotImplementedError
 
     async def prepare_incoming(self, spec: InstanceSpec) -> None:

@@ -3,7 +3,8 @@
 For unit and functional tests (many daemons in one process) and scale benchmarks: every call is a
 few dict operations, plus small files when ``instances_path`` is given (so tests of cleanup see the
 same files as with libvirt). Failures are injected per method with ``fail(...)``; a guest that
-ignores ACPI is simulated with ``set_acpi(uuid, False)``.
+ignores ACPI is simulated with ``set_acpi(uuid, False)``, one that never releases a hot-plugged
+volume with ``set_volume_release(uuid, False)``.
 
 What a test can observe, as with a real guest: every boot gets a new domain id (``dom_id``, like
 libvirt's, -1 while shut off) and appends ``FAKE boot <n>`` to the console log, which is kept
@@ -41,7 +42,10 @@ from hvd.drivers.base import (
     Nic,
 )
 from hvd.drivers.console import read_console_tail
+from hvd.drivers.fake_console import FakeSerialSession, FakeVncServer, black_screen_png
 from hvd.drivers.libvirt.xml import disk_layout, domain_xml
+from hvd.drivers.remote_console import SERIAL, VNC
+from hvd.drivers.volumes import VolumeDisk, next_device
 from hvd.errors import BadRequest, Conflict, DriverError, HvdError, InvalidState, NotFound
 from hvd.storage import qemu_img
 
@@ -59,6 +63,9 @@ class FakeDomain:
     boots: int = 0
     dom_id: int = -1  # libvirt's domain id: new at every start, -1 while not running
     nics: list[Nic] = field(default_factory=list)
+    volumes: dict[str, VolumeDisk] = field(default_factory=dict)  # volume id → disk, in attach order
+    volume_sizes: dict[str, int] = field(default_factory=dict)  # what the guest was told by extend_volume
+    releases_volumes: bool = True  # does the guest acknowledge a volume unplug?
 
 
 class FakeDriver(ComputeDriver):
@@ -76,7 +83,9 @@ class FakeDriver(ComputeDriver):
         self.domains: dict[str, FakeDomain] = {}
         self.image_sizes = image_sizes if image_sizes is not None else {}
         self.calls: dict[str, int] = defaultdict(int)
-        self._caps = capabilities or Capabilities(supports_live_migration=True, supports_attach_interface=True)
+        self._caps = capabilities or Capabilities(supports_live_migration=True, supports_attach_interface=True,
+                                                  supports_volumes=True,
+                                                  remote_consoles=frozenset({SERIAL, VNC}))
         self._resources = resources or HostResources(
             vcpus=os.cpu_count() or 1,
             memory_mib=16384,
@@ -91,6 +100,8 @@ class FakeDriver(ComputeDriver):
         self._hub = EventHub()
         self._next_dom_id = 1
         self.migrated_to: dict[str, str] = {}  # uuid -> destination URI of its live migration
+        self._serial: dict[str, FakeSerialSession] = {}  # uuid -> the attached console session
+        self._vnc: dict[str, FakeVncServer] = {}  # uuid -> its display (kept until destroy)
 
     # --- test hooks ---------------------------------------------------------------------------
 
@@ -105,6 +116,10 @@ class FakeDriver(ComputeDriver):
     def set_acpi(self, uuid: str, responds: bool) -> None:
         """Simulate a guest that ignores (or honours) the ACPI power button."""
         self._get(uuid).acpi = responds
+
+    def set_volume_release(self, uuid: str, releases: bool) -> None:
+        """Simulate a guest that never (or again) acknowledges a volume unplug."""
+        self._get(uuid).releases_volumes = releases
 
     def _maybe_fail(self, method: str) -> None:
         self.calls[method] += 1
@@ -125,6 +140,8 @@ class FakeDriver(ComputeDriver):
         dom.power = power
         if power in (PowerState.SHUTDOWN, PowerState.NOSTATE, PowerState.SUSPENDED):
             dom.dom_id = -1
+            if dom.spec.uuid in self._serial:  # the QEMU process is gone: so is its console
+                self._serial[dom.spec.uuid].end()
         elif dom.dom_id == -1:  # a QEMU process starts (boot, or restore of a saved state)
             dom.dom_id = self._next_dom_id
             self._next_dom_id += 1
@@ -143,7 +160,7 @@ class FakeDriver(ComputeDriver):
 
     def _boot(self, dom: FakeDomain) -> None:
         dom.boots += 1
-        disks = " ".join(d.dev for d in disk_layout(dom.spec))
+        disks = " ".join([d.dev for d in disk_layout(dom.spec)] + [v.dev for v in dom.volumes.values()])
         self._console(dom, f"FAKE boot {dom.boots}")
         self._console(dom, f"FAKE disks={disks}")
         self._set_power(dom, PowerState.RUNNING)
@@ -152,7 +169,8 @@ class FakeDriver(ComputeDriver):
         if self.instances_path is None:
             return
         spec.instance_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        spec.path(DISK).touch()
+        if not spec.boots_from_volume:
+            spec.path(DISK).touch()
         if spec.ephemeral_gb:
             spec.path(DISK_EPH0).touch()
         if spec.swap_mb:
@@ -174,6 +192,9 @@ class FakeDriver(ComputeDriver):
 
     async def close(self) -> None:
         self._hub.close()
+        for display in list(self._vnc.values()):
+            await display.close()
+        self._vnc.clear()
 
     async def host_resources(self) -> HostResources:
         self._maybe_fail("host_resources")
@@ -182,13 +203,13 @@ class FakeDriver(ComputeDriver):
     async def spawn(self, spec: InstanceSpec) -> None:
         if spec.uuid in self.domains:
             raise Conflict(f"a domain for instance {spec.uuid} already exists on this host")
-        if self.instances_path is not None and not spec.image_path.exists():
+        if self.instances_path is not None and not spec.boots_from_volume and not spec.image_path.exists():
             raise DriverError(f"image {spec.image_path} is not in the cache")
         size = self.image_sizes.get(spec.image_path, 0)
         if spec.root_gb and size > spec.root_gb * GIB:
             raise BadRequest(f"image of {size} bytes does not fit in a {spec.root_gb} GB root disk")
         self._write_files(spec)
-        dom = FakeDomain(spec=spec, nics=list(spec.nics))
+        dom = FakeDomain(spec=spec, nics=list(spec.nics), volumes={v.volume_id: v for v in spec.volumes})
         self.domains[spec.uuid] = dom
         try:
             self._maybe_fail("spawn")
@@ -205,6 +226,8 @@ class FakeDriver(ComputeDriver):
         dom = self.domains.pop(uuid, None)
         if dom is not None:
             self._set_power(dom, PowerState.NOSTATE)
+        if uuid in self._vnc:
+            await self._vnc.pop(uuid).close()
         directory = self._instance_dir(target)
         if not keep_disks and directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
@@ -229,6 +252,7 @@ class FakeDriver(ComputeDriver):
         if dom.power in (PowerState.PAUSED, PowerState.SUSPENDED):
             raise InvalidState(f"instance {spec.uuid} is {dom.power.name.lower()}; unpause/resume it")
         dom.spec = spec
+        dom.volumes = {v.volume_id: v for v in spec.volumes}
         self._write_files(spec)
         self._boot(dom)
 
@@ -245,6 +269,7 @@ class FakeDriver(ComputeDriver):
         dom.managed_save = False
         if isinstance(target, InstanceSpec):
             dom.spec = target
+            dom.volumes = {v.volume_id: v for v in target.volumes}
             self._write_files(target)
         self._boot(dom)
 
@@ -346,6 +371,41 @@ class FakeDriver(ComputeDriver):
             return text if lines is None else "".join(text.splitlines(keepends=True)[-lines:])
         return read_console_tail(dom.spec.path(CONSOLE_LOG), lines)
 
+    def _running(self, uuid: str, what: str) -> FakeDomain:
+        dom = self._get(uuid)
+        if dom.power != PowerState.RUNNING:
+            raise InvalidState(f"instance {uuid} is {dom.power.name.lower()}: {what}")
+        return dom
+
+    async def open_serial_console(self, uuid: str) -> FakeSerialSession:
+        self._maybe_fail("open_serial_console")
+        dom = self._running(uuid, "its console cannot be attached")
+        if uuid in self._serial:
+            raise Conflict(f"instance {uuid} already has a console session attached; detach it first")
+
+        def log(data: bytes) -> None:
+            if self.instances_path is not None and dom.spec.instance_dir.is_dir():
+                with dom.spec.path(CONSOLE_LOG).open("ab") as f:
+                    f.write(data)
+
+        session = FakeSerialSession(log, lambda: self._detach(uuid))
+        self._serial[uuid] = session
+        return session
+
+    def _detach(self, uuid: str) -> None:
+        self._serial.pop(uuid, None)
+
+    async def vnc_address(self, uuid: str) -> tuple[str, int]:
+        self._maybe_fail("vnc_address")
+        dom = self._running(uuid, "it has no display")
+        display = self._vnc.setdefault(uuid, FakeVncServer(dom.spec.domain_name))
+        return await display.address()
+
+    async def screenshot(self, uuid: str) -> bytes:
+        self._maybe_fail("screenshot")
+        self._running(uuid, "it has no screen")
+        return black_screen_png()
+
     async def attach_interface(self, uuid: str, nic: Nic) -> None:
         self._maybe_fail("attach_interface")
         dom = self._get(uuid)
@@ -356,6 +416,38 @@ class FakeDriver(ComputeDriver):
         self._maybe_fail("detach_interface")
         dom = self._get(uuid)
         dom.nics = [n for n in dom.nics if n.mac != nic.mac]
+
+    async def attach_volume(self, uuid: str, volume: VolumeDisk) -> str:
+        self._maybe_fail("attach_volume")
+        dom = self._get(uuid)
+        if volume.volume_id in dom.volumes:
+            return dom.volumes[volume.volume_id].dev
+        used = [d.dev for d in disk_layout(dom.spec)] + [v.dev for v in dom.volumes.values()]
+        placed = _replace_volume(volume, dev=next_device(used, volume.dev))
+        dom.volumes[volume.volume_id] = placed
+        if dom.power in (PowerState.RUNNING, PowerState.PAUSED):
+            self._console(dom, f"FAKE volume attached {placed.dev} serial={placed.serial}")
+        return placed.dev
+
+    async def detach_volume(self, uuid: str, volume_id: str, timeout: float) -> None:
+        self._maybe_fail("detach_volume")
+        dom = self._get(uuid)
+        if volume_id not in dom.volumes:
+            return
+        if dom.power in (PowerState.RUNNING, PowerState.PAUSED) and not dom.releases_volumes:
+            await asyncio.sleep(timeout)
+            raise DriverError(f"instance {uuid} did not release volume {volume_id} in {timeout:.0f} s;"
+                              " it stays attached (is the disk mounted in the guest?)")
+        del dom.volumes[volume_id]
+        dom.volume_sizes.pop(volume_id, None)
+
+    async def extend_volume(self, uuid: str, volume_id: str, new_size: int) -> None:
+        self._maybe_fail("extend_volume")
+        dom = self._get(uuid)
+        if volume_id not in dom.volumes:
+            raise NotFound(f"volume {volume_id} is not attached to instance {uuid}")
+        if dom.power in (PowerState.RUNNING, PowerState.PAUSED):
+            dom.volume_sizes[volume_id] = new_size
 
     async def prepare_incoming(self, spec: InstanceSpec) -> None:
         self._maybe_fail("prepare_incoming")
@@ -380,7 +472,7 @@ class FakeDriver(ComputeDriver):
 
     async def finish_incoming(self, spec: InstanceSpec) -> None:
         self._maybe_fail("finish_incoming")
-        dom = FakeDomain(spec=spec, nics=list(spec.nics), boots=1)
+        dom = FakeDomain(spec=spec, nics=list(spec.nics), boots=1, volumes={v.volume_id: v for v in spec.volumes})
         self.domains[spec.uuid] = dom
         self._set_power(dom, PowerState.RUNNING)
 
@@ -390,3 +482,7 @@ class FakeDriver(ComputeDriver):
 
 def _replace(spec: InstanceSpec, **changes: object) -> InstanceSpec:
     return dataclasses.replace(spec, **changes)  # type: ignore[arg-type]
+
+
+def _replace_volume(volume: VolumeDisk, **changes: object) -> VolumeDisk:
+    return dataclasses.replace(volume, **changes)  # type: ignore[arg-type]

@@ -28,7 +28,8 @@ import pytest_asyncio
 from hvd.compute.lifecycle import PowerState
 from hvd.drivers.base import DISK, DISK_RESCUE, DOMAIN_XML, ComputeDriver, InstanceSpec, Nic
 from hvd.drivers.fake import FakeDriver
-from hvd.errors import BadRequest, Conflict, HvdError, InvalidState, NotFound
+from hvd.drivers.volumes import VolumeDisk
+from hvd.errors import BadRequest, Conflict, DriverError, HvdError, InvalidState, NotFound
 from hvd.storage import qemu_img
 from hvd.storage.config_drive import drive_files, render_meta_data, write_config_drive
 from hvd.storage.image_cache import ImageCache
@@ -625,3 +626,105 @@ async def test_reconnects_after_a_lost_connection(env: Env) -> None:
     spec = await env.spawned()
     assert spec.uuid in await env.driver.list_domains()
     assert host.reconnects == before + 1
+
+
+# --- volumes ------------------------------------------------------------------------------------
+
+
+def _volume_file(env: Env, size: int = 64 << 20, copy_of: Path | None = None) -> tuple[str, Path]:
+    """A raw volume file outside the instance directories (as a volume backend keeps them)."""
+    directory = env.instances_path.parent / "volumes"
+    directory.mkdir(mode=0o755, exist_ok=True)
+    volume_id = str(uuidlib.uuid4())
+    path = directory / f"volume-{volume_id}"
+    if copy_of is not None:
+        shutil.copyfile(copy_of, path)
+    else:
+        with path.open("wb") as f:
+            f.truncate(size)
+    path.chmod(0o644)
+    return volume_id, path
+
+
+async def _volume_devs(env: Env, spec: InstanceSpec, live: bool = True) -> dict[str, str]:
+    """serial → target dev of the volumes the domain has (live, or its persistent definition)."""
+    if isinstance(env.driver, FakeDriver):
+        return {v.serial: v.dev for v in env.driver.domains[spec.uuid].volumes.values()}
+    from hvd.drivers.libvirt import guest
+    from hvd.drivers.libvirt.volume_xml import volume_targets
+
+    flags = 0 if live else 2  # VIR_DOMAIN_XML_INACTIVE
+    xml = await env.driver.host.call(lambda conn: guest.lookup(conn, spec.uuid).XMLDesc(flags))  # type: ignore[attr-defined]
+    return volume_targets(xml)
+
+
+async def _guest_size(env: Env, spec: InstanceSpec, volume_id: str) -> int:
+    """The volume's size as the running guest's QEMU sees it."""
+    if isinstance(env.driver, FakeDriver):
+        return env.driver.domains[spec.uuid].volume_sizes[volume_id]
+    from hvd.drivers.libvirt import guest
+
+    dev = (await _volume_devs(env, spec))[volume_id[:20]]
+    info = await env.driver.host.call(lambda conn: guest.lookup(conn, spec.uuid).blockInfo(dev))  # type: ignore[attr-defined]
+    return int(info[0])
+
+
+async def test_volume_hotplug_extend_and_detach(env: Env) -> None:
+    volume_id, path = _volume_file(env)
+    spec = await env.spawned()
+    await env.booted(spec)  # a live unplug needs a guest that handles ACPI hotplug
+    vol = VolumeDisk(volume_id, "vdb", "file", path=str(path))
+    started = time.monotonic()
+    assert await env.driver.attach_volume(spec.uuid, vol) == "vdb"
+    timed("attach_volume_s", time.monotonic() - started)
+    assert await env.driver.attach_volume(spec.uuid, vol) == "vdb"  # idempotent
+    assert await _volume_devs(env, spec) == {volume_id[:20]: "vdb"}
+    assert await _volume_devs(env, spec, live=False) == {volume_id[:20]: "vdb"}
+    # a second volume asking for a taken device gets the next free one
+    other_id, other_path = _volume_file(env)
+    assert await env.driver.attach_volume(spec.uuid, VolumeDisk(other_id, "vdb", "file", path=str(other_path))) == "vdc"
+    await env.driver.detach_volume(spec.uuid, other_id, 30)
+
+    with path.open("r+b") as f:  # the backend grew the file; the guest is told
+        f.truncate(128 << 20)
+    await env.driver.extend_volume(spec.uuid, volume_id, 128 << 20)
+    assert await _guest_size(env, spec, volume_id) == 128 << 20
+
+    started = time.monotonic()
+    await env.driver.detach_volume(spec.uuid, volume_id, 30)
+    timed("detach_volume_s", time.monotonic() - started)
+    await env.driver.detach_volume(spec.uuid, volume_id, 30)  # idempotent
+    assert await _volume_devs(env, spec) == {}
+    assert await _volume_devs(env, spec, live=False) == {}
+
+
+async def test_volume_detach_refused_by_the_guest_leaves_it_attached(env: Env) -> None:
+    volume_id, path = _volume_file(env)
+    spec = await env.spawned()  # not booted: a guest still in its BIOS never acknowledges an unplug
+    if isinstance(env.driver, FakeDriver):
+        env.driver.set_volume_release(spec.uuid, False)
+    await env.driver.attach_volume(spec.uuid, VolumeDisk(volume_id, "vdb", "file", path=str(path)))
+    with pytest.raises(DriverError, match="did not release volume"):
+        await env.driver.detach_volume(spec.uuid, volume_id, 0.5)
+    assert await _volume_devs(env, spec, live=False) == {volume_id[:20]: "vdb"}
+
+
+async def test_boot_from_volume_with_a_data_volume_across_a_power_cycle(env: Env) -> None:
+    boot_id, boot_path = _volume_file(env, copy_of=env.image_path if env.real else None)
+    data_id, data_path = _volume_file(env)
+    spec = await env.spawned(volumes=(VolumeDisk(boot_id, "vda", "file", path=str(boot_path)),
+                                      VolumeDisk(data_id, "vdb", "file", path=str(data_path))))
+    assert not spec.path(DISK).exists()  # the boot volume is the root disk
+    assert spec.uuid in await env.driver.list_domains()
+    await env.booted(spec)
+    assert await env.disks(spec) == ["vda", "vdb"]
+    assert await _volume_devs(env, spec) == {boot_id[:20]: "vda", data_id[:20]: "vdb"}
+    await env.driver.power_off(spec.uuid, 0)
+    # attached while off: in the persistent definition only, and in the next boot
+    third_id, third_path = _volume_file(env)
+    third = VolumeDisk(third_id, "vdc", "file", path=str(third_path))
+    assert await env.driver.attach_volume(spec.uuid, third) == "vdc"
+    mark = await env.console_mark(spec)
+    await env.driver.power_on(replace(spec, volumes=(*spec.volumes, third)))
+    await env.booted(spec, after=mark)
+    assert await env.disks(spec, after=mark) == ["vda", "vdb", "vdc"]

@@ -44,10 +44,13 @@ from hvd.drivers.base import (
     Nic,
 )
 from hvd.drivers.console import read_console_tail
-from hvd.drivers.libvirt import guest
+from hvd.drivers.libvirt import consoles, guest, volume_ops
 from hvd.drivers.libvirt.access import instances_path_problem
 from hvd.drivers.libvirt.host import LibvirtHost, translate
+from hvd.drivers.libvirt.volume_xml import disk_xml
 from hvd.drivers.libvirt.xml import VirtType, domain_xml, interface_xml
+from hvd.drivers.remote_console import SERIAL, VNC, SerialSession
+from hvd.drivers.volumes import VolumeDisk, next_device
 from hvd.errors import BadRequest, ConfigError, Conflict, DriverError, HvdError, InvalidState, NotFound
 from hvd.storage import qemu_img
 
@@ -76,12 +79,15 @@ class LibvirtDriver(ComputeDriver):
     """ComputeDriver over one libvirt connection (``uri``) and one ``instances_path``."""
 
     def __init__(
-        self, instances_path: Path, uri: str = "qemu:///system", virt_type: VirtType = "kvm", workers: int = 4
+        self, instances_path: Path, uri: str = "qemu:///system", virt_type: VirtType = "kvm", workers: int = 4,
+        vnc_listen: str | None = None,
     ) -> None:
         self.instances_path = Path(instances_path)
         self.virt_type: VirtType = virt_type
+        self.vnc_listen = vnc_listen  # None: domains get no display
         self.host = LibvirtHost(uri, workers)
         self.disk_cache = "none"
+        self._o_direct: dict[Path, bool] = {}  # directory of file volumes → O_DIRECT works there
         self._hub = EventHub()
         self.host.on_lifecycle(self._on_lifecycle)
 
@@ -102,7 +108,22 @@ class LibvirtDriver(ComputeDriver):
         return self.instances_path / uuid
 
     def _xml(self, spec: InstanceSpec) -> str:
-        return domain_xml(spec, self.virt_type, self.disk_cache)
+        volumes = tuple(self._with_cache(v) for v in spec.volumes)
+        return domain_xml(dataclasses.replace(spec, volumes=volumes), self.virt_type, self.disk_cache,
+                          self.vnc_listen)
+
+    def _with_cache(self, vol: VolumeDisk) -> VolumeDisk:
+        """The volume with a cache mode its storage supports (a file volume's directory may not
+        allow O_DIRECT, e.g. tmpfs, where cache='none' would fail at open)."""
+        if vol.kind != "file":
+            return dataclasses.replace(vol, cache="none")
+        directory = Path(vol.path).parent
+        if directory not in self._o_direct:
+            try:
+                self._o_direct[directory] = supports_o_direct(directory)
+            except OSError:  # not writable here: let QEMU report what it cannot open
+                return dataclasses.replace(vol, cache="none")
+        return dataclasses.replace(vol, cache="none" if self._o_direct[directory] else "writethrough")
 
     def _write_xml(self, spec: InstanceSpec) -> str:
         """The domain XML of ``spec``, saved to ``libvirt.xml`` first (what is defined is on disk)."""
@@ -123,7 +144,9 @@ class LibvirtDriver(ComputeDriver):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(supports_live_migration=True, supports_attach_interface=True)
+        kinds = frozenset({SERIAL, VNC} if self.vnc_listen is not None else {SERIAL})
+        return Capabilities(supports_live_migration=True, supports_attach_interface=True, supports_volumes=True,
+                            remote_consoles=kinds)
 
     async def start(self) -> None:
         if not self.instances_path.is_dir():
@@ -173,7 +196,9 @@ class LibvirtDriver(ComputeDriver):
         def wanted(name: str) -> bool:
             return not (spec.reuse_disks and spec.path(name).exists())
 
-        if wanted(DISK):
+        if spec.boots_from_volume:
+            pass  # the boot volume is the root disk
+        elif wanted(DISK):
             size = await self._root_size(spec)
             await qemu_img.create_overlay(spec.image_path, spec.path(DISK), size, spec.image_format)
         elif spec.root_gb:
@@ -189,7 +214,7 @@ class LibvirtDriver(ComputeDriver):
     async def spawn(self, spec: InstanceSpec) -> None:
         if await self._call(f"look up {spec.uuid}", guest.lookup_or_none, spec.uuid, retry=True) is not None:
             raise Conflict(f"a domain for instance {spec.uuid} already exists on this host")
-        if not spec.image_path.is_file():
+        if not spec.boots_from_volume and not spec.image_path.is_file():
             raise DriverError(f"image {spec.image_path} is not in the cache")
         started = time.monotonic()
         try:
@@ -427,6 +452,17 @@ class LibvirtDriver(ComputeDriver):
         await self._call(f"look up {uuid}", guest.lookup, uuid, retry=True)  # NotFound when absent
         return await asyncio.to_thread(read_console_tail, self._dir(uuid) / CONSOLE_LOG, lines)
 
+    async def open_serial_console(self, uuid: str) -> SerialSession:
+        return await consoles.open_serial(self.host, uuid)
+
+    async def vnc_address(self, uuid: str) -> tuple[str, int]:
+        address: tuple[str, int] = await self._call(f"display of {uuid}", consoles.vnc_address, uuid, retry=True)
+        return address
+
+    async def screenshot(self, uuid: str) -> bytes:
+        png: bytes = await self._call(f"screenshot of {uuid}", consoles.screenshot, uuid, retry=True)
+        return png
+
     async def attach_interface(self, uuid: str, nic: Nic) -> None:
         xml = interface_xml(nic)
         await self._call(f"attach interface to {uuid}", guest.change_interface, uuid, nic.mac, xml, True)
@@ -441,6 +477,33 @@ class LibvirtDriver(ComputeDriver):
             if time.monotonic() >= deadline:
                 raise DriverError(f"instance {uuid} did not release interface {nic.mac} in {DETACH_TIMEOUT_S} s")
             await asyncio.sleep(POLL_INTERVAL_S)
+
+    async def attach_volume(self, uuid: str, volume: VolumeDisk) -> str:
+        used = await self._call(f"disks of {uuid}", volume_ops.targets_in_use, uuid, retry=True)
+        current = await self._call(f"disks of {uuid}", volume_ops.live_disk_xml, uuid, volume.volume_id)
+        if current is None:  # a new device only for a volume not yet there (idempotent retry)
+            volume = dataclasses.replace(volume, dev=next_device(used, volume.dev))
+        xml = disk_xml(await asyncio.to_thread(self._with_cache, volume), self.disk_cache)
+        dev: str = await self._call(f"attach volume {volume.volume_id} to {uuid}", volume_ops.attach, uuid,
+                                    volume.volume_id, xml)
+        return dev
+
+    async def detach_volume(self, uuid: str, volume_id: str, timeout: float) -> None:
+        what = f"detach volume {volume_id} from {uuid}"
+        xml = await self._call(what, volume_ops.live_disk_xml, uuid, volume_id, retry=True)
+        if xml is not None:
+            await self._call(what, volume_ops.request_live_detach, uuid, xml)
+            # the guest acknowledges the unplug on its own time (libvirt itself waits only 5 s)
+            deadline = time.monotonic() + timeout
+            while await self._call(what, volume_ops.live_disk_xml, uuid, volume_id, retry=True) is not None:
+                if time.monotonic() >= deadline:
+                    raise DriverError(f"instance {uuid} did not release volume {volume_id} in {timeout:.0f} s;"
+                                      " it stays attached (is the disk mounted in the guest?)")
+                await asyncio.sleep(POLL_INTERVAL_S)
+        await self._call(what, volume_ops.detach_config, uuid, volume_id, retry=True)
+
+    async def extend_volume(self, uuid: str, volume_id: str, new_size: int) -> None:
+        await self._call(f"resize volume {volume_id} of {uuid}", volume_ops.block_resize, uuid, volume_id, new_size)
 
     def events(self) -> EventStream:
         return self._hub.subscribe()

@@ -89,7 +89,10 @@ def owns(dom: Any, instances_path: str) -> bool:
         return False
     prefix = instances_path.rstrip("/") + "/"
     root = ET.fromstring(dom.XMLDesc(0))
-    return any(src.get("file", "").startswith(prefix) for src in root.iterfind("devices/disk/source"))
+    # a server booted from a volume may have no local disk: its console log is still local
+    sources = [*root.iterfind("devices/disk/source"), *root.iterfind("devices/serial/source"),
+               *root.iterfind("devices/serial/log")]
+    return any((src.get("file") or src.get("path") or "").startswith(prefix) for src in sources)
 
 
 def list_power(conn: Any, instances_path: str) -> dict[str, PowerState]:

@@ -22,6 +22,7 @@ from hvd.drivers.base import (
     InstanceSpec,
     Nic,
 )
+from hvd.drivers.libvirt.volume_xml import add_volume_disks
 
 METADATA_NS = "https://hvd.dev/xmlns/libvirt/instance/1"
 VirtType = Literal["kvm", "qemu"]
@@ -46,14 +47,16 @@ def disk_layout(spec: InstanceSpec) -> list[DiskDevice]:
     files: list[tuple[Path, str]] = []
     if spec.rescue:
         files.append((spec.path(DISK_RESCUE), "qcow2"))
-    files.append((spec.path(DISK), "qcow2"))
+    if not spec.boots_from_volume:  # else the boot volume is vda (volume_xml)
+        files.append((spec.path(DISK), "qcow2"))
     if spec.ephemeral_gb > 0:
         files.append((spec.path(DISK_EPH0), "qcow2"))
     if spec.swap_mb > 0:
         files.append((spec.path(DISK_SWAP), "qcow2"))
     if spec.config_drive is not None:
         files.append((spec.config_drive, "raw"))
-    return [DiskDevice(path, fmt, disk_dev(i)) for i, (path, fmt) in enumerate(files)]
+    first = 1 if spec.boots_from_volume and not spec.rescue else 0  # vda is the boot volume
+    return [DiskDevice(path, fmt, disk_dev(first + i)) for i, (path, fmt) in enumerate(files)]
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -149,6 +152,7 @@ def domain_xml(spec: InstanceSpec, virt_type: VirtType, disk_cache: str = "none"
     devices = _sub(domain, "devices")
     for disk in disk_layout(spec):
         _disk(devices, disk, disk_cache)
+    add_volume_disks(devices, spec, disk_cache)
     for nic in spec.nics:
         devices.append(interface_element(nic))
     console_log = str(spec.path(CONSOLE_LOG))
