@@ -207,6 +207,56 @@ class NetworkSection(Section):
     )
 
 
+class VolumeBackendConfig(Section):
+    """One volume backend of this host (Cinder's enabled_backends entry)."""
+
+    name: str = Field("file", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                      description="Backend name; a volume type picks it with extra spec volume_backend_name.")
+    driver: Literal["file", "lvm"] = Field("file", description="file: image files in a directory; lvm: logical"
+                                           " volumes in a volume group.")
+    path: str = Field("", description="file: the directory of the volume files (empty = <data_dir>/volumes).")
+    format: Literal["raw", "qcow2"] = Field("raw", description="file: format of new volume files (raw: sparse).")
+    volume_group: str = Field("", pattern=r"^[A-Za-z0-9_.+-]{0,127}$",
+                              description="lvm: the volume group volumes are created in (must exist).")
+    thin_pool: str = Field("", pattern=r"^[A-Za-z0-9_.+-]{0,127}$",
+                           description="lvm: a thin pool in the volume group; empty = thick LVs.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> VolumeBackendConfig:
+        if self.driver == "lvm" and not self.volume_group:
+            raise ValueError(f"volume backend '{self.name}': driver lvm needs volume_group")
+        return self
+
+
+class VolumesSection(Section):
+    """Block storage on this host (hvd/storage/volumes/)."""
+
+    enabled: bool = Field(True, description="Serve volumes from this host's backends (false = no backend here).")
+    backends: list[VolumeBackendConfig] = Field(
+        default_factory=lambda: [VolumeBackendConfig()], max_length=16,
+        description="This host's volume backends; the first is used by volume types that name none.")
+    default_type: str = Field("default", min_length=1, max_length=255,
+                              description="Volume type of volumes created without one (made at start when missing).")
+    wipe_on_delete: Literal["none", "zero", "discard"] = Field(
+        "none", description="What happens to a deleted volume's blocks first: nothing, overwritten with zeros"
+                            " (Cinder's volume_clear=zero), or discarded (thin LVs and sparse files read zeros).")
+    backup_dir: str = Field("", description="Directory of volume backups (empty = <data_dir>/backups); may be a"
+                                            " shared NFS mount.")
+    backup_chunk_mib: int = Field(4, ge=1, le=64, description="Backup chunk size: unit of dedup and of sha256.")
+    backup_compression_level: int = Field(1, ge=0, le=9, description="zlib level of backup chunks (0 = stored"
+                                                                     " uncompressed; 1 = fastest).")
+    operation_timeout_s: float = Field(3600.0, gt=0, description="Longest run of one external command"
+                                                                 " (qemu-img convert, lvcreate, ...) before it is killed.")
+
+    @field_validator("backends")
+    @classmethod
+    def _unique(cls, backends: list[VolumeBackendConfig]) -> list[VolumeBackendConfig]:
+        names = [b.name for b in backends]
+        if len(set(names)) != len(names):
+            raise ValueError(f"volume backend names must be unique: {names}")
+        return backends
+
+
 class ImagesSection(Section):
     free_space_reserve_mb: int = Field(
         1024, ge=0, le=2**40,
@@ -382,6 +432,7 @@ class Config(Section):
     fencing: FencingSection = Field(default_factory=FencingSection, description="Fencing and evacuation.")
     images: ImagesSection = Field(default_factory=ImagesSection, description="Image data across hosts.")
     gossip: GossipSection = Field(default_factory=GossipSection, description="Host membership and liveness gossip.")
+    volumes: VolumesSection = Field(default_factory=VolumesSection, description="Block storage (volumes).")
 
     @property
     def host_name(self) -> str:
@@ -446,6 +497,8 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, BaseModel):
+        return _toml_value(value.model_dump(mode="json"))
     if isinstance(value, dict):
         return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
