@@ -1,2 +1,2 @@
 """hvd: a compute daemon for small virtualization labs."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hvd.catalog.protocol import PROTOCOL
 from hvd.errors import ConfigError
 
 
@@ -326,6 +327,11 @@ class ClusterSection(Section):
     heartbeat_ms: int = Field(100, ge=10, description="Leader heartbeat period; well under the election timeout.")
     propose_timeout_s: float = Field(
         10.0, gt=0, description="How long a write waits for a leader (election, forwarding) before 503."
+    )
+    advertise_protocol: int = Field(
+        0, ge=0, le=PROTOCOL,
+        description="For rolling-upgrade drills: advertise this older catalog protocol level instead of this"
+        " build's (0 = this build's), so the cluster holds back newer commands as if this host ran an older hvd.",
     )
 
     @field_validator("peers")

@@ -41,6 +41,7 @@ from hvd.cluster.gossip.service import GossipService, core_config
 from hvd.cluster.member import open_raft_coordinator
 from hvd.cluster.peer_auth import PeerVerifier
 from hvd.cluster.peers import PeerCaller
+from hvd.cluster.protocol_gate import ProtocolGate
 from hvd.compute.hostinfo import host_register_command
 from hvd.compute.manager import ComputeManager
 from hvd.compute.reconcile import Reconciler
@@ -165,8 +166,11 @@ def open_catalog(config: Config, data_dir: Path) -> tuple[Catalog, RaftCoordinat
         data_dir / "catalog.db",
         lambda db, state: open_raft_coordinator(config.cluster, config.node_id, data_dir / "raft.db", db, state),
     )
-    assert isinstance(catalog.coordinator, RaftCoordinator)
-    return catalog, catalog.coordinator
+    coordinator = catalog.coordinator
+    assert isinstance(coordinator, RaftCoordinator)
+    # rolling upgrades: nothing is proposed that a member's older build could not apply
+    coordinator.gate = ProtocolGate(config.node_id, hostreport.advertised_protocol(config), coordinator.member_ids)
+    return catalog, coordinator
 
 
 async def bootstrap_identity(config: Config, identity: IdentityService, openrc: Path, api_url: str) -> None:
@@ -232,6 +236,8 @@ async def running_services(config: Config, listener: socket.socket | None = None
         await gossip.start()
         coordinator.add_conf_listener(_leave_gossip_when_removed(config.node_id, gossip))
         endpoint.gossip = gossip
+        if coordinator.gate is not None:
+            coordinator.gate.use_gossip(gossip)  # the other members' protocol levels
         gossip_metrics.expose(gossip)
         await wait_for_cluster(coordinator)
         identity = IdentityService(catalog, config.identity.token_ttl_s)

@@ -102,6 +102,13 @@ class CapacityExceeded(Conflict):
     retryable = True
 
 
+class UpgradeInProgress(Conflict):
+    """A command some cluster member's older build could not apply (hvd.catalog.protocol): held
+    back, not appended, until every member is upgraded."""
+
+    title = "Upgrade In Progress"
+
+
 class PayloadTooLarge(HvdError):
     status = 413
     title = "Payload Too Large"

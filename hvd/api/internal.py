@@ -142,10 +142,9 @@ async def raft_propose(request: web.Request) -> web.Response:
     body = await _authenticated_body(request)
     coordinator = request.app[PEER].coordinator
     try:
-        out = await coordinator.propose_local(body)
-    except (NotLeader, ServiceUnavailable) as exc:
-        status, err = routing_error_response(exc)
-        return web.Response(status=status, body=err, content_type="application/json")
+        out = await coordinator.propose_local(body)  # re-checks the command's protocol level
+    except HvdError as exc:
+        return _wire(exc)  # typed (e.g. UpgradeInProgress), so the forwarding member raises the same
     # >= the entry's index: the forwarding member waits for it so its local reads see the write
     applied = str(coordinator.driver.applied_index)
     return web.Response(body=out, content_type="application/json", headers={APPLIED_HEADER: applied})

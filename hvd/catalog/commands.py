@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar, Union
+from typing import Annotated, Any, ClassVar, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -28,9 +28,17 @@ class Command(BaseModel):
 
     Integer fields use ``hvd.bounds.Int64`` (or tighter bounds): an integer SQLite cannot store
     would be committed to the log and refused by apply on every replica (a test checks them all).
+
+    Rolling upgrades (hvd.catalog.protocol): a command type added after a release sets
+    ``since = <the level under development>``, so no member proposes it while an older member
+    (which could not decode it) is in the cluster. A released command's fields never change:
+    a new optional field goes into ``fields_since`` (left out of the wire form while it holds its
+    default, so older members still decode the command) or into a new command type.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    since: ClassVar[int] = 1  # the catalog protocol level that introduced this command type
+    fields_since: ClassVar[dict[str, int]] = {}  # optional fields added later: field -> level
     type: str
 
 
@@ -51,6 +59,11 @@ def handles(cmd_cls: type[C]) -> Callable[[Callable[[sqlite3.Connection, C], Res
 
 
 def encode(cmd: Command) -> bytes:
+    gated = type(cmd).fields_since
+    if gated:  # a later field at its default stays off the wire: older members can decode the rest
+        fields = type(cmd).model_fields
+        unset = {f for f in gated if getattr(cmd, f) == fields[f].get_default(call_default_factory=True)}
+        return cmd.model_dump_json(exclude=unset).encode()
     return cmd.model_dump_json().encode()
 
 
@@ -94,3 +107,9 @@ def dispatch(conn: sqlite3.Connection, cmd: Command) -> Result:
 
 def registered_types() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def command_class(type_name: str) -> type[Command] | None:
+    """The registered class of a command type (None when this build does not know it)."""
+    entry = _REGISTRY.get(type_name)
+    return None if entry is None else entry[0]

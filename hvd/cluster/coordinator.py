@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -57,6 +57,9 @@ from hvd.errors import (
     ServiceUnavailable,
 )
 from hvd.health import State, Status
+
+if TYPE_CHECKING:
+    from hvd.cluster.protocol_gate import ProtocolGate
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +118,9 @@ class RaftCoordinator(Coordinator):
         self._static_peers = dict(client.peers) if client is not None else {}
         self._forgetting: set[asyncio.Task[None]] = set()
         self._conf_listeners: list[Callable[[ConfState], None]] = []
+        # holds back commands an older member could not apply (rolling upgrades); None = no check
+        # (Raft composed without gossip, in tests): the daemon always sets one
+        self.gate: ProtocolGate | None = None
         driver.on_conf_change = self._on_conf_change
 
     # ------------------------------------------------------------------ lifecycle
@@ -180,10 +186,13 @@ class RaftCoordinator(Coordinator):
 
     # ------------------------------------------------------------------ writes
     async def propose(self, cmd: Command) -> dict[str, Any]:
+        if self.gate is not None:
+            self.gate.check(cmd)  # before anything leaves this member; the leader checks again
         return decode_result(await self.propose_bytes(encode(cmd)))
 
     async def propose_bytes(self, data: bytes) -> bytes:
         """Commit an encoded command through the leader; returns the encoded apply result.
+        The caller has checked the protocol level (``propose`` does).
 
         The command is tagged with a fresh proposal id, so an attempt whose outcome is unknown (the
         connection to the leader broke, leadership moved mid-commit) is simply sent again until
@@ -199,7 +208,7 @@ class RaftCoordinator(Coordinator):
             forwarded: tuple[bytes, int] | None = None
             try:
                 if self.driver.is_leader:
-                    return await self.propose_local(data, deadline - time.monotonic())
+                    return await self.propose_local(data, deadline - time.monotonic(), recheck=False)
                 if leader is not None and self._client is not None and leader in self._client.peers:
                     forwarded = await self._forward(leader, PROPOSE_PATH, data, deadline)
             except NotLeader:
@@ -231,10 +240,14 @@ class RaftCoordinator(Coordinator):
         if health.state is State.DEAD:
             raise ServiceUnavailable(health.reason)
 
-    async def propose_local(self, data: bytes, timeout: float | None = None) -> bytes:
+    async def propose_local(self, data: bytes, timeout: float | None = None, *, recheck: bool = True) -> bytes:
         """Leader side of a proposal. Raises NotLeader (not appended: retry elsewhere),
-        InsufficientStorage (the disk is full: not appended) or OutcomeUnknown (it may have been
-        committed: only an identified proposal may be re-sent)."""
+        InsufficientStorage (the disk is full: not appended), UpgradeInProgress or BadRequest (a
+        forwarded command some member could not apply, or that this build cannot decode: not
+        appended) or OutcomeUnknown (it may have been committed: only an identified proposal may be
+        re-sent). ``recheck`` False: this member proposed it and checked its level already."""
+        if recheck and self.gate is not None and self.driver.is_leader:
+            self.gate.check_encoded(data)
         timeout = self._propose_timeout if timeout is None else max(timeout, 0.1)
         try:
             async with asyncio.timeout(timeout):
@@ -336,6 +349,10 @@ class RaftCoordinator(Coordinator):
                 task = asyncio.get_running_loop().create_task(self._transport.forget(peer))
                 self._forgetting.add(task)  # the loop only holds weak references to tasks
                 task.add_done_callback(self._forgetting.discard)
+
+    def member_ids(self) -> frozenset[str]:
+        """The current Raft members (voters and learners): every one applies every entry."""
+        return frozenset(self.driver.node.conf.members())
 
     def members(self) -> list[dict[str, Any]]:
         """This member's view of the membership: id, role, peer address, replicated index (leader)."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import hvd
 from hvd.catalog.cmd_hosts import claimed
+from hvd.catalog.protocol import PROTOCOL
 from hvd.catalog.service import Catalog
 from hvd.cluster.gossip.report import ResourceReport
 from hvd.config import Config
@@ -45,14 +46,21 @@ def build_report(config: Config, res: HostResources, host: dict[str, Any] | None
         hypervisor_type=res.hypervisor_type, hypervisor_version=str(res.hypervisor_version), arch=res.arch,
         cpu_model=res.cpu_model, availability_zone=config.host.availability_zone, enabled=enabled,
         drain=not enabled and "drain" in reason.lower(), capabilities=caps, hvd_version=hvd.__version__,
-        vtep=config.network.local_ip, api_url=api_url,
+        protocol=advertised_protocol(config), node_id=config.node_id, vtep=config.network.local_ip, api_url=api_url,
     )
 
 
 def initial_report(config: Config, api_url: str) -> ResourceReport:
     """What is known before the driver answers: enough for others to reach and name this host."""
     return ResourceReport(availability_zone=config.host.availability_zone, hvd_version=hvd.__version__,
+                          protocol=advertised_protocol(config), node_id=config.node_id,
                           vtep=config.network.local_ip, api_url=api_url)
+
+
+def advertised_protocol(config: Config) -> int:
+    """The catalog protocol level this host advertises: its build's, or the older one a
+    rolling-upgrade drill set in ``[cluster] advertise_protocol``."""
+    return config.cluster.advertise_protocol or PROTOCOL
 
 
 async def current_report(config: Config, catalog: Catalog, res: HostResources, api_url: str) -> ResourceReport:

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hvd.catalog.protocol import OLDEST
+
 LOAD_STEP = 1.0  # a load change smaller than this is not worth a broadcast on its own
 
 
@@ -35,6 +37,9 @@ class ResourceReport(BaseModel):
     drain: bool = False
     capabilities: dict[str, str] = Field(default_factory=dict)
     hvd_version: str = ""
+    # the catalog protocol level it applies (hvd.catalog.protocol); builds before levels send none
+    protocol: int = Field(OLDEST, ge=OLDEST)
+    node_id: str = Field("", description="Its Raft node id ('' from older builds: the host name is used).")
     vtep: str = ""
     api_url: str = Field("", description="Peer API base URL: where push-pull state syncs go.")
 

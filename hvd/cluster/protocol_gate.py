@@ -1,0 +1,79 @@
+"""The protocol gate: holds back commands some current Raft member cannot apply (hvd.catalog.protocol).
+
+It reads the Raft membership (who applies the log) and gossip reports (what each member advertises)
+and leaves the decision to the pure functions of hvd.catalog.protocol. The coordinator asks it on
+the proposing member and, for a forwarded proposal, again on the leader before appending.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+import hvd
+from hvd.catalog import protocol
+from hvd.catalog.commands import Command, command_class, decode, split_identified
+from hvd.catalog.protocol import ClusterLevel, MemberLevel
+from hvd.cluster.gossip.service import MemberView
+
+
+class Reports(Protocol):
+    """What the gate reads from gossip (GossipService)."""
+
+    def members(self) -> list[MemberView]: ...
+
+
+class ProtocolGate:
+    """``check(cmd)`` raises UpgradeInProgress when a current member could not apply ``cmd``."""
+
+    def __init__(self, node_id: str, advertised: int, members: Callable[[], Iterable[str]],
+                 hvd_version: str = hvd.__version__) -> None:
+        """``advertised``: the level this host advertises (its own entry, known before gossip runs);
+        ``members()``: the current Raft members (voters and learners)."""
+        self.here = MemberLevel(node_id, advertised, hvd_version)
+        self._members = members
+        self._gossip: Reports | None = None
+
+    def use_gossip(self, gossip: Reports) -> None:
+        """Learn the other members' levels from gossip (until then they count as not heard from)."""
+        self._gossip = gossip
+
+    def heard(self) -> dict[str, MemberLevel]:
+        """node id -> what it advertises, for every host gossip knows (alive or not: its last report)."""
+        out: dict[str, MemberLevel] = {}
+        if self._gossip is not None:
+            for view in self._gossip.members():
+                node_id = view.report.node_id or view.name  # older builds do not report a node id
+                out[node_id] = MemberLevel(node_id, view.report.protocol, view.report.hvd_version)
+        out[self.here.node_id] = self.here
+        return out
+
+    def cluster_level(self) -> ClusterLevel:
+        return protocol.cluster_level(self._members(), self.heard(), ceiling=self.here.effective)
+
+    def check(self, cmd: Command) -> None:
+        """On the proposing member, before the command leaves it."""
+        protocol.check(cmd, self.cluster_level())
+
+    def check_encoded(self, data: bytes) -> None:
+        """On the leader, for a proposal another member forwarded (``identified`` bytes): its view
+        of the cluster may be older than ours, or its build newer. A command this build cannot
+        decode is refused here too: appended, it would apply differently on newer members."""
+        _, body = split_identified(data)
+        try:
+            cmd = decode(body)
+        except Exception:
+            cmd_type = _type_of(body)
+            if cmd_type and command_class(cmd_type) is None:
+                raise protocol.unknown_command(cmd_type, self.cluster_level(), self.here) from None
+            raise
+        self.check(cmd)
+
+
+def _type_of(body: bytes) -> str:
+    try:
+        raw = json.loads(body)
+    except ValueError:
+        return ""
+    return str(raw.get("type") or "") if isinstance(raw, dict) else ""
