@@ -1,0 +1,96 @@
+"""One-time remote-console tokens (Nova's console auth tokens), kept in the owner host's memory.
+
+A token is issued by the host that runs the server (requests are forwarded there) and redeemed
+there, by the console WebSocket the returned URL points at. Why memory and not the catalog: a
+token lives for minutes and is used once on one host; replicating it would cost two Raft writes
+per console (issue, then spend) for nothing, since a restart of the owner ends every console
+anyway. Only a SHA-256 of the token is kept, so a memory dump does not hand out consoles.
+
+A grant is bound to the server, the caller's project and the protocol; it expires after the TTL
+and is spent by its first redemption, whatever the outcome. Time comes in as ``now`` (monotonic
+seconds), so the rules are tested without waiting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from hvd.errors import Conflict, Forbidden, HvdError, Unauthorized
+
+MAX_OUTSTANDING = 1024  # unredeemed tokens per host; more requests are refused until some expire
+
+
+class TooManyConsoleTokens(HvdError):
+    status = 429
+    title = "Too Many Requests"
+    retryable = True
+
+
+@dataclass(frozen=True)
+class ConsoleGrant:
+    """What a token allows: one console of ``protocol`` on ``server_id``, for ``project_id``."""
+
+    server_id: str
+    project_id: str
+    protocol: str
+    expires: float  # monotonic seconds
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode(errors="replace")).hexdigest()
+
+
+class ConsoleTokens:
+    """Outstanding grants of this host, by token digest."""
+
+    def __init__(self, ttl_s: float, max_outstanding: int = MAX_OUTSTANDING) -> None:
+        self.ttl_s = ttl_s
+        self.max_outstanding = max_outstanding
+        self._grants: dict[str, ConsoleGrant] = {}
+
+    def __len__(self) -> int:
+        return len(self._grants)
+
+    def _purge(self, now: float) -> None:
+        for key in [k for k, g in self._grants.items() if g.expires <= now]:
+            del self._grants[key]
+
+    def issue(self, server_id: str, project_id: str, protocol: str, now: float) -> tuple[str, ConsoleGrant]:
+        """A new token and its grant; TooManyConsoleTokens (429) when too many are outstanding."""
+        self._purge(now)
+        if len(self._grants) >= self.max_outstanding:
+            raise TooManyConsoleTokens(f"{len(self._grants)} console URLs are outstanding on this host; retry"
+                                       f" within {self.ttl_s:.0f} s")
+        token = secrets.token_urlsafe(32)
+        grant = ConsoleGrant(server_id, project_id, protocol, now + self.ttl_s)
+        self._grants[_digest(token)] = grant
+        return token, grant
+
+    def redeem(self, token: str, protocol: str, now: float) -> ConsoleGrant:
+        """Spend ``token`` (it never works again) and return its grant.
+
+        Unauthorized (401) when it is unknown, already used or expired; Forbidden (403) when it was
+        issued for another protocol.
+        """
+        grant = self._grants.pop(_digest(token), None) if token else None
+        self._purge(now)
+        if grant is None:
+            raise Unauthorized("console token is unknown or already used (a console URL works once)")
+        if grant.expires <= now:
+            raise Unauthorized(f"console token expired (console URLs are valid for {self.ttl_s:.0f} s)")
+        if grant.protocol != protocol:
+            raise Forbidden(f"console token is for a {grant.protocol} console, not {protocol}")
+        return grant
+
+
+def check_grant(grant: ConsoleGrant, server: dict[str, object] | None, host: str) -> None:
+    """The server a redeemed grant names is still the one it was issued for: not deleted, in the
+    grant's project, and running on ``host`` (this one). Conflict (409) otherwise."""
+    if server is None or server.get("deleted_at"):
+        raise Conflict(f"server {grant.server_id} no longer exists")
+    if server.get("project_id") != grant.project_id:
+        raise Conflict(f"server {grant.server_id} is not in the project the console was issued for")
+    if server.get("host") != host:
+        raise Conflict(f"server {grant.server_id} is no longer on host {host}; ask for a new console URL")
