@@ -10,11 +10,21 @@ from hvd.cli.commands import Action, Opt, Registry
 from hvd.cli.http import Session
 from hvd.cli.output import print_list
 
-COLUMNS = ("id", "role", "address", "leader", "match_index")
+COLUMNS = ("id", "role", "address", "leader", "match_index", "hvd_version", "protocol")
 
 
 def _print_members(view: dict[str, Any], args: argparse.Namespace) -> None:
     print_list(view["members"], COLUMNS, args)
+    if args.format == "table" and "protocol" in view:
+        print(upgrade_line(view["protocol"]))
+
+
+def upgrade_line(protocol: dict[str, Any]) -> str:
+    """The rolling upgrade's progress under the members table."""
+    line = f"catalog protocol in use: {protocol['usable']} (this host's build: {protocol['newest']}); "
+    if protocol["behind"]:
+        return line + f"still to upgrade: {', '.join(protocol['behind'])}"
+    return line + "every member is upgraded"
 
 
 def cluster_show(session: Session, args: argparse.Namespace) -> None:

@@ -16,11 +16,16 @@ import hvd
 import hvd.catalog.all_commands  # registers every command type
 from hvd.catalog import protocol
 from hvd.catalog.cmd_resources import FlavorCreate
+from hvd.catalog.cmd_volumes import VolumeTypeCreate
 from hvd.catalog.commands import PROPOSAL_ID_BYTES, Command, command_class, encode, identified, registered_types
 from hvd.catalog.protocol import OLDEST, PROTOCOL, RELEASES, ClusterLevel, MemberLevel, cluster_level
+from hvd.catalog.service import Catalog
+from hvd.cluster.coordinator import RaftCoordinator
 from hvd.cluster.gossip.report import ResourceReport, parse_report
 from hvd.cluster.gossip.service import MemberView
+from hvd.cluster.member import open_raft_coordinator
 from hvd.cluster.protocol_gate import ProtocolGate
+from hvd.config import ClusterSection
 from hvd.errors import BadRequest, UpgradeInProgress
 from tests.fixtures.protocol.make_fixture import wire_form
 
@@ -178,3 +183,28 @@ def test_the_leader_refuses_a_forwarded_type_it_does_not_know_and_a_malformed_co
         g.check_encoded(_identified(b'{"type": "flavor.create", "name": 5}'))
     g.check_encoded(_identified(encode(FlavorCreate(id="f", name="f", vcpus=1, ram_mb=64, disk_gb=1,
                                                     created_at="t"))))
+
+
+async def test_a_held_back_command_is_appended_nowhere_on_the_proposer_or_the_leader(tmp_path: Path) -> None:
+    catalog = Catalog.open_raft(tmp_path / "catalog.db", lambda db, state: open_raft_coordinator(
+        ClusterSection(), "n1", tmp_path / "raft.db", db, state))
+    coordinator = catalog.coordinator
+    assert isinstance(coordinator, RaftCoordinator)
+    gossip = FakeGossip({"n3": ResourceReport(hvd_version="0.1.0", protocol=1)})
+    coordinator.gate = ProtocolGate("n1", PROTOCOL, lambda: {"n1", "n3"}, hvd_version="0.2.0")
+    coordinator.gate.use_gossip(gossip)  # n3: a learner that still runs 0.1.0
+    await coordinator.start()
+    try:
+        cmd = VolumeTypeCreate(id="vt-1", name="fast", created_at="2026-12-01T00:00:00Z")
+        last = coordinator.driver.node.log.last_index()
+        with pytest.raises(UpgradeInProgress, match=r"^volume_type\.create needs protocol 2; n3 runs hvd 0\.1\.0"):
+            await catalog.propose(cmd)  # the proposing member
+        with pytest.raises(UpgradeInProgress, match=r"n3 runs hvd 0\.1\.0"):
+            await coordinator.propose_local(_identified(encode(cmd)))  # the leader, for a forwarded one
+        assert coordinator.driver.node.log.last_index() == last
+        await catalog.propose(FlavorCreate(id="f", name="f", vcpus=1, ram_mb=64, disk_gb=1, created_at="t"))
+        gossip.reports["n3"] = ResourceReport(hvd_version="0.2.0", protocol=2)  # n3 upgraded
+        assert (await catalog.propose(cmd))["id"] == "vt-1"
+    finally:
+        await coordinator.stop()
+        catalog.close()

@@ -21,7 +21,9 @@ from hvd.api.helpers import context, json_response, parse_body
 from hvd.api.internal import GOSSIP_LEAVE_PATH
 from hvd.api.routing import Router
 from hvd.api.services import services
+from hvd.catalog.protocol import PROTOCOL, MemberLevel
 from hvd.cluster.coordinator import RaftCoordinator
+from hvd.cluster.protocol_gate import ProtocolGate
 from hvd.errors import HvdError, NotFound, NotImplementedYet
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,15 @@ class Member(BaseModel):
     address: str = Field(description="Where its peer API listens ('' = unknown to this member)")
     leader: bool
     match_index: int | None = Field(description="Log index replicated on it (known by the leader only)")
+    hvd_version: str | None = Field(description="The hvd release it reports in gossip (null = not heard from yet)")
+    protocol: int | None = Field(description="The catalog protocol level it applies (null = not heard from yet)")
+
+
+class ProtocolView(BaseModel):
+    usable: int = Field(description="The newest catalog protocol level every member applies: commands of a"
+                                    " later level are refused (409) until the members behind are upgraded")
+    newest: int = Field(description="The newest level the answering host's build applies")
+    behind: list[str] = Field(description="Members below `newest`: a rolling upgrade is done when this is empty")
 
 
 class ClusterView(BaseModel):
@@ -44,6 +55,7 @@ class ClusterView(BaseModel):
     term: int
     commit_index: int
     members: list[Member]
+    protocol: ProtocolView
 
 
 class MemberIn(BaseModel):
@@ -76,8 +88,17 @@ def _coordinator(request: web.Request, rule: str) -> RaftCoordinator:
 
 def _view(coordinator: RaftCoordinator) -> dict[str, object]:
     node = coordinator.driver.node
+    gate = coordinator.gate or ProtocolGate(coordinator.node_id, PROTOCOL, coordinator.member_ids)
+    levels = gate.cluster_level()
+    heard = {m.node_id: m for m in levels.members}
+    members = []
+    for member in coordinator.members():
+        level = heard.get(member["id"]) or MemberLevel(member["id"], None)
+        members.append({**member, "protocol": level.protocol, "hvd_version": level.hvd_version or None})
+    protocol = {"usable": levels.usable, "newest": PROTOCOL,
+                "behind": [m.node_id for m in levels.behind(PROTOCOL)]}
     return {"node_id": coordinator.node_id, "leader": coordinator.leader_id, "term": coordinator.term,
-            "commit_index": node.commit, "members": coordinator.members()}
+            "commit_index": node.commit, "members": members, "protocol": protocol}
 
 
 async def show_cluster(request: web.Request) -> web.Response:
