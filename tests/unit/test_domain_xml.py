@@ -128,19 +128,33 @@ def test_interfaces() -> None:
     assert ET.fromstring(interface_xml(nics[0])).find("target").get("dev") == "tapa"  # type: ignore[union-attr]
 
 
-def test_serial_console_to_file_appended_across_restarts() -> None:
-    """append='on': QEMU's restarts (hard reboot, stop/start, crash) keep the console history;
-    virtlogd, which libvirt hands file consoles to, caps it by rotation."""
+def test_serial_console_is_a_pty_logged_to_file_across_restarts() -> None:
+    """A pty, so a user can attach (virDomainOpenConsole), with a <log> that keeps everything the
+    guest writes, attached or not. append='on': QEMU's restarts (hard reboot, stop/start, crash)
+    keep the console history; virtlogd, which libvirt hands the log file to, caps it by rotation."""
     spec = make_spec()
     root = parse(spec)
     serial = root.find("devices/serial")
-    assert serial is not None and serial.get("type") == "file"
-    source = serial.find("source")
-    assert source is not None and source.get("path") == f"{spec.instance_dir}/console.log"
-    assert source.get("append") == "on"
+    assert serial is not None and serial.get("type") == "pty"
+    log = serial.find("log")
+    assert log is not None and log.get("file") == f"{spec.instance_dir}/console.log"
+    assert log.get("append") == "on"
     console = root.find("devices/console")
-    assert console is not None and console.get("type") == "file"
-    assert console.find("source").get("append") == "on"  # type: ignore[union-attr]
+    assert console is not None and console.get("type") == "pty"
+    assert console.find("target").get("type") == "serial"  # type: ignore[union-attr]
+
+
+def test_vnc_display_only_when_asked_for() -> None:
+    """No display by default; with vnc_listen a VNC server on that address (port picked by libvirt
+    at each start: the proxy reads it from the live XML) and a VGA card to draw on."""
+    root = ET.fromstring(domain_xml(make_spec(), "qemu", vnc_listen="127.0.0.1"))
+    graphics = root.findall("devices/graphics")
+    assert len(graphics) == 1 and graphics[0].get("type") == "vnc"
+    assert graphics[0].get("autoport") == "yes" and graphics[0].get("listen") == "127.0.0.1"
+    assert graphics[0].find("listen").get("address") == "127.0.0.1"  # type: ignore[union-attr]
+    assert graphics[0].get("port") is None and graphics[0].get("passwd") is None
+    assert root.find("devices/video/model").get("type") == "vga"  # type: ignore[union-attr]
+    assert parse(make_spec()).find("devices/video") is None
 
 
 def test_smbios_says_openstack_for_cloud_init() -> None:
@@ -157,10 +171,10 @@ def test_deterministic() -> None:
     shutil.which("virt-xml-validate") is None or shutil.which("xmllint") is None,
     reason="virt-xml-validate/xmllint not installed (the libvirt contract suite validates on define)",
 )
-@pytest.mark.parametrize("variant", ["plain", "full", "rescue"])
+@pytest.mark.parametrize("variant", ["plain", "full", "rescue", "vnc"])
 def test_validates_against_libvirt_schema(tmp_path: Path, variant: str) -> None:
     spec = make_spec()
-    if variant != "plain":
+    if variant not in ("plain", "vnc"):
         spec = dataclasses.replace(
             spec,
             ephemeral_gb=1,
@@ -169,6 +183,6 @@ def test_validates_against_libvirt_schema(tmp_path: Path, variant: str) -> None:
             rescue=variant == "rescue",
         )
     path = tmp_path / "domain.xml"
-    path.write_text(domain_xml(spec, "kvm"))
+    path.write_text(domain_xml(spec, "kvm", vnc_listen="127.0.0.1" if variant == "vnc" else None))
     result = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

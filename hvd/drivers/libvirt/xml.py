@@ -1,8 +1,10 @@
 """Domain XML from an InstanceSpec: pure, no I/O, no policy beyond the spec and the virt type.
 
 Disk order is fixed: vda root, then ephemeral, swap and the config drive as the last virtio disk;
-in rescue ``disk.rescue`` is vda and the instance's ``disk`` vdb. No ``<graphics>`` element:
-the console is the serial port, written to ``console.log``.
+in rescue ``disk.rescue`` is vda and the instance's ``disk`` vdb. The serial port is a pty (an
+interactive console through libvirt's virDomainOpenConsole) whose output is also logged to
+``console.log``; with ``vnc_listen`` a VNC display listens there (a loopback address is valid on
+every host, so live migration keeps it).
 """
 
 from __future__ import annotations
@@ -117,11 +119,34 @@ def _sysinfo(domain: ET.Element, spec: InstanceSpec) -> None:
         _sub(system, "entry", value, name=name)
 
 
-def domain_xml(spec: InstanceSpec, virt_type: VirtType, disk_cache: str = "none") -> str:
+def _serial_console(devices: ET.Element, spec: InstanceSpec) -> None:
+    # A pty, so a user can attach (virDomainOpenConsole); <log> keeps everything the guest writes
+    # in console.log whether or not someone is attached. append: the log outlives QEMU restarts
+    # (hard reboot, stop/start, crash); libvirt hands the file to virtlogd (qemu.conf stdio_handler
+    # "logd"), which caps it by rotation (max_size).
+    serial = _sub(devices, "serial", type="pty")
+    _sub(serial, "log", file=str(spec.path(CONSOLE_LOG)), append="on")
+    _sub(serial, "target", port="0")
+    console = _sub(devices, "console", type="pty")
+    _sub(console, "target", type="serial", port="0")
+
+
+def _vnc(devices: ET.Element, listen: str) -> None:
+    # autoport: libvirt picks a free port from 5900 at each start; the proxy reads it from the live XML
+    graphics = _sub(devices, "graphics", type="vnc", autoport="yes", listen=listen)
+    _sub(graphics, "listen", type="address", address=listen)
+    video = _sub(devices, "video")
+    _sub(video, "model", type="vga", heads="1")
+
+
+def domain_xml(spec: InstanceSpec, virt_type: VirtType, disk_cache: str = "none",
+               vnc_listen: str | None = None) -> str:
     """The libvirt domain XML of ``spec``.
 
     ``virt_type`` kvm adds ``<cpu mode='host-model'/>``; qemu (TCG) keeps QEMU's default CPU.
     ``disk_cache`` is the QEMU cache mode; the driver picks it (none needs O_DIRECT support).
+    ``vnc_listen`` adds a VNC display on that address (port chosen by libvirt) and a VGA card;
+    None: no graphics at all.
     """
     ET.register_namespace("hvd", METADATA_NS)
     domain = ET.Element("domain", type=virt_type)
@@ -155,15 +180,9 @@ def domain_xml(spec: InstanceSpec, virt_type: VirtType, disk_cache: str = "none"
     add_volume_disks(devices, spec, disk_cache)
     for nic in spec.nics:
         devices.append(interface_element(nic))
-    console_log = str(spec.path(CONSOLE_LOG))
-    # append: the log outlives QEMU restarts (hard reboot, stop/start, crash); libvirt hands the
-    # file to virtlogd (qemu.conf stdio_handler "logd"), which caps it by rotation (max_size).
-    serial = _sub(devices, "serial", type="file")
-    _sub(serial, "source", path=console_log, append="on")
-    _sub(serial, "target", port="0")
-    console = _sub(devices, "console", type="file")
-    _sub(console, "source", path=console_log, append="on")
-    _sub(console, "target", type="serial", port="0")
+    _serial_console(devices, spec)
+    if vnc_listen is not None:
+        _vnc(devices, vnc_listen)
     _sub(devices, "memballoon", model="virtio")
 
     ET.indent(domain)
