@@ -19,6 +19,7 @@ from hvd.api.v1 import (
     aggregates,
     auth,
     cluster,
+    consoles,
     events,
     flavors,
     host_actions,
@@ -32,7 +33,7 @@ from hvd.health import verdict
 
 ROUTER_KEY = web.AppKey("hvd.router", Router)
 ROUTE_MODULES = [auth, identity, flavors, keypairs, admin, aggregates, host_actions, cluster, images, servers, events,
-                 networks]
+                 networks, consoles]
 
 
 class LoopHealth(BaseModel):
@@ -115,6 +116,7 @@ def build_app(services: ApiServices, extra_modules: list[object] | None = None) 
     router = build_router(extra_modules)
     app[ROUTER_KEY] = router
     router.install(app)
+    consoles.install_websockets(app)  # their token is in the URL; not part of the OpenAPI document
     peer = services.extra.get(internal.PEER_SERVICE)
     if peer is not None:
         internal.install(app, peer)  # signed peer routes; not part of the public OpenAPI document

@@ -44,7 +44,9 @@ def _metric_children(method: str, route: str, status: int) -> tuple[Any, Any]:
     if children is None:
         children = _METRICS[key] = (REQUESTS.labels(method, route, str(status)), LATENCY.labels(method, route))
     return children
-PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/v1/openapi.json", "/v1/auth/tokens", "/v1"})
+# the console WebSockets authenticate with their one-time console token instead (hvd/api/v1/consoles.py)
+PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/v1/openapi.json", "/v1/auth/tokens", "/v1", "/v1/console/serial",
+                          "/v1/console/vnc"})
 
 
 def error_body(status: int, title: str, message: str) -> dict[str, object]:

@@ -48,6 +48,7 @@ DEFAULT_RULES: dict[str, Level] = {
     "compute:migrate": "admin",
     "compute:live_migrate": "admin",
     "compute:evacuate": "admin",
+    "compute:remote_console": "member",
     "network:manage": "member",
     "network:read": "reader",
     "network:provider": "admin",

@@ -1,0 +1,195 @@
+"""Remote consoles over real HTTP and WebSockets with the fake driver: the remote-console answer,
+refusals, one-time tokens bound to protocol and project, the serial relay (and `hvd console` with
+a piped stdin), the VNC proxy's RFB handshake and the screenshot PNG. Real guests:
+tests/lab/test_consoles_libvirt.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from hvd.drivers.remote_console import png_size
+from tests.conftest import Api
+from tests.functional.compute_helpers import action, make_flavor, make_qcow2, upload_image
+
+
+@pytest.fixture
+async def server(admin_api: Api, tmp_path: Path) -> dict[str, Any]:
+    await upload_image(admin_api, make_qcow2(tmp_path / "base.qcow2"), name="base")
+    await make_flavor(admin_api)
+    status, body = await admin_api.call("POST", "/v1/servers?wait=true",
+                                        {"name": "con1", "flavor": "m1.tiny", "image": "base"})
+    assert status == 202 and body["status"] == "ACTIVE", body
+    return dict(body)
+
+
+async def console_url(api: Api, sid: str, protocol: str) -> str:
+    status, body = await api.call("POST", f"/v1/servers/{sid}/remote-console", {"protocol": protocol})
+    assert status == 200, body
+    return str(body["remote_console"]["url"])
+
+
+async def read_until(ws: aiohttp.ClientWebSocketResponse, wanted: bytes, timeout: float = 10.0) -> bytes:
+    seen = b""
+    async with asyncio.timeout(timeout):
+        while wanted not in seen:
+            msg = await ws.receive()
+            assert msg.type == aiohttp.WSMsgType.BINARY, msg
+            seen += msg.data
+    return seen
+
+
+async def handshake_refused(url: str) -> int:
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(url)
+    return refused.value.status
+
+
+async def test_remote_console_answer_and_refusals(admin_api: Api, server: dict[str, Any]) -> None:
+    sid = server["id"]
+    status, body = await admin_api.call("POST", f"/v1/servers/{sid}/remote-console", {"protocol": "serial"})
+    assert status == 200, body
+    console = body["remote_console"]
+    assert console["protocol"] == "serial" and console["expires_at"].endswith("Z")
+    assert console["url"].startswith(admin_api.url.replace("http://", "ws://") + "/v1/console/serial?token=")
+
+    status, body = await admin_api.call("POST", f"/v1/servers/{sid}/remote-console", {"protocol": "spice"})
+    assert status == 400 and "protocol" in body["error"]["message"], body
+    status, body = await admin_api.call("POST", "/v1/servers/no-such-server/remote-console", {"protocol": "serial"})
+    assert status == 404, body
+
+    await action(admin_api, sid, "stop")
+    status, body = await admin_api.call("POST", f"/v1/servers/{sid}/remote-console", {"protocol": "vnc"})
+    assert status == 409 and "not running" in body["error"]["message"], body
+    status, body = await admin_api.call("GET", f"/v1/servers/{sid}/screenshot")
+    assert status == 409, body
+
+
+async def test_serial_console_relays_and_keeps_logging(admin_api: Api, server: dict[str, Any]) -> None:
+    sid = server["id"]
+    url = await console_url(admin_api, sid, "serial")
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, protocols=("binary",)) as ws:
+        assert ws.protocol == "binary"
+        # only one session at a time (libvirt's rule): a second URL is refused while this one is attached
+        assert await handshake_refused(await console_url(admin_api, sid, "serial")) == 409
+        await ws.send_bytes(b"echo hello-console\r")
+        assert b"\r\nhello-console\r\n" in await read_until(ws, b"\r\nhello-console\r\n")
+    _, log = await admin_api.call("GET", f"/v1/servers/{sid}/console-log")
+    assert "hello-console" in log["output"]  # the port stays logged while someone is attached
+
+    assert await handshake_refused(url) == 401  # a console URL works once
+    # after detaching, the console is free again
+    async with aiohttp.ClientSession() as http, http.ws_connect(await console_url(admin_api, sid, "serial")) as ws:
+        await ws.send_str("echo again\n")
+        await read_until(ws, b"\r\nagain\r\n")
+
+
+async def test_console_session_ends_when_the_guest_stops(admin_api: Api, server: dict[str, Any]) -> None:
+    sid = server["id"]
+    async with aiohttp.ClientSession() as http, http.ws_connect(await console_url(admin_api, sid, "serial")) as ws:
+        await action(admin_api, sid, "stop")
+        async with asyncio.timeout(10):
+            msg = await ws.receive()
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+
+
+async def test_tokens_are_bound_to_protocol_and_checked_before_spent(admin_api: Api, server: dict[str, Any]) -> None:
+    sid = server["id"]
+    url = await console_url(admin_api, sid, "serial")
+    http_url = url.replace("ws://", "http://")
+    async with aiohttp.ClientSession() as http:
+        # a plain GET (no WebSocket upgrade) is refused and does not spend the token
+        async with http.get(http_url) as resp:
+            assert resp.status == 400 and "WebSocket" in (await resp.json())["error"]["message"]
+        vnc_url = http_url.replace("/v1/console/serial", "/v1/console/vnc").replace("http://", "ws://")
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(vnc_url)  # a serial token at the VNC proxy: refused, and spent
+        assert refused.value.status == 403
+    assert await handshake_refused(url) == 401
+    assert await handshake_refused(url.split("?")[0]) == 401  # no token at all
+    assert await handshake_refused(url.split("?")[0] + "?token=forged") == 401
+
+
+async def test_other_projects_cannot_get_a_console(admin_api: Api, server: dict[str, Any]) -> None:
+    assert (await admin_api.call("POST", "/v1/projects", {"name": "other"}))[0] == 201
+    status, body = await admin_api.call("POST", "/v1/users", {"name": "other-user", "password": "password-1",
+                                                              "project": "other", "role": "member"})
+    assert status == 201, body
+    other = admin_api.as_other()
+    await other.login("other-user", "password-1", "other")
+    status, body = await other.call("POST", f"/v1/servers/{server['id']}/remote-console", {"protocol": "serial"})
+    assert status == 404, body
+    status, body = await other.call("GET", f"/v1/servers/{server['id']}/screenshot")
+    assert status == 404, body
+
+
+async def test_vnc_proxy_completes_an_rfb_handshake_and_screenshot_is_png(admin_api: Api,
+                                                                          server: dict[str, Any]) -> None:
+    sid = server["id"]
+    url = await console_url(admin_api, sid, "vnc")
+    assert "/v1/console/vnc?token=" in url
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, protocols=("binary",)) as ws:
+        width, height, name = await rfb_handshake(ws)
+    assert (width, height) == (640, 480) and name.startswith("instance-")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{admin_api.url}/v1/servers/{sid}/screenshot",
+                            headers={"Authorization": f"Bearer {admin_api.token}"}) as resp:
+            assert resp.status == 200 and resp.content_type == "image/png"
+            png = await resp.read()
+    assert png_size(png) == (width, height)
+
+
+class RfbReader:
+    """Bytes of RFB messages out of WebSocket frames (a message may span frames, or share one)."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.buffer = b""
+
+    async def read(self, n: int) -> bytes:
+        async with asyncio.timeout(20):
+            while len(self.buffer) < n:
+                msg = await self.ws.receive()
+                assert msg.type == aiohttp.WSMsgType.BINARY, msg
+                self.buffer += msg.data
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+
+async def rfb_handshake(ws: aiohttp.ClientWebSocketResponse) -> tuple[int, int, str]:
+    """RFB 3.8 as a client (RFC 6143 7.1-7.3): version, security None, ClientInit; ServerInit's
+    framebuffer width, height and desktop name."""
+    rfb = RfbReader(ws)
+    version = await rfb.read(12)
+    assert version.startswith(b"RFB 003.") and version.endswith(b"\n"), version
+    await ws.send_bytes(b"RFB 003.008\n")
+    count = (await rfb.read(1))[0]
+    assert count > 0, await rfb.read(4)  # 0: the server says why it refuses
+    types = await rfb.read(count)
+    assert 1 in types, types  # None: the display is only reachable through this proxy
+    await ws.send_bytes(b"\x01")
+    assert struct.unpack(">I", await rfb.read(4))[0] == 0  # SecurityResult OK
+    await ws.send_bytes(b"\x01")  # ClientInit: shared
+    width, height = struct.unpack(">HH", await rfb.read(4))
+    await rfb.read(16)  # pixel format
+    (name_length,) = struct.unpack(">I", await rfb.read(4))
+    return width, height, (await rfb.read(name_length)).decode()
+
+
+async def test_hvd_console_with_a_piped_stdin(admin_api: Api, server: dict[str, Any]) -> None:
+    """`printf 'echo ...\\r' | hvd console SERVER`: what the guest answers is printed."""
+    env = {**os.environ, "HVD_URL": admin_api.url, "HVD_TOKEN": str(admin_api.token)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hvd", "console", "con1", "--linger", "1", env=env,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(b"echo from-a-script\r"), 60)
+    assert proc.returncode == 0, err.decode()
+    assert b"\r\nfrom-a-script\r\n" in out, (out, err)

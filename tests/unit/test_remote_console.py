@@ -1,0 +1,130 @@
+"""Remote consoles, pure parts: one-time console tokens (expiry, single use, protocol, the server
+and project they are bound to, the outstanding bound) and the PPM -> PNG conversion of screenshots."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import pytest
+
+from hvd.api.console_tokens import ConsoleTokens, TooManyConsoleTokens, check_grant
+from hvd.drivers.remote_console import ImageError, png_rgb, png_size, ppm_to_png
+from hvd.errors import Conflict, Forbidden, Unauthorized
+
+SERVER = {"id": "s1", "project_id": "p1", "host": "h1", "deleted_at": None}
+
+
+def test_token_works_once_for_its_server_and_project() -> None:
+    tokens = ConsoleTokens(ttl_s=600)
+    token, grant = tokens.issue("s1", "p1", "serial", now=100.0)
+    assert len(token) >= 40 and grant.expires == 700.0
+    redeemed = tokens.redeem(token, "serial", now=101.0)
+    assert (redeemed.server_id, redeemed.project_id, redeemed.protocol) == ("s1", "p1", "serial")
+    with pytest.raises(Unauthorized, match="already used"):
+        tokens.redeem(token, "serial", now=102.0)
+
+
+def test_token_expires() -> None:
+    tokens = ConsoleTokens(ttl_s=30)
+    token, _ = tokens.issue("s1", "p1", "vnc", now=0.0)
+    with pytest.raises(Unauthorized, match="expired"):
+        tokens.redeem(token, "vnc", now=30.0)
+    with pytest.raises(Unauthorized):  # and it is gone, not valid again later
+        tokens.redeem(token, "vnc", now=1.0)
+
+
+def test_token_for_another_protocol_is_refused_and_spent() -> None:
+    tokens = ConsoleTokens(ttl_s=600)
+    token, _ = tokens.issue("s1", "p1", "serial", now=0.0)
+    with pytest.raises(Forbidden, match="serial console, not vnc"):
+        tokens.redeem(token, "vnc", now=1.0)
+    with pytest.raises(Unauthorized):
+        tokens.redeem(token, "serial", now=2.0)
+
+
+@pytest.mark.parametrize("token", ["", "forged", "x" * 5000, "\x00\ud800"])
+def test_unknown_tokens_are_refused(token: str) -> None:
+    tokens = ConsoleTokens(ttl_s=600)
+    tokens.issue("s1", "p1", "serial", now=0.0)
+    with pytest.raises(Unauthorized):
+        tokens.redeem(token, "serial", now=1.0)
+
+
+def test_only_a_digest_is_kept() -> None:
+    tokens = ConsoleTokens(ttl_s=600)
+    token, _ = tokens.issue("s1", "p1", "serial", now=0.0)
+    assert token not in repr(tokens.__dict__)
+
+
+def test_grant_is_bound_to_server_project_and_host() -> None:
+    tokens = ConsoleTokens(ttl_s=600)
+    _, grant = tokens.issue("s1", "p1", "serial", now=0.0)
+    check_grant(grant, SERVER, "h1")
+    for server, host, why in (
+        (None, "h1", "no longer exists"),
+        ({**SERVER, "deleted_at": "2026-01-01T00:00:00Z"}, "h1", "no longer exists"),
+        ({**SERVER, "project_id": "p2"}, "h1", "not in the project"),
+        (SERVER, "h2", "no longer on host h2"),  # moved (live migration): ask for a new URL there
+    ):
+        with pytest.raises(Conflict, match=why):
+            check_grant(grant, server, host)
+
+
+def test_outstanding_tokens_are_bounded_and_expired_ones_make_room() -> None:
+    tokens = ConsoleTokens(ttl_s=10, max_outstanding=2)
+    tokens.issue("s1", "p1", "serial", now=0.0)
+    tokens.issue("s2", "p1", "serial", now=5.0)
+    with pytest.raises(TooManyConsoleTokens) as refused:
+        tokens.issue("s3", "p1", "serial", now=6.0)
+    assert refused.value.status == 429
+    tokens.issue("s3", "p1", "serial", now=10.0)  # the first expired
+    assert len(tokens) == 2
+
+
+def _decode_png(png: bytes) -> tuple[int, int, bytes]:
+    """(width, height, RGB bytes) of an 8-bit RGB PNG with filter 0 rows, checking every CRC."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, header = 8, b"", b""
+    while pos < len(png):
+        (length,) = struct.unpack(">I", png[pos:pos + 4])
+        kind, data = png[pos + 4:pos + 8], png[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack(">I", png[pos + 8 + length:pos + 12 + length])
+        assert crc == zlib.crc32(kind + data) & 0xFFFFFFFF, kind
+        if kind == b"IHDR":
+            header = data
+        elif kind == b"IDAT":
+            idat += data
+        pos += 12 + length
+    width, height, depth, colour, _, _, _ = struct.unpack(">IIBBBBB", header)
+    assert (depth, colour) == (8, 2)
+    raw = zlib.decompress(idat)
+    rows = [raw[y * (width * 3 + 1):(y + 1) * (width * 3 + 1)] for y in range(height)]
+    assert all(row[0] == 0 for row in rows)
+    return width, height, b"".join(row[1:] for row in rows)
+
+
+def test_ppm_becomes_a_png_with_the_same_pixels() -> None:
+    pixels = bytes((x * 7 + y * 13 + c) % 256 for y in range(3) for x in range(4) for c in range(3))
+    ppm = b"P6\n# made by QEMU\n4 3\n255\n" + pixels
+    png = ppm_to_png(ppm)
+    assert png_size(png) == (4, 3)
+    assert _decode_png(png) == (4, 3, pixels)
+
+
+def test_ppm_with_a_smaller_maxval_is_scaled_to_8_bits() -> None:
+    png = ppm_to_png(b"P6 1 1 15\n" + bytes([15, 0, 7]))
+    assert _decode_png(png)[2] == bytes([255, 0, 119])
+
+
+@pytest.mark.parametrize("bad", [b"P3 1 1 255\n0 0 0", b"P6 1 1", b"P6 x 1 255\n", b"P6 1 1 65535\n" + bytes(6),
+                                 b"P6 2 2 255\n" + bytes(5)])
+def test_bad_ppm_is_refused(bad: bytes) -> None:
+    with pytest.raises(ImageError):
+        ppm_to_png(bad)
+
+
+def test_png_size_refuses_other_data() -> None:
+    assert png_size(png_rgb(2, 1, bytes(6))) == (2, 1)
+    with pytest.raises(ImageError):
+        png_size(b"GIF89a" + bytes(30))
