@@ -41,8 +41,10 @@ def zone_list(session: Session, args: argparse.Namespace) -> None:
 
 def register_aggregates(registry: Registry) -> None:
     registry.register_resource(AGGREGATE, "host aggregates (host sets with metadata and a zone)")
-    registry.register_action("aggregate", Action("add-host", "add a host to an aggregate", add_host, HOST_OPTS))
+    registry.register_action("aggregate", Action("add-host", "add a host to an aggregate", add_host, HOST_OPTS,
+                                                 operations=("POST /v1/aggregates/{id}/hosts",)))
     registry.register_action("aggregate", Action("remove-host", "remove a host from an aggregate", remove_host,
-                                                 HOST_OPTS))
-    registry.register_action("availability-zone", Action("list", "list availability zones", zone_list),
+                                                 HOST_OPTS, operations=("DELETE /v1/aggregates/{id}/hosts/{host}",)))
+    registry.register_action("availability-zone", Action("list", "list availability zones", zone_list,
+                                                         operations=("GET /v1/availability-zones",)),
                              "availability zones")

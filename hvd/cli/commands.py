@@ -132,21 +132,22 @@ class Resource:
 
     def actions(self) -> list[Action]:
         singular = self.name.replace("-", " ")
+        a = "an" if singular[0] in "aeio" else "a"
         item = f"{self.path}/{{id}}"
         acts = [
             Action("list", f"list {singular}s", self._list, self.list_query, operations=(f"GET {self.path}",)),
-            Action("show", f"show a {singular}", self._show, (Opt(self.name, "", help=f"{self.ref}"),),
+            Action("show", f"show {a} {singular}", self._show, (Opt(self.name, "", help=f"{self.ref}"),),
                    operations=(f"GET {item}",)),
         ]
         if self.create is not None:
-            acts.insert(0, Action("create", f"create a {singular}", self._create, self.create,
+            acts.insert(0, Action("create", f"create {a} {singular}", self._create, self.create,
                                   operations=(f"POST {self.path}",)))
         if self.deletable:
             acts.append(Action("delete", f"delete {singular}s", self._delete, output=False,
                                configure=lambda p: p.add_argument(self.name, nargs="+", help=self.ref),
                                operations=(f"DELETE {item}",)))
         if self.update is not None:
-            acts.append(Action("set", f"change a {singular}", self._set,
+            acts.append(Action("set", f"change {a} {singular}", self._set,
                                (Opt(self.name, "", help=self.ref), *self.update), output=False,
                                operations=(f"PATCH {item}",)))
         return acts

@@ -98,7 +98,17 @@ FLAVOR_SET = Action("set", "set extra specs or project access of a flavor", flav
     Opt("--unset-property", "", "remove an extra spec (repeat)", kind="list", metavar="KEY"),
     Opt("--project", "", "give a project access to this private flavor (repeat)", kind="list"),
     Opt("--remove-project", "", "remove a project's access (repeat)", kind="list"),
-), output=False)
+), output=False, operations=("POST /v1/flavors/{id}/extra-specs", "POST /v1/flavors/{id}/access",
+                             "POST /v1/flavors/{id}/access/remove"))
+
+
+def flavor_access(session: Session, args: argparse.Namespace) -> None:
+    got = session.call("GET", FLAVOR.url(args.flavor) + "/access")
+    print_list([{"project_id": project} for project in got["projects"]], ("project_id",), args)
+
+
+FLAVOR_ACCESS = Action("access-list", "list the projects with access to a private flavor", flavor_access,
+                       (Opt("flavor", "", "flavor id or name"),), operations=("GET /v1/flavors/{id}/access",))
 
 ROLE_TARGET = (Opt("role", "", "role", choices=("admin", "member", "reader")),
                Opt("--user", "", "user id or name", required=True),
@@ -178,6 +188,12 @@ def token_issue(session: Session, args: argparse.Namespace) -> None:
                "project_id": got["project"]["id"], "roles": got["roles"]}, args)
 
 
+def token_show(session: Session, args: argparse.Namespace) -> None:
+    got = session.call("GET", "/v1/auth/token")
+    print_one({"expires_at": got["expires_at"], "user": got["user"]["name"], "user_id": got["user"]["id"],
+               "project": got["project"]["name"], "project_id": got["project"]["id"], "roles": got["roles"]}, args)
+
+
 def token_revoke(session: Session, args: argparse.Namespace) -> None:
     if args.token:
         session.token = args.token
@@ -194,35 +210,44 @@ def catalog_list(session: Session, args: argparse.Namespace) -> None:
 def register_core(registry: Registry) -> None:
     registry.register_resource(FLAVOR, "flavors (sizes of servers)")
     registry.register_action("flavor", FLAVOR_SET)
+    registry.register_action("flavor", FLAVOR_ACCESS)
     registry.register_resource(KEYPAIR, "SSH keypairs (yours)")
     registry.register_resource(SERVER_GROUP, "server groups (affinity policies)")
     registry.register_resource(PROJECT, "projects")
     registry.register_resource(USER, "users")
-    registry.register_action("role", Action("add", "grant a role", role_add, ROLE_TARGET, output=False),
-                             "role assignments")
-    registry.register_action("role", Action("remove", "revoke a role", role_remove, ROLE_TARGET, output=False))
+    assignment = "/v1/projects/{project}/users/{user}/roles"
+    registry.register_action("role", Action("add", "grant a role", role_add, ROLE_TARGET, output=False,
+                                            operations=(f"PUT {assignment}/{{role}}",)), "role assignments")
+    registry.register_action("role", Action("remove", "revoke a role", role_remove, ROLE_TARGET, output=False,
+                                            operations=(f"DELETE {assignment}/{{role}}",)))
     registry.register_action("role", Action("list", "list roles, or a user's roles on a project", role_list, (
-        Opt("--user", "", "user id or name"), Opt("--project", "", "project id or name"))))
+        Opt("--user", "", "user id or name"), Opt("--project", "", "project id or name")),
+        operations=("GET /v1/roles", f"GET {assignment}")))
     registry.register_action("quota", Action("show", "show a project's quotas and usage", quota_show, (),
                                              configure=lambda p: p.add_argument(
-                                                 "project", nargs="?", help="project (default: yours)")),
+                                                 "project", nargs="?", help="project (default: yours)"),
+                                             operations=("GET /v1/quotas/{project}", "GET /v1/auth/token")),
                              "project quotas")
     registry.register_action("quota", Action("set", "set a project's quotas", quota_set,
-                                             (Opt("project", "", "project id or name"), *QUOTA_OPTS), output=False))
+                                             (Opt("project", "", "project id or name"), *QUOTA_OPTS), output=False,
+                                             operations=("PUT /v1/quotas/{project}",)))
     registry.register_resource(HOST, "hypervisor hosts")
+    host_patch = ("PATCH /v1/hosts/{name}",)
     registry.register_action("host", Action("enable", "enable a host for scheduling", _host_enabled(True),
-                                            (Opt("host", "", "host name"),)))
+                                            (Opt("host", "", "host name"),), operations=host_patch))
     registry.register_action("host", Action("disable", "stop scheduling to a host", _host_enabled(False),
                                             (Opt("host", "", "host name"),
-                                             Opt("--reason", "", "why (shown in host show)"))))
-    registry.register_action("host", Action("drain", "disable a host and move every server away", _host_post("drain"),
-                                            (Opt("host", "", "host name"),)))
-    registry.register_action("host", Action("evacuate", "rebuild every server of a fenced host elsewhere",
-                                            _host_post("evacuate"), (Opt("host", "", "host name"),)))
-    registry.register_action("token", Action("issue", "issue a token from the HVD_* credentials", token_issue),
-                             "tokens")
+                                             Opt("--reason", "", "why (shown in host show)")), operations=host_patch))
+    registry.register_action("host", Action("drain", "disable a host and move every server away (blocks until done)",
+                                            _host_post("drain"), (Opt("host", "", "host name"),),
+                                            operations=("POST /v1/hosts/{name}/drain",)))
+    registry.register_action("token", Action("issue", "issue a token from the HVD_* credentials", token_issue,
+                                             operations=("POST /v1/auth/tokens", "GET /v1/auth/token")), "tokens")
+    registry.register_action("token", Action("show", "show the token in use (HVD_TOKEN, or a new one)", token_show,
+                                             operations=("GET /v1/auth/token",)))
     registry.register_action("token", Action("revoke", "revoke a token (default: HVD_TOKEN)", token_revoke,
                                              output=False, configure=lambda p: p.add_argument(
-                                                 "token", nargs="?", help="token to revoke")))
-    registry.register_action("catalog", Action("list", "list the service catalog", catalog_list),
-                             "service catalog")
+                                                 "token", nargs="?", help="token to revoke"),
+                                             operations=("DELETE /v1/auth/token",)))
+    registry.register_action("catalog", Action("list", "list the service catalog", catalog_list,
+                                               operations=("GET /v1/catalog",)), "service catalog")

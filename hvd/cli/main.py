@@ -38,6 +38,13 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return code
 
 
+def _cmd_completion(args: argparse.Namespace) -> int:
+    from hvd.cli.completion import script
+
+    sys.stdout.write(script(args.shell, build_parser()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hvd", description="hvd: compute daemon and client")
     parser.add_argument("--version", action="version",
@@ -53,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="check this host can run hvd")
     p.add_argument("-c", "--config", type=Path)
     p.set_defaults(func=_cmd_doctor)
+    p = sub.add_parser("completion", help="print a shell completion script: source <(hvd completion bash)")
+    p.add_argument("shell", choices=["bash", "zsh"])
+    p.set_defaults(func=_cmd_completion)
     try:
         from hvd.cli.client import add_client_commands
     except ImportError:  # the client commands are optional while they are being built

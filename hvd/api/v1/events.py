@@ -34,10 +34,10 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
                               f" {MAX_STREAMS} per host); close one first", retry_after=KEEPALIVE_S)
     token = bearer_token(request)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await response.prepare(request)
     bus.streams[ctx.user_id] = bus.streams.get(ctx.user_id, 0) + 1
     try:
         async with bus.subscribe() as queue:
+            await response.prepare(request)  # headers once subscribed: a client holding them misses no event
             while True:
                 try:
                     event = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
