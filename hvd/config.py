@@ -137,6 +137,37 @@ class ComputeSection(Section):
     sync_power_state_interval_s: float = Field(
         60.0, gt=0, description="Period of the power-state sync with the hypervisor (events cover the rest)."
     )
+    vnc_enabled: bool = Field(
+        True, description="Give new domains a VNC display (remote consoles and screenshots); takes effect at a"
+                          " server's next start.",
+    )
+    vnc_listen: str = Field(
+        "127.0.0.1", description="Address VNC displays listen on; only this host's console proxy connects, so"
+                                 " loopback (valid on every host: live migration keeps it) unless you know better.",
+    )
+    console_token_ttl_s: int = Field(
+        600, ge=5, le=86400, description="A remote-console URL works once, within this many seconds (Nova's 600).")
+    console_base_url: str = Field(
+        "", max_length=255,
+        description="Base of the remote-console URLs this host hands out (e.g. wss://console.example:443 behind a"
+                    " proxy); empty = the URL the client used, or this host's cluster.peers entry when forwarded.",
+    )
+
+    @field_validator("vnc_listen")
+    @classmethod
+    def _vnc_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError as exc:
+            raise ValueError(f"vnc_listen: {value!r} is not an IP address") from exc
+        return value
+
+    @field_validator("console_base_url")
+    @classmethod
+    def _console_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://", "ws://", "wss://")):
+            raise ValueError(f"console_base_url: {value!r} must start with ws://, wss://, http:// or https://")
+        return value.rstrip("/")
 
 
 class SchedulerSection(Section):

@@ -71,7 +71,8 @@ def make_driver(config: Config) -> ComputeDriver:
         return FakeDriver(instances)
     from hvd.drivers.libvirt.driver import LibvirtDriver
 
-    return LibvirtDriver(instances, uri=config.libvirt.uri, virt_type=config.libvirt.virt_type)
+    vnc = config.compute.vnc_listen if config.compute.vnc_enabled else None
+    return LibvirtDriver(instances, uri=config.libvirt.uri, virt_type=config.libvirt.virt_type, vnc_listen=vnc)
 
 
 def make_network(config: Config, catalog: Catalog) -> NetworkService:
