@@ -70,6 +70,7 @@ class ComputeManager:
         self.catalog = catalog
         self.driver = driver
         self.store = image_store
+        self.volumes: Any = None  # set by ComputeService: attached volumes (hvd.compute.volumes)
         self.cache = image_cache
         self.events = events
         self.instances_path = Path(config.host.instances_path)
@@ -118,7 +119,11 @@ class ComputeManager:
 
     async def spec_of(self, inst: dict[str, Any], *, image_id: str | None = None, rescue: bool = False,
                       flavor: dict[str, Any] | None = None) -> InstanceSpec:
-        image_path, image_format = await self.cached_image(image_id or inst["image_id"])
+        volumes = await self.volumes.disks_of(inst) if self.volumes is not None else ()
+        if any(v.boot for v in volumes):  # booted from a volume: no image in the cache needed
+            image_path, image_format = Path(), "raw"
+        else:
+            image_path, image_format = await self.cached_image(image_id or inst["image_id"])
         flavor = flavor or inst["flavor"]
         instance_dir = self.instances_path / inst["id"]
         nics: tuple[Nic, ...] = ()
@@ -139,6 +144,7 @@ class ComputeManager:
             image_path=image_path,
             image_format=image_format,
             instance_dir=instance_dir,
+            volumes=volumes,
             nics=nics,
             config_drive=config_drive,
             rescue=rescue,

@@ -105,6 +105,7 @@ class Reconciler:
             # scheduling here = claimed for this host, build not started: the build recovery builds it
             if inst["task_state"] not in (None, TaskState.SCHEDULING):
                 await self._repair(inst)
+        await self.service.volumes.repair()  # attachments a crash left half-way (the domain is the truth)
         await self.remove_orphans()
         await self.sync_power_states()
 

@@ -36,6 +36,7 @@ from hvd.compute.lifecycle import Op, PowerState, TaskState, VmState
 from hvd.compute.manager import ComputeManager
 from hvd.compute.migration import LiveMigrations
 from hvd.compute.oplock import OperationLocks
+from hvd.compute.volumes import ComputeVolumes
 from hvd.config import Config
 from hvd.errors import (
     Conflict,
@@ -96,6 +97,8 @@ class ComputeService:
         self.migrations = LiveMigrations(self)
         self.moves = ColdMoves(self)
         self.drains = Drains(self)
+        self.volumes = ComputeVolumes(self)
+        manager.volumes = self.volumes
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -431,6 +434,7 @@ class ComputeService:
         """Remove the instance from this host and the catalog (idempotent; used by reconcile)."""
         await self.manager.cleanup_host(inst)
         checkpoint("delete.cleaned")
+        await self.volumes.release_server(inst)  # its attachments go; delete_on_termination volumes too
         if self.manager.network is not None:  # its own ports go, ports the user passed in are unbound
             await self.manager.network.release_instance(inst)
         shelved = inst["extra"].get("shelved_image_id")

@@ -402,6 +402,11 @@ class ComputeDriver(abc.ABC):
         """
         raise NotImplementedError
 
+    async def attached_volumes(self, uuid: str) -> dict[str, str]:
+        """Serial (volume id cut to 20 bytes) → target dev of the volumes in the domain's persistent
+        definition (what crash repair trusts). Optional: see ``supports_volumes``."""
+        raise NotImplementedError
+
     async def prepare_incoming(self, spec: InstanceSpec) -> None:
         """Destination of a live migration: make the instance's directory and disks (an overlay on
         the cached base, at the same paths as on the source) for the hypervisor to copy into; no

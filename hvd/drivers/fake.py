@@ -449,6 +449,9 @@ class FakeDriver(ComputeDriver):
         if dom.power in (PowerState.RUNNING, PowerState.PAUSED):
             dom.volume_sizes[volume_id] = new_size
 
+    async def attached_volumes(self, uuid: str) -> dict[str, str]:
+        return {v.serial: v.dev for v in self._get(uuid).volumes.values()}
+
     async def prepare_incoming(self, spec: InstanceSpec) -> None:
         self._maybe_fail("prepare_incoming")
         if spec.uuid in self.domains:

@@ -505,5 +505,10 @@ class LibvirtDriver(ComputeDriver):
     async def extend_volume(self, uuid: str, volume_id: str, new_size: int) -> None:
         await self._call(f"resize volume {volume_id} of {uuid}", volume_ops.block_resize, uuid, volume_id, new_size)
 
+    async def attached_volumes(self, uuid: str) -> dict[str, str]:
+        found: dict[str, str] = await self._call(f"volumes of {uuid}", volume_ops.persistent_volumes, uuid,
+                                                 retry=True)
+        return found
+
     def events(self) -> EventStream:
         return self._hub.subscribe()

@@ -92,3 +92,9 @@ def block_resize(conn: Any, uuid: str, volume_id: str, size: int) -> bool:
         raise NotFound(f"volume {volume_id} is not attached to instance {uuid}")
     dom.blockResize(_dev(disk), size, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
     return True
+
+
+def persistent_volumes(conn: Any, uuid: str) -> dict[str, str]:
+    """serial → target dev of the disks with a serial in the persistent definition."""
+    disks = _disks(lookup(conn, uuid), inactive=True)
+    return {d.findtext("serial") or "": _dev(d) for d in disks if d.findtext("serial")}

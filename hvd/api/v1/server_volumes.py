@@ -1,0 +1,112 @@
+"""/v1/servers/{id}/volume-attachments: attach, list and detach volumes of a server.
+
+The server's host does the work (a request arriving elsewhere is forwarded there, as for
+interfaces); the flow itself is hvd.compute.volumes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from hvd.api.forward import catch_up_if_forwarded, to_owner
+from hvd.api.helpers import context, json_response, parse_body
+from hvd.api.routing import Router
+from hvd.api.services import services
+from hvd.catalog import queries
+from hvd.compute.volumes import ComputeVolumes
+
+DEVICE_PATTERN = r"^(/dev/)?vd[b-z][a-z]?$"
+
+
+class AttachRequest(BaseModel):
+    """Attach a volume: its id, and optionally the device wanted (the host picks a free one if taken)."""
+
+    model_config = ConfigDict(extra="forbid")
+    volume: str = Field(min_length=1, max_length=64, description="Volume id.")
+    device: str | None = Field(None, pattern=DEVICE_PATTERN, max_length=12,
+                               description="Guest device wanted, e.g. vdb or /dev/vdb (a hint, as in Nova).")
+    mode: Literal["rw", "ro"] = Field("rw", description="Read-write, or read-only for the guest.")
+
+
+class VolumeAttachment(BaseModel):
+    id: str
+    volume_id: str
+    server_id: str
+    device: str | None
+    status: str
+    mode: str
+    host: str | None
+    error: str | None
+
+
+class VolumeAttachmentList(BaseModel):
+    volume_attachments: list[VolumeAttachment]
+
+
+def view(att: dict[str, Any]) -> dict[str, Any]:
+    return {"id": att["id"], "volume_id": att["volume_id"], "server_id": att["instance_id"],
+            "device": f"/dev/{att['device']}" if att["device"] else None, "status": att["status"],
+            "mode": att["attach_mode"], "host": att["host"], "error": att["error"]}
+
+
+def _volumes(request: web.Request) -> ComputeVolumes:
+    volumes: ComputeVolumes = services(request).extra["compute"].volumes
+    return volumes
+
+
+async def _server(request: web.Request) -> dict[str, Any]:
+    svc, ctx = services(request), context(request)
+    admin = svc.policy.all_projects(ctx.roles)
+    where, args = ("deleted_at IS NULL", ()) if admin else ("deleted_at IS NULL AND project_id=?", (ctx.project_id,))
+    await catch_up_if_forwarded(request)
+    return await svc.catalog.read(queries.find, "instances", request.match_info["id"], "Instance", where, args)
+
+
+async def list_attachments(request: web.Request) -> web.Response:
+    svc, ctx = services(request), context(request)
+    svc.policy.enforce(ctx.roles, "compute:read")
+    inst = await _server(request)
+    rows = await _volumes(request).of_server(inst["id"])
+    return json_response({"volume_attachments": [view(r) for r in rows]})
+
+
+async def attach_volume(request: web.Request) -> web.Response:
+    svc, ctx = services(request), context(request)
+    svc.policy.enforce(ctx.roles, "compute:action")
+    body = await parse_body(request, AttachRequest)
+    inst = await _server(request)
+    compute = svc.extra["compute"]
+    forwarded = await to_owner(request, inst, compute.placement.is_up)
+    if forwarded is not None:  # the owning host changes its disks
+        return forwarded
+    compute.check_lock(ctx, inst)
+    att = await _volumes(request).attach(inst, body.volume, body.device, body.mode)
+    return json_response(view(att), status=201,
+                         location=f"/v1/servers/{inst['id']}/volume-attachments/{att['volume_id']}")
+
+
+async def detach_volume(request: web.Request) -> web.Response:
+    svc, ctx = services(request), context(request)
+    svc.policy.enforce(ctx.roles, "compute:action")
+    inst = await _server(request)
+    compute = svc.extra["compute"]
+    forwarded = await to_owner(request, inst, compute.placement.is_up)
+    if forwarded is not None:
+        return forwarded
+    compute.check_lock(ctx, inst)
+    await _volumes(request).detach(inst, request.match_info["volume"])
+    return web.Response(status=204)
+
+
+def register(router: Router) -> None:
+    t = "compute"
+    base = "/v1/servers/{id}/volume-attachments"
+    router.add("GET", base, list_attachments, "The server's volume attachments", response=VolumeAttachmentList,
+               tag=t)
+    router.add("POST", base, attach_volume, "Attach a volume (hot-plugged when the server runs)",
+               body=AttachRequest, response=VolumeAttachment, status=201, tag=t)
+    router.add("DELETE", base + "/{volume}", detach_volume,
+               "Detach a volume (409 and still attached if the guest does not release it)", status=204, tag=t)

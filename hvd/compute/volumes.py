@@ -1,0 +1,351 @@
+"""Volumes on servers, the compute side of Cinder's attach: attach, detach, online extend, the
+volumes of a domain definition, the volumes of a deleted server, and crash repair of attachments.
+
+Everything here runs on the server's host (the API forwards requests there). Each step is one
+catalog command of hvd.catalog.cmd_volumes, CAS-guarded (the contract is in
+hvd/storage/volumes/__init__.py): reserve → attaching (with the connection info) → hypervisor
+attach → attached (with the device), and attached → detaching → hypervisor detach → removed, or
+back to attached with the guest's refusal as the error. A volume on another host is reached over
+NBD (hvd.storage.volumes.nbd): the volume's host exports it, this host's libvirt connects to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any, Protocol
+
+from hvd.catalog.cmd_volumes import (
+    AttachmentAttaching,
+    AttachmentBeginDetach,
+    AttachmentComplete,
+    AttachmentDetachFailed,
+    AttachmentRemove,
+    AttachmentReserve,
+    VolumeBegin,
+    VolumeFinish,
+)
+from hvd.catalog.sql import fetch_all, fetch_one
+from hvd.compute.faults import checkpoint
+from hvd.compute.lifecycle import PowerState, VmState
+from hvd.drivers.volumes import VolumeDisk, disk_from_connection
+from hvd.errors import BadRequest, Conflict, DriverError, HvdError, InvalidState, NotFound
+from hvd.identity.service import now_iso
+from hvd.storage.volumes import states as st
+
+if TYPE_CHECKING:
+    from hvd.compute.service import ComputeService
+
+log = logging.getLogger(__name__)
+
+DETACH_TIMEOUT_S = 30.0  # a guest that does not release a disk in this time keeps it (clear error)
+GIB = 1 << 30
+# server states in which volumes may be attached or detached (Nova also allows shelved: not here)
+ATTACHABLE_VM_STATES = (VmState.ACTIVE, VmState.STOPPED, VmState.PAUSED)
+# attachments that are in the domain definition (attaching ones are added by the attach itself)
+IN_DOMAIN = (st.ATT_ATTACHED, st.ATT_DETACHING)
+
+
+class VolumeHost(Protocol):
+    """What the compute side needs from this host's volume service (hvd.storage.volumes.service)."""
+
+    def connection_info(self, volume: dict[str, Any]) -> dict[str, Any]:
+        """How this host's hypervisor opens a volume of this host's backends."""
+
+    async def grow_data(self, volume: dict[str, Any], new_size_gb: int) -> None:
+        """The volume's data is ``new_size_gb`` long (the backend's extend)."""
+
+
+def attachments_of(conn: Any, instance_id: str) -> list[dict[str, Any]]:
+    return fetch_all(conn, "SELECT * FROM volume_attachments WHERE instance_id=? ORDER BY created_at, id",
+                     (instance_id,))
+
+
+def attachment_of(conn: Any, instance_id: str, volume_id: str) -> dict[str, Any] | None:
+    return fetch_one(conn, "SELECT * FROM volume_attachments WHERE instance_id=? AND volume_id=?",
+                     (instance_id, volume_id))
+
+
+def volume_row(conn: Any, volume_id: str) -> dict[str, Any] | None:
+    return fetch_one(conn, "SELECT * FROM volumes WHERE id=?", (volume_id,))
+
+
+def busy_attachments(conn: Any, host: str) -> list[dict[str, Any]]:
+    """Attachments of this host's servers left half-way (a crash between two steps)."""
+    return fetch_all(conn, "SELECT a.* FROM volume_attachments a JOIN instances i ON i.id=a.instance_id"
+                           " WHERE i.host=? AND i.deleted_at IS NULL AND a.status IN (?,?,?)",
+                     (host, st.ATT_RESERVED, st.ATT_ATTACHING, st.ATT_DETACHING))
+
+
+def device_of(requested: str | None) -> str | None:
+    """``/dev/vdb`` or ``vdb`` → ``vdb``; None stays None (the host picks)."""
+    if requested is None:
+        return None
+    return requested.removeprefix("/dev/")
+
+
+class ComputeVolumes:
+    """Attach, detach and extend volumes of this host's servers; the volumes of their definitions."""
+
+    def __init__(self, service: ComputeService) -> None:
+        self.svc = service
+        self.catalog = service.catalog
+        self.host = service.host
+        self.volume_host: VolumeHost | None = None  # this host's volume service, set by the daemon
+        self.exports: Any = None  # NBD exports of volumes of other hosts (hvd.storage.volumes.nbd), if any
+        self.detach_timeout_s = DETACH_TIMEOUT_S
+
+    @property
+    def driver(self) -> Any:
+        return self.svc.manager.driver
+
+    async def _volume(self, volume_id: str) -> dict[str, Any]:
+        row = await self.catalog.read(volume_row, volume_id)
+        if row is None:
+            raise NotFound(f"Volume {volume_id} could not be found")
+        return row
+
+    async def connection(self, volume: dict[str, Any]) -> dict[str, Any]:
+        """How this host's hypervisor opens ``volume``: directly when its data is here, else over
+        NBD from the volume's host."""
+        if volume["host"] == self.host:
+            if self.volume_host is None:
+                raise Conflict(f"volume {volume['id']} is on host {self.host}, which runs no volume service")
+            return self.volume_host.connection_info(volume)
+        if self.exports is None:
+            raise Conflict(f"volume {volume['id']} lives on host {volume['host']} and this server on {self.host}:"
+                           " reaching a volume of another host needs an NBD export, not available here")
+        info: dict[str, Any] = await self.exports.connect(volume, self.host)
+        return info
+
+    async def disconnect(self, volume_id: str, info: dict[str, Any]) -> None:
+        """Drop what ``connection`` set up for this host (the NBD export of a remote volume)."""
+        if info.get("type") == "nbd" and self.exports is not None:
+            try:
+                await self.exports.disconnect(volume_id, self.host)
+            except HvdError as exc:  # the volume's host removes stale exports itself
+                log.warning("could not drop the export of volume %s: %s", volume_id, exc.message)
+
+    # --- what a domain definition holds ----------------------------------------------------------
+
+    async def disks_of(self, inst: dict[str, Any]) -> tuple[VolumeDisk, ...]:
+        """The volumes in ``inst``'s domain definition: its attached (and detaching) volumes."""
+        disks = []
+        for att in await self.catalog.read(attachments_of, inst["id"]):
+            if att["status"] not in IN_DOMAIN or not att["device"]:
+                continue
+            volume = await self.catalog.read(volume_row, att["volume_id"])
+            if volume is None:
+                continue
+            disks.append(disk_from_connection(att["volume_id"], att["device"], att["connection_info"],
+                                              read_only=att["attach_mode"] == "ro",
+                                              shareable=bool(volume["multiattach"])))
+        return tuple(disks)
+
+    async def of_server(self, instance_id: str) -> list[dict[str, Any]]:
+        return await self.catalog.read(attachments_of, instance_id)
+
+    # --- attach ----------------------------------------------------------------------------------
+
+    def check_server(self, inst: dict[str, Any], what: str) -> None:
+        """Volumes change only on a server at rest on this host (409 naming its state otherwise)."""
+        if inst["task_state"] is not None or inst["vm_state"] not in ATTACHABLE_VM_STATES:
+            raise InvalidState(f"Cannot {what} instance {inst['id']} while it is {inst['vm_state']}"
+                               f"/{inst['task_state']}", vm_state=inst["vm_state"])
+        if inst["host"] != self.host:
+            raise Conflict(f"instance {inst['id']} is not on this host")
+        if not self.driver.capabilities.supports_volumes:
+            raise Conflict("this host's compute driver cannot attach volumes")
+
+    async def attach(self, inst: dict[str, Any], volume_id: str, device: str | None = None,
+                     mode: str = "rw") -> dict[str, Any]:
+        """Attach the volume to the server (hot-plugged when it runs); the attachment record.
+
+        Refused with 409 unless the volume is available (or in-use and multi-attach); on any
+        failure the volume is as before and the server unchanged.
+        """
+        self.check_server(inst, "attach a volume to")
+        volume = await self._volume(volume_id)
+        if volume["project_id"] != inst["project_id"]:
+            raise NotFound(f"Volume {volume_id} could not be found")
+        wanted = device_of(device)
+        if wanted is not None and wanted == "vda":
+            raise BadRequest("device vda is the server's root disk; name another (vdb, vdc, ...) or none")
+        self.svc.locks.acquire(inst["id"], "volume_attach")
+        try:
+            return await self._attach(inst, volume, wanted, mode)
+        finally:
+            self.svc.locks.release(inst["id"])
+
+    async def _attach(self, inst: dict[str, Any], volume: dict[str, Any], wanted: str | None,
+                      mode: str) -> dict[str, Any]:
+        att_id = str(uuid.uuid4())
+        await self.catalog.propose(AttachmentReserve(id=att_id, volume_id=volume["id"], instance_id=inst["id"],
+                                                     attach_mode=mode, created_at=now_iso()))
+        self._event(volume["id"], inst["id"], st.ATT_RESERVED)
+        info: dict[str, Any] | None = None
+        attached = False
+        try:
+            info = await self.connection(volume)
+            await self.catalog.propose(AttachmentAttaching(id=att_id, host=self.host, connection_info=info,
+                                                           updated_at=now_iso()))
+            checkpoint("volume_attach.attaching")
+            disk = disk_from_connection(volume["id"], wanted or "vdb", info, read_only=mode == "ro",
+                                        shareable=bool(volume["multiattach"]))
+            dev = await self.driver.attach_volume(inst["id"], disk)
+            attached = True
+            checkpoint("volume_attach.attached")
+            await self.catalog.propose(AttachmentComplete(id=att_id, device=dev, updated_at=now_iso()))
+        except BaseException as exc:
+            log.warning("attach of volume %s to %s failed: %s", volume["id"], inst["id"], exc)
+            if attached:
+                try:
+                    await self.driver.detach_volume(inst["id"], volume["id"], self.detach_timeout_s)
+                except HvdError as undo_exc:
+                    log.warning("could not take volume %s back from %s: %s", volume["id"], inst["id"],
+                                undo_exc.message)
+            if info is not None:
+                await self.disconnect(volume["id"], info)
+            try:
+                await self.catalog.propose(AttachmentRemove(id=att_id, expect=[st.ATT_RESERVED, st.ATT_ATTACHING],
+                                                            updated_at=now_iso()))
+            except HvdError as undo_exc:
+                log.warning("could not roll back attachment %s: %s", att_id, undo_exc.message)
+            self._event(volume["id"], inst["id"], "removed")
+            raise
+        self._event(volume["id"], inst["id"], st.ATT_ATTACHED)
+        log.info("volume %s attached to %s as %s", volume["id"], inst["id"], dev)
+        row = await self.catalog.read(attachment_of, inst["id"], volume["id"])
+        assert row is not None
+        return row
+
+    # --- detach ----------------------------------------------------------------------------------
+
+    async def detach(self, inst: dict[str, Any], volume_id: str) -> None:
+        """Detach the volume: the guest must release it within ``detach_timeout_s``, else 409 with
+        the reason and the volume stays attached (in-use)."""
+        self.check_server(inst, "detach a volume from")
+        att = await self.catalog.read(attachment_of, inst["id"], volume_id)
+        if att is None:
+            raise NotFound(f"Volume {volume_id} is not attached to instance {inst['id']}")
+        if att["device"] == "vda":
+            raise Conflict(f"volume {volume_id} is the boot volume of instance {inst['id']}: it cannot be detached")
+        if att["status"] != st.ATT_ATTACHED:
+            raise InvalidState(f"the attachment of volume {volume_id} to {inst['id']} is {att['status']}",
+                               status=att["status"])
+        self.svc.locks.acquire(inst["id"], "volume_detach")
+        try:
+            await self.catalog.propose(AttachmentBeginDetach(id=att["id"], updated_at=now_iso()))
+            self._event(volume_id, inst["id"], st.ATT_DETACHING)
+            checkpoint("volume_detach.detaching")
+            try:
+                await self.driver.detach_volume(inst["id"], volume_id, self.detach_timeout_s)
+            except NotFound:
+                pass  # no domain: nothing holds the volume
+            except HvdError as exc:
+                await self.catalog.propose(AttachmentDetachFailed(id=att["id"], error=exc.message,
+                                                                  updated_at=now_iso()))
+                self._event(volume_id, inst["id"], st.ATT_ATTACHED)
+                raise Conflict(f"volume {volume_id} stays attached to instance {inst['id']}: {exc.message}") from exc
+            await self.disconnect(volume_id, att["connection_info"])
+            await self.catalog.propose(AttachmentRemove(id=att["id"], expect=[st.ATT_DETACHING],
+                                                        updated_at=now_iso()))
+            self._event(volume_id, inst["id"], "removed")
+            log.info("volume %s detached from %s", volume_id, inst["id"])
+        finally:
+            self.svc.locks.release(inst["id"])
+
+    # --- online extend ---------------------------------------------------------------------------
+
+    async def extend_online(self, volume_id: str, new_size_gb: int) -> dict[str, Any]:
+        """Grow an in-use volume attached to a server of this host and tell the running guest.
+
+        A qcow2 file that a running QEMU holds is grown by QEMU itself (libvirt block resize); any
+        other volume by its backend first, then the guest is told. Multi-attached volumes are refused
+        (as Cinder does). The volume ends in-use with the new size, or the old one with the error.
+        """
+        volume = await self._volume(volume_id)
+        atts = [a for a in await self.catalog.read(
+            fetch_all, "SELECT * FROM volume_attachments WHERE volume_id=?", (volume_id,))]
+        if len(atts) != 1:
+            raise Conflict(f"volume {volume_id} is attached {len(atts)} times: online extend needs exactly one")
+        att = atts[0]
+        if att["host"] != self.host:
+            raise Conflict(f"volume {volume_id} is attached on host {att['host']}, not {self.host}")
+        await self.catalog.propose(VolumeBegin(id=volume_id, op="extend_online", new_size_gb=new_size_gb,
+                                               updated_at=now_iso()))
+        self._event(volume_id, att["instance_id"], "extending")
+        error: str | None = None
+        try:
+            power = await self.driver.get_power_state(att["instance_id"])
+            live = power in (PowerState.RUNNING, PowerState.PAUSED)
+            qemu_grows = live and att["connection_info"].get("type") == "file" \
+                and att["connection_info"].get("format") == "qcow2"
+            if not qemu_grows:
+                if self.volume_host is None or volume["host"] != self.host:
+                    raise Conflict(f"volume {volume_id} is on host {volume['host']}: its data is grown there")
+                await self.volume_host.grow_data(volume, new_size_gb)
+            checkpoint("volume_extend.grown")
+            if live:
+                await self.driver.extend_volume(att["instance_id"], volume_id, new_size_gb * GIB)
+        except HvdError as exc:
+            error = exc.message
+        except OSError as exc:
+            error = str(exc)
+        await self.catalog.propose(VolumeFinish(id=volume_id, op="extend_online", ok=error is None, error=error,
+                                                updated_at=now_iso()))
+        self._event(volume_id, att["instance_id"], "extended" if error is None else "extend_failed")
+        if error is not None:
+            raise DriverError(f"online extend of volume {volume_id} failed: {error}")
+        return await self._volume(volume_id)
+
+    # --- server delete ---------------------------------------------------------------------------
+
+    async def release_server(self, inst: dict[str, Any]) -> list[str]:
+        """After the server's domain is gone: remove its attachments (whatever their state) and drop
+        its exports. Returns the volumes to delete with it (``delete_on_termination``)."""
+        doomed = set((inst.get("extra") or {}).get("delete_on_termination", []))
+        deleting = []
+        for att in await self.catalog.read(attachments_of, inst["id"]):
+            await self.disconnect(att["volume_id"], att["connection_info"])
+            with contextlib.suppress(NotFound):  # removed meanwhile
+                await self.catalog.propose(AttachmentRemove(id=att["id"], updated_at=now_iso()))
+            self._event(att["volume_id"], inst["id"], "removed")
+            if att["volume_id"] in doomed:
+                deleting.append(att["volume_id"])
+        return deleting
+
+    # --- crash repair ----------------------------------------------------------------------------
+
+    async def repair(self) -> None:
+        """Attachments of this host's servers left between two steps by a crash: finished or
+        rolled back from what the hypervisor has (libvirt's definition is the truth)."""
+        for att in await self.catalog.read(busy_attachments, self.host):
+            try:
+                await self._repair(att)
+            except HvdError as exc:
+                log.warning("could not repair attachment %s: %s", att["id"], exc.message)
+
+    async def _repair(self, att: dict[str, Any]) -> None:
+        try:
+            present = await self.driver.attached_volumes(att["instance_id"])
+        except NotFound:
+            present = {}
+        dev = present.get(att["volume_id"][:20])
+        now = now_iso()
+        if att["status"] == st.ATT_ATTACHING and dev is not None:
+            log.warning("attachment %s: the crash came after the hypervisor attach; completing it", att["id"])
+            await self.catalog.propose(AttachmentComplete(id=att["id"], device=dev, updated_at=now))
+        elif att["status"] == st.ATT_DETACHING and dev is not None:
+            log.warning("attachment %s: the crash came before the guest released it; it stays attached", att["id"])
+            await self.catalog.propose(AttachmentDetachFailed(id=att["id"], updated_at=now,
+                                                              error="detach interrupted by a restart; detach again"))
+        else:
+            log.warning("attachment %s (%s): not in the domain; removing it", att["id"], att["status"])
+            await self.disconnect(att["volume_id"], att["connection_info"])
+            await self.catalog.propose(AttachmentRemove(id=att["id"], updated_at=now))
+        self._event(att["volume_id"], att["instance_id"], "repaired")
+
+    def _event(self, volume_id: str, instance_id: str, status: str) -> None:
+        self.svc.events.publish("volume.attachment", volume_id=volume_id, instance_id=instance_id, status=status)

@@ -1,0 +1,202 @@
+"""Volumes on servers over real HTTP and SQLite with the fake driver: attach (running and
+stopped), multi-attach refusal, detach, a guest that refuses the unplug, online extend, the volumes
+kept across hard reboot and stop/start, server delete, and crash repair of half-done attachments.
+Real guests: tests/lab/test_volumes_libvirt.py."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hvd.catalog.cmd_volumes import (
+    AttachmentAttaching,
+    AttachmentBeginDetach,
+    AttachmentComplete,
+    AttachmentReserve,
+    VolumeCreate,
+    VolumeCreateFinish,
+    VolumeTypeCreate,
+)
+from hvd.drivers.fake import FakeDriver
+from hvd.drivers.volumes import VolumeDisk
+from hvd.identity.service import now_iso
+from tests.conftest import Api
+from tests.functional.compute_helpers import action, make_flavor, make_qcow2, upload_image
+
+
+class FakeVolumeHost:
+    """Stands in for this host's volume service: file volumes under one directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.grown: list[tuple[str, int]] = []
+
+    def connection_info(self, volume: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "file", "path": str(self.root / f"volume-{volume['id']}"), "format": volume["volume_format"]}
+
+    async def grow_data(self, volume: dict[str, Any], new_size_gb: int) -> None:
+        self.grown.append((volume["id"], new_size_gb))
+
+
+@pytest.fixture
+async def env(admin_api: Api, api_server: tuple[Any, str], tmp_path: Path) -> dict[str, Any]:
+    services = api_server[0]
+    await upload_image(admin_api, make_qcow2(tmp_path / "base.qcow2"), name="base")
+    await make_flavor(admin_api)
+    compute = services.extra["compute"]
+    compute.volumes.volume_host = FakeVolumeHost(tmp_path)
+    compute.volumes.detach_timeout_s = 0.2
+    catalog = services.catalog
+    plain, shared = str(uuid.uuid4()), str(uuid.uuid4())
+    await catalog.propose(VolumeTypeCreate(id=plain, name="plain-t", created_at=now_iso()))
+    await catalog.propose(VolumeTypeCreate(id=shared, name="shared-t", extra_specs={"multiattach": "<is> True"},
+                                           created_at=now_iso()))
+    return {"services": services, "compute": compute, "catalog": catalog, "types": {"plain": plain, "shared": shared}}
+
+
+async def _project(api: Api) -> str:
+    """The admin project's id (volumes are made straight in the catalog, for that project)."""
+    status, me = await api.call("POST", "/v1/auth/tokens", {"username": "admin", "password": "admin-secret",
+                                                            "project": "admin"})
+    assert status == 201, me
+    return str(me["project"]["id"] if isinstance(me["project"], dict) else me["project"])
+
+
+async def make_volume(env: dict[str, Any], project: str, kind: str = "plain", fmt: str = "raw") -> str:
+    vid = str(uuid.uuid4())
+    host = env["services"].config.host_name
+    await env["catalog"].propose(VolumeCreate(
+        id=vid, project_id=project, user_id="u", name=f"v-{vid[:4]}", size_gb=1, volume_type_id=env["types"][kind],
+        availability_zone="nova", host=host, backend="file", volume_format=fmt, created_at=now_iso()))
+    await env["catalog"].propose(VolumeCreateFinish(id=vid, ok=True, updated_at=now_iso()))
+    return vid
+
+
+async def volume_status(env: dict[str, Any], vid: str) -> str:
+    from hvd.compute.volumes import volume_row
+
+    row = await env["catalog"].read(volume_row, vid)
+    return "deleted" if row is None else str(row["status"])
+
+
+def domain_volumes(env: dict[str, Any], sid: str) -> dict[str, str]:
+    driver: FakeDriver = env["compute"].manager.driver
+    return {v.volume_id: v.dev for v in driver.domains[sid].volumes.values()}
+
+
+async def boot(api: Api, name: str) -> str:
+    status, server = await api.call("POST", "/v1/servers?wait=true", {"name": name, "flavor": "m1.tiny",
+                                                                      "image": "base"})
+    assert status == 202 and server["status"] == "ACTIVE", server
+    return str(server["id"])
+
+
+async def test_attach_detach_multiattach_and_a_refusing_guest(admin_api: Api, env: dict[str, Any]) -> None:
+    project = await _project(admin_api)
+    one, two = await boot(admin_api, "one"), await boot(admin_api, "two")
+    vol = await make_volume(env, project)
+    path = f"/v1/servers/{one}/volume-attachments"
+    status, att = await admin_api.call("POST", path, {"volume": vol})
+    assert status == 201, att
+    assert (att["device"], att["status"], att["volume_id"], att["server_id"]) == ("/dev/vdc", "attached", vol, one)
+    assert await volume_status(env, vol) == "in-use"
+    assert domain_volumes(env, one) == {vol: "vdc"}  # vda root, vdb the config drive
+    status, listed = await admin_api.call("GET", path)
+    assert [a["volume_id"] for a in listed["volume_attachments"]] == [vol]
+    # in-use and not multi-attach: refused for another server, and twice for the same one
+    status, body = await admin_api.call("POST", f"/v1/servers/{two}/volume-attachments", {"volume": vol})
+    assert status == 409 and "multi-attach" in body["error"]["message"], body
+    status, body = await admin_api.call("POST", path, {"volume": vol})
+    assert status == 409 and "already attached" in body["error"]["message"], body
+    status, body = await admin_api.call("POST", path, {"volume": vol, "device": "vda"})
+    assert status == 400, body
+    status, body = await admin_api.call("POST", path, {"volume": str(uuid.uuid4())})
+    assert status == 404, body
+
+    # the guest does not let go: 409 naming it, and the volume stays attached and in-use
+    driver: FakeDriver = env["compute"].manager.driver
+    driver.set_volume_release(one, False)
+    status, body = await admin_api.call("DELETE", f"{path}/{vol}")
+    assert status == 409 and "did not release" in body["error"]["message"], body
+    assert await volume_status(env, vol) == "in-use" and domain_volumes(env, one) == {vol: "vdc"}
+    _, listed = await admin_api.call("GET", path)
+    assert listed["volume_attachments"][0]["status"] == "attached"
+    assert "did not release" in listed["volume_attachments"][0]["error"]
+    driver.set_volume_release(one, True)
+    status, _ = await admin_api.call("DELETE", f"{path}/{vol}")
+    assert status == 204
+    assert await volume_status(env, vol) == "available" and domain_volumes(env, one) == {}
+    status, body = await admin_api.call("DELETE", f"{path}/{vol}")
+    assert status == 404, body
+
+    # a multi-attach type: two servers at once
+    shared = await make_volume(env, project, "shared")
+    for sid in (one, two):
+        status, att = await admin_api.call("POST", f"/v1/servers/{sid}/volume-attachments", {"volume": shared})
+        assert status == 201, att
+    assert domain_volumes(env, two) == {shared: "vdc"}
+    assert next(iter(driver.domains[two].volumes.values())).shareable
+    # the hypervisor refuses the attach: nothing left behind
+    driver.fail("attach_volume")
+    third = await make_volume(env, project)
+    status, body = await admin_api.call("POST", path, {"volume": third})
+    assert status == 500, body
+    assert await volume_status(env, third) == "available"
+    _, listed = await admin_api.call("GET", path)
+    assert [a["volume_id"] for a in listed["volume_attachments"]] == [shared]
+
+
+async def test_volumes_follow_the_server_through_stop_reboot_and_delete(admin_api: Api, env: dict[str, Any]) -> None:
+    project = await _project(admin_api)
+    sid = await boot(admin_api, "keeper")
+    status, _ = await action(admin_api, sid, "stop")
+    vol = await make_volume(env, project)
+    status, att = await admin_api.call("POST", f"/v1/servers/{sid}/volume-attachments",
+                                       {"volume": vol, "device": "/dev/vdd"})
+    assert status == 201 and att["device"] == "/dev/vdd", att
+    for name in ("start", "reboot"):
+        status, body = await action(admin_api, sid, name, {"type": "HARD"} if name == "reboot" else None)
+        assert status == 202 and body["status"] == "ACTIVE", body
+        assert domain_volumes(env, sid) == {vol: "vdd"}, name  # the regenerated definition has it
+    driver: FakeDriver = env["compute"].manager.driver
+    assert "vdd" in (await driver.console_log(sid)).splitlines()[-1]
+    # online extend: the backend grows the data, the running guest is told the new size
+    vols = env["compute"].volumes
+    extended = await vols.extend_online(vol, 3)
+    assert extended["size_gb"] == 3 and extended["status"] == "in-use"
+    assert vols.volume_host.grown == [(vol, 3)] and driver.domains[sid].volume_sizes[vol] == 3 << 30
+    status, _ = await admin_api.call("DELETE", f"/v1/servers/{sid}?wait=true")
+    assert status == 204
+    assert await volume_status(env, vol) == "available"  # the volume outlives its server
+
+
+async def test_restart_repairs_half_done_attachments(admin_api: Api, env: dict[str, Any]) -> None:
+    """What a kill -9 between two steps leaves is finished or rolled back from the domain's truth."""
+    project = await _project(admin_api)
+    sid = await boot(admin_api, "crashy")
+    catalog, vols = env["catalog"], env["compute"].volumes
+    driver: FakeDriver = vols.driver
+    reserved, attaching_in, attaching_out, detaching = [await make_volume(env, project) for _ in range(4)]
+    ids = {}
+    for vid in (reserved, attaching_in, attaching_out, detaching):
+        ids[vid] = str(uuid.uuid4())
+        await catalog.propose(AttachmentReserve(id=ids[vid], volume_id=vid, instance_id=sid, created_at=now_iso()))
+    for vid in (attaching_in, attaching_out, detaching):
+        info = vols.volume_host.connection_info({"id": vid, "volume_format": "raw"})
+        await catalog.propose(AttachmentAttaching(id=ids[vid], host=vols.host, connection_info=info,
+                                                  updated_at=now_iso()))
+    # the hypervisor got attaching_in before the crash; detaching is attached and its detach began
+    dev_in = await driver.attach_volume(sid, VolumeDisk(attaching_in, "vdc", "file", path="/x"))
+    dev_out = await driver.attach_volume(sid, VolumeDisk(detaching, "vdd", "file", path="/y"))
+    await catalog.propose(AttachmentComplete(id=ids[detaching], device=dev_out, updated_at=now_iso()))
+    await catalog.propose(AttachmentBeginDetach(id=ids[detaching], updated_at=now_iso()))
+    await vols.repair()
+    rows = {a["volume_id"]: a for a in await vols.of_server(sid)}
+    assert set(rows) == {attaching_in, detaching}
+    assert (rows[attaching_in]["status"], rows[attaching_in]["device"]) == ("attached", dev_in)
+    assert rows[detaching]["status"] == "attached" and "restart" in rows[detaching]["error"]
+    assert [await volume_status(env, v) for v in (reserved, attaching_out, attaching_in, detaching)] == [
+        "available", "available", "in-use", "in-use"]
