@@ -29,6 +29,7 @@ from hvd.api.v1.events import EVENTS
 from hvd.api.v1.images import IMAGE_STORE
 from hvd.api.v1.netcommon import NETWORK
 from hvd.api.v1.servers import COMPUTE
+from hvd.api.v1.volumes import VOLUMES
 from hvd.catalog.purge import run_purges
 from hvd.catalog.service import Catalog
 from hvd.cluster.coordinator import RaftCoordinator
@@ -58,6 +59,10 @@ from hvd.scheduler.placement import Placement
 from hvd.storage import transfer
 from hvd.storage.image_cache import ImageCache
 from hvd.storage.image_store import ImageStore
+from hvd.storage.volumes.backend import VolumeBackend
+from hvd.storage.volumes.file_backend import FileBackend
+from hvd.storage.volumes.lvm_backend import LvmBackend
+from hvd.storage.volumes.service import VolumeService
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +94,27 @@ def make_network(config: Config, catalog: Catalog) -> NetworkService:
         adapter = HostNetwork(net.host_netns or None, dhcp_dir=dhcp_dir, netns_prefix=net.netns_prefix)
     owned = None if net.claim_all_devices else OwnedNames(Path(config.host.data_dir) / "network-owned.json")
     return NetworkService(config, catalog, adapter, owned)
+
+
+async def start_volumes(config: Config, catalog: Catalog, events: EventBus,
+                        manager: ComputeManager) -> VolumeService | None:
+    """This host's volume service over its configured backends (None with [volumes] enabled = false):
+    default type, capacity report, orphan removal, then the loop that (re)does pending work."""
+    if not config.volumes.enabled:
+        return None
+    data_dir = Path(config.host.data_dir)
+    timeout = config.volumes.operation_timeout_s
+    backends: dict[str, VolumeBackend] = {}
+    for b in config.volumes.backends:
+        if b.driver == "lvm":
+            backends[b.name] = LvmBackend(b.name, b.volume_group, b.thin_pool, timeout)
+        else:
+            root = Path(b.path) if b.path else data_dir / "volumes"
+            backends[b.name] = FileBackend(b.name, root, b.format, timeout)
+    backup_root = Path(config.volumes.backup_dir) if config.volumes.backup_dir else data_dir / "backups"
+    service = VolumeService(config, catalog, events, backends, backup_root, manager.cached_image)
+    await service.start()
+    return service
 
 
 async def register_host(config: Config, catalog: Catalog, driver: ComputeDriver, api_url: str) -> None:
@@ -329,6 +355,7 @@ async def running_compute(
     relay: EventRelay | None = None
     service: ComputeService | None = None
     network: NetworkService | None = None
+    volume_service: VolumeService | None = None
     try:
         await register_host(config, catalog, driver, api_url)
         store = ImageStore(Path(config.host.data_dir) / "images")
@@ -364,7 +391,9 @@ async def running_compute(
         recovery = asyncio.create_task(_cluster_upkeep(service))
         if peers is not None:  # one host alone has nothing to fence and nowhere to evacuate to
             fencing = asyncio.create_task(Fencer(config, service, reconciler, gossip).run())
-        yield {COMPUTE: service, IMAGE_STORE: store, EVENTS: events, NETWORK: network, PEERS: peers}
+        volume_service = await start_volumes(config, catalog, events, manager)
+        yield {COMPUTE: service, IMAGE_STORE: store, EVENTS: events, NETWORK: network, PEERS: peers,
+               VOLUMES: volume_service}
     finally:
         for task in (sync, recovery, reporting, fencing):
             if task is not None:
@@ -379,6 +408,8 @@ async def running_compute(
             await service.drain(timeout=10)
         if network is not None:
             await network.stop()
+        if volume_service is not None:
+            await volume_service.stop()
         await driver.close()
 
 

@@ -28,12 +28,14 @@ from hvd.api.v1 import (
     keypairs,
     networks,
     servers,
+    volume_data,
+    volumes,
 )
 from hvd.health import verdict
 
 ROUTER_KEY = web.AppKey("hvd.router", Router)
 ROUTE_MODULES = [auth, identity, flavors, keypairs, admin, aggregates, host_actions, cluster, images, servers, events,
-                 networks, consoles]
+                 networks, consoles, volumes, volume_data]
 
 
 class LoopHealth(BaseModel):

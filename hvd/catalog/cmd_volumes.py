@@ -7,6 +7,7 @@ contract for callers (which command moves which state) is in hvd/storage/volumes
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any, ClassVar, Literal
 
@@ -694,3 +695,34 @@ def attachment_remove(conn: sqlite3.Connection, cmd: AttachmentRemove) -> Result
     conn.execute("DELETE FROM volume_attachments WHERE id=?", (cmd.id,))
     return {"id": cmd.id, "status": "removed", "volume_id": att["volume_id"],
             "volume_status": _recompute(conn, att["volume_id"], cmd.updated_at)}
+
+
+# --- backend capacity reports (the volume scheduler's view of every host) ----------------------
+
+BACKENDS_KEY = "volume-backends:"  # meta key prefix; value: JSON list of a host's backends
+
+
+class VolumeBackendsReport(VolumeCommand):
+    """A host's volume backends and their capacity (sent at start and when it changes by 1 GiB+)."""
+
+    type: Literal["volume_backend.report"] = "volume_backend.report"
+    host: str = Field(min_length=1, max_length=255)
+    availability_zone: str = Field(max_length=255)
+    backends: list[dict[str, str | Int64 | bool]] = Field(max_length=16)
+    updated_at: str
+
+
+@handles(VolumeBackendsReport)
+def volume_backends_report(conn: sqlite3.Connection, cmd: VolumeBackendsReport) -> Result:
+    value = dumps({"availability_zone": cmd.availability_zone, "backends": cmd.backends, "updated_at": cmd.updated_at})
+    conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                 (BACKENDS_KEY + cmd.host, value))
+    return {"host": cmd.host}
+
+
+def backend_reports(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+    """host -> its last report ({"availability_zone", "backends": [{name, driver, total_gb, free_gb, thin}]})."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in conn.execute("SELECT key, value FROM meta WHERE key LIKE ?", (BACKENDS_KEY + "%",)):
+        out[key[len(BACKENDS_KEY):]] = json.loads(value)
+    return out

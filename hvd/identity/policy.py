@@ -53,6 +53,10 @@ DEFAULT_RULES: dict[str, Level] = {
     "network:read": "reader",
     "network:provider": "admin",
     "network:external": "admin",
+    "volume:create": "member",
+    "volume:read": "reader",
+    "volume:manage": "member",
+    "volume_type:manage": "admin",
     "scope:all_projects": "admin",
 }
 

@@ -1,0 +1,209 @@
+"""Backup I/O: read, hash, compress and store chunks; restore and verify. Blocking: the volume
+service runs these functions in an executor, never on the event loop.
+
+Layout under the backup directory: ``volume-<id>/manifest-<backup id>.json`` and
+``volume-<id>/objects/<aa>/<sha256>`` (see backup_plan). Objects and manifests are written under a
+temporary name, fsynced and renamed, so a crash leaves whole files or ``.tmp-*`` debris that
+``remove_debris`` clears.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import threading
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from hvd.storage.volumes.backup_plan import (
+    BackupStats,
+    Chunk,
+    Manifest,
+    freed_by_delete,
+    layout,
+    object_path,
+    summarise,
+)
+
+HASH_THREADS = 2  # sha256 and zlib release the GIL: two chunks at once use both cores of a small host
+
+
+def volume_dir(root: Path, volume_id: str) -> Path:
+    return root / f"volume-{volume_id}"
+
+
+def manifest_path(root: Path, volume_id: str, backup_id: str) -> Path:
+    return volume_dir(root, volume_id) / f"manifest-{backup_id}.json"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}-{threading.get_ident()}")  # two threads may write one object
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _is_hole(fd: int, offset: int, length: int) -> bool:
+    """True when [offset, offset+length) holds no data extent (a sparse file's hole reads zeros)."""
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA) >= offset + length
+    except OSError as exc:
+        return exc.errno == errno.ENXIO  # no data after offset; other errors: unknown, so read it
+
+
+def _read_chunks(fd: int, size: int, chunk_size: int) -> Iterator[tuple[int, int, bytes | None]]:
+    for index, offset, length in layout(size, chunk_size):
+        if _is_hole(fd, offset, length):
+            yield index, length, None
+        else:
+            yield index, length, os.pread(fd, length, offset)
+
+
+def backup_volume(source: Path, root: Path, volume_id: str, backup_id: str, parent_id: str | None,
+                  size_bytes: int, chunk_size: int, level: int, created_at: str) -> BackupStats:
+    """Back up ``size_bytes`` of ``source`` (raw data) into ``root``; write the manifest last."""
+    vdir = volume_dir(root, volume_id)
+    compression = "zlib" if level > 0 else "none"
+    written: dict[str, int] = {}
+
+    def one(item: tuple[int, int, bytes | None]) -> Chunk:
+        index, length, data = item
+        if data is None or data.count(0) == len(data):
+            return Chunk(index, length, None)
+        if len(data) < length:  # the source is shorter than the volume: the rest reads as zeros
+            data += bytes(length - len(data))
+        sha = hashlib.sha256(data).hexdigest()
+        obj = vdir / object_path(sha)
+        if not obj.exists():
+            blob = zlib.compress(data, level) if level > 0 else data
+            _write_atomic(obj, blob)
+            written[sha] = len(blob)
+        return Chunk(index, length, sha)
+
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        with ThreadPoolExecutor(HASH_THREADS) as pool:
+            chunks = tuple(pool.map(one, _read_chunks(fd, size_bytes, chunk_size)))
+    finally:
+        os.close(fd)
+    manifest = Manifest(backup_id=backup_id, volume_id=volume_id, size_bytes=size_bytes, chunk_size=chunk_size,
+                        compression=compression, parent_id=parent_id, created_at=created_at, chunks=chunks)
+    _write_atomic(manifest_path(root, volume_id, backup_id), manifest.to_json().encode())
+    with contextlib.suppress(OSError):
+        fd_dir = os.open(vdir, os.O_RDONLY)
+        os.fsync(fd_dir)
+        os.close(fd_dir)
+    return summarise(chunks, written)
+
+
+def read_manifest(root: Path, volume_id: str, backup_id: str) -> Manifest:
+    return Manifest.from_json(manifest_path(root, volume_id, backup_id).read_bytes())
+
+
+def _object_data(vdir: Path, chunk: Chunk, compression: str) -> bytes:
+    assert chunk.sha256 is not None
+    blob = (vdir / object_path(chunk.sha256)).read_bytes()
+    data = zlib.decompress(blob) if compression == "zlib" else blob
+    if len(data) != chunk.length or hashlib.sha256(data).hexdigest() != chunk.sha256:
+        raise ValueError(f"chunk {chunk.index} does not match its sha256 {chunk.sha256}")
+    return data
+
+
+def restore(root: Path, manifest: Manifest, dest: Path, dest_reads_zero: bool) -> None:
+    """Write the backup's data into ``dest`` (a file or block device at least as big).
+    ``dest_reads_zero``: a new sparse file, so zero chunks need no write."""
+    vdir = volume_dir(root, manifest.volume_id)
+    fd = os.open(dest, os.O_WRONLY)
+    try:
+        zeros = b""
+        for chunk, (_, offset, _) in zip(manifest.chunks, layout(manifest.size_bytes, manifest.chunk_size),
+                                         strict=True):
+            if chunk.zero:
+                if dest_reads_zero:
+                    continue
+                if len(zeros) != chunk.length:
+                    zeros = bytes(chunk.length)
+                os.pwrite(fd, zeros, offset)
+            else:
+                os.pwrite(fd, _object_data(vdir, chunk, manifest.compression), offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def verify(root: Path, manifest: Manifest) -> list[str]:
+    """Problems found reading back every object of the backup (empty: it restores intact)."""
+    vdir = volume_dir(root, manifest.volume_id)
+    problems: list[str] = []
+    for chunk in manifest.chunks:
+        if chunk.zero:
+            continue
+        try:
+            _object_data(vdir, chunk, manifest.compression)
+        except FileNotFoundError:
+            problems.append(f"chunk {chunk.index}: object {chunk.sha256} is missing")
+        except (ValueError, zlib.error) as exc:
+            problems.append(f"chunk {chunk.index}: {exc}")
+    return problems
+
+
+def manifests_of(root: Path, volume_id: str) -> list[Manifest]:
+    vdir = volume_dir(root, volume_id)
+    if not vdir.is_dir():
+        return []
+    return [Manifest.from_json(p.read_bytes()) for p in sorted(vdir.glob("manifest-*.json"))]
+
+
+def delete_backup(root: Path, volume_id: str, backup_id: str) -> int:
+    """Remove a backup's manifest and the objects only it named; returns how many objects went."""
+    path = manifest_path(root, volume_id, backup_id)
+    if not path.exists():
+        return 0
+    deleted = Manifest.from_json(path.read_bytes())
+    path.unlink()
+    freed = freed_by_delete(deleted, manifests_of(root, volume_id))
+    vdir = volume_dir(root, volume_id)
+    for sha in freed:
+        with contextlib.suppress(FileNotFoundError):
+            (vdir / object_path(sha)).unlink()
+    if not any(vdir.glob("manifest-*.json")):
+        remove_tree(vdir)
+    return len(freed)
+
+
+def remove_tree(path: Path) -> None:
+    for child in sorted(path.rglob("*"), reverse=True):
+        if child.is_dir():
+            child.rmdir()
+        else:
+            child.unlink()
+    path.rmdir()
+
+
+def known_backups(root: Path) -> dict[str, str]:
+    """backup id -> volume id of every manifest under ``root``."""
+    out: dict[str, str] = {}
+    if not root.is_dir():
+        return out
+    for vdir in root.glob("volume-*"):
+        for p in vdir.glob("manifest-*.json"):
+            out[p.name[len("manifest-"):-len(".json")]] = vdir.name[len("volume-"):]
+    return out
+
+
+def remove_debris(root: Path) -> int:
+    """Remove half-written ``.tmp-*`` files (a crash during a backup); returns how many."""
+    count = 0
+    if root.is_dir():
+        for p in root.rglob(".tmp-*"):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                count += 1
+    return count

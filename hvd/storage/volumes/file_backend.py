@@ -1,0 +1,134 @@
+"""The file backend: one raw (sparse) or qcow2 file per volume, ``<dir>/volume-<uuid>``.
+
+Snapshots are standalone copies (``snapshot-<uuid>``, made with qemu-img convert -U): a volume's
+file stays the one file every attachment points at (an external qcow2 snapshot would swap it under
+a running guest), and a snapshot can be deleted without touching its volume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+from hvd.errors import BadRequest
+from hvd.storage import qemu_img
+from hvd.storage.volumes.backend import Capacity, VolumeBackend, parse_name, snapshot_name, volume_name
+
+FILE_MODE = 0o600
+DIR_MODE = 0o711  # libvirt-qemu must reach the files (libvirt chowns the files it is handed), not list them
+ZERO_CHUNK = 4 << 20
+
+
+def _zero_file(path: Path) -> None:
+    """Overwrite a file's allocated length with zeros (wipe_on_delete = zero)."""
+    size = path.stat().st_size
+    zeros = bytes(ZERO_CHUNK)
+    with open(path, "r+b") as fh:
+        done = 0
+        while done < size:
+            done += fh.write(zeros[: min(ZERO_CHUNK, size - done)])
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+class FileBackend(VolumeBackend):
+    driver = "file"
+
+    def __init__(self, name: str, root: Path, volume_format: str = "raw", timeout: float = 3600.0) -> None:
+        self.name = name
+        self.root = root
+        self.volume_format = volume_format
+        self.timeout = timeout
+        root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, DIR_MODE)
+
+    def path(self, volume_id: str) -> Path:
+        return self.root / volume_name(volume_id)
+
+    def snapshot_path(self, snapshot_id: str) -> Path:
+        return self.root / snapshot_name(snapshot_id)
+
+    def connection_info(self, volume_id: str) -> dict[str, Any]:
+        return {"type": "file", "path": str(self.path(volume_id)), "format": self.volume_format}
+
+    def raw_path(self, volume_id: str) -> Path | None:
+        return self.path(volume_id) if self.volume_format == "raw" else None
+
+    async def _run(self, argv: list[str]) -> None:
+        await qemu_img.run(argv, timeout=self.timeout)
+
+    async def _made(self, path: Path, size_bytes: int | None = None) -> None:
+        """Grow a new file to ``size_bytes`` and make it private; on failure remove it."""
+        try:
+            if size_bytes is not None:
+                current = (await qemu_img.info(path, self.volume_format)).virtual_size
+                if size_bytes > current:
+                    await self._run(qemu_img.resize_argv(path, size_bytes, self.volume_format))
+            os.chmod(path, FILE_MODE)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            raise
+
+    async def _convert(self, src: Path, src_fmt: str, dest: Path, size_bytes: int | None) -> None:
+        try:
+            await self._run(qemu_img.convert_argv(src, dest, src_fmt, self.volume_format, force_share=True))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                dest.unlink()
+            raise
+        await self._made(dest, size_bytes)
+
+    async def create_blank(self, volume_id: str, size_bytes: int) -> None:
+        path = self.path(volume_id)
+        await self._run(qemu_img.create_argv(path, self.volume_format, size_bytes))
+        await self._made(path)
+
+    async def create_from_image(self, volume_id: str, image: Path, image_format: str, size_bytes: int) -> None:
+        virtual = (await qemu_img.info(image, image_format)).virtual_size
+        if virtual > size_bytes:
+            raise BadRequest(f"the image's virtual size ({virtual} bytes) does not fit in a volume of"
+                             f" {size_bytes} bytes")
+        await self._convert(image, image_format, self.path(volume_id), size_bytes)
+
+    async def create_from_snapshot(self, volume_id: str, snapshot_id: str, size_bytes: int) -> None:
+        await self._convert(self.snapshot_path(snapshot_id), self.volume_format, self.path(volume_id), size_bytes)
+
+    async def clone(self, volume_id: str, source_volume_id: str, size_bytes: int) -> None:
+        await self._convert(self.path(source_volume_id), self.volume_format, self.path(volume_id), size_bytes)
+
+    async def delete_volume(self, volume_id: str, wipe: str = "none") -> None:
+        path = self.path(volume_id)
+        if wipe == "zero" and path.exists():
+            await asyncio.get_running_loop().run_in_executor(None, _zero_file, path)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+    async def extend(self, volume_id: str, size_bytes: int) -> None:
+        await self._run(qemu_img.resize_argv(self.path(volume_id), size_bytes, self.volume_format))
+
+    async def create_snapshot(self, snapshot_id: str, volume_id: str) -> None:
+        await self._convert(self.path(volume_id), self.volume_format, self.snapshot_path(snapshot_id), None)
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.snapshot_path(snapshot_id).unlink()
+
+    async def capacity(self) -> Capacity:
+        st = await asyncio.get_running_loop().run_in_executor(None, os.statvfs, self.root)
+        return Capacity(total_gb=st.f_blocks * st.f_frsize >> 30, free_gb=st.f_bavail * st.f_frsize >> 30, thin=True)
+
+    async def list_objects(self) -> set[str]:
+        names = await asyncio.get_running_loop().run_in_executor(None, os.listdir, self.root)
+        return {n for n in names if parse_name(n) is not None}
+
+    async def size_bytes(self, volume_id: str) -> int | None:
+        path = self.path(volume_id)
+        if not path.exists():
+            return None
+        if self.volume_format == "raw":
+            return path.stat().st_size
+        return (await qemu_img.info(path, self.volume_format, force_share=True)).virtual_size

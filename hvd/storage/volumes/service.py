@@ -1,0 +1,469 @@
+"""The volume service of one host: proposes volume state changes and does the work on this host's
+backends in steps, each recorded through the catalog.
+
+The catalog is the source of truth and a request only a wake-up: whichever host takes an API
+request commits the transition (volume → creating, deleting, extending, backing-up, ...), and the
+volume's host does the work. ``pickup`` (every PICKUP_INTERVAL_S and right after a local request)
+starts every transitional volume, snapshot and backup of this host that is not already running,
+so a request taken by another host, or one cut by a crash, is (re)done here from its first step:
+each step is idempotent (a create removes what a cut attempt left before starting again).
+Online extends (extending, previous_status in-use) belong to the compute side and are left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from hvd.catalog import cmd_volumes as cv
+from hvd.catalog.commands import Command
+from hvd.catalog.service import Catalog
+from hvd.catalog.sql import fetch_all, fetch_one
+from hvd.config import Config
+from hvd.errors import HvdError, NotFound, NotImplementedYet, Timeout
+from hvd.events import EventBus
+from hvd.identity.service import now_iso
+from hvd.storage import qemu_img
+from hvd.storage.volumes import backup_io
+from hvd.storage.volumes import states as st
+from hvd.storage.volumes.backend import GIB, BackendInfo, Capacity, VolumeBackend, parse_name
+from hvd.storage.volumes.scheduler import VolumeRequest, choose
+
+log = logging.getLogger(__name__)
+
+PICKUP_INTERVAL_S = 2.0
+REPORT_INTERVAL_S = 60.0
+ImageSource = Callable[[str], Awaitable[tuple[Path, str]]]  # image id -> (local path, qemu format)
+
+
+def _message(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, HvdError) else f"{type(exc).__name__}: {exc}"
+
+
+class VolumeService:
+    """Volumes of this host's backends; see hvd/storage/volumes/__init__.py for the contract."""
+
+    def __init__(self, config: Config, catalog: Catalog, events: EventBus, backends: dict[str, VolumeBackend],
+                 backup_root: Path, image_source: ImageSource | None = None) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.events = events
+        self.backends = backends
+        self.backup_root = backup_root
+        self.image_source = image_source
+        self.host = config.host_name
+        self.az = config.host.availability_zone
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._loop: asyncio.Task[None] | None = None
+        self._reported: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self._settled = asyncio.Condition()  # notified when a step of this host is recorded
+        self._generation = 0  # steps recorded so far: a waiter that saw N misses no notification
+
+    # --- start-up and the pickup loop ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Default type, capacity report, crash repair (orphans), then the pickup loop."""
+        await self.ensure_default_type()
+        await self.report_capacity(force=True)
+        await self.remove_orphans()
+        self._loop = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop the loop and the running operations (each is redone from its start by the next run)."""
+        tasks = [t for t in (self._loop, *self._running.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _run(self) -> None:
+        last_report = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self.pickup()
+                if loop.time() - last_report >= REPORT_INTERVAL_S:
+                    last_report = loop.time()
+                    await self.report_capacity()
+            except Exception:  # the next round retries; the loop must not end
+                log.exception("volume pickup round failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), PICKUP_INTERVAL_S)
+
+    def wake(self) -> None:
+        """Start pending work now (after a local request) instead of at the next round."""
+        self._wake.set()
+
+    async def ensure_default_type(self) -> None:
+        name = self.config.volumes.default_type
+        found = await self.catalog.read(fetch_one, "SELECT id FROM volume_types WHERE name=?", (name,))
+        if found is None:
+            import uuid
+
+            with contextlib.suppress(HvdError):  # another member made it first
+                await self.catalog.propose(cv.VolumeTypeCreate(
+                    id=str(uuid.uuid4()), name=name, description="Default volume type", created_at=now_iso()))
+
+    async def report_capacity(self, force: bool = False) -> None:
+        """Tell the cluster this host's backends and free space when it changed by 1 GiB or more."""
+        rows: list[dict[str, str | int | bool]] = []
+        for b in self.backends.values():
+            try:
+                cap = await b.capacity()
+            except HvdError as exc:
+                log.warning("volume backend %s cannot report its capacity: %s", b.name, exc.message)
+                cap = Capacity(0, 0)
+            rows.append({"name": b.name, "driver": b.driver, "total_gb": cap.total_gb, "free_gb": cap.free_gb,
+                         "thin": cap.thin})
+        now = {str(r["name"]): int(r["free_gb"]) for r in rows}
+        if not force and now.keys() == self._reported.keys() and all(
+                abs(now[k] - self._reported[k]) < 1 for k in now):
+            return
+        await self.catalog.propose(cv.VolumeBackendsReport(host=self.host, availability_zone=self.az, backends=rows,
+                                                           updated_at=now_iso()))
+        self._reported = now
+
+    async def backend_infos(self) -> list[BackendInfo]:
+        """Every host's backends as last reported (this host's measured now)."""
+        reports = await self.catalog.read(cv.backend_reports)
+        infos: list[BackendInfo] = []
+        for host, report in sorted(reports.items()):
+            if host == self.host:
+                continue
+            for b in report.get("backends", []):
+                infos.append(BackendInfo(host, str(b["name"]), str(b["driver"]), str(report["availability_zone"]),
+                                         Capacity(int(b["total_gb"]), int(b["free_gb"]), bool(b.get("thin")))))
+        for b in self.backends.values():
+            infos.append(BackendInfo(self.host, b.name, b.driver, self.az, await b.capacity()))
+        return infos
+
+    def backend_of(self, row: dict[str, Any]) -> VolumeBackend:
+        """This host's backend holding ``row`` (a volume or snapshot), or NotImplementedYet."""
+        if row["host"] != self.host:
+            raise NotImplementedYet(f"{row['id']} lives on host {row['host']}; this host ({self.host}) reaches"
+                                    " another host's volume only through an export")
+        backend = self.backends.get(str(row["backend"]))
+        if backend is None:
+            raise NotFound(f"volume backend {row['backend']} is not configured on host {self.host}")
+        return backend
+
+    # --- what the compute side calls -----------------------------------------------------------
+
+    def connection_info(self, volume: dict[str, Any]) -> dict[str, Any]:
+        """How this host's hypervisor reaches ``volume`` (it lives on this host)."""
+        return self.backend_of(volume).connection_info(str(volume["id"]))
+
+    async def grow_data(self, volume: dict[str, Any], new_size_gb: int) -> None:
+        """Grow the volume's data (online extend; the caller resizes the guest's disk after)."""
+        backend = self.backend_of(volume)
+        current = await backend.size_bytes(str(volume["id"]))
+        if current is None or current < new_size_gb * GIB:
+            await backend.extend(str(volume["id"]), new_size_gb * GIB)
+
+    async def wait_stable(self, table: str, row_id: str, timeout: float) -> dict[str, Any] | None:
+        """The row once it leaves its transitional state (None: it was deleted); Timeout otherwise."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        busy = st.TRANSITIONAL | {st.BACKUP_RESTORING}
+        while True:
+            seen = self._generation
+            row = await self.catalog.read(fetch_one, f"SELECT * FROM {table} WHERE id=?", (row_id,))
+            if row is None or row["status"] not in busy:
+                return row
+            if loop.time() >= deadline:
+                raise Timeout(f"{row_id} is still {row['status']} after {timeout:.0f} s")
+            # woken by a step recorded here; polled too, for work done by another host
+            async with self._settled:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._settled.wait_for(self._moved_past(seen)), 0.5)
+
+    def _moved_past(self, seen: int) -> Callable[[], bool]:
+        return lambda: self._generation != seen
+
+    # --- placement ---------------------------------------------------------------------------------
+
+    async def place(self, size_gb: int, availability_zone: str | None, extra_specs: dict[str, str]) -> BackendInfo:
+        """The backend a new volume goes to (NoValidHost naming every rejection)."""
+        return choose(await self.backend_infos(), VolumeRequest(size_gb, availability_zone, extra_specs))
+
+    # --- proposing (any host) ----------------------------------------------------------------------
+
+    async def propose(self, cmd: Command) -> dict[str, Any]:
+        result = await self.catalog.propose(cmd)
+        self.wake()
+        return result
+
+    def publish(self, kind: str, row_id: str, status: str, **fields: Any) -> None:
+        self.events.publish(kind, id=row_id, status=status, **fields)
+
+    # --- the work on this host -----------------------------------------------------------------
+
+    async def pickup(self) -> None:
+        """Start every transitional object of this host that is not running yet."""
+        work = await self.catalog.read(_pending_work, self.host)
+        for key, row in work:
+            if key not in self._running:
+                self._start(key, self._work(key, row))
+
+    def _start(self, key: str, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._running[key] = task
+        task.add_done_callback(lambda t: self._done(key, t))
+
+    def _done(self, key: str, task: asyncio.Task[None]) -> None:
+        if self._running.get(key) is task:
+            del self._running[key]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("volume work %s failed unexpectedly: %s", key, task.exception())
+
+    async def _work(self, key: str, row: dict[str, Any]) -> None:
+        kind, _, _ = key.partition(":")
+        if kind == "volume":
+            await self._volume_work(row)
+        elif kind == "snapshot":
+            await self._snapshot_work(row)
+        elif kind == "backup":
+            await self._backup_work(row)
+        elif kind == "restore":
+            await self._restore_work(row)
+
+    async def _finish(self, cmd: Command) -> None:
+        try:
+            result = await self.catalog.propose(cmd)
+        except HvdError as exc:  # someone else moved it (admin reset): nothing more to record
+            log.warning("volume step %s not recorded: %s", cmd.type, exc.message)
+            return
+        async with self._settled:
+            self._generation += 1
+            self._settled.notify_all()
+        kind = "snapshot" if cmd.type.startswith("volume_snapshot") else \
+            "backup" if cmd.type.startswith("volume_backup") else "volume"
+        rid = str(getattr(cmd, "id", ""))
+        self.publish(f"{kind}.status", rid, str(result.get("status", "")))
+
+    async def _volume_work(self, vol: dict[str, Any]) -> None:
+        vid = str(vol["id"])
+        status = vol["status"]
+        try:
+            backend = self.backend_of(vol)
+        except HvdError as exc:
+            if status == st.CREATING:
+                await self._finish(cv.VolumeCreateFinish(id=vid, ok=False, error=exc.message, updated_at=now_iso()))
+            return
+        if status == st.CREATING:
+            ok, error, bootable = True, None, None
+            try:
+                await backend.delete_volume(vid)  # what a cut attempt left
+                bootable = await self._create_data(backend, vol)
+            except Exception as exc:
+                ok, error = False, _message(exc)
+                log.warning("creating volume %s failed: %s", vid, error)
+                with contextlib.suppress(Exception):
+                    await backend.delete_volume(vid)
+            await self._finish(cv.VolumeCreateFinish(id=vid, ok=ok, error=error, bootable=bootable,
+                                                     updated_at=now_iso()))
+        elif status == st.DELETING:
+            try:
+                await backend.delete_volume(vid, self.config.volumes.wipe_on_delete)
+                await self._finish(cv.VolumeFinish(id=vid, op="delete", ok=True, updated_at=now_iso()))
+            except Exception as exc:
+                await self._finish(cv.VolumeFinish(id=vid, op="delete", ok=False, error=_message(exc),
+                                                   updated_at=now_iso()))
+        elif status == st.EXTENDING:
+            try:
+                await self.grow_data(vol, int(vol["new_size_gb"]))
+                await self._finish(cv.VolumeFinish(id=vid, op="extend", ok=True, updated_at=now_iso()))
+            except Exception as exc:
+                await self._finish(cv.VolumeFinish(id=vid, op="extend", ok=False, error=_message(exc),
+                                                   updated_at=now_iso()))
+
+    async def _create_data(self, backend: VolumeBackend, vol: dict[str, Any]) -> bool | None:
+        """Make the volume's data from its source; returns the bootable flag to record (or None)."""
+        vid, size = str(vol["id"]), int(vol["size_gb"]) * GIB
+        if vol["source_image_id"]:
+            if self.image_source is None:
+                raise NotImplementedYet("this host has no image cache to create a volume from an image")
+            path, fmt = await self.image_source(str(vol["source_image_id"]))
+            await backend.create_from_image(vid, path, fmt, size)
+            return True
+        if vol["source_snapshot_id"]:
+            await backend.create_from_snapshot(vid, str(vol["source_snapshot_id"]), size)
+            return None
+        if vol["source_volume_id"]:
+            await backend.clone(vid, str(vol["source_volume_id"]), size)
+            return None
+        await backend.create_blank(vid, size)
+        return None
+
+    async def _snapshot_work(self, snap: dict[str, Any]) -> None:
+        sid = str(snap["id"])
+        backend = self.backend_of(snap)
+        if snap["status"] == st.CREATING:
+            try:
+                await backend.delete_snapshot(sid)
+                await backend.create_snapshot(sid, str(snap["volume_id"]))
+                await self._finish(cv.SnapshotFinish(id=sid, op="create", ok=True, updated_at=now_iso()))
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    await backend.delete_snapshot(sid)
+                await self._finish(cv.SnapshotFinish(id=sid, op="create", ok=False, error=_message(exc),
+                                                     updated_at=now_iso()))
+        elif snap["status"] == st.DELETING:
+            try:
+                await backend.delete_snapshot(sid)
+                await self._finish(cv.SnapshotFinish(id=sid, op="delete", ok=True, updated_at=now_iso()))
+            except Exception as exc:
+                await self._finish(cv.SnapshotFinish(id=sid, op="delete", ok=False, error=_message(exc),
+                                                     updated_at=now_iso()))
+
+    @contextlib.asynccontextmanager
+    async def _raw_source(self, backend: VolumeBackend, vol: dict[str, Any]) -> Any:
+        """A path whose bytes are the volume's raw data (a temporary raw copy for qcow2 files)."""
+        raw = backend.raw_path(str(vol["id"]))
+        if raw is not None:
+            yield raw
+            return
+        info = backend.connection_info(str(vol["id"]))
+        with tempfile.TemporaryDirectory(dir=self.backup_root, prefix=".raw-") as tmp:
+            dest = Path(tmp) / "raw"
+            await qemu_img.convert(info["path"], dest, info["format"], "raw", force_share=True)
+            yield dest
+
+    async def _backup_work(self, backup: dict[str, Any]) -> None:
+        bid, vid = str(backup["id"]), str(backup["volume_id"])
+        cfg = self.config.volumes
+        loop = asyncio.get_running_loop()
+        if backup["status"] == st.DELETING:
+            try:
+                await loop.run_in_executor(None, backup_io.delete_backup, self.backup_root, vid, bid)
+                await self._finish(cv.BackupFinishDelete(id=bid, ok=True, updated_at=now_iso()))
+            except Exception as exc:
+                await self._finish(cv.BackupFinishDelete(id=bid, ok=False, error=_message(exc), updated_at=now_iso()))
+            return
+        try:
+            vol = await self.catalog.read(fetch_one, "SELECT * FROM volumes WHERE id=?", (vid,))
+            if vol is None:
+                raise NotFound(f"volume {vid} is gone")
+            backend = self.backend_of(vol)
+            self.backup_root.mkdir(parents=True, exist_ok=True)
+            async with self._raw_source(backend, vol) as source:
+                stats = await loop.run_in_executor(
+                    None, backup_io.backup_volume, source, self.backup_root, vid, bid, backup["parent_id"],
+                    int(backup["size_gb"]) * GIB, cfg.backup_chunk_mib << 20, cfg.backup_compression_level,
+                    str(backup["created_at"]))
+            await self._finish(cv.BackupFinish(id=bid, ok=True, chunks=stats.chunks, new_chunks=stats.new_chunks,
+                                               data_bytes=stats.data_bytes, stored_bytes=stats.stored_bytes,
+                                               updated_at=now_iso()))
+        except Exception as exc:
+            log.warning("backup %s of volume %s failed: %s", bid, vid, _message(exc))
+            with contextlib.suppress(Exception):
+                await loop.run_in_executor(None, backup_io.delete_backup, self.backup_root, vid, bid)
+            await self._finish(cv.BackupFinish(id=bid, ok=False, error=_message(exc), updated_at=now_iso()))
+
+    async def _restore_work(self, vol: dict[str, Any]) -> None:
+        """Fill a volume in restoring-backup from its backup (a new volume is made first)."""
+        vid, bid = str(vol["id"]), str(vol["restore_backup_id"])
+        loop = asyncio.get_running_loop()
+        try:
+            backend = self.backend_of(vol)
+            backup = await self.catalog.read(fetch_one, "SELECT * FROM volume_backups WHERE id=?", (bid,))
+            if backup is None:
+                raise NotFound(f"backup {bid} is gone")
+            manifest = await loop.run_in_executor(None, backup_io.read_manifest, self.backup_root,
+                                                  str(backup["volume_id"]), bid)
+            new = vol["previous_status"] is None  # made for this restore (VolumeCreate with a backup)
+            if new:
+                await backend.delete_volume(vid)
+                await backend.create_blank(vid, int(vol["size_gb"]) * GIB)
+            raw = backend.raw_path(vid)
+            if raw is None:
+                raise NotImplementedYet(f"restore into a {backend.volume_format} volume file is not supported;"
+                                        " use a raw backend")
+            await loop.run_in_executor(None, backup_io.restore, self.backup_root, manifest, raw,
+                                       new and backend.driver == "file")
+            await self._finish(cv.BackupRestoreFinish(id=bid, volume_id=vid, ok=True, updated_at=now_iso()))
+        except Exception as exc:
+            log.warning("restore of backup %s into volume %s failed: %s", bid, vid, _message(exc))
+            await self._finish(cv.BackupRestoreFinish(id=bid, volume_id=vid, ok=False, error=_message(exc),
+                                                      updated_at=now_iso()))
+
+    async def verify_backup(self, backup: dict[str, Any]) -> list[str]:
+        """Read back every chunk of a backup of this host: the problems found (empty = intact)."""
+        if backup["host"] != self.host:
+            raise NotImplementedYet(f"backup {backup['id']} is on host {backup['host']}")
+        loop = asyncio.get_running_loop()
+        try:
+            manifest = await loop.run_in_executor(None, backup_io.read_manifest, self.backup_root,
+                                                  str(backup["volume_id"]), str(backup["id"]))
+        except (OSError, ValueError) as exc:
+            return [f"manifest: {exc}"]
+        return await loop.run_in_executor(None, backup_io.verify, self.backup_root, manifest)
+
+    # --- crash repair ------------------------------------------------------------------------------
+
+    async def remove_orphans(self) -> list[str]:
+        """Remove backend objects and backups this host holds that the catalog does not know
+        (a create cut before its record, a delete cut after its record went); returns their names."""
+        known = await self.catalog.read(_known_here, self.host)
+        removed: list[str] = []
+        for backend in self.backends.values():
+            try:
+                names = await backend.list_objects()
+            except HvdError as exc:
+                log.warning("volume backend %s cannot list its objects: %s", backend.name, exc.message)
+                continue
+            for name in sorted(names):
+                parsed = parse_name(name)
+                if parsed is None or (parsed[0], parsed[1], backend.name) in known["objects"]:
+                    continue
+                kind, oid = parsed
+                log.warning("removing orphan %s from volume backend %s (the catalog does not know it)", name,
+                            backend.name)
+                if kind == "volume":
+                    await backend.delete_volume(oid)
+                else:
+                    await backend.delete_snapshot(oid)
+                removed.append(name)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, backup_io.remove_debris, self.backup_root)
+        for bid, vid in (await loop.run_in_executor(None, backup_io.known_backups, self.backup_root)).items():
+            if bid not in known["backups"]:
+                log.warning("removing orphan backup %s of volume %s", bid, vid)
+                await loop.run_in_executor(None, backup_io.delete_backup, self.backup_root, vid, bid)
+                removed.append(f"backup-{bid}")
+        return removed
+
+
+def _pending_work(conn: Any, host: str) -> list[tuple[str, dict[str, Any]]]:
+    """(key, row) of every transitional volume, snapshot and backup of ``host``."""
+    work: list[tuple[str, dict[str, Any]]] = []
+    for vol in fetch_all(conn, "SELECT * FROM volumes WHERE host=? AND status IN (?,?,?,?) ORDER BY created_at",
+                         (host, st.CREATING, st.DELETING, st.EXTENDING, st.RESTORING_BACKUP)):
+        if vol["status"] == st.EXTENDING and vol["previous_status"] == st.IN_USE:
+            continue  # online extend: the compute side's
+        key = "restore" if vol["status"] == st.RESTORING_BACKUP else "volume"
+        work.append((f"{key}:{vol['id']}", vol))
+    for snap in fetch_all(conn, "SELECT * FROM volume_snapshots WHERE host=? AND status IN (?,?)",
+                          (host, st.CREATING, st.DELETING)):
+        work.append((f"snapshot:{snap['id']}", snap))
+    for backup in fetch_all(conn, "SELECT * FROM volume_backups WHERE host=? AND status IN (?,?)",
+                            (host, st.CREATING, st.DELETING)):
+        work.append((f"backup:{backup['id']}", backup))
+    return work
+
+
+def _known_here(conn: Any, host: str) -> dict[str, set[Any]]:
+    objects = {("volume", r["id"], r["backend"]) for r in fetch_all(
+        conn, "SELECT id, backend FROM volumes WHERE host=?", (host,))}
+    objects |= {("snapshot", r["id"], r["backend"]) for r in fetch_all(
+        conn, "SELECT id, backend FROM volume_snapshots WHERE host=?", (host,))}
+    backups = {r["id"] for r in fetch_all(conn, "SELECT id FROM volume_backups WHERE host=?", (host,))}
+    return {"objects": objects, "backups": backups}
