@@ -139,11 +139,10 @@ async def test_vnc_proxy_completes_an_rfb_handshake_and_screenshot_is_png(admin_
     async with aiohttp.ClientSession() as http, http.ws_connect(url, protocols=("binary",)) as ws:
         width, height, name = await rfb_handshake(ws)
     assert (width, height) == (640, 480) and name.startswith("instance-")
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{admin_api.url}/v1/servers/{sid}/screenshot",
-                            headers={"Authorization": f"Bearer {admin_api.token}"}) as resp:
-            assert resp.status == 200 and resp.content_type == "image/png"
-            png = await resp.read()
+    async with aiohttp.ClientSession() as http, http.get(f"{admin_api.url}/v1/servers/{sid}/screenshot",
+                        headers={"Authorization": f"Bearer {admin_api.token}"}) as resp:
+        assert resp.status == 200 and resp.content_type == "image/png"
+        png = await resp.read()
     assert png_size(png) == (width, height)
 
 
