@@ -145,3 +145,17 @@ def test_events_follow_and_wait_shows_progress(env: dict[str, str], tmp_path: Pa
     assert first_lines.get(timeout=30) == f"instance.delete {server['id']}\n"
     quiet = run(env, "events", "--type", "nothing.*", "--timeout", "1", ok=False)
     assert quiet.returncode == 1 and "no matching event within 1 s" in quiet.stderr
+
+
+def test_wait_exits_1_naming_why_the_operation_failed(env: dict[str, str], tmp_path: Path) -> None:
+    run(env, "image", "create", "big-img", "--file", str(make_qcow2(tmp_path / "big.qcow2", "8M")),
+        "--disk-format", "qcow2")
+    run(env, "flavor", "create", "too.big", "--vcpus", "1", "--ram", "40000", "--disk", "1")  # > 16 GiB x 1.5
+    out = run(env, "server", "create", "vm-big", "--flavor", "too.big", "--image", "big-img", "--no-network",
+              "--wait", ok=False)
+    assert out.returncode == 1
+    progress = out.stderr.splitlines()
+    assert progress[-2] == "vm-big ERROR", progress
+    assert progress[-1].startswith("hvd: error: create of server vm-big failed: No valid host"), progress
+    assert "RamFilter" in progress[-1]
+    run(env, "server", "delete", "vm-big", "--wait")
