@@ -19,6 +19,7 @@ from typing import IO, Any
 import pytest
 
 from hvd.cli.client import build_registry
+from hvd.cli.docs import markdown
 from tests.conftest import REPO, DaemonProcess, start_daemon
 from tests.functional.compute_helpers import make_qcow2
 from tests.functional.test_cli import run, run_json
@@ -57,6 +58,11 @@ def test_every_openapi_operation_has_a_command(daemon: DaemonProcess) -> None:
     unknown = {op: cmds for op, cmds in declared.items() if op not in api}
     assert not unknown, f"commands name operations the API does not have: {unknown}"
     assert {_template(op) for op in EXCLUDED} <= api, "an exclusion names an operation that no longer exists"
+
+
+def test_docs_cli_md_is_current() -> None:
+    assert (REPO / "docs" / "cli.md").read_text() == markdown(), \
+        "docs/cli.md is stale (a command was added or changed): run .venv/bin/python -m hvd.cli.docs > docs/cli.md"
 
 
 def test_api_commands(env: dict[str, str]) -> None:

@@ -1,5 +1,5 @@
 """The CLI's pure parts: the --wait progress line and failure verdict, the event-stream parser and
-line format, option parsers, shell completion (through a real bash), and docs/cli.md."""
+line format, option parsers, and shell completion (through a real bash)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,12 @@ from pathlib import Path
 import pytest
 
 from hvd.cli.completion import command_tree, script
-from hvd.cli.docs import markdown
 from hvd.cli.events import event_line, matches, parse_sse
 from hvd.cli.main import build_parser
 from hvd.cli.network import fields
 from hvd.cli.secgroup import port_range
 from hvd.cli.wait import ProgressLine, failure, progress_line, running_action
 
-REPO = Path(__file__).resolve().parents[2]
 SERVER = {"id": "i-1", "name": "vm-1", "status": "MIGRATING", "task_state": "migrating", "fault": None}
 
 
@@ -107,8 +105,3 @@ def test_bash_completion_of_objects_actions_and_choices(tmp_path: Path) -> None:
     assert _complete(path, "hvd", "server", "create", "--fl") == ["--flavor"]
     assert _complete(path, "hvd", "completion", "") == ["bash", "zsh"]
     assert script("zsh", build_parser()).startswith("#compdef hvd\n")
-
-
-def test_docs_cli_md_is_current() -> None:
-    assert (REPO / "docs" / "cli.md").read_text() == markdown(), \
-        "docs/cli.md is stale: run .venv/bin/python -m hvd.cli.docs > docs/cli.md"
