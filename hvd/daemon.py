@@ -414,6 +414,7 @@ async def running_compute(
 
 
 async def serve(config: Config) -> int:
+        service.volumes.volume_host = volume_service  # attach, online extend, delete on termination
     """Run the daemon until SIGTERM/SIGINT (exit code 0) or until one of its loops dies for good
     (logged; exit code 1, so that systemd restarts it)."""
     stop = asyncio.Event()

@@ -194,8 +194,11 @@ class ComputeManager:
                 revert.add("unplug network", lambda: self.network.unplug_instance(inst))
             await self.set_task(inst_id, TaskState.NETWORKING, TaskState.BLOCK_DEVICE_MAPPING)
             checkpoint("build.block_device_mapping")
+            if self.volumes is not None and inst["extra"].get("block_device_mapping"):
+                revert.add("detach volumes", lambda: self.volumes.release_server(inst, deleting=False))
+                await self.volumes.connect_at_build(inst)  # boot volume (vda) and data volumes
             spec = await self.spec_of(inst)
-            if spec.root_gb:
+            if spec.root_gb and not spec.boots_from_volume:
                 image = await self.image_row(inst["image_id"])
                 if image["virtual_size"] and image["virtual_size"] > spec.root_gb * 2**30:
                     raise BadRequest(

@@ -29,7 +29,7 @@ from hvd.catalog.cmd_volumes import (
 from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.compute.faults import checkpoint
 from hvd.compute.lifecycle import PowerState, VmState
-from hvd.drivers.volumes import VolumeDisk, disk_from_connection
+from hvd.drivers.volumes import BOOT_DEV, VolumeDisk, device_name, disk_from_connection, next_device
 from hvd.errors import BadRequest, Conflict, DriverError, HvdError, InvalidState, NotFound
 from hvd.identity.service import now_iso
 from hvd.storage.volumes import states as st
@@ -300,21 +300,65 @@ class ComputeVolumes:
             raise DriverError(f"online extend of volume {volume_id} failed: {error}")
         return await self._volume(volume_id)
 
+    # --- block device mapping at build ----------------------------------------------------------
+
+    @staticmethod
+    def local_devices(inst: dict[str, Any]) -> list[str]:
+        """The guest devices the server's own disks take: vda (root, or the boot volume), then
+        ephemeral, swap and config drive (the order of hvd.drivers.libvirt.xml.disk_layout)."""
+        flavor = inst["flavor"]
+        count = 1 + (int(flavor.get("ephemeral_gb", 0)) > 0) + (int(flavor.get("swap_mb", 0)) > 0) \
+            + bool(inst["config_drive"])
+        return [device_name(i) for i in range(count)]
+
+    async def connect_at_build(self, inst: dict[str, Any]) -> None:
+        """Record the server's block_device_mapping volumes as attached before its domain exists,
+        so they are in its definition from the first boot: the boot_index 0 one as vda (the root
+        disk), the others after the local disks. Idempotent (a repeated build keeps what it made);
+        undone by ``release_server``."""
+        used = self.local_devices(inst)
+        for entry in (inst.get("extra") or {}).get("block_device_mapping") or []:
+            volume = await self._volume(entry["volume_id"])
+            existing = await self.catalog.read(attachment_of, inst["id"], volume["id"])
+            if existing is not None and existing["status"] == st.ATT_ATTACHED:
+                used.append(existing["device"])
+                continue
+            if existing is not None:  # a build cut half-way: start this one again
+                await self.catalog.propose(AttachmentRemove(id=existing["id"], updated_at=now_iso()))
+            dev = BOOT_DEV if entry.get("boot_index") == 0 else next_device(used)
+            used.append(dev)
+            att_id = str(uuid.uuid4())
+            await self.catalog.propose(AttachmentReserve(id=att_id, volume_id=volume["id"], instance_id=inst["id"],
+                                                         created_at=now_iso()))
+            info = await self.connection(volume)
+            await self.catalog.propose(AttachmentAttaching(id=att_id, host=self.host, connection_info=info,
+                                                           updated_at=now_iso()))
+            await self.catalog.propose(AttachmentComplete(id=att_id, device=dev, updated_at=now_iso()))
+            self._event(volume["id"], inst["id"], st.ATT_ATTACHED)
+
     # --- server delete ---------------------------------------------------------------------------
 
-    async def release_server(self, inst: dict[str, Any]) -> list[str]:
-        """After the server's domain is gone: remove its attachments (whatever their state) and drop
-        its exports. Returns the volumes to delete with it (``delete_on_termination``)."""
-        doomed = set((inst.get("extra") or {}).get("delete_on_termination", []))
-        deleting = []
+    async def release_server(self, inst: dict[str, Any], deleting: bool = True) -> None:
+        """After the server's domain is gone: remove its attachments (whatever their state) and
+        drop its exports; when ``deleting``, its delete_on_termination volumes go too."""
         for att in await self.catalog.read(attachments_of, inst["id"]):
             await self.disconnect(att["volume_id"], att["connection_info"])
             with contextlib.suppress(NotFound):  # removed meanwhile
                 await self.catalog.propose(AttachmentRemove(id=att["id"], updated_at=now_iso()))
             self._event(att["volume_id"], inst["id"], "removed")
-            if att["volume_id"] in doomed:
-                deleting.append(att["volume_id"])
-        return deleting
+        if not deleting:
+            return
+        for volume_id in (inst.get("extra") or {}).get("delete_on_termination") or []:
+            try:  # the volume's host deletes the data (its volume service picks the deleting volume up)
+                await self.catalog.propose(VolumeBegin(id=volume_id, op="delete", updated_at=now_iso()))
+            except NotFound:
+                continue  # deleted already
+            except HvdError as exc:
+                log.warning("volume %s of deleted server %s is kept: %s", volume_id, inst["id"], exc.message)
+                continue
+            wake = getattr(self.volume_host, "wake", None)
+            if wake is not None:
+                wake()
 
     # --- crash repair ----------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ Real guests: tests/lab/test_volumes_libvirt.py."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 from typing import Any
@@ -200,3 +201,53 @@ async def test_restart_repairs_half_done_attachments(admin_api: Api, env: dict[s
     assert rows[detaching]["status"] == "attached" and "restart" in rows[detaching]["error"]
     assert [await volume_status(env, v) for v in (reserved, attaching_out, attaching_in, detaching)] == [
         "available", "available", "in-use", "in-use"]
+
+
+async def test_boot_from_volume_and_online_extend_through_the_api(admin_api: Api, api_server: tuple[Any, str],
+                                                                  tmp_path: Path) -> None:
+    """With the host's real volume service (file backend): image -> boot volume -> server on vda."""
+    await upload_image(admin_api, make_qcow2(tmp_path / "base.qcow2"), name="base")
+    await make_flavor(admin_api)
+    driver: FakeDriver = api_server[0].extra["compute"].manager.driver
+    status, body = await admin_api.call("POST", "/v1/servers", {"name": "nothing", "flavor": "m1.tiny"})
+    assert status == 400 and "boot_index 0" in body["error"]["message"], body
+    status, server = await admin_api.call("POST", "/v1/servers?wait=true", {
+        "name": "bfv", "flavor": "m1.tiny", "block_device_mapping": [
+            {"source": "image", "id": "base", "boot_index": 0, "delete_on_termination": True}]})
+    assert status == 202 and server["status"] == "ACTIVE", server
+    sid = server["id"]
+    _, listed = await admin_api.call("GET", f"/v1/servers/{sid}/volume-attachments")
+    assert [a["device"] for a in listed["volume_attachments"]] == ["/dev/vda"]
+    boot_vid = listed["volume_attachments"][0]["volume_id"]
+    _, boot = await admin_api.call("GET", f"/v1/volumes/{boot_vid}")
+    assert (boot["status"], boot["bootable"], boot["size_gb"]) == ("in-use", True, 1), boot
+    assert driver.domains[sid].spec.boots_from_volume and not driver.domains[sid].spec.path("disk").exists()
+    status, body = await action(admin_api, sid, "snapshot", {"name": "s"})
+    assert status == 409 and "boots from volume" in body["error"]["message"], body
+    status, body = await admin_api.call("DELETE", f"/v1/servers/{sid}/volume-attachments/{boot_vid}")
+    assert status == 409 and "boot volume" in body["error"]["message"], body
+
+    status, data = await admin_api.call("POST", "/v1/volumes?wait=true", {"name": "data", "size_gb": 1})
+    assert status == 202 and data["status"] == "available", data
+    status, att = await admin_api.call("POST", f"/v1/servers/{sid}/volume-attachments", {"volume": data["id"]})
+    assert status == 201 and att["device"] == "/dev/vdc", att  # vdb: the config drive
+    status, grown = await admin_api.call("POST", f"/v1/volumes/{data['id']}/extend?wait=true", {"new_size_gb": 2})
+    assert status == 202 and (grown["status"], grown["size_gb"]) == ("in-use", 2), grown
+    assert driver.domains[sid].volume_sizes[data["id"]] == 2 << 30
+    status, body = await admin_api.call("POST", f"/v1/volumes/{data['id']}/extend", {"new_size_gb": 2})
+    assert status == 400, body  # grow only
+    for name in ("stop", "start"):
+        status, body = await action(admin_api, sid, name)
+        assert status == 202 and body["task_state"] is None, body
+    assert {v.dev for v in driver.domains[sid].volumes.values()} == {"vda", "vdc"}
+
+    status, _ = await admin_api.call("DELETE", f"/v1/servers/{sid}?wait=true")
+    assert status == 204
+    for _ in range(100):  # the volume service deletes the boot volume (delete_on_termination)
+        status, _ = await admin_api.call("GET", f"/v1/volumes/{boot_vid}")
+        if status == 404:
+            break
+        await asyncio.sleep(0.05)
+    assert status == 404
+    _, data = await admin_api.call("GET", f"/v1/volumes/{data['id']}")
+    assert data["status"] == "available" and data["size_gb"] == 2

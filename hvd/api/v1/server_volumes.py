@@ -11,12 +11,16 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from hvd.api.forward import catch_up_if_forwarded, to_owner
+from hvd.api.forward import catch_up_if_forwarded, to_host, to_owner
 from hvd.api.helpers import context, json_response, parse_body
 from hvd.api.routing import Router
 from hvd.api.services import services
+from hvd.api.v1.volumes import view as volume_view
+from hvd.api.v1.volumes import visible_volume
 from hvd.catalog import queries
+from hvd.catalog.sql import fetch_all
 from hvd.compute.volumes import ComputeVolumes
+from hvd.errors import Conflict
 
 DEVICE_PATTERN = r"^(/dev/)?vd[b-z][a-z]?$"
 
@@ -99,6 +103,29 @@ async def detach_volume(request: web.Request) -> web.Response:
     compute.check_lock(ctx, inst)
     await _volumes(request).detach(inst, request.match_info["volume"])
     return web.Response(status=204)
+
+
+async def extend_online(request: web.Request, volume: dict[str, Any], new_size_gb: int) -> web.Response:
+    """POST /v1/volumes/{id}/extend of an in-use volume: run on the attached server's host."""
+    svc, ctx = services(request), context(request)
+    svc.policy.enforce(ctx.roles, "volume:manage")
+    atts = await svc.catalog.read(fetch_all, "SELECT * FROM volume_attachments WHERE volume_id=?", (volume["id"],))
+    if len(atts) != 1 or not atts[0]["host"]:
+        raise Conflict(f"volume {volume['id']} is attached {len(atts)} times: online extend needs exactly one")
+    compute = svc.extra["compute"]
+    forwarded = await to_host(request, atts[0]["host"], compute.placement.is_up,
+                              f"Volume {volume['id']} is attached on host {atts[0]['host']}")
+    if forwarded is not None:
+        return forwarded
+    await catch_up_if_forwarded(request)
+    inst = await compute.instance(atts[0]["instance_id"])
+    compute.check_lock(ctx, inst)
+    compute.locks.acquire(inst["id"], "volume_extend")
+    try:
+        await _volumes(request).extend_online(volume["id"], new_size_gb)
+    finally:
+        compute.locks.release(inst["id"])
+    return json_response(await volume_view(request, await visible_volume(request, volume["id"])), status=202)
 
 
 def register(router: Router) -> None:

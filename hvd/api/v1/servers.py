@@ -15,7 +15,7 @@ from hvd.api.forward import catch_up_if_forwarded, to_owner
 from hvd.api.helpers import context, json_response, page_params, paginate, parse_body, query_bool
 from hvd.api.routing import Router
 from hvd.api.services import ApiServices, services
-from hvd.api.v1 import server_ports, server_volumes
+from hvd.api.v1 import server_bdm, server_ports, server_volumes
 from hvd.api.v1.flavors import find_flavor
 from hvd.api.v1.images import find_image
 from hvd.catalog import queries
@@ -39,7 +39,8 @@ class ServerCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$")
     flavor: str = Field(min_length=1, max_length=255, description="Flavor name or id.")
-    image: str = Field(min_length=1, max_length=255, description="Image name or id.")
+    image: str | None = Field(None, min_length=1, max_length=255,
+                              description="Image name or id (not needed when booting from a volume).")
     key_name: str | None = Field(None, min_length=1, max_length=255)
     user_data: str | None = Field(None, max_length=65535, description="Passed to the guest (config drive).")
     metadata: dict[str, str] = Field(default_factory=dict, max_length=128)
@@ -51,6 +52,8 @@ class ServerCreate(BaseModel):
     config_drive: bool = True
     networks: server_ports.Networks = Field(
         "auto", description="NICs: [{network, fixed_ip?} | {port}], 'auto' (the project's only network) or 'none'.")
+    block_device_mapping: list[server_bdm.BlockDevice] | None = Field(
+        None, min_length=1, max_length=8, description="Volumes at create; boot_index 0 = boot from that volume.")
 
 
 class FlavorRef(BaseModel):
@@ -257,10 +260,14 @@ async def _wait(request: web.Request, ids: list[str]) -> list[dict[str, Any]]:
 async def _resolve_create(svc: ApiServices, ctx: RequestContext, body: ServerCreate) -> dict[str, Any]:
     admin = svc.policy.all_projects(ctx.roles)
     flavor = await svc.catalog.read(find_flavor, body.flavor, ctx, admin)
-    image = await svc.catalog.read(find_image, body.image, ctx, svc.policy.all_projects(ctx.roles))
+    boots_from_volume = any(d.boot_index == 0 for d in body.block_device_mapping or [])
+    if body.image is None and not boots_from_volume:
+        raise BadRequest("give 'image', or a block_device_mapping entry with boot_index 0 (boot from a volume)")
+    image = await svc.catalog.read(find_image, body.image, ctx, admin) if body.image is not None else \
+        {"id": "", "status": "active", "min_disk": 0, "min_ram": 0}
     if image["status"] != "active":
         raise BadRequest(f"Image {body.image} is not active (status {image['status']})")
-    if flavor["disk_gb"] and image["min_disk"] > flavor["disk_gb"]:
+    if flavor["disk_gb"] and image["min_disk"] > flavor["disk_gb"] and not boots_from_volume:
         raise BadRequest(f"Flavor's disk is too small for requested image: image min_disk {image['min_disk']} GB,"
                          f" flavor disk {flavor['disk_gb']} GB")
     if image["min_ram"] > flavor["ram_mb"]:
@@ -300,6 +307,9 @@ async def create_server(request: web.Request) -> web.Response:
     refs = await _resolve_create(svc, ctx, body)
     nics = await server_ports.resolve(request, body.networks, max_count)
     flavor = refs["flavor"]
+    boot = None
+    if body.block_device_mapping:  # its volumes exist (available) before the server record
+        boot = await server_bdm.prepare(request, body.block_device_mapping, flavor, max_count)
     records = []
     for n in range(max_count):
         records.append(InstanceCreate(
@@ -308,11 +318,11 @@ async def create_server(request: web.Request) -> web.Response:
             project_id=ctx.project_id, user_id=ctx.user_id, flavor_id=flavor["id"],
             flavor={k: flavor[k] for k in ("id", "name", "vcpus", "ram_mb", "disk_gb", "ephemeral_gb", "swap_mb",
                                             "extra_specs")},
-            image_id=refs["image"]["id"], key_name=body.key_name,
+            image_id=boot.image_id if boot and boot.image_id else refs["image"]["id"], key_name=body.key_name,
             public_key=refs["keypair"]["public_key"] if refs["keypair"] else None,
             user_data=body.user_data, metadata=body.metadata, availability_zone=refs["zone"],
             server_group_id=refs["group"]["id"] if refs["group"] else None, config_drive=body.config_drive,
-            created_at=now_iso(),
+            extra=boot.extra if boot else {}, created_at=now_iso(),
         ))
     comp = compute(request)
     created: list[str] = []
@@ -324,7 +334,11 @@ async def create_server(request: web.Request) -> web.Response:
             except BaseException:
                 await server_ports.undo(request, ports)  # no server: no ports either
                 raise
-    except QuotaExceeded:
+    except BaseException as exc:
+        if boot is not None and not created:
+            await server_bdm.discard(request, boot)  # no server: the volumes made for it go
+        if not isinstance(exc, QuotaExceeded):
+            raise
         if len(created) < body.min_count:
             for inst_id in created:  # all or nothing below min_count
                 await comp.delete(ctx, await comp.instance(inst_id))
@@ -370,6 +384,7 @@ async def _action(request: web.Request, op: Op, body_model: type[BaseModel]) -> 
             return forwarded
     if op == Op.REBOOT and body.type.lower() == "hard":
         op = Op.REBOOT_HARD
+    await server_bdm.check_op(request, inst, op)
     if op in (Op.STOP, Op.START, Op.REBOOT, Op.REBOOT_HARD, Op.PAUSE, Op.UNPAUSE, Op.SUSPEND, Op.RESUME,
               Op.UNRESCUE):
         await comp.begin(ctx, inst, op, comp.simple(op))

@@ -280,6 +280,10 @@ async def extend_volume(request: web.Request) -> web.Response:
     svc.policy.enforce(ctx.roles, "volume:manage")
     body = await parse_body(request, ExtendIn)
     row = await visible_volume(request)
+    if row["status"] == "in-use":  # online: the attached server's host grows it and tells the guest
+        from hvd.api.v1.server_volumes import extend_online
+
+        return await extend_online(request, row, body.new_size_gb)
     vs = volumes(request)
     await vs.propose(cv.VolumeBegin(id=str(row["id"]), op="extend", new_size_gb=body.new_size_gb, updated_at=now_iso()))
     vs.publish("volume.status", str(row["id"]), "extending")
@@ -357,7 +361,7 @@ def register(router: Router) -> None:
                body=VolumePatch, response=Volume, tag=t)
     router.add("DELETE", "/v1/volumes/{id}", delete_volume, "Delete a volume (available, no snapshots)",
                status=202, response=Volume, query=wait, tag=t)
-    router.add("POST", "/v1/volumes/{id}/extend", extend_volume, "Grow an available volume", body=ExtendIn,
+    router.add("POST", "/v1/volumes/{id}/extend", extend_volume, "Grow a volume (an in-use one online)", body=ExtendIn,
                response=Volume, status=202, query=wait, tag=t)
     router.add("GET", "/v1/volume-types", list_types, "List volume types", response=VolumeTypeList, query=page, tag=t)
     router.add("POST", "/v1/volume-types", create_type, "Create a volume type", body=VolumeTypeIn,

@@ -1,0 +1,166 @@
+"""``block_device_mapping`` of POST /v1/servers: boot from a volume, and volumes at create.
+
+Nova's block_device_mapping_v2, simplified: ``[{"source": "image"|"volume"|"snapshot", "id",
+"size_gb"?, "delete_on_termination", "boot_index": 0|null}]``. Volumes to make (from an image or a
+volume snapshot) are created and awaited here, before the server record, so a bad reference or a
+failed copy is an error with nothing left behind. The server's host attaches them at build
+(hvd.compute.volumes.connect_at_build): the entry with boot_index 0 as vda, in place of a local
+root disk; the others as data disks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from hvd.api.helpers import context
+from hvd.api.services import services
+from hvd.api.v1.images import find_image
+from hvd.api.v1.volumes import find_type, visible_volume, volumes
+from hvd.catalog import cmd_volumes as cv
+from hvd.catalog import queries
+from hvd.catalog.sql import fetch_all
+from hvd.compute.lifecycle import Op
+from hvd.errors import BadRequest, Conflict, HvdError
+from hvd.identity.service import now_iso
+from hvd.storage.volumes import states as st
+
+log = logging.getLogger(__name__)
+
+GIB = 1 << 30
+BOOT_ID = "boot_volume_id"  # instance extra: the volume the server boots from
+BDM = "block_device_mapping"  # instance extra: [{"volume_id", "boot_index"}] attached at build
+DELETE_ON_TERMINATION = "delete_on_termination"  # instance extra: volume ids deleted with the server
+# operations that copy or replace the root disk file: a server booted from a volume has none
+REFUSED_FOR_VOLUME_BOOT = {
+    Op.SNAPSHOT: "snapshot the volume instead (its snapshots and backups are the server's)",
+    Op.SHELVE: "it has no local disk to shelve",
+    Op.REBUILD: "its root disk is a volume",
+    Op.RESIZE: "resizing a server booted from a volume is not supported",
+    Op.MIGRATE: "moving a server booted from a volume to another host is not supported",
+    Op.LIVE_MIGRATE: "moving a server booted from a volume to another host is not supported",
+}
+
+
+class BlockDevice(BaseModel):
+    """One entry of ``block_device_mapping``."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: Literal["image", "volume", "snapshot"] = Field(
+        description="image: a new volume from it; volume: an existing available volume; snapshot: a new volume"
+                    " from a volume snapshot")
+    id: str = Field(min_length=1, max_length=255, description="The image, volume or snapshot (id or name).")
+    size_gb: int | None = Field(None, ge=1, le=65536, description="Size of a new volume (default: big enough).")
+    delete_on_termination: bool = Field(False, description="Delete the volume with the server.")
+    boot_index: int | None = Field(None, ge=0, le=0, description="0: the server boots from it (vda); null: data.")
+
+
+@dataclass
+class BootPlan:
+    """What the server record carries: its image id (the boot volume's image, or "") and extra."""
+
+    image_id: str
+    extra: dict[str, Any]
+    created: list[str] = field(default_factory=list)  # volumes made here (deleted if the create fails)
+
+
+async def prepare(request: web.Request, mapping: list[BlockDevice], flavor: dict[str, Any],
+                  count: int) -> BootPlan:
+    """Check the mapping and make the volumes it asks for (available when this returns)."""
+    if count > 1:
+        raise BadRequest("block_device_mapping can be given for one server only (max_count is above 1)")
+    boots = [d for d in mapping if d.boot_index == 0]
+    if len(boots) > 1:
+        raise BadRequest("only one block_device_mapping entry may have boot_index 0")
+    plan = BootPlan(image_id="", extra={BDM: [], DELETE_ON_TERMINATION: []})
+    try:
+        for dev in sorted(mapping, key=lambda d: d.boot_index is None):
+            volume = await _volume_for(request, dev, flavor, plan)
+            if dev.boot_index == 0:
+                plan.extra[BOOT_ID] = volume["id"]
+                plan.image_id = str(volume["source_image_id"] or "")
+            plan.extra[BDM].append({"volume_id": volume["id"], "boot_index": dev.boot_index})
+            if dev.delete_on_termination:
+                plan.extra[DELETE_ON_TERMINATION].append(volume["id"])
+    except BaseException:
+        await discard(request, plan)
+        raise
+    return plan
+
+
+async def _volume_for(request: web.Request, dev: BlockDevice, flavor: dict[str, Any],
+                      plan: BootPlan) -> dict[str, Any]:
+    svc, ctx = services(request), context(request)
+    admin = svc.policy.all_projects(ctx.roles)
+    if dev.source == "volume":
+        volume = await visible_volume(request, dev.id)
+        if volume["status"] != st.AVAILABLE:
+            raise Conflict(f"volume {volume['id']} is {volume['status']}: only an available volume can be mapped")
+        return volume
+    vs = volumes(request)
+    image_id = snapshot_id = None
+    host = backend = None
+    if dev.source == "image":
+        image = await svc.catalog.read(find_image, dev.id, ctx, admin)
+        if image["status"] != "active":
+            raise BadRequest(f"image {image['id']} is {image['status']}, not active")
+        needed = max(int(flavor["disk_gb"]), int(image["min_disk"] or 0),
+                     -(-int(image["virtual_size"] or 0) // GIB), 1)
+        image_id = str(image["id"])
+    else:
+        where, args = ("1=1", ()) if admin else ("project_id=?", (ctx.project_id,))
+        snap = await svc.catalog.read(queries.find, "volume_snapshots", dev.id, "Snapshot", where, args)
+        needed, snapshot_id = int(snap["size_gb"]), str(snap["id"])
+        host, backend = snap["host"], snap["backend"]  # a copy stays on its snapshot's backend
+    size = dev.size_gb or needed
+    if size < needed:
+        raise BadRequest(f"{dev.source} {dev.id} needs a volume of at least {needed} GiB, {size} GiB asked")
+    vtype = await svc.catalog.read(find_type, svc.config.volumes.default_type, ctx, admin)
+    if host is None or backend is None:
+        chosen = await vs.place(size, None, dict(vtype["extra_specs"]))
+        host, backend = chosen.host, chosen.name
+    local = vs.backends.get(backend) if host == vs.host else None
+    vid = str(uuid.uuid4())
+    await vs.propose(cv.VolumeCreate(
+        id=vid, project_id=ctx.project_id, user_id=ctx.user_id, name=f"boot-{vid[:8]}" if dev.boot_index == 0
+        else f"data-{vid[:8]}", size_gb=size, volume_type_id=str(vtype["id"]), availability_zone=vs.az, host=host,
+        backend=backend, volume_format=local.volume_format if local is not None else "raw",
+        bootable=image_id is not None, source_image_id=image_id, source_snapshot_id=snapshot_id,
+        created_at=now_iso()))
+    plan.created.append(vid)
+    vs.publish("volume.status", vid, st.CREATING)
+    made = await vs.wait_stable("volumes", vid, svc.config.api.wait_timeout_s)
+    if made is None or made["status"] != st.AVAILABLE:
+        reason = (made or {}).get("error") or "it was deleted"
+        raise Conflict(f"the volume for block device {dev.source} {dev.id} could not be made: {reason}")
+    return made
+
+
+async def discard(request: web.Request, plan: BootPlan) -> None:
+    """Delete the volumes ``prepare`` made (the server was not created)."""
+    vs = services(request).extra.get("volumes")
+    for vid in plan.created:
+        with contextlib.suppress(HvdError):
+            await services(request).catalog.propose(cv.VolumeBegin(id=vid, op="delete", updated_at=now_iso()))
+            if vs is not None:
+                vs.wake()
+
+
+async def check_op(request: web.Request, inst: dict[str, Any], op: Op) -> None:
+    """409 for an operation a server booted from a volume, or with volumes attached, cannot do."""
+    reason = REFUSED_FOR_VOLUME_BOOT.get(op)
+    if reason and (inst.get("extra") or {}).get(BOOT_ID):
+        raise Conflict(f"Cannot {op.value} instance {inst['id']}: it boots from volume"
+                       f" {inst['extra'][BOOT_ID]}; {reason}")
+    if op in (Op.MIGRATE, Op.LIVE_MIGRATE):
+        attached = await services(request).catalog.read(
+            fetch_all, "SELECT volume_id FROM volume_attachments WHERE instance_id=?", (inst["id"],))
+        if attached:
+            raise Conflict(f"Cannot {op.value} instance {inst['id']}: volume {attached[0]['volume_id']} is attached"
+                           " (volumes are reached directly on their own host; detach it first)")
