@@ -392,6 +392,7 @@ async def running_compute(
         if peers is not None:  # one host alone has nothing to fence and nowhere to evacuate to
             fencing = asyncio.create_task(Fencer(config, service, reconciler, gossip).run())
         volume_service = await start_volumes(config, catalog, events, manager)
+        service.volumes.volume_host = volume_service  # attach, online extend, delete on termination
         yield {COMPUTE: service, IMAGE_STORE: store, EVENTS: events, NETWORK: network, PEERS: peers,
                VOLUMES: volume_service}
     finally:
@@ -414,7 +415,6 @@ async def running_compute(
 
 
 async def serve(config: Config) -> int:
-        service.volumes.volume_host = volume_service  # attach, online extend, delete on termination
     """Run the daemon until SIGTERM/SIGINT (exit code 0) or until one of its loops dies for good
     (logged; exit code 1, so that systemd restarts it)."""
     stop = asyncio.Event()
