@@ -237,6 +237,11 @@ class NetworkSection(Section):
     converge_interval_s: float = Field(
         30.0, gt=0, description="Period of the full converge and dnsmasq supervision (changes converge at once)."
     )
+    metadata_enabled: bool = Field(
+        True,
+        description="Serve the metadata service (http://169.254.169.254, OpenStack and EC2 paths) in each qdhcp-"
+        " namespace here, with a DHCP route to it; servers' config drives stay on (both say the same).",
+    )
 
 
 class VolumeBackendConfig(Section):

@@ -88,12 +88,16 @@ def make_network(config: Config, catalog: Catalog) -> NetworkService:
     backend = net.backend if net.backend != "auto" else ("fake" if config.compute.driver == "fake" else "linux")
     dhcp_dir = net.dhcp_dir or str(Path(config.host.data_dir) / "dhcp")
     adapter: HostAdapter = FakeHostNetwork(net.netns_prefix, dhcp_dir)
+    metadata = None
     if backend == "linux":
         from hvd.net.apply import HostNetwork
+        from hvd.net.metadata import MetadataServer
 
         adapter = HostNetwork(net.host_netns or None, dhcp_dir=dhcp_dir, netns_prefix=net.netns_prefix)
+        if net.metadata_enabled:
+            metadata = MetadataServer(catalog, config.host.availability_zone)
     owned = None if net.claim_all_devices else OwnedNames(Path(config.host.data_dir) / "network-owned.json")
-    return NetworkService(config, catalog, adapter, owned)
+    return NetworkService(config, catalog, adapter, owned, metadata)
 
 
 async def start_volumes(config: Config, catalog: Catalog, events: EventBus,

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -21,8 +20,10 @@ from hvd.catalog.cmd_compute import ImageCreate, ImageSetStatus, InstanceUpdate
 from hvd.catalog.service import Catalog
 from hvd.catalog.sql import fetch_one
 from hvd.cluster.peers import PeerCaller
+from hvd.compute import metadata_content
 from hvd.compute.faults import checkpoint
 from hvd.compute.lifecycle import PowerState, TaskState
+from hvd.compute.metadata_content import hostname_of
 from hvd.compute.revert import Reverter
 from hvd.config import Config
 from hvd.drivers.base import DISK, DISK_CONFIG, ComputeDriver, InstanceSpec, Nic
@@ -36,12 +37,6 @@ from hvd.storage.image_store import ImageStore
 log = logging.getLogger(__name__)
 
 RESIZE_SUFFIX = "_resize"
-
-
-def hostname_of(name: str) -> str:
-    """A DNS label from a display name (Nova's sanitize_hostname)."""
-    label = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:63]
-    return label or "server"
 
 
 def file_sha256(path: Path) -> str:
@@ -158,21 +153,9 @@ class ComputeManager:
         from hvd.storage import config_drive
 
         nics = await self.network.network_data(inst["id"]) if self.network is not None else []
-        meta = config_drive.render_meta_data(
-            uuid=inst["id"],
-            name=inst["name"],
-            hostname=spec.hostname,
-            public_keys={inst["key_name"]: inst["public_key"]} if inst["key_name"] else {},
-            meta=dict(inst["metadata"]),
-            availability_zone=inst["availability_zone"] or self.config.host.availability_zone,
-            project_id=inst["project_id"],
-        )
-        files = config_drive.drive_files(
-            meta,
-            user_data=inst["user_data"].encode() if inst["user_data"] else None,
-            network_data=config_drive.render_network_data(nics),
-        )
-        await config_drive.write_config_drive(spec.config_drive, files)
+        # the same builder as the metadata service (hvd.net.metadata): both say the same
+        facts = metadata_content.facts_of(inst, availability_zone=self.config.host.availability_zone, nics=nics)
+        await config_drive.write_config_drive(spec.config_drive, metadata_content.config_drive_files(facts))
 
     # --- build ------------------------------------------------------------------------------
 

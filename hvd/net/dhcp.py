@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hvd.net.model import PortSpec, SubnetSpec, dhcp_hostname
+from hvd.net.model import METADATA_IP, PortSpec, SubnetSpec, dhcp_hostname
 from hvd.net.proc import NetError, in_netns, run
 from hvd.net.state import ObservedDhcp
 
@@ -50,12 +50,15 @@ def dnsmasq_argv(
     *,
     lease_seconds: int = DEFAULT_LEASE_SECONDS,
     user: str | None = None,
+    metadata_via: Mapping[str, str] | None = None,
 ) -> tuple[str, ...]:
     """dnsmasq's command line serving the DHCP-enabled `subnets` on `interface`.
 
     DNS is off (`--port=0`); addresses are only handed out to MACs in the hosts file
     (`static` ranges), as Neutron does. Options (router, DNS servers, host routes) are on
     the command line, so an option change restarts dnsmasq while a port change only reloads.
+    `metadata_via` maps an IPv4 subnet id to the DHCP port's address in it: guests get a
+    classless static route to METADATA_IP through it (Neutron's isolated metadata).
     """
     argv = [
         "dnsmasq",
@@ -87,9 +90,16 @@ def dnsmasq_argv(
                 argv.append(f"--dhcp-option=tag:{tag},option:router")
             if subnet.dns:
                 argv.append(f"--dhcp-option=tag:{tag},option:dns-server,{','.join(subnet.dns)}")
-            if subnet.host_routes:
-                routes = ",".join(f"{r.destination},{r.nexthop}" for r in subnet.host_routes)
-                argv.append(f"--dhcp-option=tag:{tag},option:classless-static-route,{routes}")
+            routes = [(r.destination, r.nexthop) for r in subnet.host_routes]
+            via = (metadata_via or {}).get(subnet.id)
+            if via is not None:
+                routes.append((f"{METADATA_IP}/32", via))
+                if subnet.gateway:
+                    # RFC 3442: a client given option 121 ignores option 3, so the default goes in too
+                    routes.append(("0.0.0.0/0", subnet.gateway))
+            if routes:
+                text = ",".join(f"{dst},{nexthop}" for dst, nexthop in routes)
+                argv.append(f"--dhcp-option=tag:{tag},option:classless-static-route,{text}")
         else:
             argv.append(f"--dhcp-range=set:{tag},{net.network_address},static,{net.prefixlen},{lease_seconds}s")
             if subnet.dns:

@@ -289,7 +289,7 @@ def _read_links(ipr: Any, *, with_addresses: bool = False) -> dict[str, Observed
     if with_addresses:
         for a in ipr.get_addr():
             ip = ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))
-            if ip.is_link_local:  # the kernel's own IPv6 link-local, not ours to manage
+            if ip.version == 6 and ip.is_link_local:  # the kernel's own, not ours (169.254.169.254 is)
                 continue
             addresses.setdefault(int(a["index"]), set()).add(f"{ip}/{a['prefixlen']}")
     links = {}

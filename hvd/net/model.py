@@ -37,6 +37,9 @@ DEVICE_OWNER_ROUTER_INTERFACE = "network:router_interface"
 DEVICE_OWNER_ROUTER_GATEWAY = "network:router_gateway"
 DEVICE_OWNER_FLOATINGIP = "network:floatingip"
 COMPUTE_OWNER_PREFIX = "compute:"
+# The metadata service's address inside each qdhcp- namespace (hvd.net.metadata).
+METADATA_IP = "169.254.169.254"
+METADATA_PORT = 80
 
 _MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
@@ -326,7 +329,8 @@ class HostNetworkState:
     `dhcp_dir` holds one directory per network (hosts file, pid file, leases);
     `dnsmasq_user` is the user dnsmasq drops to (None: its built-in default).
     `unrealisable` names networks with ports here that this host cannot build, and why (left
-    out of `networks`, so they hold back nothing else).
+    out of `networks`, so they hold back nothing else). With `metadata`, each qdhcp- namespace
+    also holds METADATA_IP and dnsmasq hands guests a route to it through the DHCP port.
     """
 
     host: str
@@ -341,6 +345,7 @@ class HostNetworkState:
     dhcp_dir: str = "/var/lib/hvd/dhcp"
     dnsmasq_user: str | None = None
     unrealisable: tuple[tuple[str, str], ...] = ()
+    metadata: bool = False
 
     def network(self, network_id: str) -> NetworkSpec:
         for net in self.networks:

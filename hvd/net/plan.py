@@ -24,6 +24,7 @@ from hvd.net.model import (
     DEVICE_OWNER_DHCP,
     DHCP_DEV_PREFIX,
     DHCP_NS_PREFIX,
+    METADATA_IP,
     ROUTER_GATEWAY_PREFIX,
     ROUTER_INTERFACE_PREFIX,
     ROUTER_NS_PREFIX,
@@ -48,6 +49,7 @@ class DhcpLayout:
     netns: str
     argv: tuple[str, ...]
     hosts: str
+    metadata: bool = False  # the namespace serves METADATA_IP (hvd.net.metadata listens there)
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,11 @@ def desired_layout(state: HostNetworkState) -> HostLayout:
         netns = dhcp_namespace(net.id, state.netns_prefix)
         by_id = {sub.id: sub for sub in subnets}
         device = dhcp_device_name(port.id)
+        addresses = {by_id[f.subnet_id].interface(f.ip) for f in port.fixed_ips if f.subnet_id in by_id}
+        metadata_via = {f.subnet_id: f.ip for f in port.fixed_ips
+                        if state.metadata and f.subnet_id in by_id and by_id[f.subnet_id].ip_version == 4}
+        if metadata_via:
+            addresses.add(f"{METADATA_IP}/32")
         veth = VethLayout(
             tap=tap_name(port.id),
             peer=device,
@@ -144,13 +151,14 @@ def desired_layout(state: HostNetworkState) -> HostLayout:
             bridge=net.bridge,
             mac=port.mac,
             mtu=net.mtu,
-            addresses=frozenset(by_id[f.subnet_id].interface(f.ip) for f in port.fixed_ips if f.subnet_id in by_id),
+            addresses=frozenset(addresses),
         )
         namespaces[netns] = NamespaceLayout(name=netns, veths=(veth,))
         units.update({netns: network_unit(net.id), veth.tap: network_unit(net.id), veth.peer: network_unit(net.id)})
-        argv = dnsmasq_argv(device, subnets, dhcp_paths(state.dhcp_dir, net.id), user=state.dnsmasq_user)
+        argv = dnsmasq_argv(device, subnets, dhcp_paths(state.dhcp_dir, net.id), user=state.dnsmasq_user,
+                            metadata_via=metadata_via)
         net_ports = [p for p in state.ports if p.network_id == net.id]
-        dhcp[net.id] = DhcpLayout(netns, argv, render_hosts(net_ports, subnets, exclude=port.id))
+        dhcp[net.id] = DhcpLayout(netns, argv, render_hosts(net_ports, subnets, exclude=port.id), bool(metadata_via))
 
     for router in state.routers:
         layout = router_layout(router, state)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -36,12 +35,14 @@ from prometheus_client import Counter, Gauge
 from hvd.catalog.cmd_network import HostSetVtep, PortDelete, PortUpdate
 from hvd.catalog.service import Catalog
 from hvd.compute.faults import checkpoint
+from hvd.compute.metadata_content import network_data_nics
 from hvd.config import Config
 from hvd.drivers.base import Nic
 from hvd.net import steps as s
 from hvd.net.apply import ApplyReport, apply_isolated
 from hvd.net.desired import host_state, instance_ports
 from hvd.net.fake import FakeHost
+from hvd.net.metadata import MetadataServer
 from hvd.net.model import HostNetworkState, LocalVtep, bridge_name, dhcp_namespace, router_namespace, tap_name
 from hvd.net.plan import (
     SECURITY_UNIT,
@@ -145,10 +146,12 @@ def desired_names(state: HostNetworkState) -> set[str]:
 class NetworkService:
     """The network hooks of compute (`plug_instance`, `nics_of`, ...) and of the API (`changed`)."""
 
-    def __init__(self, config: Config, catalog: Catalog, adapter: HostAdapter, owned: OwnedNames | None) -> None:
+    def __init__(self, config: Config, catalog: Catalog, adapter: HostAdapter, owned: OwnedNames | None,
+                 metadata: MetadataServer | None = None) -> None:
         self.config = config
         self.catalog = catalog
         self.adapter = adapter
+        self.metadata = metadata  # serves 169.254.169.254 in this host's qdhcp- namespaces (linux backend)
         self.host = config.host_name
         self.owned = owned
         self.local_vtep: LocalVtep | None = None
@@ -181,13 +184,17 @@ class NetworkService:
         self._watch_task = asyncio.create_task(self._follow_catalog())
 
     async def stop(self) -> None:
-        """Stop the loops; devices and dnsmasq stay (a restart of hvd must not cut networking)."""
+        """Stop the loops; devices and dnsmasq stay (a restart of hvd must not cut networking).
+        The metadata listeners close: they are this process's sockets."""
         self.catalog.state.on_network_change = None
         for task in (self._loop_task, self._watch_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.metadata is not None:
+            async with self._lock:
+                await self.metadata.close()
 
     async def _follow_catalog(self) -> None:
         """Converge as soon as a networking command is applied here, whichever host it came from
@@ -221,7 +228,8 @@ class NetworkService:
     async def desired(self) -> HostNetworkState:
         state = await self.catalog.read(host_state, self.host, self.config.network.physical_interface_mappings,
                                         self.local_vtep)
-        return self.adapter.state(replace(state, dnsmasq_user=self.config.network.dnsmasq_user or None))
+        return self.adapter.state(replace(state, dnsmasq_user=self.config.network.dnsmasq_user or None,
+                                          metadata=self.config.network.metadata_enabled))
 
     async def _observe(self, desired: HostNetworkState) -> ObservedDevices:
         observed = await self.adapter.observe(desired)
@@ -251,6 +259,9 @@ class NetworkService:
         if self.owned is not None:
             await asyncio.to_thread(self.owned.add, desired_names(desired))
         planned = plan_units(desired, await self._observe(desired))
+        serving = {nid: d.netns for nid, d in desired_layout(desired).dhcp.items() if d.metadata}
+        if self.metadata is not None:
+            await self.metadata.sync_before_apply(serving)  # an open socket would keep a deleted namespace alive
         report = ApplyReport()
         for network_id, reason in desired.unrealisable:  # failed before any step: nothing to apply
             report.failed[network_unit(network_id)] = NetError(
@@ -261,6 +272,8 @@ class NetworkService:
             checkpoint("net.converge.partial")
             report = await self.adapter.apply_planned(planned[half:], report)
             self.converges += 1
+        if self.metadata is not None:
+            await self.metadata.sync_after_apply(serving)
         self._record(report, len(planned))
 
     def _record(self, report: ApplyReport, planned: int) -> None:
@@ -324,18 +337,7 @@ class NetworkService:
 
     async def network_data(self, instance_id: str) -> list[NetworkDataNic]:
         """network_data.json entries: DHCP where the subnet serves it, else the static address."""
-        out = []
-        for p in await self._ports(instance_id):
-            fixed = p["fixed_ips"][0] if p["fixed_ips"] else None
-            static = fixed is not None and not fixed["enable_dhcp"]
-            netmask = str(ipaddress.ip_network(fixed["cidr"]).netmask) if fixed is not None else None
-            out.append(NetworkDataNic(
-                port_id=p["id"], mac=p["mac_address"], mtu=p["mtu"], network_id=p["network_id"],
-                ip_address=fixed["ip"] if static and fixed else None, netmask=netmask if static else None,
-                gateway=fixed["gateway_ip"] if static and fixed else None,
-                dns=tuple(json.loads(fixed["dns_nameservers"])) if fixed else (),
-                ip_version=int(fixed["ip_version"]) if fixed else 4))
-        return out
+        return network_data_nics(await self._ports(instance_id))
 
     async def addresses_of(self, instance_id: str) -> dict[str, list[dict[str, Any]]]:
         """`{network name: [{addr, version, mac, type: fixed|floating}]}` for the server view."""

@@ -107,6 +107,7 @@ def drive_files(
         f"{VERSION_DIR}/meta_data.json": json.dumps(meta_data, sort_keys=True).encode(),
         f"{VERSION_DIR}/network_data.json": json.dumps(network_data or {}, sort_keys=True).encode(),
         f"{VERSION_DIR}/vendor_data.json": b"{}",
+        f"{VERSION_DIR}/vendor_data2.json": b"{}",
     }
     if user_data is not None:
         files[f"{VERSION_DIR}/user_data"] = user_data

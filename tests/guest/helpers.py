@@ -2,7 +2,8 @@
 
 The guest prints ``HVD-GUEST ...`` markers on its serial console (see guest/init):
 ``boot variant=<v>``, ``mem_kb=<n> cpus=<n>``, ``disks=<names>``, ``disk <name> bytes=<n>``,
-``lease <if> <ip>/<prefix> gw=<gw>`` or ``nolease <if>``, ``hostname=<h> instance-id=<id>`` or
+``lease <if> <ip>/<prefix> gw=<gw>`` or ``nolease <if>``, ``route <if> <dst> via <gw>`` (DHCP option 121),
+``hostname=<h> instance-id=<id>`` or
 ``no-config-drive``, ``user-data start``, ``ready``, ``heartbeat <n>`` and ``poweroff``.
 """
 

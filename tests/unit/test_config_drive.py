@@ -74,6 +74,7 @@ def test_drive_files_layout() -> None:
         "openstack/latest/meta_data.json",
         "openstack/latest/network_data.json",
         "openstack/latest/vendor_data.json",
+        "openstack/latest/vendor_data2.json",
         "openstack/latest/user_data",
     }
     assert "openstack/latest/user_data" not in cd.drive_files({"uuid": UUID})

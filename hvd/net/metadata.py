@@ -1,0 +1,262 @@
+"""The metadata service: http://169.254.169.254 inside every qdhcp- namespace of this host.
+
+Neutron runs a haproxy per namespace that adds the network id and the peer address as headers
+and relays to a metadata agent. hvd needs neither: the daemon opens one listening socket per
+network *inside* its qdhcp- namespace (from a short-lived thread that enters the namespace
+with setns(2), binds and leaves; a socket stays in the namespace it was made in) and serves
+it from its own event loop. The network is known from the socket that accepted the
+connection and the guest from the peer address, which the kernel reports and nobody can
+forge with a header; security groups' anti-spoofing drops packets whose source address is
+not their port's (`hvd.net.nft`), so a guest cannot pose as another.
+
+No extra process means nothing to supervise and no orphans: the listeners live and die with
+the daemon (a restart re-opens them at its first converge). The service's converge closes a
+network's listener before its namespace is deleted (an open socket would keep the namespace,
+and with it the DHCP veth, alive) and re-opens it when the namespace was re-created.
+
+Answers come from `hvd.compute.metadata_content`, the builder of the config drive too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import socket
+import sqlite3
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import Counter
+
+from hvd.catalog.service import Catalog
+from hvd.catalog.sql import fetch_all, fetch_one
+from hvd.compute.metadata_content import InstanceFacts, answer, facts_of, network_data_nics
+from hvd.net.desired import instance_ports
+from hvd.net.model import METADATA_IP, METADATA_PORT
+
+log = logging.getLogger(__name__)
+
+NETNS_DIR = "/run/netns"  # where `ip netns` keeps its named namespaces
+CLONE_NEWNET = 0x40000000
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+SHUTDOWN_TIMEOUT_S = 1.0  # a guest's open keep-alive connection must not hold up a network's removal
+REQUESTS = Counter("hvd_metadata_requests_total", "Metadata service requests, by result (ok, unknown, not_found)",
+                   ["result"])
+
+
+# --- which instance is asking (pure reads, on the catalog's thread) ---------------------------
+
+def instance_at(conn: sqlite3.Connection, network_id: str, ip: str) -> str | None:
+    """The instance whose port on `network_id` holds `ip`, or None."""
+    row = conn.execute(
+        "SELECT p.device_id FROM ports p JOIN ip_allocations a ON a.port_id=p.id"
+        " WHERE p.network_id=? AND a.ip=? AND p.device_owner LIKE 'compute:%' AND p.device_id != ''",
+        (network_id, ip)).fetchone()
+    return str(row[0]) if row is not None else None
+
+
+def instance_facts(conn: sqlite3.Connection, network_id: str, ip: str, default_az: str) -> InstanceFacts | None:
+    """What the metadata documents say to the guest at `ip` on `network_id` (None: no such guest).
+    The availability zone defaults to that of the instance's host, as on its config drive."""
+    instance_id = instance_at(conn, network_id, ip)
+    if instance_id is None:
+        return None
+    inst = fetch_one(conn, "SELECT * FROM instances WHERE id=? AND deleted_at IS NULL", (instance_id,))
+    if inst is None:
+        return None
+    host = fetch_one(conn, "SELECT availability_zone FROM hosts WHERE name=?", (inst["host"] or "",))
+    ports = instance_ports(conn, instance_id)
+    port_ids = [p["id"] for p in ports]
+    groups = fetch_all(
+        conn, f"SELECT DISTINCT g.name FROM port_security_groups s JOIN security_groups g ON g.id=s.group_id"
+        f" WHERE s.port_id IN ({','.join('?' * len(port_ids)) or 'NULL'}) ORDER BY g.name", tuple(port_ids))
+    return facts_of(inst, availability_zone=host["availability_zone"] if host else default_az,
+                    nics=network_data_nics(ports),
+                    fixed_ips=[f["ip"] for p in ports for f in p["fixed_ips"]],
+                    floating_ips=[f for p in ports for f in p["floating_ips"]],
+                    security_groups=[g["name"] for g in groups])
+
+
+# --- listeners: which to close and open (pure) ------------------------------------------------
+
+@dataclass(frozen=True)
+class ListenerState:
+    """An open listener: the namespace it was opened in, identified by name and inode."""
+
+    netns: str
+    inode: int
+
+
+def stale_listeners(wanted: Mapping[str, str], have: Mapping[str, ListenerState],
+                    inodes: Mapping[str, int | None]) -> list[str]:
+    """Networks whose listener must close: no longer wanted, or its namespace is gone or is a
+    new one under the same name (`inodes`: namespace name -> current inode, None if absent)."""
+    return sorted(nid for nid, st in have.items()
+                  if wanted.get(nid) != st.netns or inodes.get(st.netns) != st.inode)
+
+
+def missing_listeners(wanted: Mapping[str, str], have: Mapping[str, ListenerState],
+                      inodes: Mapping[str, int | None]) -> list[str]:
+    """Networks wanting a listener that has none yet, whose namespace exists."""
+    return sorted(nid for nid, netns in wanted.items() if nid not in have and inodes.get(netns) is not None)
+
+
+# --- a socket inside a namespace (adapter) ----------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def netns_inode(netns: str) -> int | None:
+    """The inode identifying the namespace named `netns` now (None if there is none)."""
+    try:
+        return os.stat(os.path.join(NETNS_DIR, netns)).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def listen_in_netns(netns: str, address: str, port: int) -> tuple[socket.socket, int]:
+    """A listening TCP socket bound to `address:port` inside namespace `netns`, and the
+    namespace's inode. Blocking (call it in a worker thread).
+
+    setns(2) switches the calling thread only, so the switch happens in a new thread made for
+    this one call: no pooled or event-loop thread ever runs in another namespace, even if
+    switching back failed (the thread ends either way).
+    """
+    result: list[tuple[socket.socket, int]] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with open("/proc/thread-self/ns/net", "rb") as home, open(os.path.join(NETNS_DIR, netns), "rb") as ns:
+                inode = os.fstat(ns.fileno()).st_ino
+                _setns(ns.fileno())
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    # bind even while the address is missing from the device (a failed step): serves once it is there
+                    sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+                    sock.bind((address, port))
+                    sock.listen(128)
+                    sock.setblocking(False)
+                    _setns(home.fileno())
+                except BaseException:
+                    sock.close()
+                    raise
+                result.append((sock, inode))
+        except BaseException as exc:  # handed to the caller's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=work, name=f"netns-listen-{netns}", daemon=True)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+# --- the HTTP side ----------------------------------------------------------------------------
+
+NETWORK_ID = web.AppKey("network_id", str)
+
+
+@dataclass
+class _Listener:
+    state: ListenerState
+    runner: web.AppRunner
+
+
+class MetadataServer:
+    """Serves the metadata documents on one listener per network (see the module docstring).
+
+    `sync_before_apply` / `sync_after_apply` bracket each network converge with the networks
+    (id -> qdhcp- namespace) that should serve metadata on this host; `close` ends them all.
+    """
+
+    def __init__(self, catalog: Catalog, default_az: str, *, address: str = METADATA_IP,
+                 port: int = METADATA_PORT) -> None:
+        self.catalog = catalog
+        self.default_az = default_az
+        self.address = address
+        self.port = port
+        self.listeners: dict[str, _Listener] = {}
+
+    @property
+    def serving(self) -> dict[str, str]:
+        """Network id -> namespace of every open listener."""
+        return {nid: lst.state.netns for nid, lst in self.listeners.items()}
+
+    def _inodes(self, names: Sequence[str]) -> dict[str, int | None]:
+        return {name: netns_inode(name) for name in set(names)}
+
+    async def sync_before_apply(self, wanted: Mapping[str, str]) -> None:
+        """Close the listeners of networks going away (before their namespace is deleted)."""
+        have = {nid: lst.state for nid, lst in self.listeners.items()}
+        inodes = await asyncio.to_thread(self._inodes, [st.netns for st in have.values()])
+        for nid in stale_listeners(wanted, have, inodes):
+            await self._close(nid)
+
+    async def sync_after_apply(self, wanted: Mapping[str, str]) -> None:
+        """Open listeners for networks that need one; a failure is logged and retried by the next
+        converge (metadata must not hold back the network itself)."""
+        await self.sync_before_apply(wanted)  # a namespace re-created by this converge: reopen
+        have = {nid: lst.state for nid, lst in self.listeners.items()}
+        inodes = await asyncio.to_thread(self._inodes, list(wanted.values()))
+        for nid in missing_listeners(wanted, have, inodes):
+            try:
+                await self._open(nid, wanted[nid])
+            except OSError as exc:
+                log.error("metadata service for network %s in %s: %s (retried next converge)", nid, wanted[nid], exc)
+
+    async def close(self) -> None:
+        for nid in sorted(self.listeners):
+            await self._close(nid)
+
+    async def _open(self, network_id: str, netns: str) -> None:
+        sock, inode = await asyncio.to_thread(listen_in_netns, netns, self.address, self.port)
+        app = web.Application()
+        app[NETWORK_ID] = network_id
+        app.router.add_get("/{path:.*}", self._handle)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        try:
+            await runner.setup()
+            await web.SockSite(runner, sock).start()
+        except BaseException:
+            await runner.cleanup()
+            sock.close()
+            raise
+        self.listeners[network_id] = _Listener(ListenerState(netns, inode), runner)
+        log.info("metadata service for network %s listening on %s:%d in %s", network_id, self.address, self.port,
+                 netns)
+
+    async def _close(self, network_id: str) -> None:
+        listener = self.listeners.pop(network_id)
+        await listener.runner.cleanup()  # closes the listening socket too
+        log.info("metadata service for network %s closed", network_id)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        network_id = request.app[NETWORK_ID]
+        if not peer:
+            raise web.HTTPBadRequest(text="the peer address is unknown")
+        facts = await self.catalog.read(instance_facts, network_id, str(peer[0]), self.default_az)
+        if facts is None:
+            REQUESTS.labels("unknown").inc()
+            log.debug("metadata request from %s on network %s: no instance there", peer[0], network_id)
+            raise web.HTTPNotFound(text=f"no instance has address {peer[0]} on this network\n")
+        got = answer(facts, request.path)
+        if got is None:
+            REQUESTS.labels("not_found").inc()
+            raise web.HTTPNotFound(text=f"{request.path} is not a metadata document\n")
+        REQUESTS.labels("ok").inc()
+        body, content_type = got
+        return web.Response(body=body, content_type=content_type)
