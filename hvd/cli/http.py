@@ -73,13 +73,16 @@ class Session:
             path += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
         return self._send(method, path, body, token=self.token if auth else None)
 
-    def open(self, path: str, query: Mapping[str, Any] | None = None, timeout: float | None = None) -> Any:
-        """GET a streamed answer (e.g. /v1/events): the open response, read by the caller line by line."""
+    def open(self, path: str, query: Mapping[str, Any] | None = None, timeout: float | None = None,
+             method: str = "GET", data: Any = None, headers: Mapping[str, str] | None = None) -> Any:
+        """A streamed request or answer (/v1/events, image data): the open response, read by the caller;
+        `data` may be bytes or an iterable of chunks (then give Content-Length in `headers`)."""
         if self.token is None:
             self.login()
         if query:
             path += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
-        req = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {self.token}"})
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={**(headers or {}), "Authorization": f"Bearer {self.token}"})
         try:
             return urllib.request.urlopen(req, timeout=self.timeout if timeout is None else timeout)
         except urllib.error.HTTPError as exc:

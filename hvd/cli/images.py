@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from hvd.cli.commands import Action, Opt, Registry, Resource, body_from
-from hvd.cli.http import CliError, Session, _api_error
+from hvd.cli.http import CliError, Session
 from hvd.cli.output import print_one
 
 IMAGE = Resource(
@@ -52,8 +50,6 @@ def _chunks(path: Path, progress: Any, task: Any) -> Iterator[bytes]:
 
 def upload(session: Session, image_id: str, path: Path, show_progress: bool) -> None:
     """Stream a file to PUT /v1/images/{id}/file, with a rich progress bar if asked."""
-    if session.token is None:
-        session.login()
     size = path.stat().st_size
     progress = task = None
     if show_progress:
@@ -63,17 +59,11 @@ def upload(session: Session, image_id: str, path: Path, show_progress: bool) -> 
                             TransferSpeedColumn())
         task = progress.add_task(f"uploading {path.name}", total=size)
         progress.start()
-    req = urllib.request.Request(
-        f"{session.url}/v1/images/{quote(image_id)}/file", data=_chunks(path, progress, task), method="PUT",
-        headers={"Content-Type": "application/octet-stream", "Content-Length": str(size),
-                 "Authorization": f"Bearer {session.token}"})
     try:
-        with urllib.request.urlopen(req, timeout=max(session.timeout, 3600)):
+        with session.open(f"/v1/images/{quote(image_id)}/file", method="PUT", data=_chunks(path, progress, task),
+                          headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+                          timeout=max(session.timeout, 3600)):
             pass
-    except urllib.error.HTTPError as exc:
-        raise _api_error(exc) from None
-    except urllib.error.URLError as exc:
-        raise CliError(f"upload to {session.url} failed: {exc.reason}") from None
     finally:
         if progress is not None:
             progress.stop()
@@ -92,16 +82,9 @@ def image_create(session: Session, args: argparse.Namespace) -> None:
 
 def image_save(session: Session, args: argparse.Namespace) -> None:
     image = session.call("GET", f"/v1/images/{quote(args.image, safe='')}")
-    if session.token is None:
-        session.login()
-    req = urllib.request.Request(f"{session.url}/v1/images/{image['id']}/file",
-                                 headers={"Authorization": f"Bearer {session.token}"})
-    try:
-        with urllib.request.urlopen(req, timeout=3600) as resp, open(args.file, "wb") as out:
-            while chunk := resp.read(1 << 20):
-                out.write(chunk)
-    except urllib.error.HTTPError as exc:
-        raise _api_error(exc) from None
+    with session.open(f"/v1/images/{image['id']}/file", timeout=3600) as resp, open(args.file, "wb") as out:
+        while chunk := resp.read(1 << 20):
+            out.write(chunk)
 
 
 def image_upload(session: Session, args: argparse.Namespace) -> None:

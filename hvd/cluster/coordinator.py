@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 
 MEMBERSHIP_TIMEOUT_S = 60.0  # adding a member may ship it the whole catalog first
 MISDIRECTED = 421  # the peer is not the leader: the request was not appended, safe to retry elsewhere
+UNHEARD_POLL_S = 0.1  # how often a proposal held back for a member not heard from yet looks again
 
 
 class CatalogStateMachine:
@@ -187,8 +188,21 @@ class RaftCoordinator(Coordinator):
     # ------------------------------------------------------------------ writes
     async def propose(self, cmd: Command) -> dict[str, Any]:
         if self.gate is not None:
-            self.gate.check(cmd)  # before anything leaves this member; the leader checks again
+            await self._admit(cmd, self.gate)  # before anything leaves this member; the leader checks again
         return decode_result(await self.propose_bytes(encode(cmd)))
+
+    async def _admit(self, cmd: Command, gate: ProtocolGate) -> None:
+        """Raise UpgradeInProgress when a member cannot apply ``cmd``. A refusal only for members not
+        heard from yet waits for gossip (which hears a starting member within a second or two)
+        until the propose timeout: right after a start, every other member is one."""
+        deadline = time.monotonic() + self._propose_timeout
+        while True:
+            err, unheard_only = gate.refusal(cmd)
+            if err is None:
+                return
+            if not unheard_only or time.monotonic() + UNHEARD_POLL_S > deadline:
+                raise err
+            await asyncio.sleep(UNHEARD_POLL_S)
 
     async def propose_bytes(self, data: bytes) -> bytes:
         """Commit an encoded command through the leader; returns the encoded apply result.

@@ -16,6 +16,7 @@ from hvd.catalog import protocol
 from hvd.catalog.commands import Command, command_class, decode, split_identified
 from hvd.catalog.protocol import ClusterLevel, MemberLevel
 from hvd.cluster.gossip.service import MemberView
+from hvd.errors import UpgradeInProgress
 
 
 class Reports(Protocol):
@@ -49,17 +50,31 @@ class ProtocolGate:
         out[self.here.node_id] = self.here
         return out
 
-    def cluster_level(self) -> ClusterLevel:
-        return protocol.cluster_level(self._members(), self.heard(), ceiling=self.here.effective)
+    def cluster_level(self, heard_only: bool = False) -> ClusterLevel:
+        """The usable level over the Raft members; ``heard_only`` leaves out the members this host
+        has not heard from yet."""
+        heard = self.heard()
+        members = [m for m in self._members() if not heard_only or m in heard]
+        return protocol.cluster_level(members, heard, ceiling=self.here.effective)
+
+    def refusal(self, cmd: Command) -> tuple[UpgradeInProgress | None, bool]:
+        """On the proposing member, before the command leaves it: (the refusal or None, whether
+        only members not heard from yet stand in the way, so gossip may soon lift it)."""
+        view, required = self.cluster_level(), protocol.required_level(cmd)
+        err = protocol.refusal(cmd.type, required, view)
+        return err, err is not None and all(m.protocol is None for m in view.behind(required))
 
     def check(self, cmd: Command) -> None:
-        """On the proposing member, before the command leaves it."""
-        protocol.check(cmd, self.cluster_level())
+        err, _ = self.refusal(cmd)
+        if err is not None:
+            raise err
 
     def check_encoded(self, data: bytes) -> None:
-        """On the leader, for a proposal another member forwarded (``identified`` bytes): its view
-        of the cluster may be older than ours, or its build newer. A command this build cannot
-        decode is refused here too: appended, it would apply differently on newer members."""
+        """On the leader, for a proposal another member forwarded (``identified`` bytes): the
+        proposer checked against what it heard; the leader refuses it for a member *it* heard at
+        an older level (the proposer's news may be older), not for one it has not heard from yet
+        (the proposer has). A command this build cannot decode is refused too: appended, it would
+        apply differently on newer members."""
         _, body = split_identified(data)
         try:
             cmd = decode(body)
@@ -68,7 +83,7 @@ class ProtocolGate:
             if cmd_type and command_class(cmd_type) is None:
                 raise protocol.unknown_command(cmd_type, self.cluster_level(), self.here) from None
             raise
-        self.check(cmd)
+        protocol.check(cmd, self.cluster_level(heard_only=True))
 
 
 def _type_of(body: bytes) -> str:

@@ -4,6 +4,7 @@ the wire forms of released levels (tests/fixtures/protocol/)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -205,6 +206,31 @@ async def test_a_held_back_command_is_appended_nowhere_on_the_proposer_or_the_le
         await catalog.propose(FlavorCreate(id="f", name="f", vcpus=1, ram_mb=64, disk_gb=1, created_at="t"))
         gossip.reports["n3"] = ResourceReport(hvd_version="0.2.0", protocol=2)  # n3 upgraded
         assert (await catalog.propose(cmd))["id"] == "vt-1"
+    finally:
+        await coordinator.stop()
+        catalog.close()
+
+
+async def test_a_member_not_heard_from_yet_is_waited_for_and_only_the_proposer_counts_it(tmp_path: Path) -> None:
+    catalog = Catalog.open_raft(tmp_path / "catalog.db", lambda db, state: open_raft_coordinator(
+        ClusterSection(), "n1", tmp_path / "raft.db", db, state))
+    coordinator = catalog.coordinator
+    assert isinstance(coordinator, RaftCoordinator)
+    gossip = FakeGossip({})
+    coordinator.gate = ProtocolGate("n1", PROTOCOL, lambda: {"n1", "n2"})
+    coordinator.gate.use_gossip(gossip)  # n2 just started: gossip has not heard of it yet
+    await coordinator.start()
+    try:
+        cmd = VolumeTypeCreate(id="vt-1", name="fast", created_at="2026-12-01T00:00:00Z")
+        # the leader does not hold a forwarded proposal back for a member only the proposer has heard
+        coordinator.gate.check_encoded(_identified(encode(cmd)))
+        with pytest.raises(UpgradeInProgress, match="n2 has not been heard from yet"):
+            coordinator.gate.check(cmd)
+        proposal = asyncio.create_task(catalog.propose(cmd))  # waits for gossip instead of refusing at once
+        await asyncio.sleep(0.3)
+        assert not proposal.done()
+        gossip.reports["n2"] = ResourceReport(hvd_version="0.2.0", protocol=2, node_id="n2")
+        assert (await asyncio.wait_for(proposal, 5))["id"] == "vt-1"
     finally:
         await coordinator.stop()
         catalog.close()

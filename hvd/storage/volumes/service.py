@@ -25,7 +25,7 @@ from hvd.catalog.commands import Command
 from hvd.catalog.service import Catalog
 from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.config import Config
-from hvd.errors import HvdError, NotFound, NotImplementedYet, Timeout
+from hvd.errors import HvdError, NotFound, NotImplementedYet, Timeout, UpgradeInProgress
 from hvd.events import EventBus
 from hvd.identity.service import now_iso
 from hvd.storage import qemu_img
@@ -127,8 +127,12 @@ class VolumeService:
         if not force and now.keys() == self._reported.keys() and all(
                 abs(now[k] - self._reported[k]) < 1 for k in now):
             return
-        await self.catalog.propose(cv.VolumeBackendsReport(host=self.host, availability_zone=self.az, backends=rows,
-                                                           updated_at=now_iso()))
+        try:
+            await self.catalog.propose(cv.VolumeBackendsReport(host=self.host, availability_zone=self.az,
+                                                               backends=rows, updated_at=now_iso()))
+        except UpgradeInProgress as exc:  # a member runs an hvd without volumes: report once it is upgraded
+            log.info("volume capacity not reported yet: %s", exc.message)
+            return
         self._reported = now
 
     async def backend_infos(self) -> list[BackendInfo]:
