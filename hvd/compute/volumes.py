@@ -261,8 +261,9 @@ class ComputeVolumes:
     async def extend_online(self, volume_id: str, new_size_gb: int) -> dict[str, Any]:
         """Grow an in-use volume attached to a server of this host and tell the running guest.
 
-        A qcow2 file that a running QEMU holds is grown by QEMU itself (libvirt block resize); any
-        other volume by its backend first, then the guest is told. Multi-attached volumes are refused
+        A file that a running QEMU holds (raw or qcow2) is grown by QEMU itself (libvirt block
+        resize: qemu-img cannot take its lock); a logical volume, or any volume of a stopped server,
+        by its backend first, then the running guest is told. Multi-attached volumes are refused
         (as Cinder does). The volume ends in-use with the new size, or the old one with the error.
         """
         volume = await self._volume(volume_id)
@@ -280,8 +281,8 @@ class ComputeVolumes:
         try:
             power = await self.driver.get_power_state(att["instance_id"])
             live = power in (PowerState.RUNNING, PowerState.PAUSED)
-            qemu_grows = live and att["connection_info"].get("type") == "file" \
-                and att["connection_info"].get("format") == "qcow2"
+            # a file a running QEMU holds is locked against qemu-img: QEMU grows it itself
+            qemu_grows = live and att["connection_info"].get("type") == "file"
             if not qemu_grows:
                 if self.volume_host is None or volume["host"] != self.host:
                     raise Conflict(f"volume {volume_id} is on host {volume['host']}: its data is grown there")

@@ -164,11 +164,13 @@ async def test_volumes_follow_the_server_through_stop_reboot_and_delete(admin_ap
         assert domain_volumes(env, sid) == {vol: "vdd"}, name  # the regenerated definition has it
     driver: FakeDriver = env["compute"].manager.driver
     assert "vdd" in (await driver.console_log(sid)).splitlines()[-1]
-    # online extend: the backend grows the data, the running guest is told the new size
+    # online extend: a file the running QEMU holds is grown by QEMU (block resize), the guest told
     vols = env["compute"].volumes
     extended = await vols.extend_online(vol, 3)
     assert extended["size_gb"] == 3 and extended["status"] == "in-use"
-    assert vols.volume_host.grown == [(vol, 3)] and driver.domains[sid].volume_sizes[vol] == 3 << 30
+    assert vols.volume_host.grown == [] and driver.domains[sid].volume_sizes[vol] == 3 << 30
+    await action(admin_api, sid, "stop")  # no QEMU holds it: the backend grows the data
+    assert (await vols.extend_online(vol, 4))["size_gb"] == 4 and vols.volume_host.grown == [(vol, 4)]
     status, _ = await admin_api.call("DELETE", f"/v1/servers/{sid}?wait=true")
     assert status == 204
     assert await volume_status(env, vol) == "available"  # the volume outlives its server
