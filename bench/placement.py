@@ -120,6 +120,7 @@ async def three_voters(hosts: int, n: int, concurrency: int) -> None:
     loopback, each follower fsyncing): what a 3-voter cluster's leader sustains."""
     from hvd.api.internal import PeerEndpoint, StartupListener
     from hvd.cluster.coordinator import RaftCoordinator
+    from hvd.cluster.keys import peer_key
     from hvd.cluster.peer_auth import PeerVerifier
     from hvd.daemon import listen_socket
     from tests.conftest import start_daemon
@@ -139,7 +140,7 @@ async def three_voters(hosts: int, n: int, concurrency: int) -> None:
     sock = listen_socket(config)
     await coordinator.start()
     # the peer routes on node1's port, as a daemon serves them while it starts
-    startup = StartupListener(PeerEndpoint(coordinator, PeerVerifier(KEY.encode())), sock)
+    startup = StartupListener(PeerEndpoint(coordinator, PeerVerifier(peer_key(KEY.encode()))), sock)
     await startup.start()
     followers = [start_daemon(base / node, extra=extra, env={"HVD_HOST__NAME": node}, port=ports[node])
                  for node in ("node2", "node3")]

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hvd.catalog.cmd_resources import FlavorCreate
 from hvd.catalog.commands import encode
 from hvd.cluster.http_transport import PROPOSE_PATH, STATUS_PATH
+from hvd.cluster.keys import peer_key
 from hvd.cluster.peer_auth import sign_headers
 from tests.conftest import DaemonProcess, free_port, start_daemon, wait_listening
 
@@ -154,7 +155,7 @@ async def raw_rate(url: str, requests: list[bytes], concurrency: int) -> tuple[f
 
 def signed_request(host: str, path: str, body: bytes) -> bytes:
     """A complete signed HTTP/1.1 POST, ready to write to a socket."""
-    headers = sign_headers(KEY.encode(), "bench", "POST", path, body)
+    headers = sign_headers(peer_key(KEY.encode()), "bench", "POST", path, body)
     lines = [f"POST {path} HTTP/1.1", f"Host: {host}", "Content-Type: application/octet-stream",
              f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items())]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
@@ -267,7 +268,7 @@ async def wait_ready(c: Client, timeout: float = 30) -> None:
 
 async def status(session: aiohttp.ClientSession, cluster: Cluster, node: str) -> dict[str, Any] | None:
     path = STATUS_PATH
-    headers = sign_headers(KEY.encode(), "bench", "GET", path, b"")
+    headers = sign_headers(peer_key(KEY.encode()), "bench", "GET", path, b"")
     try:
         async with session.get(cluster.url(node) + path, headers=headers,
                                timeout=aiohttp.ClientTimeout(total=1)) as resp:

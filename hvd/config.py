@@ -17,6 +17,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -392,6 +393,27 @@ class ClusterSection(Section):
         return {node.strip(): url.strip().rstrip("/") for node, _, url in (p.partition("=") for p in self.peers)}
 
 
+class TlsSection(Section):
+    """TLS of the API and peer listener, with a cluster CA (hvd/cluster/tls.py, docs/operations.md)."""
+
+    enabled: bool = Field(
+        False,
+        description="Serve the API and peer routes over HTTPS with this host's certificate; peers then call each"
+        " other with mutual TLS (peer URLs are https://). Set up with `hvd cluster init` / `hvd cluster join`.",
+    )
+    ca_file: str = Field("", description="The cluster CA certificate; empty = <data_dir>/tls/ca.crt.")
+    ca_key_file: str = Field(
+        "", description="The cluster CA key (only on hosts that sign join requests); empty = <data_dir>/tls/ca.key."
+    )
+    cert_file: str = Field("", description="This host's certificate; empty = <data_dir>/tls/host.crt.")
+    key_file: str = Field("", description="This host's private key (mode 0600); empty = <data_dir>/tls/host.key.")
+    insecure_plaintext: bool = Field(
+        False,
+        description="Allow a cluster on non-loopback addresses without TLS (tokens, passwords and the Raft stream"
+        " then cross the network in clear): for closed lab networks only.",
+    )
+
+
 class GossipSection(Section):
     """SWIM gossip (hvd/cluster/gossip). The defaults are tuned by bench/gossip.py for a LAN of 5-100
     hosts: a crashed host is known dead everywhere in ~1.5 s (p99 ~2.5 s at 10 hosts, memberlist's
@@ -475,6 +497,23 @@ class Config(Section):
     images: ImagesSection = Field(default_factory=ImagesSection, description="Image data across hosts.")
     gossip: GossipSection = Field(default_factory=GossipSection, description="Host membership and liveness gossip.")
     volumes: VolumesSection = Field(default_factory=VolumesSection, description="Block storage (volumes).")
+    tls: TlsSection = Field(default_factory=TlsSection, description="TLS and the cluster CA.")
+
+    @model_validator(mode="after")
+    def _tls_off_loopback(self) -> Config:
+        urls = self.cluster.peer_urls().values()
+        schemes = {u.partition("://")[0] for u in urls}
+        if self.tls.enabled and "http" in schemes:
+            raise ValueError("[tls] enabled: every cluster peer URL must be https://")
+        if not self.tls.enabled and "https" in schemes:
+            raise ValueError("cluster peer URLs are https:// but [tls] enabled is false")
+        exposed = [h for h in (self.api.listen, *(urlparse(u).hostname or "" for u in urls)) if not _loopback(h)]
+        if self.cluster.peers and exposed and not self.tls.enabled and not self.tls.insecure_plaintext:
+            raise ValueError(
+                f"a cluster reached at {', '.join(sorted(set(exposed)))} needs TLS: run `hvd cluster init` and set"
+                " [tls] enabled = true (or, on a closed lab network only, [tls] insecure_plaintext = true)"
+            )
+        return self
 
     @property
     def host_name(self) -> str:
@@ -483,6 +522,15 @@ class Config(Section):
     @property
     def node_id(self) -> str:
         return self.cluster.node_id or self.host_name
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:

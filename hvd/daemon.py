@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from hvd import systemd
 from hvd.api.app import build_app
 from hvd.api.forward import PEERS
 from hvd.api.internal import PEER_SERVICE, PeerEndpoint, StartupListener
+from hvd.api.internal_join import JoinSigner
 from hvd.api.services import ApiServices
 from hvd.api.v1.admin import GOSSIP
 from hvd.api.v1.events import EVENTS
@@ -39,10 +41,12 @@ from hvd.cluster.gossip import hostreport
 from hvd.cluster.gossip import metrics as gossip_metrics
 from hvd.cluster.gossip.core import MemberEvent
 from hvd.cluster.gossip.service import GossipService, core_config
+from hvd.cluster.keys import peer_key
 from hvd.cluster.member import open_raft_coordinator
 from hvd.cluster.peer_auth import PeerVerifier
 from hvd.cluster.peers import PeerCaller
 from hvd.cluster.protocol_gate import ProtocolGate
+from hvd.cluster.tls import Contexts, load_contexts
 from hvd.compute.hostinfo import host_register_command
 from hvd.compute.manager import ComputeManager
 from hvd.compute.reconcile import Reconciler
@@ -144,7 +148,8 @@ def _own_url(config: Config, api_url: str) -> str:
     return config.cluster.peer_urls().get(config.node_id, api_url)
 
 
-def make_gossip(config: Config, catalog: Catalog, api_url: str) -> GossipService:
+def make_gossip(config: Config, catalog: Catalog, api_url: str,
+                client_ssl: ssl.SSLContext | None = None) -> GossipService:
     """Gossip over UDP with the cluster's members as seeds; alone (no peers) it runs without a socket."""
     seeds = _member_addresses(catalog)
 
@@ -163,7 +168,7 @@ def make_gossip(config: Config, catalog: Catalog, api_url: str) -> GossipService
     if advertise:
         advertise = socket.gethostbyname(advertise) if ":" not in advertise else advertise  # once, at start
     return GossipService(config.host_name, core_config(g), report, config.cluster.cluster_key.encode(),
-                         bind=(host, port), advertise_host=advertise, seeds=all_seeds)
+                         bind=(host, port), advertise_host=advertise, seeds=all_seeds, ssl_context=client_ssl)
 
 
 async def _report_loop(config: Config, catalog: Catalog, driver: ComputeDriver, gossip: GossipService,
@@ -191,11 +196,13 @@ STARTUP_LISTENER = "startup_listener"
 BUILD_RECOVERY_INTERVAL_S = 5.0
 
 
-def open_catalog(config: Config, data_dir: Path) -> tuple[Catalog, RaftCoordinator]:
+def open_catalog(config: Config, data_dir: Path,
+                 client_ssl: ssl.SSLContext | None = None) -> tuple[Catalog, RaftCoordinator]:
     """The catalog replicated by embedded Raft; a host without peers is a one-voter cluster."""
     catalog = Catalog.open_raft(
         data_dir / "catalog.db",
-        lambda db, state: open_raft_coordinator(config.cluster, config.node_id, data_dir / "raft.db", db, state),
+        lambda db, state: open_raft_coordinator(config.cluster, config.node_id, data_dir / "raft.db", db, state,
+                                                ssl_context=client_ssl),
     )
     coordinator = catalog.coordinator
     assert isinstance(coordinator, RaftCoordinator)
@@ -204,11 +211,12 @@ def open_catalog(config: Config, data_dir: Path) -> tuple[Catalog, RaftCoordinat
     return catalog, coordinator
 
 
-async def bootstrap_identity(config: Config, identity: IdentityService, openrc: Path, api_url: str) -> None:
+async def bootstrap_identity(config: Config, identity: IdentityService, openrc: Path, api_url: str,
+                             cacert: str = "") -> None:
     """Create the admin on a new cluster. Members starting together may race: the first command
     of the bootstrap (the admin project) decides, and the others find it taken."""
     try:
-        await identity.bootstrap(config.identity.admin_password, openrc, api_url)
+        await identity.bootstrap(config.identity.admin_password, openrc, api_url, cacert)
     except Conflict:
         log.info("identity was bootstrapped by another cluster member")
 
@@ -248,8 +256,10 @@ async def running_services(config: Config, listener: socket.socket | None = None
     data_dir = Path(config.host.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     Path(config.host.instances_path).mkdir(parents=True, exist_ok=True)
-    api_url = f"http://{config.api.listen}:{config.api.port}"
-    catalog, coordinator = open_catalog(config, data_dir)
+    tls = load_contexts(config)  # None: plain HTTP (loopback, or the insecure_plaintext opt-out)
+    client_ssl = tls.client if tls is not None else None
+    api_url = f"{'https' if tls else 'http'}://{config.api.listen}:{config.api.port}"
+    catalog, coordinator = open_catalog(config, data_dir, client_ssl)
     startup: StartupListener | None = None
     gossip: GossipService | None = None
     purges: asyncio.Task[None] | None = None
@@ -258,12 +268,13 @@ async def running_services(config: Config, listener: socket.socket | None = None
         await coordinator.start()
         health.add("raft", coordinator.health)
         key = config.cluster.cluster_key.encode()
-        endpoint = PeerEndpoint(coordinator, PeerVerifier(key) if key else None)
+        endpoint = PeerEndpoint(coordinator, PeerVerifier(peer_key(key)) if key else None,
+                                require_client_cert=tls is not None, join=_join_signer(tls, key, catalog))
         if listener is not None:
-            startup = StartupListener(endpoint, listener)
+            startup = StartupListener(endpoint, listener, tls.server if tls is not None else None)
             await startup.start()
         # before waiting for Raft: liveness does not depend on a quorum (a report follows the driver)
-        gossip = make_gossip(config, catalog, api_url)
+        gossip = make_gossip(config, catalog, api_url, client_ssl)
         await gossip.start()
         coordinator.add_conf_listener(_leave_gossip_when_removed(config.node_id, gossip))
         endpoint.gossip = gossip
@@ -273,9 +284,9 @@ async def running_services(config: Config, listener: socket.socket | None = None
         await wait_for_cluster(coordinator)
         identity = IdentityService(catalog, config.identity.token_ttl_s)
         openrc = Path(config.identity.openrc_path or data_dir / "openrc")
-        await bootstrap_identity(config, identity, openrc, api_url)
+        await bootstrap_identity(config, identity, openrc, api_url, str(tls.files.ca_cert) if tls else "")
         purges = asyncio.create_task(run_purges(catalog))  # expired tokens, old instance actions (leader)
-        async with running_compute(config, catalog, api_url, health, gossip) as extra:
+        async with running_compute(config, catalog, api_url, health, gossip, client_ssl) as extra:
             extra[PEER_SERVICE] = endpoint
             extra[GOSSIP] = gossip
             extra[STARTUP_LISTENER] = startup
@@ -293,6 +304,13 @@ async def running_services(config: Config, listener: socket.socket | None = None
             await startup.close()
         await catalog.coordinator.stop()
         catalog.close()
+
+
+def _join_signer(tls: Contexts | None, key: bytes, catalog: Catalog) -> JoinSigner | None:
+    """Joining hosts get certificates from members (those holding the CA key sign) when TLS is on."""
+    if tls is None or not key:
+        return None
+    return JoinSigner(key, tls.files, catalog.propose)
 
 
 def _member_addresses(catalog: Catalog) -> Callable[[], dict[str, str]]:
@@ -345,7 +363,7 @@ async def _cluster_upkeep(service: ComputeService) -> None:
 @contextlib.asynccontextmanager
 async def running_compute(
     config: Config, catalog: Catalog, api_url: str, health: Health | None = None,
-    gossip: GossipService | None = None,
+    gossip: GossipService | None = None, client_ssl: ssl.SSLContext | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Driver → host record → image store/cache → manager → placement → crash repair → sync loop."""
     events = EventBus(host=config.host_name)
@@ -378,8 +396,8 @@ async def running_compute(
             reporting = asyncio.create_task(_report_loop(config, catalog, driver, gossip, api_url))
         service = ComputeService(config, catalog, Policy(config.identity.policy), manager, placement, events)
         if config.cluster.cluster_key:
-            peers = PeerCaller(host, config.node_id, config.cluster.cluster_key.encode(), catalog,
-                               _member_addresses(catalog))
+            peers = PeerCaller(host, config.node_id, peer_key(config.cluster.cluster_key.encode()), catalog,
+                               _member_addresses(catalog), client_ssl)
             await peers.start()
             service.builds.peers = peers
             manager.peers = peers
@@ -426,6 +444,8 @@ async def serve(config: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     listener = listen_socket(config) if config.cluster.peers else None
+    tls = load_contexts(config)
+    server_ssl = tls.server if tls is not None else None
     async with contextlib.AsyncExitStack() as stack:
         if listener is not None:
             stack.callback(listener.close)
@@ -447,9 +467,9 @@ async def serve(config: Config) -> int:
         await runner.setup()
         site: web.BaseSite
         if listener is not None:
-            site = web.SockSite(runner, listener)
+            site = web.SockSite(runner, listener, ssl_context=server_ssl)
         else:
-            site = web.TCPSite(runner, config.api.listen, config.api.port, reuse_address=True)
+            site = web.TCPSite(runner, config.api.listen, config.api.port, reuse_address=True, ssl_context=server_ssl)
         await site.start()
         startup = services.extra.pop(STARTUP_LISTENER, None)
         if startup is not None:

@@ -1,8 +1,11 @@
 """Peer routes under /internal/v1: the Raft message stream, forwarded proposals, read-index, status.
 
-The auth middleware lets /internal/ through without a user token, so every handler here first
-checks the peer signature (HMAC-SHA256 with the cluster key, time window, replay cache) and
-answers 401 before doing anything. These routes are not in the public OpenAPI document.
+With [tls] enabled, every /internal route but the two of internal_join.py refuses a connection
+that presented no client certificate (the handshake already checked a presented one against the
+cluster CA): mutual TLS. The auth middleware lets /internal/ through without a user token, so
+every handler here also checks the peer signature (HMAC-SHA256 with a key derived from the
+cluster key, time window, replay cache) and answers 401 before doing anything. These routes are
+not in the public OpenAPI document.
 """
 
 from __future__ import annotations
@@ -11,11 +14,15 @@ import asyncio
 import json
 import logging
 import socket
+import ssl
 from dataclasses import dataclass, field
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from hvd.api import internal_join
+from hvd.api.internal_join import JoinSigner
 from hvd.api.middleware import error_body, error_middleware, request_id_middleware
+from hvd.api.routing import Handler
 from hvd.catalog.state import encode_result
 from hvd.cluster.coordinator import MEMBERSHIP_TIMEOUT_S, RaftCoordinator, routing_error_response
 from hvd.cluster.gossip.service import PUSH_PULL_PATH, GossipService
@@ -30,6 +37,7 @@ from hvd.cluster.http_transport import (
 )
 from hvd.cluster.peer_auth import FrameOpener, PeerAuthError, PeerVerifier
 from hvd.cluster.raft.messages import Message
+from hvd.cluster.tls import presented_client_cert
 from hvd.errors import BadRequest, HvdError, NotLeader, PayloadTooLarge, ServiceUnavailable, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -47,6 +55,8 @@ class PeerEndpoint:
     coordinator: RaftCoordinator
     verifier: PeerVerifier | None  # None when no cluster_key is set: every peer request is refused
     gossip: GossipService | None = None  # set once gossip runs: serves push-pull state syncs
+    require_client_cert: bool = False  # [tls] enabled: peer routes are mutual TLS
+    join: JoinSigner | None = None  # [tls] enabled: joining hosts get certificates here
     # bodies are read before their signature can be checked: at most this many big ones at once,
     # so anonymous requests can buffer at most PRE_AUTH_READERS x MAX_PEER_REQUEST bytes
     pre_auth: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(PRE_AUTH_READERS))
@@ -222,9 +232,23 @@ async def gossip_leave(request: web.Request) -> web.Response:
 _leaving: set[asyncio.Task[None]] = set()
 
 
+@web.middleware
+async def client_cert_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Mutual TLS on peer routes: no cluster client certificate, no peer route."""
+    if (request.path.startswith("/internal/") and request.path not in internal_join.OPEN_PATHS
+            and request.app[PEER].require_client_cert):
+        transport = request.transport
+        if not presented_client_cert(transport.get_extra_info("ssl_object") if transport is not None else None):
+            raise Unauthorized("peer routes need a client certificate of the cluster CA (mutual TLS)")
+    return await handler(request)
+
+
 def install(app: web.Application, endpoint: PeerEndpoint) -> None:
     """Add the peer routes to ``app`` (outside the public Router, so outside OpenAPI)."""
     app[PEER] = endpoint
+    app.middlewares.append(client_cert_middleware)
+    if endpoint.join is not None:
+        internal_join.install(app, endpoint.join)
     app[STREAMS] = set()
     app.on_shutdown.append(_close_streams)
     app.router.add_get(STREAM_PATH, raft_stream)
@@ -258,15 +282,16 @@ class StartupListener:
     then this one stops (requests it still holds finish normally).
     """
 
-    def __init__(self, endpoint: PeerEndpoint, sock: socket.socket) -> None:
+    def __init__(self, endpoint: PeerEndpoint, sock: socket.socket, ssl_context: ssl.SSLContext | None = None) -> None:
         self._app = build_startup_app(endpoint)
         self._sock = sock
+        self._ssl = ssl_context
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
         await self._runner.setup()
-        await web.SockSite(self._runner, self._sock.dup()).start()
+        await web.SockSite(self._runner, self._sock.dup(), ssl_context=self._ssl).start()
 
     async def close(self) -> None:
         if self._runner is not None:

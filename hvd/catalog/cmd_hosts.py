@@ -191,3 +191,26 @@ def claim_promote(conn: sqlite3.Connection, cmd: ClaimPromote) -> Result:
     conn.execute("DELETE FROM claims WHERE instance_id=? AND kind='instance'", (cmd.instance_id,))
     conn.execute("UPDATE claims SET kind='instance' WHERE instance_id=? AND kind='resize'", (cmd.instance_id,))
     return {"instance_id": cmd.instance_id}
+
+
+class JoinTokenUse(Command):
+    """A member is about to sign a joining host's certificate with join token ``token_id``: the use
+    is committed first, so each token admits one host, on every member (hvd/cluster/join_token.py).
+    Uses of tokens expired by ``now`` are forgotten (an expired token is refused before this)."""
+
+    since = 2  # catalog protocol level (hvd/catalog/protocol.py): new in hvd 0.2.0
+    type: Literal["cluster.join_token_use"] = "cluster.join_token_use"
+    token_id: str = Field(min_length=1, max_length=64)
+    expires: Int64
+    node_id: str = Field(max_length=255)
+    now: Int64
+
+
+@handles(JoinTokenUse)
+def join_token_use(conn: sqlite3.Connection, cmd: JoinTokenUse) -> Result:
+    key = f"join-token:{cmd.token_id}"
+    if fetch_one(conn, "SELECT key FROM meta WHERE key=?", (key,)):
+        raise Conflict("join token already used: ask a member for a new one (hvd cluster join-token)")
+    conn.execute("DELETE FROM meta WHERE key LIKE 'join-token:%' AND CAST(value AS INTEGER) < ?", (cmd.now,))
+    conn.execute("INSERT INTO meta VALUES (?, ?)", (key, str(cmd.expires)))
+    return {"token_id": cmd.token_id, "node_id": cmd.node_id}

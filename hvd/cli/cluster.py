@@ -1,4 +1,5 @@
-"""CLI of /v1/cluster: `hvd cluster show|add|remove|leader` (admin)."""
+"""CLI of /v1/cluster: `hvd cluster show|add|remove|leader` (admin); the local TLS set-up commands
+(init, issue, join-token, join) are in cluster_tls."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 from typing import Any
 from urllib.parse import quote
 
+from hvd.cli.cluster_tls import register_cluster_tls
 from hvd.cli.commands import Action, Opt, Registry
 from hvd.cli.http import Session
 from hvd.cli.output import print_list
@@ -59,3 +61,4 @@ def register_cluster(registry: Registry) -> None:
     registry.register_action("cluster", Action("leader", "hand leadership to another voter", cluster_leader,
                                                (Opt("to", "", "the voter's node id"),),
                                                operations=("POST /v1/cluster/leader",)))
+    register_cluster_tls(registry)

@@ -1,7 +1,8 @@
 """A small synchronous client of the public API for the CLI (urllib, no dependencies).
 
 Credentials come from the environment like an openrc: HVD_URL, and HVD_TOKEN or
-HVD_USERNAME / HVD_PASSWORD / HVD_PROJECT. API errors become `CliError`s whose message carries the
+HVD_USERNAME / HVD_PASSWORD / HVD_PROJECT; HVD_CACERT (or `hvd --cacert`) names the cluster CA
+that an https:// API's certificate is verified against. API errors become `CliError`s whose message carries the
 status and request id, so `hvd` prints one line and exits 1.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -38,6 +40,7 @@ class Session:
     password: str | None = None
     project: str | None = None
     timeout: float = 60.0
+    cacert: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Session:
@@ -48,6 +51,7 @@ class Session:
             username=env.get("HVD_USERNAME") or None,
             password=env.get("HVD_PASSWORD") or None,
             project=env.get("HVD_PROJECT") or None,
+            cacert=env.get("HVD_CACERT") or None,
         )
 
     def login(self) -> dict[str, Any]:
@@ -84,7 +88,8 @@ class Session:
         req = urllib.request.Request(self.url + path, data=data, method=method,
                                      headers={**(headers or {}), "Authorization": f"Bearer {self.token}"})
         try:
-            return urllib.request.urlopen(req, timeout=self.timeout if timeout is None else timeout)
+            return urllib.request.urlopen(req, timeout=self.timeout if timeout is None else timeout,
+                                          context=self._tls())
         except urllib.error.HTTPError as exc:
             raise _api_error(exc) from None
         except urllib.error.URLError as exc:
@@ -103,6 +108,14 @@ class Session:
                 return
             query["marker"] = page["next"]
 
+    def _tls(self) -> ssl.SSLContext | None:
+        if not self.cacert:
+            return None  # urllib's default: the system's CAs
+        try:
+            return ssl.create_default_context(cafile=self.cacert)
+        except (OSError, ssl.SSLError) as exc:
+            raise CliError(f"cannot use HVD_CACERT {self.cacert}: {exc}") from None
+
     def _send(self, method: str, path: str, body: Any, token: str | None) -> Any:
         headers = {"Accept": "application/json"}
         data = None
@@ -113,7 +126,7 @@ class Session:
             headers["Authorization"] = f"Bearer {token}"
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._tls()) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             raise _api_error(exc) from None
@@ -133,6 +146,9 @@ class Session:
 
 
 def _reason(reason: object) -> str:
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return f"{reason.verify_message or reason} (set HVD_CACERT to the cluster CA, e.g. <data_dir>/tls/ca.crt)"
+
     if isinstance(reason, OSError) and reason.strerror:
         return reason.strerror
     return str(reason)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hvd", description="hvd: compute daemon and client")
     parser.add_argument("--version", action="version",
                         version=f"hvd {__version__} (catalog schema {len(MIGRATIONS)})")
+    parser.add_argument("--cacert", metavar="FILE",
+                        help="cluster CA certificate to verify an https:// API (default: $HVD_CACERT)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("daemon", help="run the daemon in the foreground")
     p.add_argument("-c", "--config", type=Path, help="hvd.toml")
@@ -74,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.cacert:
+        os.environ["HVD_CACERT"] = args.cacert  # read by the client session, like the other HVD_* settings
     try:
         code = args.func(args)
     except HvdError as exc:

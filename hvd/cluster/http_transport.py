@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import deque
 
 import aiohttp
@@ -46,11 +47,14 @@ def decode_batch(body: bytes) -> list[Message]:
 class PeerClient:
     """Signed HTTP calls to other members (one aiohttp session, created on ``start``)."""
 
-    def __init__(self, node_id: str, peers: dict[str, str], key: bytes) -> None:
+    def __init__(self, node_id: str, peers: dict[str, str], key: bytes,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        """``key``: the derived peer HMAC key; ``ssl_context``: the cluster's client TLS context."""
         self.node_id = node_id
         self.peers: dict[str, str] = {}
         self.set_peers(peers)
         self._key = key
+        self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
 
     def set_peers(self, peers: dict[str, str]) -> None:
@@ -58,7 +62,8 @@ class PeerClient:
         self.peers = {p: url.rstrip("/") for p, url in peers.items() if p != self.node_id and url}
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit_per_host=32))
+        connector = aiohttp.TCPConnector(limit_per_host=32, ssl=self._ssl if self._ssl is not None else True)
+        self._session = aiohttp.ClientSession(connector=connector)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -9,12 +9,14 @@ starts with no membership at all and learns it from the leader once a member add
 from __future__ import annotations
 
 import logging
+import ssl
 from pathlib import Path
 
 from hvd.catalog.db import Database
 from hvd.catalog.state import CatalogState
 from hvd.cluster.coordinator import CatalogStateMachine, RaftCoordinator
 from hvd.cluster.http_transport import HttpTransport, PeerClient
+from hvd.cluster.keys import peer_key
 from hvd.cluster.raft.driver import RaftDriver
 from hvd.cluster.raft.log import RaftLog
 from hvd.cluster.raft.messages import ConfState, Snapshot, SnapshotMeta
@@ -83,8 +85,10 @@ def open_raft_coordinator(
     *,
     snapshot_every: int = 10_000,  # a snapshot copies the whole catalog: not too often
     network: InMemoryNetwork | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> RaftCoordinator:
-    """A RaftCoordinator for this host (``network`` replaces HTTP in tests)."""
+    """A RaftCoordinator for this host (``network`` replaces HTTP in tests; ``ssl_context``: the
+    cluster's client TLS context when [tls] is enabled)."""
     peers = cluster.peer_urls()
     conf = initial_conf(node_id, list(peers), cluster.voters, peers)
     sm = CatalogStateMachine(db, state)
@@ -101,7 +105,7 @@ def open_raft_coordinator(
     if network is not None:
         transport = network.endpoint(node_id)
     else:
-        client = PeerClient(node_id, peers, cluster.cluster_key.encode())
+        client = PeerClient(node_id, peers, peer_key(cluster.cluster_key.encode()), ssl_context)
         transport = http = HttpTransport(client)
     driver = RaftDriver(config, storage, transport, sm, tick_seconds=tick, snapshot_every=snapshot_every,
                         apply_executor=db.executor)

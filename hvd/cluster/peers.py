@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -41,16 +42,22 @@ class PeerCaller:
     """Signed calls from this host to the daemon of another host, by host name."""
 
     def __init__(self, host: str, node_id: str, key: bytes, catalog: Catalog,
-                 member_addresses: Callable[[], dict[str, str]] | None = None) -> None:
+                 member_addresses: Callable[[], dict[str, str]] | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        """``key``: the derived peer HMAC key (keys.peer_key); ``ssl_context``: the cluster's client
+        TLS context (mutual TLS), None on a loopback cluster without TLS."""
         self.host = host
         self.node_id = node_id
         self._key = key
         self._catalog = catalog
         self._member_addresses = member_addresses or (lambda: {})
+        self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit_per_host=64))
+        # every host-to-host call (forwarding, builds, images, disks, events) goes through this session
+        connector = aiohttp.TCPConnector(limit_per_host=64, ssl=self._ssl if self._ssl is not None else True)
+        self._session = aiohttp.ClientSession(connector=connector)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -225,9 +225,10 @@ class IdentityService:
     async def purge_expired(self) -> None:
         await self.catalog.propose(TokenPurge(now=now_iso()))
 
-    async def bootstrap(self, admin_password: str, openrc_path: Path, api_url: str) -> bool:
+    async def bootstrap(self, admin_password: str, openrc_path: Path, api_url: str, cacert: str = "") -> bool:
         """On first start create project+user admin (role admin), project demo and user demo
-        (role member); write admin credentials to `openrc_path` (0600). False if already done.
+        (role member); write admin credentials to `openrc_path` (0600), with HVD_CACERT = ``cacert``
+        (the cluster CA, to verify an HTTPS API) when given. False if already done.
         Also prepares the hash an unknown user's login is checked against (start-up pays it)."""
         await self._ensure_dummy()
         count = await self.catalog.read(lambda c: c.execute("SELECT COUNT(*) FROM users").fetchone()[0])
@@ -248,7 +249,8 @@ class IdentityService:
         text = (
             f"export HVD_URL={api_url}\nexport HVD_USERNAME=admin\nexport HVD_PASSWORD={password}\n"
             "export HVD_PROJECT=admin\n"
-            f"# demo user (role member in project demo): HVD_USERNAME=demo HVD_PASSWORD={demo_password}\n"
+            + (f"export HVD_CACERT={cacert}\n" if cacert else "")
+            + f"# demo user (role member in project demo): HVD_USERNAME=demo HVD_PASSWORD={demo_password}\n"
         )
         # on disk before the admin exists: a crash after its commit must not lose a generated password
         await asyncio.to_thread(write_private, pending, text)

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import requests
 
+from hvd.cluster.keys import peer_key
 from hvd.cluster.peer_auth import sign_headers
 from tests.conftest import DaemonProcess, free_port, start_daemon
 
@@ -158,7 +159,7 @@ def test_peer_routes_refuse_unsigned_forged_and_replayed_requests(cluster: Clust
     forged = sign_headers(b"not-the-cluster-key-at-all", "node2", "GET", status_path, b"")
     assert requests.get(url + status_path, headers=forged, timeout=5).status_code == 401
 
-    signed = sign_headers(KEY.encode(), "node2", "GET", status_path, b"")
+    signed = sign_headers(peer_key(KEY.encode()), "node2", "GET", status_path, b"")
     r = requests.get(url + status_path, headers=signed, timeout=5)
     assert r.status_code == 200 and r.json()["node_id"] == "node1" and r.json()["leader"] in IDS
     assert requests.get(url + status_path, headers=signed, timeout=5).status_code == 401  # replay

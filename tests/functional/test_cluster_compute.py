@@ -355,12 +355,14 @@ def test_a_snapshot_is_kept_on_two_hosts_and_boots_on_a_third(cloud: Cluster, im
 
 
 def test_a_build_call_from_a_deposed_leader_is_refused(cloud: Cluster) -> None:
+    from hvd.cluster.keys import peer_key
     from hvd.cluster.peer_auth import sign_headers
     from hvd.compute.builds import BUILD_PATH
     from tests.functional.test_cluster import KEY
 
     body = json.dumps({"instance_id": "0" * 36, "action_id": "a", "term": 0, "leader": "node1"}).encode()
-    headers = {**sign_headers(KEY.encode(), "node1", "POST", BUILD_PATH, body), "Content-Type": "application/json"}
+    signed = sign_headers(peer_key(KEY.encode()), "node1", "POST", BUILD_PATH, body)
+    headers = {**signed, "Content-Type": "application/json"}
     r = requests.post(cloud.url("node2") + BUILD_PATH, data=body, headers=headers, timeout=30)
     assert r.status_code == 409 and "carries term 0" in r.text, r.text
     unsigned = requests.post(cloud.url("node2") + BUILD_PATH, data=body, timeout=30)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hvd.cluster.http_transport import PROPOSE_PATH
+from hvd.cluster.keys import peer_key
 from hvd.cluster.peer_auth import sign_headers
 from hvd.config import load_config
 from tests.conftest import free_port, serve_in_process, write_config
@@ -39,5 +40,5 @@ async def test_an_anonymous_big_peer_body_is_refused_before_it_is_read(tmp_path:
     port = free_port()
     config = load_config(write_config(tmp_path / "hvd", port, extra=f'[cluster]\ncluster_key = "{KEY}"\n'))
     async with serve_in_process(config):
-        headers = sign_headers(KEY.encode(), "intruder", "POST", PROPOSE_PATH, b"", now=time.time() - 3600)
+        headers = sign_headers(peer_key(KEY.encode()), "intruder", "POST", PROPOSE_PATH, b"", now=time.time() - 3600)
         assert await _status_without_body(port, dict(headers) if when == "stale" else {}) == 401

@@ -114,6 +114,8 @@ def daemon_config(index: int, k: int, hosts: int, data_dir: Path, admin_password
         "network": {"local_ip": host_ip(index, k), "vxlan_underlay": "ul0",
                     "netns_prefix": f"{lab_name(index)}{name}-"},
         "cluster": {"peers": peers, "cluster_key": cluster_key},
+        # lab addresses live only inside the lab's namespaces (never routed off the machine)
+        "tls": {"insecure_plaintext": True},
     }
     return merge_config(base, overrides)
 

@@ -14,6 +14,7 @@ from hvd.cluster.gossip.core import CoreConfig, MemberEvent
 from hvd.cluster.gossip.hostreport import build_report
 from hvd.cluster.gossip.report import ResourceReport, significant_change
 from hvd.cluster.gossip.service import PUSH_PULL_PATH, GossipService
+from hvd.cluster.keys import peer_key
 from hvd.cluster.peer_auth import PeerVerifier
 from hvd.config import Config, load_config
 from hvd.drivers.base import HostResources
@@ -25,7 +26,7 @@ FAST = CoreConfig(probe_interval=0.1, probe_timeout=0.04, gossip_interval=0.02, 
 
 async def _serve_push_pull(holder: dict[str, GossipService]) -> tuple[web.AppRunner, str]:
     """A minimal signed push-pull route for ``holder["svc"]`` (the daemon's is in hvd/api/internal.py)."""
-    verifier = PeerVerifier(KEY)
+    verifier = PeerVerifier(peer_key(KEY))
 
     async def handler(request: web.Request) -> web.Response:
         body = await request.read()

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import random
+import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,7 @@ from hvd.cluster.gossip.codec import PacketCodec, Refused, dumps
 from hvd.cluster.gossip.core import ALIVE, Addr, CoreConfig, GossipCore, MemberEvent
 from hvd.cluster.gossip.endpoint import UdpEndpoint
 from hvd.cluster.gossip.report import ResourceReport, parse_report
+from hvd.cluster.keys import peer_key
 from hvd.cluster.peer_auth import sign_headers
 from hvd.config import GossipSection
 
@@ -52,13 +54,17 @@ class GossipService:
 
     def __init__(self, name: str, config: CoreConfig, report: ResourceReport, cluster_key: bytes = b"",
                  bind: Addr | None = None, advertise_host: str = "",
-                 seeds: Callable[[], dict[str, str]] = dict, rng: random.Random | None = None) -> None:
+                 seeds: Callable[[], dict[str, str]] = dict, rng: random.Random | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         """``bind`` None = solo (no peers, no socket). ``seeds()`` gives node id -> peer API URL of the
-        members to join through (read again at every attempt: membership changes at run time)."""
+        members to join through (read again at every attempt: membership changes at run time).
+        ``cluster_key`` is the configured text (packets and push-pull derive their own keys from it);
+        ``ssl_context`` is the cluster's client TLS context for push-pull when [tls] is enabled."""
         self.name = name
         self._config = config
         self._report = report
-        self._key = cluster_key
+        self._key = peer_key(cluster_key)
+        self._ssl = ssl_context
         self._bind = bind
         self._advertise_host = advertise_host
         self._seeds = seeds
@@ -87,7 +93,8 @@ class GossipService:
             self._endpoint = UdpEndpoint(self._on_packet)
             bound = await self._endpoint.open(*self._bind)
             addr = (self._advertise_host or bound[0], bound[1])
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True))
             log.info("gossip on udp %s:%d (advertised as %s:%d)", bound[0], bound[1], *addr)
         self.addr = addr
         self._core = GossipCore(self.name, addr, self._report.wire(), self._config, self._rng, loop.time())
