@@ -124,6 +124,7 @@ class Resource:
     update: Sequence[Opt] | None = None  # PATCH fields: gives `set`
     list_query: Sequence[Opt] = ()
     deletable: bool = True
+    summary: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # a list row made readable (show: all)
 
     def url(self, ref: str) -> str:
         from urllib.parse import quote
@@ -156,7 +157,8 @@ class Resource:
         print_one(session.call("POST", self.path, body_from(self.create or (), args)), args)
 
     def _list(self, session: Session, args: argparse.Namespace) -> None:
-        print_list(session.list_all(self.path, self.plural, body_from(self.list_query, args)), self.columns, args)
+        rows = session.list_all(self.path, self.plural, body_from(self.list_query, args))
+        print_list([self.summary(r) for r in rows] if self.summary else rows, self.columns, args)
 
     def _show(self, session: Session, args: argparse.Namespace) -> None:
         print_one(session.call("GET", self.url(getattr(args, self.name))), args)

@@ -68,7 +68,7 @@ PORT_SECURITY = (Opt("--enable-port-security", "port_security_enabled", "anti-sp
                      kind="const", const=False))
 PORT = Resource(
     "port", "/v1/ports", "ports", ("id", "name", "mac_address", "fixed_ips", "device_owner", "status"),
-    ref="port id or name",
+    ref="port id or name", summary=lambda row: {**row, "fixed_ips": [ip["ip_address"] for ip in row["fixed_ips"]]},
     create=(Opt("name", "name", "port name"),
             Opt("--network", "network", "network id or name", required=True),
             Opt("--fixed-ip", "fixed_ips", "subnet-id=ID and/or ip-address=IP (repeat)", kind="list",

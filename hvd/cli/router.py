@@ -4,14 +4,23 @@ ports, and the external gateway (SNAT)."""
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from hvd.cli.commands import Action, Opt, Registry, Resource, body_from
 from hvd.cli.http import CliError, Session
 from hvd.cli.output import print_one
 
+
+def router_summary(row: dict[str, Any]) -> dict[str, Any]:
+    """A router in a list: its gateway and interfaces as their addresses."""
+    gateway = row.get("external_gateway")
+    return {**row, "external_gateway": gateway and gateway.get("ip_address"),
+            "interfaces": [i["ip_address"] for i in row.get("interfaces") or []]}
+
+
 ROUTER = Resource(
     "router", "/v1/routers", "routers", ("id", "name", "external_gateway", "interfaces", "host"),
-    ref="router id or name",
+    ref="router id or name", summary=router_summary,
     create=(Opt("name", "name", "router name"),
             Opt("--external-gateway", "external_gateway", "external network id or name (SNAT through it)",
                 type=lambda network: {"network": network}, metavar="NETWORK")),

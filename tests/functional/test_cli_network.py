@@ -44,6 +44,8 @@ def test_network_subnet_and_port_set(env: dict[str, str], networks: dict[str, st
     assert run_json(env, "subnet", "show", "sub1")["dns_nameservers"] == ["192.0.2.54", "192.0.2.55"]
     port = run_json(env, "port", "create", "p-set", "--network", "net1", "--fixed-ip", "ip-address=10.0.0.44")
     assert [ip["ip_address"] for ip in port["fixed_ips"]] == ["10.0.0.44"] and len(port["security_groups"]) == 1
+    listed = run(env, "port", "list", "-f", "value", "-c", "name", "-c", "fixed_ips").stdout.splitlines()
+    assert "p-set 10.0.0.44" in listed
     run(env, "port", "set", "p-set", "--disable-port-security")
     shown = run_json(env, "port", "show", port["id"])
     assert shown["port_security_enabled"] is False and shown["security_groups"] == []
@@ -64,7 +66,8 @@ def test_router_interfaces_and_gateway(env: dict[str, str], networks: dict[str, 
     gateway = run_json(env, "router", "set-gateway", "r1", "ext", "-c", "external_gateway")["external_gateway"]
     assert gateway["network_id"] == networks["ext"] and gateway["ip_address"].startswith("203.0.113.")
     run(env, "router", "set", "r1", "--name", "r-main")
-    assert run(env, "router", "list", "-f", "value", "-c", "name").stdout == "r-main\n"
+    listed = run(env, "router", "list", "-f", "value", "-c", "name", "-c", "external_gateway", "-c", "interfaces")
+    assert listed.stdout == f"r-main {gateway['ip_address']} 10.0.0.1\n"  # a list shows addresses, show all
     out = run(env, "router", "add-interface", "r-main", "--subnet", "sub1", "--port", "x", ok=False)
     assert out.returncode == 1 and "exactly one of --subnet and --port" in out.stderr
     assert "interface" in api_error(run(env, "router", "delete", "r-main", ok=False), 409)
