@@ -1,13 +1,15 @@
-"""The metadata service: http://169.254.169.254 inside every qdhcp- namespace of this host.
+"""The metadata service: http://169.254.169.254 in the qdhcp- and qrouter- namespaces of this host.
 
 Neutron runs a haproxy per namespace that adds the network id and the peer address as headers
 and relays to a metadata agent. hvd needs neither: the daemon opens one listening socket per
-network *inside* its qdhcp- namespace (from a short-lived thread that enters the namespace
-with setns(2), binds and leaves; a socket stays in the namespace it was made in) and serves
-it from its own event loop. The network is known from the socket that accepted the
-connection and the guest from the peer address, which the kernel reports and nobody can
-forge with a header; security groups' anti-spoofing drops packets whose source address is
-not their port's (`hvd.net.nft`), so a guest cannot pose as another.
+network *inside* its qdhcp- namespace, and one per IPv4 leg (`qr-`) of each router hosted here,
+bound to that device (from a short-lived thread that enters the namespace with setns(2),
+binds and leaves; a socket stays in the namespace it was made in), and serves them from its
+own event loop. The network is known from the socket that accepted the connection and the
+guest from the peer address, which the kernel reports and nobody can forge with a header;
+security groups' anti-spoofing drops packets whose source address is not their port's
+(`hvd.net.nft`), so a guest cannot pose as another. A router's listeners take nothing that
+arrives on its external leg.
 
 No extra process means nothing to supervise and no orphans: the listeners live and die with
 the daemon (a restart re-opens them at its first converge). The service's converge closes a
@@ -36,7 +38,14 @@ from hvd.catalog.service import Catalog
 from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.compute.metadata_content import InstanceFacts, answer, facts_of, network_data_nics
 from hvd.net.desired import instance_ports
-from hvd.net.model import METADATA_IP, METADATA_PORT
+from hvd.net.model import (
+    METADATA_IP,
+    METADATA_PORT,
+    HostNetworkState,
+    router_interface_name,
+    router_namespace,
+)
+from hvd.net.plan import HostLayout
 
 log = logging.getLogger(__name__)
 
@@ -84,25 +93,52 @@ def instance_facts(conn: sqlite3.Connection, network_id: str, ip: str, default_a
 # --- listeners: which to close and open (pure) ------------------------------------------------
 
 @dataclass(frozen=True)
-class ListenerState:
-    """An open listener: the namespace it was opened in, identified by name and inode."""
+class Endpoint:
+    """Where one listener serves one network: a namespace, and in a router the `qr-` device it is
+    bound to (None in a qdhcp- namespace, whose only device is the network's)."""
 
     netns: str
+    network_id: str
+    device: str | None = None
+
+
+def metadata_endpoints(state: HostNetworkState, layout: HostLayout) -> dict[str, Endpoint]:
+    """Listener key (`network:<id>`, `router:<id>:<port id>`) -> endpoint, for `state`
+    spelled out as `layout` (`hvd.net.plan.desired_layout`)."""
+    if not state.metadata:
+        return {}
+    out = {f"network:{nid}": Endpoint(d.netns, nid) for nid, d in layout.dhcp.items() if d.metadata}
+    subnets = {sub.id: sub for sub in state.subnets}
+    for router in state.routers:
+        for iface in router.interfaces:
+            subnet = subnets.get(iface.subnet_id)
+            if subnet is not None and subnet.ip_version == 4:
+                out[f"router:{router.id}:{iface.port_id}"] = Endpoint(
+                    router_namespace(router.id, state.netns_prefix), subnet.network_id,
+                    router_interface_name(iface.port_id))
+    return out
+
+
+@dataclass(frozen=True)
+class ListenerState:
+    """An open listener: its endpoint, and the inode of the namespace it was opened in."""
+
+    endpoint: Endpoint
     inode: int
 
 
-def stale_listeners(wanted: Mapping[str, str], have: Mapping[str, ListenerState],
+def stale_listeners(wanted: Mapping[str, Endpoint], have: Mapping[str, ListenerState],
                     inodes: Mapping[str, int | None]) -> list[str]:
-    """Networks whose listener must close: no longer wanted, or its namespace is gone or is a
-    new one under the same name (`inodes`: namespace name -> current inode, None if absent)."""
-    return sorted(nid for nid, st in have.items()
-                  if wanted.get(nid) != st.netns or inodes.get(st.netns) != st.inode)
+    """Listeners that must close: no longer wanted (or wanted elsewhere), or their namespace is
+    gone or is a new one under the same name (`inodes`: namespace -> current inode, None if absent)."""
+    return sorted(key for key, st in have.items()
+                  if wanted.get(key) != st.endpoint or inodes.get(st.endpoint.netns) != st.inode)
 
 
-def missing_listeners(wanted: Mapping[str, str], have: Mapping[str, ListenerState],
+def missing_listeners(wanted: Mapping[str, Endpoint], have: Mapping[str, ListenerState],
                       inodes: Mapping[str, int | None]) -> list[str]:
-    """Networks wanting a listener that has none yet, whose namespace exists."""
-    return sorted(nid for nid, netns in wanted.items() if nid not in have and inodes.get(netns) is not None)
+    """Wanted listeners not open yet whose namespace exists."""
+    return sorted(key for key, ep in wanted.items() if key not in have and inodes.get(ep.netns) is not None)
 
 
 # --- a socket inside a namespace (adapter) ----------------------------------------------------
@@ -124,9 +160,9 @@ def netns_inode(netns: str) -> int | None:
         return None
 
 
-def listen_in_netns(netns: str, address: str, port: int) -> tuple[socket.socket, int]:
-    """A listening TCP socket bound to `address:port` inside namespace `netns`, and the
-    namespace's inode. Blocking (call it in a worker thread).
+def listen_in_netns(netns: str, address: str, port: int, device: str | None = None) -> tuple[socket.socket, int]:
+    """A listening TCP socket bound to `address:port` (and to `device`, if given) inside
+    namespace `netns`, and the namespace's inode. Blocking (call it in a worker thread).
 
     setns(2) switches the calling thread only, so the switch happens in a new thread made for
     this one call: no pooled or event-loop thread ever runs in another namespace, even if
@@ -145,6 +181,8 @@ def listen_in_netns(netns: str, address: str, port: int) -> tuple[socket.socket,
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     # bind even while the address is missing from the device (a failed step): serves once it is there
                     sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+                    if device is not None:  # a router leg: only what arrives on it, so one network per socket
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
                     sock.bind((address, port))
                     sock.listen(128)
                     sock.setblocking(False)
@@ -178,8 +216,8 @@ class _Listener:
 class MetadataServer:
     """Serves the metadata documents on one listener per network (see the module docstring).
 
-    `sync_before_apply` / `sync_after_apply` bracket each network converge with the networks
-    (id -> qdhcp- namespace) that should serve metadata on this host; `close` ends them all.
+    `sync_before_apply` / `sync_after_apply` bracket each network converge with the endpoints
+    that should serve metadata on this host (`metadata_endpoints`); `close` ends them all.
     """
 
     def __init__(self, catalog: Catalog, default_az: str, *, address: str = METADATA_IP,
@@ -191,40 +229,41 @@ class MetadataServer:
         self.listeners: dict[str, _Listener] = {}
 
     @property
-    def serving(self) -> dict[str, str]:
-        """Network id -> namespace of every open listener."""
-        return {nid: lst.state.netns for nid, lst in self.listeners.items()}
+    def serving(self) -> dict[str, Endpoint]:
+        """Listener key -> endpoint of every open listener."""
+        return {key: lst.state.endpoint for key, lst in self.listeners.items()}
 
     def _inodes(self, names: Sequence[str]) -> dict[str, int | None]:
         return {name: netns_inode(name) for name in set(names)}
 
-    async def sync_before_apply(self, wanted: Mapping[str, str]) -> None:
-        """Close the listeners of networks going away (before their namespace is deleted)."""
-        have = {nid: lst.state for nid, lst in self.listeners.items()}
-        inodes = await asyncio.to_thread(self._inodes, [st.netns for st in have.values()])
-        for nid in stale_listeners(wanted, have, inodes):
-            await self._close(nid)
+    async def sync_before_apply(self, wanted: Mapping[str, Endpoint]) -> None:
+        """Close the listeners going away (before their namespace is deleted)."""
+        have = {key: lst.state for key, lst in self.listeners.items()}
+        inodes = await asyncio.to_thread(self._inodes, [st.endpoint.netns for st in have.values()])
+        for key in stale_listeners(wanted, have, inodes):
+            await self._close(key)
 
-    async def sync_after_apply(self, wanted: Mapping[str, str]) -> None:
-        """Open listeners for networks that need one; a failure is logged and retried by the next
-        converge (metadata must not hold back the network itself)."""
+    async def sync_after_apply(self, wanted: Mapping[str, Endpoint]) -> None:
+        """Open the listeners wanted; a failure is logged and retried by the next converge
+        (metadata must not hold back the network itself)."""
         await self.sync_before_apply(wanted)  # a namespace re-created by this converge: reopen
-        have = {nid: lst.state for nid, lst in self.listeners.items()}
-        inodes = await asyncio.to_thread(self._inodes, list(wanted.values()))
-        for nid in missing_listeners(wanted, have, inodes):
+        have = {key: lst.state for key, lst in self.listeners.items()}
+        inodes = await asyncio.to_thread(self._inodes, [ep.netns for ep in wanted.values()])
+        for key in missing_listeners(wanted, have, inodes):
             try:
-                await self._open(nid, wanted[nid])
+                await self._open(key, wanted[key])
             except OSError as exc:
-                log.error("metadata service for network %s in %s: %s (retried next converge)", nid, wanted[nid], exc)
+                log.error("metadata service %s in %s: %s (retried next converge)", key, wanted[key].netns, exc)
 
     async def close(self) -> None:
         for nid in sorted(self.listeners):
             await self._close(nid)
 
-    async def _open(self, network_id: str, netns: str) -> None:
-        sock, inode = await asyncio.to_thread(listen_in_netns, netns, self.address, self.port)
+    async def _open(self, key: str, endpoint: Endpoint) -> None:
+        sock, inode = await asyncio.to_thread(listen_in_netns, endpoint.netns, self.address, self.port,
+                                              endpoint.device)
         app = web.Application()
-        app[NETWORK_ID] = network_id
+        app[NETWORK_ID] = endpoint.network_id
         app.router.add_get("/{path:.*}", self._handle)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         try:
@@ -234,14 +273,14 @@ class MetadataServer:
             await runner.cleanup()
             sock.close()
             raise
-        self.listeners[network_id] = _Listener(ListenerState(netns, inode), runner)
-        log.info("metadata service for network %s listening on %s:%d in %s", network_id, self.address, self.port,
-                 netns)
+        self.listeners[key] = _Listener(ListenerState(endpoint, inode), runner)
+        log.info("metadata service %s (network %s) listening on %s:%d in %s%s", key, endpoint.network_id,
+                 self.address, self.port, endpoint.netns, f" on {endpoint.device}" if endpoint.device else "")
 
-    async def _close(self, network_id: str) -> None:
-        listener = self.listeners.pop(network_id)
+    async def _close(self, key: str) -> None:
+        listener = self.listeners.pop(key)
         await listener.runner.cleanup()  # closes the listening socket too
-        log.info("metadata service for network %s closed", network_id)
+        log.info("metadata service %s closed", key)
 
     async def _handle(self, request: web.Request) -> web.Response:
         peer = request.transport.get_extra_info("peername") if request.transport is not None else None

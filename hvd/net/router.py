@@ -1,5 +1,6 @@
 """Routers: a `qrouter-<id>` namespace with `qr-` legs on tenant bridges and a `qg-` leg on
-the external bridge, forwarding on, NAT from `hvd.net.nft`, floating IPs as /32 on `qg-`.
+the external bridge, forwarding on, NAT from `hvd.net.nft`, floating IPs as /32 on `qg-`, and
+with the metadata service on, 169.254.169.254/32 on each IPv4 `qr-` leg.
 
 `router_layout` is pure; the forwarding sysctl is the only router-specific side effect
 (links, addresses and routes go through `hvd.net.links`).
@@ -11,8 +12,10 @@ import ipaddress
 
 from hvd.net.layout import NamespaceLayout, VethLayout
 from hvd.net.model import (
+    METADATA_IP,
     HostNetworkState,
     RouterSpec,
+    SubnetSpec,
     bridge_name,
     router_gateway_name,
     router_interface_name,
@@ -22,6 +25,10 @@ from hvd.net.model import (
 from hvd.net.nft import NAT_TABLES, render_router_nat
 from hvd.net.proc import in_netns, run
 from hvd.net.state import Route
+
+
+def _metadata_address(state: HostNetworkState, subnet: SubnetSpec) -> set[str]:
+    return {f"{METADATA_IP}/32"} if state.metadata and subnet.ip_version == 4 else set()
 
 
 def router_layout(router: RouterSpec, state: HostNetworkState) -> NamespaceLayout:
@@ -41,7 +48,8 @@ def router_layout(router: RouterSpec, state: HostNetworkState) -> NamespaceLayou
                 bridge=bridge_name(network.id),
                 mac=iface.mac,
                 mtu=network.mtu,
-                addresses=frozenset({subnet.interface(iface.ip)}),
+                # the metadata service answers guests that reach it through their router (hvd.net.metadata)
+                addresses=frozenset({subnet.interface(iface.ip)} | _metadata_address(state, subnet)),
             )
         )
     routes: frozenset[Route] = frozenset()

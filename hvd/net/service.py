@@ -42,7 +42,7 @@ from hvd.net import steps as s
 from hvd.net.apply import ApplyReport, apply_isolated
 from hvd.net.desired import host_state, instance_ports
 from hvd.net.fake import FakeHost
-from hvd.net.metadata import MetadataServer
+from hvd.net.metadata import MetadataServer, metadata_endpoints
 from hvd.net.model import HostNetworkState, LocalVtep, bridge_name, dhcp_namespace, router_namespace, tap_name
 from hvd.net.plan import (
     SECURITY_UNIT,
@@ -259,7 +259,7 @@ class NetworkService:
         if self.owned is not None:
             await asyncio.to_thread(self.owned.add, desired_names(desired))
         planned = plan_units(desired, await self._observe(desired))
-        serving = {nid: d.netns for nid, d in desired_layout(desired).dhcp.items() if d.metadata}
+        serving = metadata_endpoints(desired, desired_layout(desired))
         if self.metadata is not None:
             await self.metadata.sync_before_apply(serving)  # an open socket would keep a deleted namespace alive
         report = ApplyReport()

@@ -1,6 +1,7 @@
-"""The metadata service on real guests (libvirt, TCG): two test guests on one network without a
-router get a DHCP route to 169.254.169.254, fetch their OpenStack and EC2 documents over HTTP
-from the listener in the network's qdhcp- namespace and print them on their consoles.
+"""The metadata service on real guests (libvirt, TCG): two test guests on one network get a
+DHCP route to 169.254.169.254, fetch their OpenStack and EC2 documents over HTTP from the
+listener in the network's qdhcp- namespace and print them on their consoles; guest A, without
+that route, reaches it through its router (the listener on the router's leg) too.
 
 Each guest reads its own data, the same as on its config drive; guest B, posing as guest A
 (A's address on B's port, with a static neighbour entry so the packets really leave), gets
@@ -29,7 +30,7 @@ from .test_net_guests import _teardown, console, ok
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 
-LAN, IP_A, IP_B = "10.213.50.0/24", "10.213.50.10", "10.213.50.11"
+LAN, GATEWAY, IP_A, IP_B = "10.213.50.0/24", "10.213.50.1", "10.213.50.10", "10.213.50.11"
 
 PROBE = """#!/bin/sh
 # hvd-metadata-probe {name}
@@ -44,7 +45,12 @@ echo "HVD-MD drive $(tr -d '\\n' </mnt/config/openstack/latest/meta_data.json)"
 get /openstack/latest/user_data >/tmp/ud
 echo "HVD-MD user_data $(sha256sum </tmp/ud | cut -c1-64) $(sed -n 2p /tmp/ud)"
 echo "HVD-MD ec2 $(get /latest/meta-data/instance-id) $(get /latest/meta-data/local-ipv4)"
-{spoof}echo "HVD-MD done"
+{more}echo "HVD-MD done"
+"""
+
+# A drops its DHCP route to the metadata address: the default route leads to the router.
+VIA_ROUTER = """ip route del 169.254.169.254/32
+echo "HVD-MD router $(get /latest/meta-data/instance-id) $(ip route get 169.254.169.254 | head -n 1)"
 """
 
 # B takes A's address; the neighbour entry for the DHCP port is pinned so the requests leave
@@ -110,12 +116,15 @@ async def test_guests_read_their_own_metadata_and_a_spoofer_reads_nothing(env: d
     api: Api = env["api"]
     lab: Lab = env["lab"]
     net = await ok(api, "POST", "/v1/networks", {"name": "md"}, 201)
-    await ok(api, "POST", "/v1/subnets", {"network": "md", "cidr": LAN}, 201)
+    subnet = await ok(api, "POST", "/v1/subnets", {"network": "md", "cidr": LAN}, 201)
     ports = (await ok(api, "GET", f"/v1/ports?network_id={net['id']}"))["ports"]
     dhcp_ip = next(p["fixed_ips"][0]["ip_address"] for p in ports if p["device_owner"] == "network:dhcp")
 
-    scripts = {"a": PROBE.format(name="a", spoof=""),
-               "b": PROBE.format(name="b", spoof=SPOOF.format(dhcp=dhcp_ip, victim=IP_A, own=IP_B))}
+    router = await ok(api, "POST", "/v1/routers", {"name": "edge"}, 201)
+    await ok(api, "POST", f"/v1/routers/{router['id']}/add-interface", {"subnet": subnet["id"]})
+
+    scripts = {"a": PROBE.format(name="a", more=VIA_ROUTER),
+               "b": PROBE.format(name="b", more=SPOOF.format(dhcp=dhcp_ip, victim=IP_A, own=IP_B))}
     servers = {}
     for name, ip in (("a", IP_A), ("b", IP_B)):  # both boot at once
         servers[name] = (await ok(api, "POST", "/v1/servers", {
@@ -132,7 +141,9 @@ async def test_guests_read_their_own_metadata_and_a_spoofer_reads_nothing(env: d
     assert meta_a == drive_a, "the metadata service and the config drive agree"
     sha_a = hashlib.sha256(scripts["a"].encode()).hexdigest()
     assert f"HVD-MD user_data {sha_a} # hvd-metadata-probe a" in text_a
-    assert re.search(rf"HVD-MD ec2 i-[0-9a-f]{{8}} {re.escape(IP_A)}\b", text_a), text_a[-1500:]
+    ec2_a = re.search(rf"HVD-MD ec2 (i-[0-9a-f]{{8}}) {re.escape(IP_A)}\b", text_a)
+    assert ec2_a is not None, text_a[-1500:]
+    assert f"HVD-MD router {ec2_a.group(1)} 169.254.169.254 via {GATEWAY}" in text_a, "through the router"
 
     await _wait_line(api, b, r"HVD-MD done")
     text_b = await console(api, b)
@@ -150,7 +161,8 @@ async def test_guests_read_their_own_metadata_and_a_spoofer_reads_nothing(env: d
 
     # deleting the network closes its listener (an open socket would keep the namespace alive)
     service = env["net"]
-    assert net["id"] in service.metadata.serving
+    assert {(ep.network_id, ep.device is None) for ep in service.metadata.serving.values()} == {
+        (net["id"], True), (net["id"], False)}, "one listener in the qdhcp- namespace, one on the router leg"
     await _teardown(api)
     await service.sync()
     assert service.metadata.serving == {}

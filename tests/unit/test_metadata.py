@@ -5,18 +5,28 @@ address), the DHCP route to 169.254.169.254 and which listeners to close or open
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from hvd.catalog import all_commands  # noqa: F401 - registers the handlers
 from hvd.catalog.cmd_network import PortUpdate
 from hvd.compute.metadata_content import InstanceFacts, answer, config_drive_files, facts_of
 from hvd.net.dhcp import dhcp_paths, dnsmasq_argv
-from hvd.net.metadata import ListenerState, instance_facts, missing_listeners, stale_listeners
+from hvd.net.metadata import (
+    Endpoint,
+    ListenerState,
+    instance_facts,
+    metadata_endpoints,
+    missing_listeners,
+    stale_listeners,
+)
 from hvd.net.model import (
     DEVICE_OWNER_DHCP,
     FixedIp,
     HostNetworkState,
     NetworkSpec,
     PortSpec,
+    RouterInterface,
+    RouterSpec,
     SubnetSpec,
 )
 from hvd.net.plan import desired_layout
@@ -156,12 +166,32 @@ def test_dhcp_gives_a_classless_route_to_the_metadata_address_through_the_dhcp_p
 
 
 def test_listeners_close_before_their_namespace_goes_and_reopen_in_a_new_one() -> None:
-    have = {"n1": ListenerState("qdhcp-n1", 11), "n2": ListenerState("qdhcp-n2", 12)}
+    e1, e2, e3 = Endpoint("qdhcp-n1", "n1"), Endpoint("qdhcp-n2", "n2"), Endpoint("qdhcp-n3", "n3")
+    have = {"network:n1": ListenerState(e1, 11), "network:n2": ListenerState(e2, 12)}
     inodes: dict[str, int | None] = {"qdhcp-n1": 11, "qdhcp-n2": 12, "qdhcp-n3": 13}
-    wanted = {"n1": "qdhcp-n1", "n2": "qdhcp-n2", "n3": "qdhcp-n3"}
+    wanted = {"network:n1": e1, "network:n2": e2, "network:n3": e3}
     assert stale_listeners(wanted, have, inodes) == []
-    assert missing_listeners(wanted, have, inodes) == ["n3"]
-    assert stale_listeners({"n1": "qdhcp-n1"}, have, inodes) == ["n2"], "network removed here"
-    assert stale_listeners(wanted, have, {**inodes, "qdhcp-n1": 99}) == ["n1"], "namespace re-created"
-    assert stale_listeners(wanted, have, {**inodes, "qdhcp-n2": None}) == ["n2"], "namespace gone"
-    assert missing_listeners(wanted, {}, {"qdhcp-n1": 11}) == ["n1"], "no listener before its namespace exists"
+    assert missing_listeners(wanted, have, inodes) == ["network:n3"]
+    assert stale_listeners({"network:n1": e1}, have, inodes) == ["network:n2"], "network removed here"
+    assert stale_listeners(wanted, have, {**inodes, "qdhcp-n1": 99}) == ["network:n1"], "namespace re-created"
+    assert stale_listeners(wanted, have, {**inodes, "qdhcp-n2": None}) == ["network:n2"], "namespace gone"
+    moved = {**wanted, "network:n1": Endpoint("qdhcp-n1", "n1", "ns-other")}
+    assert stale_listeners(moved, have, inodes) == ["network:n1"], "same key, another device"
+    assert missing_listeners(wanted, {}, {"qdhcp-n1": 11}) == ["network:n1"], "none before its namespace exists"
+
+
+def test_endpoints_in_the_dhcp_namespace_and_on_each_ipv4_router_leg() -> None:
+    base = _dhcp_state(metadata=True)
+    router = RouterSpec("r1", interfaces=(RouterInterface("leg4", "s4", "10.0.0.1", "fa:16:3e:00:00:03"),
+                                          RouterInterface("leg6", "s6", "2001:db8::1", "fa:16:3e:00:00:04")))
+    state = replace(base, routers=(router,), netns_prefix="t-")
+    layout = desired_layout(state)
+    assert metadata_endpoints(state, layout) == {
+        "network:n1": Endpoint("t-qdhcp-n1", "n1"),
+        "router:r1:leg4": Endpoint("t-qrouter-r1", "n1", "qr-leg4"),
+    }
+    legs = {v.peer: v.addresses for v in layout.namespaces["t-qrouter-r1"].veths}
+    assert legs == {"qr-leg4": {"10.0.0.1/24", "169.254.169.254/32"}, "qr-leg6": {"2001:db8::1/64"}}
+    off = replace(state, metadata=False)
+    assert metadata_endpoints(off, desired_layout(off)) == {}
+    assert all("169.254.169.254/32" not in v.addresses for v in desired_layout(off).namespaces["t-qrouter-r1"].veths)
