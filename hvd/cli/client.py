@@ -31,6 +31,7 @@ from hvd.cli.network import register_network
 from hvd.cli.router import register_router
 from hvd.cli.secgroup import register_secgroup
 from hvd.cli.server_volumes import register_server_volumes
+from hvd.cli.volumes import register_volumes
 
 REGISTRARS: list[Callable[[Registry], None]] = [
     register_core,
@@ -38,6 +39,7 @@ REGISTRARS: list[Callable[[Registry], None]] = [
     register_images,
     register_compute,
     register_server_volumes,
+    register_volumes,
     register_console,
     register_network,
     register_router,

@@ -122,8 +122,9 @@ async def _visible(request: web.Request, table: str, what: str, ref: str | None 
     return await svc.catalog.read(queries.find, table, ref, what, "project_id=?", (ctx.project_id,))
 
 
-async def _after(request: web.Request, table: str, row_id: str) -> dict[str, Any] | None:
-    if query_bool(request, "wait"):
+async def _after(request: web.Request, table: str, row_id: str, wait: bool) -> dict[str, Any] | None:
+    """The row now, or once stable with ?wait=true (``wait`` parsed before the change was made)."""
+    if wait:
         return await volumes(request).wait_stable(table, row_id, services(request).config.api.wait_timeout_s)
     return await services(request).catalog.read(fetch_one, f"SELECT * FROM {table} WHERE id=?", (row_id,))
 
@@ -150,6 +151,7 @@ async def show_snapshot(request: web.Request) -> web.Response:
 
 async def create_snapshot(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
+    wait = query_bool(request, "wait")  # a bad value is refused before anything changes
     svc.policy.enforce(ctx.roles, "volume:manage")
     body = await parse_body(request, SnapshotIn)
     vol = await visible_volume(request, body.volume)
@@ -159,7 +161,7 @@ async def create_snapshot(request: web.Request) -> web.Response:
                                        user_id=ctx.user_id, name=body.name, description=body.description,
                                        force=body.force, created_at=now_iso()))
     vs.publish("snapshot.status", sid, "creating", volume_id=vol["id"])
-    row = await _after(request, "volume_snapshots", sid)
+    row = await _after(request, "volume_snapshots", sid, wait)
     if row is None:
         raise NotFound(f"Snapshot {sid} could not be found")
     return json_response({k: row[k] for k in _SNAP_KEYS}, status=202, location=f"/v1/snapshots/{sid}")
@@ -167,11 +169,12 @@ async def create_snapshot(request: web.Request) -> web.Response:
 
 async def delete_snapshot(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
+    wait = query_bool(request, "wait")  # a bad value is refused before anything changes
     svc.policy.enforce(ctx.roles, "volume:manage")
     row = await _visible(request, "volume_snapshots", "Snapshot")
     vs = volumes(request)
     await vs.propose(cv.SnapshotBeginDelete(id=str(row["id"]), updated_at=now_iso()))
-    after = await _after(request, "volume_snapshots", str(row["id"]))
+    after = await _after(request, "volume_snapshots", str(row["id"]), wait)
     if after is None:
         return web.Response(status=204)
     return json_response({k: after[k] for k in _SNAP_KEYS}, status=202)
@@ -190,6 +193,7 @@ async def show_backup(request: web.Request) -> web.Response:
 
 async def create_backup(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
+    wait = query_bool(request, "wait")  # a bad value is refused before anything changes
     svc.policy.enforce(ctx.roles, "volume:manage")
     body = await parse_body(request, BackupIn)
     vol = await visible_volume(request, body.volume)
@@ -201,7 +205,7 @@ async def create_backup(request: web.Request) -> web.Response:
                                      force=body.force, incremental=body.incremental, host=str(vol["host"]),
                                      created_at=now_iso()))
     vs.publish("backup.status", bid, "creating", volume_id=vol["id"])
-    row = await _after(request, "volume_backups", bid)
+    row = await _after(request, "volume_backups", bid, wait)
     if row is None:
         raise NotFound(f"Backup {bid} could not be found")
     return json_response({k: row[k] for k in _BACKUP_KEYS}, status=202, location=f"/v1/backups/{bid}")
@@ -209,11 +213,12 @@ async def create_backup(request: web.Request) -> web.Response:
 
 async def delete_backup(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
+    wait = query_bool(request, "wait")  # a bad value is refused before anything changes
     svc.policy.enforce(ctx.roles, "volume:manage")
     row = await _visible(request, "volume_backups", "Backup")
     vs = volumes(request)
     await vs.propose(cv.BackupBeginDelete(id=str(row["id"]), updated_at=now_iso()))
-    after = await _after(request, "volume_backups", str(row["id"]))
+    after = await _after(request, "volume_backups", str(row["id"]), wait)
     if after is None:
         return web.Response(status=204)
     return json_response({k: after[k] for k in _BACKUP_KEYS}, status=202)
@@ -221,6 +226,7 @@ async def delete_backup(request: web.Request) -> web.Response:
 
 async def restore_backup(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
+    wait = query_bool(request, "wait")  # a bad value is refused before anything changes
     svc.policy.enforce(ctx.roles, "volume:manage")
     body = await parse_body(request, RestoreIn)
     backup = await _visible(request, "volume_backups", "Backup")
@@ -246,7 +252,7 @@ async def restore_backup(request: web.Request) -> web.Response:
             availability_zone=chosen.availability_zone, host=chosen.host, backend=chosen.name,
             restore_backup_id=bid, created_at=now_iso()))
     vs.publish("volume.status", vid, "restoring-backup", backup_id=bid)
-    row = await _after(request, "volumes", vid)
+    row = await _after(request, "volumes", vid, wait)
     if row is None:
         raise NotFound(f"Volume {vid} could not be found")
     return json_response({"backup_id": bid, "volume_id": vid, "volume": await view(request, row)}, status=202)

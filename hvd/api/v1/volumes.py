@@ -170,9 +170,10 @@ async def visible_volume(request: web.Request, ref: str | None = None) -> dict[s
     return await svc.catalog.read(queries.find, "volumes", ref, "Volume", "project_id=?", (ctx.project_id,))
 
 
-async def _wait_view(request: web.Request, table: str, row_id: str) -> dict[str, Any] | None:
+async def _wait_view(request: web.Request, table: str, row_id: str, wait: bool) -> dict[str, Any] | None:
+    """The row now, or once stable with ?wait=true (``wait`` parsed before the change was made)."""
     svc = services(request)
-    if query_bool(request, "wait"):
+    if wait:
         return await volumes(request).wait_stable(table, row_id, svc.config.api.wait_timeout_s)
     return await svc.catalog.read(fetch_one, f"SELECT * FROM {table} WHERE id=?", (row_id,))
 
@@ -201,6 +202,7 @@ def find_type(conn: sqlite3.Connection, ref: str, ctx: RequestContext, admin: bo
 
 async def create_volume(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
+    wait = query_bool(request, "wait")  # a bad value is refused before anything changes
     svc.policy.enforce(ctx.roles, "volume:create")
     body = await parse_body(request, VolumeIn)
     vs = volumes(request)
@@ -240,7 +242,7 @@ async def create_volume(request: web.Request) -> web.Response:
         source_image_id=image_id, source_snapshot_id=snapshot_id, source_volume_id=source_volume_id,
         metadata=body.metadata, created_at=now_iso()))
     vs.publish("volume.status", vid, "creating")
-    row = await _wait_view(request, "volumes", vid)
+    row = await _wait_view(request, "volumes", vid, wait)
     if row is None:
         raise NotFound(f"Volume {vid} could not be found")
     return json_response(await view(request, row), status=202, location=f"/v1/volumes/{vid}")
@@ -264,12 +266,13 @@ async def update_volume(request: web.Request) -> web.Response:
 
 async def delete_volume(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
+    wait = query_bool(request, "wait")  # a bad value is refused before anything changes
     svc.policy.enforce(ctx.roles, "volume:manage")
     row = await visible_volume(request)
     vs = volumes(request)
     await vs.propose(cv.VolumeBegin(id=str(row["id"]), op="delete", updated_at=now_iso()))
     vs.publish("volume.status", str(row["id"]), "deleting")
-    after = await _wait_view(request, "volumes", str(row["id"]))
+    after = await _wait_view(request, "volumes", str(row["id"]), wait)
     if after is None:
         return web.Response(status=204)
     return json_response(await view(request, after), status=202)
@@ -277,6 +280,7 @@ async def delete_volume(request: web.Request) -> web.Response:
 
 async def extend_volume(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
+    wait = query_bool(request, "wait")  # a bad value is refused before anything changes
     svc.policy.enforce(ctx.roles, "volume:manage")
     body = await parse_body(request, ExtendIn)
     row = await visible_volume(request)
@@ -287,7 +291,7 @@ async def extend_volume(request: web.Request) -> web.Response:
     vs = volumes(request)
     await vs.propose(cv.VolumeBegin(id=str(row["id"]), op="extend", new_size_gb=body.new_size_gb, updated_at=now_iso()))
     vs.publish("volume.status", str(row["id"]), "extending")
-    after = await _wait_view(request, "volumes", str(row["id"]))
+    after = await _wait_view(request, "volumes", str(row["id"]), wait)
     if after is None:
         raise NotFound(f"Volume {row['id']} could not be found")
     return json_response(await view(request, after), status=202)

@@ -110,7 +110,10 @@ def read_manifest(root: Path, volume_id: str, backup_id: str) -> Manifest:
 def _object_data(vdir: Path, chunk: Chunk, compression: str) -> bytes:
     assert chunk.sha256 is not None
     blob = (vdir / object_path(chunk.sha256)).read_bytes()
-    data = zlib.decompress(blob) if compression == "zlib" else blob
+    try:
+        data = zlib.decompress(blob) if compression == "zlib" else blob
+    except zlib.error as exc:
+        raise ValueError(f"chunk {chunk.index} (sha256 {chunk.sha256}) cannot be decompressed: {exc}") from exc
     if len(data) != chunk.length or hashlib.sha256(data).hexdigest() != chunk.sha256:
         raise ValueError(f"chunk {chunk.index} does not match its sha256 {chunk.sha256}")
     return data
@@ -149,8 +152,8 @@ def verify(root: Path, manifest: Manifest) -> list[str]:
             _object_data(vdir, chunk, manifest.compression)
         except FileNotFoundError:
             problems.append(f"chunk {chunk.index}: object {chunk.sha256} is missing")
-        except (ValueError, zlib.error) as exc:
-            problems.append(f"chunk {chunk.index}: {exc}")
+        except ValueError as exc:
+            problems.append(str(exc))
     return problems
 
 

@@ -24,6 +24,7 @@ from hvd.catalog import cmd_volumes as cv
 from hvd.catalog.commands import Command
 from hvd.catalog.service import Catalog
 from hvd.catalog.sql import fetch_all, fetch_one
+from hvd.compute.faults import checkpoint
 from hvd.config import Config
 from hvd.errors import HvdError, NotFound, NotImplementedYet, Timeout, UpgradeInProgress
 from hvd.events import EventBus
@@ -267,6 +268,7 @@ class VolumeService:
             try:
                 await backend.delete_volume(vid)  # what a cut attempt left
                 bootable = await self._create_data(backend, vol)
+                checkpoint("volume.create.data_made")
             except Exception as exc:
                 ok, error = False, _message(exc)
                 log.warning("creating volume %s failed: %s", vid, error)
@@ -276,7 +278,9 @@ class VolumeService:
                                                      updated_at=now_iso()))
         elif status == st.DELETING:
             try:
+                checkpoint("volume.delete.started")
                 await backend.delete_volume(vid, self.config.volumes.wipe_on_delete)
+                checkpoint("volume.delete.data_removed")
                 await self._finish(cv.VolumeFinish(id=vid, op="delete", ok=True, updated_at=now_iso()))
             except Exception as exc:
                 await self._finish(cv.VolumeFinish(id=vid, op="delete", ok=False, error=_message(exc),
@@ -284,6 +288,7 @@ class VolumeService:
         elif status == st.EXTENDING:
             try:
                 await self.grow_data(vol, int(vol["new_size_gb"]))
+                checkpoint("volume.extend.data_grown")
                 await self._finish(cv.VolumeFinish(id=vid, op="extend", ok=True, updated_at=now_iso()))
             except Exception as exc:
                 await self._finish(cv.VolumeFinish(id=vid, op="extend", ok=False, error=_message(exc),
@@ -363,6 +368,7 @@ class VolumeService:
                     None, backup_io.backup_volume, source, self.backup_root, vid, bid, backup["parent_id"],
                     int(backup["size_gb"]) * GIB, cfg.backup_chunk_mib << 20, cfg.backup_compression_level,
                     str(backup["created_at"]))
+            checkpoint("backup.data_written")
             await self._finish(cv.BackupFinish(id=bid, ok=True, chunks=stats.chunks, new_chunks=stats.new_chunks,
                                                data_bytes=stats.data_bytes, stored_bytes=stats.stored_bytes,
                                                updated_at=now_iso()))
