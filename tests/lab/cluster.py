@@ -15,7 +15,7 @@ Use it in a test module::
 
     def test_x(lab: LabCluster) -> None:
         r = lab.call("h2", "GET", "/v1/cluster")  # admin token, no proxy, explicit lab route
-        lab.url("h1")                             # "http://10.214.<lab>.1:8774"
+        lab.url("h1")                             # "https://10.214.<lab>.1:8774"
         lab.virsh("h1", "list", "--all")          # that host's own libvirtd, by unix socket
         lab.exec("h3", ["ip", "-o", "addr"])      # inside h3's namespaces
         lab.kill_daemon(lab.leader(), signal.SIGKILL); lab.restart_daemon("h1")
@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import datetime as dt
 import json
 import os
 import secrets
@@ -64,6 +65,7 @@ from typing import Any
 
 import requests
 
+from hvd.cluster.tls import TlsFiles, create_ca, issue_host
 from tests.lab.lab_plan import (
     API_PORT,
     BIND_MOUNTS,
@@ -132,7 +134,7 @@ class LabHost:
     @property
     def url(self) -> str:
         """The host's hvd API (and peer) URL, reachable from the root namespace."""
-        return f"http://{self.ip}:{API_PORT}"
+        return f"https://{self.ip}:{API_PORT}"
 
     @property
     def libvirt_uri(self) -> str:
@@ -264,6 +266,7 @@ class LabCluster:
         self._underlay()
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(self.hosts)) as pool:
             list(pool.map(self._start_host, self.hosts.values()))
+        self._issue_certificates()
         if self.start_daemons:
             self.start_all_daemons()
 
@@ -277,6 +280,28 @@ class LabCluster:
         leader = self.wait_ready()
         (self.dir / "openrc").write_text(self.openrc())
         return leader
+
+    @property
+    def ca_file(self) -> Path:
+        """The lab's cluster CA certificate (HVD_CACERT, curl --cacert)."""
+        return self.dir / "ca.crt"
+
+    def _issue_certificates(self) -> None:
+        """A cluster CA for the lab and a certificate per host, as `hvd cluster init` (h1, which
+        also keeps the CA key and so signs joins) and `hvd cluster issue` (the others) make them:
+        the lab's API and peer traffic is HTTPS with mutual TLS, like a production cluster's."""
+        now = dt.datetime.now(dt.UTC)
+        ca_cert, ca_key = create_ca(self.prefix, now)
+        self.ca_file.write_bytes(ca_cert)
+        for h in self.hosts.values():
+            files = TlsFiles.under(h.data_dir / "tls")
+            files.cert.parent.mkdir(mode=0o700)
+            cert, key = issue_host(ca_cert, ca_key, h.name, [h.name, h.ip], now)
+            for path, data in ((files.ca_cert, ca_cert), (files.cert, cert), (files.key, key),
+                               *(((files.ca_key, ca_key),) if h.k == 1 else ())):
+                path.write_bytes(data)
+                path.chmod(0o600)
+        self._session.verify = str(self.ca_file)
 
     def _underlay(self) -> None:
         ul = f"{self.prefix}ul"
@@ -485,7 +510,7 @@ class LabCluster:
     # -- API ----------------------------------------------------------------------------------
 
     def url(self, host: str | int) -> str:
-        """The host's API base URL (http://10.214.L.k:8774)."""
+        """The host's API base URL (https://10.214.L.k:8774)."""
         return self.host(host).url
 
     @property
@@ -557,6 +582,7 @@ class LabCluster:
         others = " ".join(f"{n}={h.url}" for n, h in self.hosts.items())
         return (f"export HVD_URL={self.url(host)}\nexport HVD_USERNAME=admin\n"
                 f"export HVD_PASSWORD={self.admin_password}\nexport HVD_PROJECT=admin\n"
+                f"export HVD_CACERT={self.ca_file}\n"
                 f"# lab {lab_name(self.index)} hosts: {others}\n")
 
     # -- libvirt ------------------------------------------------------------------------------

@@ -114,8 +114,9 @@ def _status() -> int:
         who = f"owner {owner.pid}{' (make lab)' if owner.cli else ''}" if owner else "no owner"
         print(f"{lab_name(index)}: {state}, {who}, {lab_dir(index)}")
         session = http_session()
+        session.verify = str(lab_dir(index) / "ca.crt")  # the lab's cluster CA (LabCluster.ca_file)
         for cfg in sorted(lab_dir(index).glob("h*/hvd.toml")):
-            url = f"http://{host_ip(index, int(cfg.parent.name[1:]))}:{API_PORT}"
+            url = f"https://{host_ip(index, int(cfg.parent.name[1:]))}:{API_PORT}"
             try:
                 health = session.get(url + "/healthz", timeout=2).json()
                 print(f"  {cfg.parent.name} {url} leader={health.get('leader')}")

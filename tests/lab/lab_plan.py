@@ -104,7 +104,7 @@ def daemon_config(index: int, k: int, hosts: int, data_dir: Path, admin_password
                   overrides: Mapping[str, Mapping[str, Any]] = {}) -> dict[str, dict[str, Any]]:
     """The hvd.toml sections of host k of lab `index` (`overrides` win, section by section)."""
     name = host_name(k)
-    peers = [f"{host_name(j)}=http://{host_ip(index, j)}:{API_PORT}" for j in range(1, hosts + 1)]
+    peers = [f"{host_name(j)}=https://{host_ip(index, j)}:{API_PORT}" for j in range(1, hosts + 1)]
     base: dict[str, dict[str, Any]] = {
         "host": {"name": name, "data_dir": str(data_dir), "instances_path": INSTANCES_PATH},
         "api": {"listen": host_ip(index, k), "port": API_PORT},
@@ -114,8 +114,8 @@ def daemon_config(index: int, k: int, hosts: int, data_dir: Path, admin_password
         "network": {"local_ip": host_ip(index, k), "vxlan_underlay": "ul0",
                     "netns_prefix": f"{lab_name(index)}{name}-"},
         "cluster": {"peers": peers, "cluster_key": cluster_key},
-        # lab addresses live only inside the lab's namespaces (never routed off the machine)
-        "tls": {"insecure_plaintext": True},
+        # certificates under <data_dir>/tls from the lab's own cluster CA (LabCluster._issue_certificates)
+        "tls": {"enabled": True},
     }
     return merge_config(base, overrides)
 

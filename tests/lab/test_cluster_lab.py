@@ -37,6 +37,7 @@ from tests.lab.cluster import (
     spare_cidr,
     wait_gone,
 )
+from tests.lab.lab_system import http_session
 
 GUEST = "lab-mig"
 CONSOLE = f"/var/lib/libvirt/hvd-lab-console/{GUEST}.log"  # the same path on both hosts, each its own
@@ -84,6 +85,12 @@ def test_every_daemon_answers_and_the_cluster_has_three_members_and_one_leader(l
         assert [m["id"] for m in members if m["leader"]] == [health["leader"]]
         assert {m["address"] for m in members} == {h.url for h in lab.hosts.values()}
     assert len(leaders) == 1
+    # HTTPS under the lab's cluster CA; the peers talk mutual TLS, a client without a host certificate
+    # gets no peer route
+    session = http_session()
+    session.verify = str(lab.ca_file)
+    r = session.get(lab.url("h1") + "/internal/v1/cluster/status", timeout=5)
+    assert r.status_code == 401 and "client certificate" in r.text, r.text
 
 
 def test_each_host_runs_its_own_libvirtd(lab: LabCluster) -> None:
