@@ -66,6 +66,7 @@ from hvd.storage.image_store import ImageStore
 from hvd.storage.volumes.backend import VolumeBackend
 from hvd.storage.volumes.file_backend import FileBackend
 from hvd.storage.volumes.lvm_backend import LvmBackend
+from hvd.storage.volumes.nbd import NbdExports
 from hvd.storage.volumes.service import VolumeService
 
 log = logging.getLogger(__name__)
@@ -378,6 +379,7 @@ async def running_compute(
     service: ComputeService | None = None
     network: NetworkService | None = None
     volume_service: VolumeService | None = None
+    exports: NbdExports | None = None
     try:
         await register_host(config, catalog, driver, api_url)
         store = ImageStore(Path(config.host.data_dir) / "images")
@@ -415,6 +417,11 @@ async def running_compute(
             fencing = asyncio.create_task(Fencer(config, service, reconciler, gossip).run())
         volume_service = await start_volumes(config, catalog, events, manager)
         service.volumes.volume_host = volume_service  # attach, online extend, delete on termination
+        if peers is not None:  # volumes of other hosts over NBD, and this host's volumes for them
+            listen = NbdExports.listen_address(config.cluster.peer_urls().get(config.node_id), config.api.listen)
+            exports = NbdExports(host, listen, Path(config.host.data_dir) / "nbd", catalog, volume_service, peers)
+            await exports.start()
+            service.volumes.exports = exports
         yield {COMPUTE: service, IMAGE_STORE: store, EVENTS: events, NETWORK: network, PEERS: peers,
                VOLUMES: volume_service}
     finally:
@@ -431,6 +438,8 @@ async def running_compute(
             await service.drain(timeout=10)
         if network is not None:
             await network.stop()
+        if exports is not None:
+            await exports.stop()  # supervision only: the exports keep serving guests on other hosts
         if volume_service is not None:
             await volume_service.stop()
         await driver.close()

@@ -31,6 +31,7 @@ from hvd.compute.service import ComputeService
 from hvd.errors import BadRequest, Conflict, HvdError, ServiceUnavailable
 from hvd.storage import transfer
 from hvd.storage.transfer import ReplicateAnswer, ReplicateRequest
+from hvd.storage.volumes import nbd
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,8 @@ def install(app: web.Application) -> None:
     add(migration.PREPARE_PATH, _typed(MigrationCall, lambda s, p: s.migrations.prepare(p)))
     add(migration.FINISH_PATH, _typed(MigrationCall, lambda s, p: s.migrations.finish(p)))
     add(migration.ABORT_PATH, _typed(MigrationCall, lambda s, p: s.migrations.abort_incoming(p)))
+    add(nbd.EXPORT_PATH, _typed(nbd.ExportRequest, lambda s, p: s.volumes.nbd_server().export(p)))
+    add(nbd.UNEXPORT_PATH, _typed(nbd.ExportRequest, lambda s, p: s.volumes.nbd_server().unexport(p)))
     add(coldmove.RECEIVE_PATH, _typed(MoveCall, lambda s, p: s.moves.receive(p)))
     add(coldmove.MANIFEST_PATH, _typed(MoveCall, lambda s, p: s.moves.manifest(p)))
     add(coldmove.CONFIRM_PATH, _typed(MoveCall, lambda s, p: s.moves.confirmed(p)))

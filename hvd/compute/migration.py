@@ -119,8 +119,11 @@ class LiveMigrations:
             probe.unlink(missing_ok=True)
         shared = answers[dest].shared_storage
         cfg = svc.config.libvirt
+        # attached volumes are network disks (hvd.storage.volumes.nbd): only the server's own disks are copied
+        own = tuple(svc.volumes.local_devices(inst)) if await svc.volumes.of_server(inst_id) else ()
         params = MigrationParams(block=not shared, max_downtime_ms=cfg.migration_max_downtime_ms,
-                                 auto_converge=cfg.migration_auto_converge, timeout_s=cfg.migration_timeout_s)
+                                 auto_converge=cfg.migration_auto_converge, timeout_s=cfg.migration_timeout_s,
+                                 migrate_disks=own)
         uri = await self.migration_uri(dest)
         # where the guest may be: a restart of either host in the middle finds its way from this
         await svc.update(inst_id, extra={"migration": {"dest": dest, "shared": shared}})

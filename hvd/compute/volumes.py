@@ -30,7 +30,7 @@ from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.compute.faults import checkpoint
 from hvd.compute.lifecycle import PowerState, VmState
 from hvd.drivers.volumes import BOOT_DEV, VolumeDisk, device_name, disk_from_connection, next_device
-from hvd.errors import BadRequest, Conflict, DriverError, HvdError, InvalidState, NotFound
+from hvd.errors import BadRequest, Conflict, DriverError, HvdError, InvalidState, NotFound, ServiceUnavailable
 from hvd.identity.service import now_iso
 from hvd.storage.volumes import states as st
 
@@ -99,6 +99,12 @@ class ComputeVolumes:
     @property
     def driver(self) -> Any:
         return self.svc.manager.driver
+
+    def nbd_server(self) -> Any:
+        """This host's NBD exports (peer routes of the volume's host); 503 when it serves none."""
+        if self.exports is None:
+            raise ServiceUnavailable(f"host {self.host} serves no NBD exports (no cluster or no volume service)")
+        return self.exports
 
     async def _volume(self, volume_id: str) -> dict[str, Any]:
         row = await self.catalog.read(volume_row, volume_id)
@@ -272,8 +278,9 @@ class ComputeVolumes:
         if len(atts) != 1:
             raise Conflict(f"volume {volume_id} is attached {len(atts)} times: online extend needs exactly one")
         att = atts[0]
-        if att["host"] != self.host:
-            raise Conflict(f"volume {volume_id} is attached on host {att['host']}, not {self.host}")
+        inst = await self.svc.instance(att["instance_id"])
+        if inst["host"] != self.host:
+            raise Conflict(f"volume {volume_id} is attached to a server on host {inst['host']}, not {self.host}")
         await self.catalog.propose(VolumeBegin(id=volume_id, op="extend_online", new_size_gb=new_size_gb,
                                                updated_at=now_iso()))
         self._event(volume_id, att["instance_id"], "extending")

@@ -128,6 +128,9 @@ class MigrationParams:
     max_downtime_ms: int = 500
     auto_converge: bool = True
     timeout_s: float = 600.0
+    # with ``block``: the target devs of the disks to copy; empty = every local writable disk (a
+    # server with volumes names its own disks: a volume is reached from the destination, not copied)
+    migrate_disks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from hvd.api.forward import catch_up_if_forwarded, to_host, to_owner
+from hvd.api.forward import catch_up_if_forwarded, to_owner
 from hvd.api.helpers import context, json_response, parse_body
 from hvd.api.routing import Router
 from hvd.api.services import services
@@ -113,12 +113,11 @@ async def extend_online(request: web.Request, volume: dict[str, Any], new_size_g
     if len(atts) != 1 or not atts[0]["host"]:
         raise Conflict(f"volume {volume['id']} is attached {len(atts)} times: online extend needs exactly one")
     compute = svc.extra["compute"]
-    forwarded = await to_host(request, atts[0]["host"], compute.placement.is_up,
-                              f"Volume {volume['id']} is attached on host {atts[0]['host']}")
+    inst = await compute.instance(atts[0]["instance_id"])
+    forwarded = await to_owner(request, inst, compute.placement.is_up)  # the server's host (it may have moved)
     if forwarded is not None:
         return forwarded
     await catch_up_if_forwarded(request)
-    inst = await compute.instance(atts[0]["instance_id"])
     compute.check_lock(ctx, inst)
     compute.locks.acquire(inst["id"], "volume_extend")
     try:

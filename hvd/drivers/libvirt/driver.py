@@ -251,7 +251,7 @@ class LibvirtDriver(ComputeDriver):
         flags = guest.migration_flags(params.block, params.auto_converge)
         # migrateToURI3 blocks for the whole copy: its own thread, so progress can be read meanwhile
         job = asyncio.ensure_future(self._call(f"live-migrate {uuid} to {dest_uri}", guest.migrate, uuid, dest_uri,
-                                               flags))
+                                               flags, params.migrate_disks if params.block else ()))
         downtime_set = False
         deadline = time.monotonic() + params.timeout_s
         try:

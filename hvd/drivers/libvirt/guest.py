@@ -210,8 +210,10 @@ def migration_flags(block: bool, auto_converge: bool) -> int:
     return int(flags)
 
 
-def migrate(conn: Any, uuid: str, dest_uri: str, flags: int) -> None:
-    lookup(conn, uuid).migrateToURI3(dest_uri, {}, flags)
+def migrate(conn: Any, uuid: str, dest_uri: str, flags: int, disks: tuple[str, ...] = ()) -> None:
+    """Migrate; ``disks`` (target devs) limits the storage copy to those disks."""
+    params = {libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: list(disks)} if disks else {}
+    lookup(conn, uuid).migrateToURI3(dest_uri, params, flags)
 
 
 def migration_job(conn: Any, uuid: str) -> dict[str, Any] | None:

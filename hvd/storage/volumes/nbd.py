@@ -1,0 +1,346 @@
+"""NBD exports of this host's volumes for servers on other hosts (qemu-storage-daemon).
+
+The rule: a server on the volume's own host opens the file or logical volume directly; a server on
+any other host reaches it over NBD. The volume's host runs one ``qemu-storage-daemon`` per
+exported volume, on its cluster address (the host of its peer URL) at a port from NBD_PORTS,
+export name ``volume-<id>``, and the server's libvirt disk is a network disk to it.
+
+Recorded and supervised: ``<data_dir>/nbd/<volume id>.json`` holds the port and the client hosts,
+``<volume id>.pid`` the daemon's pid (written by qemu-storage-daemon itself, so a kill -9 of hvd
+between the spawn and any bookkeeping still leaves the pid on disk). At start, and every
+SUPERVISE_S, the attachments in the catalog decide: an export some attachment from another host
+still needs is kept (adopted if its process runs, respawned on the same port if it died: the
+guests on other hosts keep their disks across an hvd restart); any other is stopped and its record
+removed. Stopping hvd leaves the exports running for the same reason.
+
+Not encrypted: libvirt's NBD client speaks only x509 TLS configured host-wide in qemu.conf
+(``nbd_tls``, ``nbd_tls_x509_cert_dir``), not a per-disk PSK, so the export relies on the cluster's
+private network (it listens on the cluster address only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, Field
+
+from hvd.catalog.sql import fetch_all, fetch_one
+from hvd.errors import Conflict, DriverError, HvdError, NotFound
+
+log = logging.getLogger(__name__)
+
+EXPORT_PATH = "/internal/v1/volumes/nbd-export"
+UNEXPORT_PATH = "/internal/v1/volumes/nbd-unexport"
+NBD_PORTS = range(10809, 10909)  # 10809 is NBD's registered port
+SUPERVISE_S = 2.0
+GRACE_S = 60.0  # a new export is kept this long before its attachment is recorded (attach in progress)
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
+QSD = "qemu-storage-daemon"
+
+
+class ExportRequest(BaseModel):
+    """To the volume's host: export this volume to ``client_host`` (or drop that client)."""
+
+    volume_id: str = Field(max_length=64)
+    client_host: str = Field(max_length=255)
+
+
+class ExportAnswer(BaseModel):
+    host: str
+    port: int
+    export: str
+
+
+class VolumePaths(Protocol):
+    def connection_info(self, volume: dict[str, Any]) -> dict[str, Any]:
+        """How this host opens the volume: {"type": "file"|"block", "path", "format"}."""
+
+
+class Peers(Protocol):
+    async def call(self, host: str, path: str, payload: Any, answer: Any, timeout: float) -> Any:
+        """A signed peer call (hvd.cluster.peers.PeerCaller.call)."""
+
+
+def export_name(volume_id: str) -> str:
+    return f"volume-{volume_id}"
+
+
+def qsd_argv(info: dict[str, Any], listen: str, port: int, name: str, pidfile: Path) -> list[str]:
+    """qemu-storage-daemon serving one volume (its local connection info) over NBD: pure."""
+    path = str(info["path"])
+    if "," in path:
+        raise DriverError(f"volume path {path} contains a comma, which qemu option syntax cannot carry")
+    proto = "host_device" if info.get("type") == "block" else "file"
+    fmt = str(info.get("format", "raw")) if info.get("type") == "file" else "raw"
+    return [
+        QSD,
+        "--blockdev", f"driver={proto},node-name=proto,filename={path}",
+        "--blockdev", f"driver={fmt},node-name=vol,file=proto",
+        "--nbd-server", f"addr.type=inet,addr.host={listen},addr.port={port}",
+        "--export", f"type=nbd,id=exp,node-name=vol,name={name},writable=on",
+        "--pidfile", str(pidfile),
+    ]
+
+
+def wanted_clients(conn: Any, host: str) -> dict[str, set[str]]:
+    """volume id → the hosts whose attachments of this host's volumes go over NBD (a server that
+    live-migrated keeps its network disk, wherever it runs now)."""
+    rows = fetch_all(conn, "SELECT a.volume_id, a.host FROM volume_attachments a JOIN volumes v ON v.id=a.volume_id"
+                           " WHERE v.host=? AND json_extract(a.connection_info, '$.type')='nbd'", (host,))
+    out: dict[str, set[str]] = {}
+    for r in rows:
+        out.setdefault(r["volume_id"], set()).add(r["host"])
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """A running process (a zombie counts as gone: PID 1 reaps lazily here)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _is_export(pid: int, name: str) -> bool:
+    """Is ``pid`` our qemu-storage-daemon of export ``name`` (never kill a recycled pid)?"""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return bool(argv) and argv[0].endswith(QSD.encode()) and any(name.encode() in a for a in argv)
+
+
+@dataclass
+class Export:
+    volume_id: str
+    port: int
+    clients: set[str] = field(default_factory=set)
+    process: asyncio.subprocess.Process | None = None
+    started: float = 0.0  # loop time of the last export request (see GRACE_S)
+
+
+class NbdExports:
+    """Both ends: ``export``/``unexport`` on the volume's host, ``connect``/``disconnect`` on the
+    server's host (a peer call to the volume's host)."""
+
+    def __init__(self, host: str, listen: str, state_dir: Path, catalog: Any, volumes: VolumePaths | None,
+                 peers: Peers | None) -> None:
+        self.host = host
+        self.listen = listen
+        self.dir = state_dir
+        self.catalog = catalog
+        self.volumes = volumes
+        self.peers = peers
+        self._exports: dict[str, Export] = {}
+        self._lock = asyncio.Lock()
+        self._loop: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def listen_address(peer_url: str | None, api_listen: str) -> str:
+        """This host's address other hosts reach: its peer URL's host, else the API address."""
+        host = urlparse(peer_url).hostname if peer_url else None
+        return host or api_listen
+
+    # --- records ---------------------------------------------------------------------------------
+
+    def _record(self, volume_id: str) -> Path:
+        return self.dir / f"{volume_id}.json"
+
+    def _pidfile(self, volume_id: str) -> Path:
+        return self.dir / f"{volume_id}.pid"
+
+    def _save(self, exp: Export) -> None:
+        tmp = self._record(exp.volume_id).with_suffix(".tmp")
+        tmp.write_text(json.dumps({"port": exp.port, "clients": sorted(exp.clients)}))
+        tmp.rename(self._record(exp.volume_id))
+
+    def _pid(self, volume_id: str) -> int | None:
+        try:
+            return int(self._pidfile(volume_id).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    # --- the volume's host -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Adopt or clean up what a previous run left, then supervise every SUPERVISE_S."""
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for record in self.dir.glob("*.json"):
+            try:
+                data = json.loads(record.read_text())
+                self._exports[record.stem] = Export(record.stem, int(data["port"]), set(data["clients"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                log.warning("unreadable NBD export record %s: removed", record)
+                record.unlink(missing_ok=True)
+        await self.supervise()
+        self._loop = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop supervising; the exports keep serving (guests on other hosts use them)."""
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(SUPERVISE_S)
+            try:
+                await self.supervise()
+            except Exception:  # the next round retries
+                log.exception("NBD export supervision failed")
+
+    async def supervise(self) -> None:
+        """Make the running exports match the catalog's attachments from other hosts."""
+        wanted = await self.catalog.read(wanted_clients, self.host)
+        async with self._lock:
+            now = asyncio.get_running_loop().time()
+            for volume_id, exp in list(self._exports.items()):
+                if volume_id not in wanted and now - exp.started < GRACE_S:
+                    continue  # its attach is recording the attachment now
+                if volume_id not in wanted:
+                    log.info("NBD export of volume %s: no attachment needs it any more; stopping it", volume_id)
+                    await self._stop(exp)
+                    continue
+                exp.clients = wanted[volume_id]
+                self._save(exp)
+                if not self._running(exp):
+                    log.warning("NBD export of volume %s is not running; starting it again on port %d",
+                                volume_id, exp.port)
+                    try:
+                        await self._spawn(exp)
+                    except HvdError as exc:
+                        log.error("NBD export of volume %s: %s", volume_id, exc.message)
+
+    def _running(self, exp: Export) -> bool:
+        if exp.process is not None and exp.process.returncode is None:
+            return True
+        pid = self._pid(exp.volume_id)
+        return pid is not None and _alive(pid) and _is_export(pid, export_name(exp.volume_id))
+
+    async def export(self, req: ExportRequest) -> ExportAnswer:
+        """Serve the volume to ``req.client_host`` (idempotent; one daemon per volume)."""
+        async with self._lock:
+            volume = await self.catalog.read(fetch_one, "SELECT * FROM volumes WHERE id=?", (req.volume_id,))
+            if volume is None:
+                raise NotFound(f"Volume {req.volume_id} could not be found")
+            if volume["host"] != self.host:
+                raise Conflict(f"volume {req.volume_id} lives on host {volume['host']}, not {self.host}")
+            exp = self._exports.get(req.volume_id)
+            if exp is None:
+                used = {e.port for e in self._exports.values()}
+                port = next((p for p in NBD_PORTS if p not in used), None)
+                if port is None:
+                    raise Conflict(f"host {self.host} exports {len(used)} volumes already (ports {NBD_PORTS.start}"
+                                   f"-{NBD_PORTS.stop - 1})")
+                exp = Export(req.volume_id, port)
+            exp.clients.add(req.client_host)
+            exp.started = asyncio.get_running_loop().time()
+            self._exports[req.volume_id] = exp
+            self._save(exp)  # recorded before the spawn: a crash now leaves a record, never an orphan
+            if not self._running(exp):
+                try:
+                    await self._spawn(exp)
+                except BaseException:
+                    self._exports.pop(req.volume_id, None)
+                    self._record(req.volume_id).unlink(missing_ok=True)
+                    raise
+            return ExportAnswer(host=self.listen, port=exp.port, export=export_name(req.volume_id))
+
+    async def unexport(self, req: ExportRequest) -> ExportAnswer:
+        """``req.client_host`` no longer needs the volume; the daemon stops with its last client."""
+        async with self._lock:
+            exp = self._exports.get(req.volume_id)
+            if exp is None:
+                return ExportAnswer(host=self.listen, port=0, export=export_name(req.volume_id))
+            exp.clients.discard(req.client_host)
+            if exp.clients:
+                self._save(exp)
+            else:
+                await self._stop(exp)
+            return ExportAnswer(host=self.listen, port=exp.port, export=export_name(req.volume_id))
+
+    async def _spawn(self, exp: Export) -> None:
+        if self.volumes is None:
+            raise Conflict(f"host {self.host} runs no volume service")
+        volume = await self.catalog.read(fetch_one, "SELECT * FROM volumes WHERE id=?", (exp.volume_id,))
+        if volume is None:
+            raise NotFound(f"Volume {exp.volume_id} could not be found")
+        info = self.volumes.connection_info(volume)
+        pidfile = self._pidfile(exp.volume_id)
+        pidfile.unlink(missing_ok=True)
+        argv = qsd_argv(info, self.listen, exp.port, export_name(exp.volume_id), pidfile)
+        logfile = self.dir / f"{exp.volume_id}.log"
+        try:
+            with logfile.open("ab") as err_out:  # the daemon's own messages, for the operator
+                proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                            stdout=asyncio.subprocess.DEVNULL, stderr=err_out,
+                                                            start_new_session=True)
+        except OSError as exc:
+            raise DriverError(f"cannot run {QSD}: {exc} (Debian package qemu-system-common)") from exc
+        exp.process = proc
+        # ready once it wrote its pidfile (after binding the port); an early exit is the error
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT_S
+        while self._pid(exp.volume_id) != proc.pid:
+            if proc.returncode is not None or loop.time() > deadline:
+                if proc.returncode is None:
+                    proc.kill()
+                await proc.wait()
+                err = logfile.read_text(errors="replace").strip()[-400:]
+                raise DriverError(f"{QSD} for volume {exp.volume_id} did not start: {err or 'timeout'}")
+            await asyncio.sleep(0.05)
+        log.info("NBD export of volume %s on %s:%d (pid %d)", exp.volume_id, self.listen, exp.port, proc.pid)
+
+    async def _stop(self, exp: Export) -> None:
+        pid = exp.process.pid if exp.process is not None else self._pid(exp.volume_id)
+        if pid is not None and _alive(pid) and _is_export(pid, export_name(exp.volume_id)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + STOP_TIMEOUT_S
+            while _alive(pid):
+                if exp.process is not None and exp.process.returncode is None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(exp.process.wait(), 0.1)
+                    continue
+                if loop.time() > deadline:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    deadline = loop.time() + STOP_TIMEOUT_S
+                await asyncio.sleep(0.05)
+        self._exports.pop(exp.volume_id, None)
+        self._record(exp.volume_id).unlink(missing_ok=True)
+        self._pidfile(exp.volume_id).unlink(missing_ok=True)
+        (self.dir / f"{exp.volume_id}.log").unlink(missing_ok=True)
+        log.info("NBD export of volume %s stopped", exp.volume_id)
+
+    # --- the server's host -----------------------------------------------------------------------
+
+    async def connect(self, volume: dict[str, Any], client_host: str) -> dict[str, Any]:
+        """The connection info of a network disk to ``volume``'s export on its own host."""
+        if self.peers is None:
+            raise Conflict(f"volume {volume['id']} lives on host {volume['host']}: reaching it needs the cluster")
+        answer = await self.peers.call(volume["host"], EXPORT_PATH,
+                                       ExportRequest(volume_id=volume["id"], client_host=client_host),
+                                       ExportAnswer, timeout=30.0)
+        return {"type": "nbd", "host": answer.host, "port": answer.port, "export": answer.export, "tls": False}
+
+    async def disconnect(self, volume_id: str, client_host: str) -> None:
+        volume = await self.catalog.read(fetch_one, "SELECT host FROM volumes WHERE id=?", (volume_id,))
+        if volume is None or self.peers is None:
+            return  # gone: its host's supervision stops what no attachment needs
+        await self.peers.call(volume["host"], UNEXPORT_PATH, ExportRequest(volume_id=volume_id,
+                                                                            client_host=client_host),
+                              ExportAnswer, timeout=30.0)
