@@ -15,7 +15,13 @@ the result while newer members apply it, and the replicas silently diverge. So:
 - The cluster's usable level is the minimum over the current Raft members (voters and learners:
   both apply every entry). A command whose level is above it is refused before it is appended,
   on the member that proposes it and again on the leader (which may hear of an older member
-  first), with :class:`hvd.errors.UpgradeInProgress` naming the members still behind.
+  first), with :class:`hvd.errors.UpgradeInProgress` naming the members still behind. A refusal
+  only for members not heard from yet waits a little for gossip on the proposer; the leader only
+  refuses for members it heard at an older level.
+
+A release that adds commands or fields raises PROTOCOL, names itself in RELEASES, tags what it
+added with the new level, and keeps the previous level's wire form
+(``python -m tests.fixtures.protocol.make_fixture N`` from that release's checkout).
 
 This module is pure: the gate (hvd/cluster/protocol_gate.py) feeds it gossip and Raft membership.
 """
