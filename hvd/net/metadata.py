@@ -13,8 +13,8 @@ arrives on its external leg.
 
 No extra process means nothing to supervise and no orphans: the listeners live and die with
 the daemon (a restart re-opens them at its first converge). The service's converge closes a
-network's listener before its namespace is deleted (an open socket would keep the namespace,
-and with it the DHCP veth, alive) and re-opens it when the namespace was re-created.
+network's listener before its namespace is deleted (an open socket would keep the deleted
+namespace alive, unnamed and useless) and re-opens it when the namespace was re-created.
 
 Answers come from `hvd.compute.metadata_content`, the builder of the config drive too.
 """
