@@ -53,6 +53,9 @@ NETNS_DIR = "/run/netns"  # where `ip netns` keeps its named namespaces
 CLONE_NEWNET = 0x40000000
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 SHUTDOWN_TIMEOUT_S = 1.0  # a guest's open keep-alive connection must not hold up a network's removal
+# Catalog reads at once per listener: a guest hammering the service queues behind its network's
+# own slots instead of filling the catalog's database thread for everyone.
+READS_PER_LISTENER = 4
 REQUESTS = Counter("hvd_metadata_requests_total", "Metadata service requests, by result (ok, unknown, not_found)",
                    ["result"])
 
@@ -205,6 +208,7 @@ def listen_in_netns(netns: str, address: str, port: int, device: str | None = No
 # --- the HTTP side ----------------------------------------------------------------------------
 
 NETWORK_ID = web.AppKey("network_id", str)
+READ_SLOTS = web.AppKey("read_slots", asyncio.Semaphore)
 
 
 @dataclass
@@ -264,6 +268,7 @@ class MetadataServer:
                                               endpoint.device)
         app = web.Application()
         app[NETWORK_ID] = endpoint.network_id
+        app[READ_SLOTS] = asyncio.Semaphore(READS_PER_LISTENER)
         app.router.add_get("/{path:.*}", self._handle)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         try:
@@ -287,7 +292,8 @@ class MetadataServer:
         network_id = request.app[NETWORK_ID]
         if not peer:
             raise web.HTTPBadRequest(text="the peer address is unknown")
-        facts = await self.catalog.read(instance_facts, network_id, str(peer[0]), self.default_az)
+        async with request.app[READ_SLOTS]:
+            facts = await self.catalog.read(instance_facts, network_id, str(peer[0]), self.default_az)
         if facts is None:
             REQUESTS.labels("unknown").inc()
             log.debug("metadata request from %s on network %s: no instance there", peer[0], network_id)
