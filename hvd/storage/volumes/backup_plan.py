@@ -52,6 +52,8 @@ class Manifest:
         """Parse and check a manifest; ValueError naming what is wrong."""
         try:
             data: dict[str, Any] = json.loads(text)
+            if not isinstance(data, dict):
+                raise TypeError("a manifest is a JSON object")
             if data.get("version") != MANIFEST_VERSION:
                 raise ValueError(f"unknown manifest version {data.get('version')!r}")
             chunks = tuple(Chunk(int(i), int(n), s) for i, n, s in data["chunks"])
