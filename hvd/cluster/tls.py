@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
+import logging
 import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from hvd.errors import ConfigError
 
 if TYPE_CHECKING:
     from hvd.config import Config
+
+log = logging.getLogger(__name__)
 
 CA_DAYS = 3650
 HOST_DAYS = 825  # the longest validity clients such as browsers accept; rotate with `hvd cluster issue|join`
@@ -219,6 +222,25 @@ def cert_node(cert_pem: bytes) -> str:
     return str(cns[0].value) if cns else ""
 
 
+EXPIRY_WARNING = dt.timedelta(days=30)
+
+
+def validity_problem(cert_pem: bytes, now: dt.datetime) -> tuple[str, bool]:
+    """("", False) while the certificate is good for longer than EXPIRY_WARNING; else what to say
+    and whether it is fatal (expired or not valid yet: peers would refuse every handshake)."""
+    cert = _load_cert(cert_pem)
+    node = cert_node(cert_pem)
+    if now < cert.not_valid_before_utc:
+        return f"the certificate of {node} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M}Z", True
+    if now >= cert.not_valid_after_utc:
+        return (f"the certificate of {node} expired on {cert.not_valid_after_utc:%Y-%m-%d}: rotate it"
+                " (`hvd cluster issue` on a CA holder, or `hvd cluster join --force`)", True)
+    if cert.not_valid_after_utc - now < EXPIRY_WARNING:
+        return (f"the certificate of {node} expires on {cert.not_valid_after_utc:%Y-%m-%d}: rotate it"
+                " (`hvd cluster issue` on a CA holder, or `hvd cluster join --force`)", False)
+    return "", False
+
+
 def _tls12(ctx: ssl.SSLContext) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
@@ -282,6 +304,12 @@ def load_contexts(config: Config) -> Contexts | None:
             raise ConfigError(f"[tls] is enabled but {path} does not exist: run `hvd cluster init` on the first host,"
                               " `hvd cluster join --token ...` (or copy what `hvd cluster issue` wrote) on the others")
     try:
-        return Contexts(server_context(files), client_context(files), files)
-    except (OSError, ssl.SSLError) as exc:
+        problem, fatal = validity_problem(files.cert.read_bytes(), dt.datetime.now(dt.UTC))
+        contexts = Contexts(server_context(files), client_context(files), files)
+    except (OSError, ssl.SSLError, CertificateError) as exc:
         raise ConfigError(f"[tls] files under {files.cert.parent} cannot be used: {exc}") from exc
+    if fatal:
+        raise ConfigError(f"[tls] {files.cert}: {problem}")
+    if problem:
+        log.warning("[tls] %s: %s", files.cert, problem)
+    return contexts

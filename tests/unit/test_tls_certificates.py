@@ -31,6 +31,7 @@ from hvd.cluster.tls import (
     read_csr,
     server_context,
     sign_csr,
+    validity_problem,
 )
 from hvd.config import load_config
 from hvd.errors import ConfigError
@@ -136,6 +137,16 @@ def test_a_certificate_for_another_host_does_not_pass_as_this_one(tls_server: tu
     peer = write_host(tmp_path / "peer", ca, "node2", ["node2"])
     with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch"):
         talk(port, client_context(peer), name="node3")
+
+
+def test_an_expired_or_expiring_certificate_is_named_at_start(ca: tuple[bytes, bytes]) -> None:
+    cert, _ = issue_host(ca[0], ca[1], "node1", ["node1"], NOW)  # valid for 825 days from NOW
+    assert validity_problem(cert, NOW + dt.timedelta(days=1)) == ("", False)
+    message, fatal = validity_problem(cert, NOW + dt.timedelta(days=810))
+    assert not fatal and "expires on" in message and "hvd cluster issue" in message
+    message, fatal = validity_problem(cert, NOW + dt.timedelta(days=826))
+    assert fatal and "node1 expired on" in message
+    assert validity_problem(cert, NOW - dt.timedelta(days=1))[1]
 
 
 def test_tls12_is_the_minimum(tmp_path: Path, ca: tuple[bytes, bytes]) -> None:
