@@ -15,6 +15,8 @@ import hvd
 from hvd.catalog import protocol
 from hvd.catalog.commands import Command, command_class, decode, split_identified
 from hvd.catalog.protocol import ClusterLevel, MemberLevel
+from hvd.cluster.gossip.core import MemberEvent
+from hvd.cluster.gossip.report import ResourceReport
 from hvd.cluster.gossip.service import MemberView
 from hvd.errors import UpgradeInProgress
 
@@ -23,6 +25,10 @@ class Reports(Protocol):
     """What the gate reads from gossip (GossipService)."""
 
     def members(self) -> list[MemberView]: ...
+
+    def report_of(self, name: str) -> ResourceReport | None: ...
+
+    def on_change(self, callback: Callable[[MemberEvent], None]) -> None: ...
 
 
 class ProtocolGate:
@@ -35,27 +41,43 @@ class ProtocolGate:
         self.here = MemberLevel(node_id, advertised, hvd_version)
         self._members = members
         self._gossip: Reports | None = None
+        # what gossip said, kept between proposals (reading every host's report for each proposal
+        # costs ~10 us a host) and brought up to date host by host as gossip announces changes
+        self._heard: dict[str, MemberLevel] = {}
+        self._node_of: dict[str, str] = {}  # gossip name -> node id
+        self._changed: set[str] = set()
+        self._last: tuple[frozenset[str], ClusterLevel] | None = None  # the last answer, for the same members
 
     def use_gossip(self, gossip: Reports) -> None:
         """Learn the other members' levels from gossip (until then they count as not heard from)."""
         self._gossip = gossip
+        self._changed.update(view.name for view in gossip.members())
+        gossip.on_change(lambda event: self._changed.add(event.name))
 
     def heard(self) -> dict[str, MemberLevel]:
         """node id -> what it advertises, for every host gossip knows (alive or not: its last report)."""
-        out: dict[str, MemberLevel] = {}
-        if self._gossip is not None:
-            for view in self._gossip.members():
-                node_id = view.report.node_id or view.name  # older builds do not report a node id
-                out[node_id] = MemberLevel(node_id, view.report.protocol, view.report.hvd_version)
-        out[self.here.node_id] = self.here
-        return out
+        gossip, changed = self._gossip, self._changed
+        if gossip is not None and changed:
+            self._last = None
+        while gossip is not None and changed:
+            name = changed.pop()
+            report = gossip.report_of(name)
+            self._heard.pop(self._node_of.pop(name, ""), None)
+            if report is not None:
+                node_id = report.node_id or name  # older builds do not report a node id
+                self._node_of[name] = node_id
+                self._heard[node_id] = MemberLevel(node_id, report.protocol, report.hvd_version)
+        self._heard[self.here.node_id] = self.here  # this host's own word, even against gossip
+        return self._heard
 
     def cluster_level(self, heard_only: bool = False) -> ClusterLevel:
         """The usable level over the Raft members; ``heard_only`` leaves out the members this host
         has not heard from yet."""
         heard = self.heard()
-        members = [m for m in self._members() if not heard_only or m in heard]
-        return protocol.cluster_level(members, heard, ceiling=self.here.effective)
+        members = frozenset(m for m in self._members() if not heard_only or m in heard)
+        if self._last is None or self._last[0] != members:  # (heard() forgets it on news)
+            self._last = (members, protocol.cluster_level(members, heard, ceiling=self.here.effective))
+        return self._last[1]
 
     def refusal(self, cmd: Command) -> tuple[UpgradeInProgress | None, bool]:
         """On the proposing member, before the command leaves it: (the refusal or None, whether

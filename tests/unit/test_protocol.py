@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +23,7 @@ from hvd.catalog.commands import PROPOSAL_ID_BYTES, Command, command_class, enco
 from hvd.catalog.protocol import OLDEST, PROTOCOL, RELEASES, ClusterLevel, MemberLevel, cluster_level
 from hvd.catalog.service import Catalog
 from hvd.cluster.coordinator import RaftCoordinator
+from hvd.cluster.gossip.core import MemberEvent
 from hvd.cluster.gossip.report import ResourceReport, parse_report
 from hvd.cluster.gossip.service import MemberView
 from hvd.cluster.member import open_raft_coordinator
@@ -147,9 +149,21 @@ def test_an_old_hosts_report_without_the_field_counts_as_level_one() -> None:
 class FakeGossip:
     def __init__(self, reports: dict[str, ResourceReport]) -> None:
         self.reports = reports
+        self.callbacks: list[Callable[[MemberEvent], None]] = []
 
     def members(self) -> list[MemberView]:
         return [MemberView(name, "alive", 1, r, 0.0, ("127.0.0.1", 1)) for name, r in self.reports.items()]
+
+    def report_of(self, name: str) -> ResourceReport | None:
+        return self.reports.get(name)
+
+    def on_change(self, callback: Callable[[MemberEvent], None]) -> None:
+        self.callbacks.append(callback)
+
+    def report(self, name: str, report: ResourceReport) -> None:
+        self.reports[name] = report
+        for callback in self.callbacks:
+            callback(MemberEvent(name, "alive", "alive", 2, True))
 
 
 def gate(members: set[str], reports: dict[str, ResourceReport], advertised: int = PROTOCOL) -> ProtocolGate:
@@ -204,7 +218,7 @@ async def test_a_held_back_command_is_appended_nowhere_on_the_proposer_or_the_le
             await coordinator.propose_local(_identified(encode(cmd)))  # the leader, for a forwarded one
         assert coordinator.driver.node.log.last_index() == last
         await catalog.propose(FlavorCreate(id="f", name="f", vcpus=1, ram_mb=64, disk_gb=1, created_at="t"))
-        gossip.reports["n3"] = ResourceReport(hvd_version="0.2.0", protocol=2)  # n3 upgraded
+        gossip.report("n3", ResourceReport(hvd_version="0.2.0", protocol=2))  # n3 upgraded
         assert (await catalog.propose(cmd))["id"] == "vt-1"
     finally:
         await coordinator.stop()
@@ -229,7 +243,7 @@ async def test_a_member_not_heard_from_yet_is_waited_for_and_only_the_proposer_c
         proposal = asyncio.create_task(catalog.propose(cmd))  # waits for gossip instead of refusing at once
         await asyncio.sleep(0.3)
         assert not proposal.done()
-        gossip.reports["n2"] = ResourceReport(hvd_version="0.2.0", protocol=2, node_id="n2")
+        gossip.report("n2", ResourceReport(hvd_version="0.2.0", protocol=2, node_id="n2"))
         assert (await asyncio.wait_for(proposal, 5))["id"] == "vt-1"
     finally:
         await coordinator.stop()

@@ -145,6 +145,11 @@ class GossipService:
     def member(self, name: str) -> MemberView | None:
         return next((m for m in self.members() if m.name == name), None)
 
+    def report_of(self, name: str) -> ResourceReport | None:
+        """``name``'s last report (None if unknown): one host's, without building every view."""
+        member = self._core.members.get(name) if self._core is not None else None
+        return None if member is None else parse_report(member.report)
+
     def update_report(self, report: ResourceReport) -> None:
         """Set this host's report; others hear of a significant change (at most every few seconds)."""
         self._report = report
