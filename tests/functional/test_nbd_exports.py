@@ -29,8 +29,11 @@ class Catalog:
     def __init__(self, volume: dict[str, Any]) -> None:
         self.volume = volume
         self.wanted: dict[str, set[str]] = {}
+        self.users: list[str] = []
 
     async def read(self, fn: Any, *args: Any) -> Any:
+        if fn is nbd.nbd_users:
+            return self.users
         return self.wanted if fn is nbd.wanted_clients else self.volume
 
 
@@ -88,9 +91,21 @@ async def test_export_serves_survives_an_hvd_restart_and_leaves_no_orphan(tmp_pa
     await second.supervise()
     new_pid = int((state / f"{VOL}.pid").read_text())
     assert new_pid != pid and nbd_read(answer.port, tmp_path / "copy2") == b"HVDMARK-nbd-test"
-    # the last attachment went (and the grace of a new export is over): stopped, record gone
+    # a detach while another attachment still uses it keeps it; the last one stops it
+    catalog.users = ["h3"]
+    await second.unexport(ExportRequest(volume_id=VOL, client_host="h2"))
+    assert nbd._alive(new_pid)
+    catalog.users = []
+    await second.unexport(ExportRequest(volume_id=VOL, client_host="h3"))
+    assert not nbd._alive(new_pid) and list(state.iterdir()) == []
+    # an export nobody attached (an attach that failed after it): stopped once its grace is over
     catalog.wanted = {}
+    await second.export(ExportRequest(volume_id=VOL, client_host="h2"))
+    last_pid = int((state / f"{VOL}.pid").read_text())
+    await second.supervise()
+    assert nbd._alive(last_pid)
+    second._exports[VOL].started -= nbd.GRACE_S
     second._exports[VOL].started -= nbd.GRACE_S
     await second.supervise()
     await second.stop()
-    assert not nbd._alive(new_pid) and list(state.iterdir()) == []
+    assert not nbd._alive(last_pid) and list(state.iterdir()) == []

@@ -103,6 +103,13 @@ def wanted_clients(conn: Any, host: str) -> dict[str, set[str]]:
     return out
 
 
+def nbd_users(conn: Any, volume_id: str) -> list[str]:
+    """Hosts of the volume's NBD attachments that are not being detached."""
+    rows = fetch_all(conn, "SELECT host FROM volume_attachments WHERE volume_id=? AND status<>'detaching'"
+                           " AND json_extract(connection_info, '$.type')='nbd'", (volume_id,))
+    return [str(r["host"]) for r in rows]
+
+
 def _alive(pid: int) -> bool:
     """A running process (a zombie counts as gone: PID 1 reaps lazily here)."""
     try:
@@ -259,13 +266,16 @@ class NbdExports:
             return ExportAnswer(host=self.listen, port=exp.port, export=export_name(req.volume_id))
 
     async def unexport(self, req: ExportRequest) -> ExportAnswer:
-        """``req.client_host`` no longer needs the volume; the daemon stops with its last client."""
+        """A server of ``req.client_host`` lets go of the volume (its attachment is detaching): the
+        daemon stops unless another NBD attachment still uses it. The catalog counts, not the
+        client list: a server that live-migrated asks from its new host."""
         async with self._lock:
             exp = self._exports.get(req.volume_id)
             if exp is None:
                 return ExportAnswer(host=self.listen, port=0, export=export_name(req.volume_id))
+            users = await self.catalog.read(nbd_users, req.volume_id)
             exp.clients.discard(req.client_host)
-            if exp.clients:
+            if users:
                 self._save(exp)
             else:
                 await self._stop(exp)

@@ -1,0 +1,95 @@
+"""A volume used across hosts in the multi-host lab (two hosts, real libvirt under TCG): the volume
+lives on one host, the server runs on the other and reaches it over NBD (a libvirt network disk to
+the volume host's qemu-storage-daemon); the guest sees it and marks it; the server live-migrates to
+the volume's host with the volume attached (only its own disks are copied); after a detach the
+export is gone (no orphan process, no record) and a re-attach, now direct on the volume's host,
+shows the mark written over NBD before the move."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.lab.cluster import LabCluster, lab_available
+from tests.lab.test_cluster_compute import upload
+from tests.lab.test_volumes_libvirt import VOLUME_SCRIPT
+
+VOLUMES_DIR = "/var/lib/libvirt/hvd-volumes"  # each lab host's own /var/lib/libvirt
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[LabCluster]:
+    if reason := lab_available():
+        pytest.skip(reason)
+    backend = {"backends": [{"name": "file", "driver": "file", "path": VOLUMES_DIR}]}
+    with LabCluster(hosts=2, config={"volumes": backend}) as cluster:
+        yield cluster
+
+
+def ok(lab: LabCluster, host: str, method: str, path: str, body: Any = None, status: int = 200) -> Any:
+    r = lab.call(host, method, path, body, timeout=600)
+    assert r.status_code == status, (method, path, r.status_code, r.text)
+    return r.json() if r.content else None
+
+
+def wait_console(lab: LabCluster, sid: str, needle: str, after: int = 0, timeout: float = 180) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = str(ok(lab, "h1", "GET", f"/v1/servers/{sid}/console-log")["output"])
+        if needle in text[after:]:
+            return text
+        assert time.monotonic() < deadline, f"no {needle!r} on the console:\n{text[-2000:]}"
+        time.sleep(1)
+
+
+def test_a_volume_of_one_host_used_and_live_migrated_on_another(lab: LabCluster) -> None:
+    ok(lab, "h1", "POST", "/v1/flavors", {"name": "v.tiny", "vcpus": 1, "ram_mb": 128, "disk_gb": 1}, 201)
+    image = upload(lab, "h1", "guest")
+    volume = ok(lab, "h1", "POST", "/v1/volumes?wait=true", {"name": "shared-data", "size_gb": 1}, 202)
+    assert volume["status"] == "available", volume
+    vid, vol_host = volume["id"], volume["host"].split("@")[0]
+    srv_host = "h2" if vol_host == "h1" else "h1"
+    server = ok(lab, "h1", "POST", "/v1/servers?wait=true",
+                {"name": "nbd-user", "flavor": "v.tiny", "image": image, "networks": "none",
+                 "user_data": VOLUME_SCRIPT, "availability_zone": f"nova:{srv_host}"}, 202)
+    sid = server["id"]
+    assert server["status"] == "ACTIVE" and server["host"] == srv_host, server
+    wait_console(lab, sid, "HVD-GUEST ready")
+
+    att = ok(lab, srv_host, "POST", f"/v1/servers/{sid}/volume-attachments", {"volume": vid}, 201)
+    assert att["status"] == "attached", att
+    xml = lab.virsh(srv_host, "dumpxml", sid).stdout
+    assert "protocol='nbd'" in xml and f"name='volume-{vid}'" in xml, xml  # a network disk to the volume host
+    records = list(lab.host(vol_host).data_dir.joinpath("nbd").glob("*.json"))
+    assert [r.stem for r in records] == [vid] and json.loads(records[0].read_text())["clients"] == [srv_host]
+    wait_console(lab, sid, f"serial={vid[:20]} bytes={1 << 30} mark=none")
+    wait_console(lab, sid, f"HVD-VOL written {vid[:20]}")
+
+    # live migration to the volume's own host: the volume stays attached (still over NBD)
+    moved = ok(lab, "h1", "POST", f"/v1/servers/{sid}/live-migrate?wait=true",
+               {"host": vol_host, "block_migration": True}, 202)
+    assert moved["status"] == "ACTIVE" and moved["host"] == vol_host, moved
+    assert "protocol='nbd'" in lab.virsh(vol_host, "dumpxml", sid).stdout
+    listed = ok(lab, vol_host, "GET", f"/v1/servers/{sid}/volume-attachments")["volume_attachments"]
+    assert [(a["volume_id"], a["status"]) for a in listed] == [(vid, "attached")]
+
+    # detach: the guest lets go, the export stops (no process, no record)
+    at = len(ok(lab, "h1", "GET", f"/v1/servers/{sid}/console-log")["output"])
+    ok(lab, "h1", "DELETE", f"/v1/servers/{sid}/volume-attachments/{vid}", status=204)
+    wait_console(lab, sid, "HVD-VOL gone", after=at)
+    nbd_dir = lab.host(vol_host).data_dir.joinpath("nbd")
+    assert list(nbd_dir.iterdir()) == []
+    # (the guest's own QEMU names the export in its command line since the migration: not that one)
+    procs = lab.exec(vol_host, ["pgrep", "-f", f"qemu-storage-daemon.*volume-{vid}"]).stdout.split()
+    assert procs == [], procs
+
+    # attached again, now on the volume's host: opened directly, and the mark written over NBD is there
+    at = len(ok(lab, "h1", "GET", f"/v1/servers/{sid}/console-log")["output"])
+    ok(lab, "h1", "POST", f"/v1/servers/{sid}/volume-attachments", {"volume": vid}, 201)
+    assert "protocol='nbd'" not in lab.virsh(vol_host, "dumpxml", sid).stdout
+    wait_console(lab, sid, f"serial={vid[:20]} bytes={1 << 30} mark=HVDMARK-nbd-user", after=at)
+    ok(lab, "h1", "DELETE", f"/v1/servers/{sid}?wait=true", status=204)
