@@ -145,10 +145,15 @@ def test_events_follow_and_wait_shows_progress(env: dict[str, str], tmp_path: Pa
     # without --follow: the first matching event, then exit
     first, first_lines = _events(child_env, "--type", "instance.delete", "-f", "value", "-c", "type",
                                  "-c", "instance_id")
-    out = run(env, "server", "delete", "vm-ev", "--wait")
-    assert out.stderr.splitlines()[-1] == "vm-ev deleted"
-    assert first.wait(timeout=30) == 0
-    assert first_lines.get(timeout=30) == f"instance.delete {server['id']}\n"
+    try:
+        out = run(env, "server", "delete", "vm-ev", "--wait")
+        assert out.stderr.splitlines()[-1] == "vm-ev deleted"
+        assert first.wait(timeout=30) == 0
+        assert first_lines.get(timeout=30) == f"instance.delete {server['id']}\n"
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(timeout=30)
     quiet = run(env, "events", "--type", "nothing.*", "--timeout", "1", ok=False)
     assert quiet.returncode == 1 and "no matching event within 1 s" in quiet.stderr
 
