@@ -15,9 +15,11 @@ import hashlib
 import os
 import threading
 import zlib
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from hvd.storage.volumes.backup_plan import (
     BackupStats,
@@ -29,7 +31,32 @@ from hvd.storage.volumes.backup_plan import (
     summarise,
 )
 
+T = TypeVar("T")
+R = TypeVar("R")
 HASH_THREADS = 2  # sha256 and zlib release the GIL: two chunks at once use both cores of a small host
+SAMPLE = 64 * 1024  # a chunk whose first 64 KiB zlib cannot shrink by 10% is stored as it is
+ZLIB_TAG, RAW_TAG = b"z", b"r"  # first byte of an object of an "auto" backup
+
+
+def pack(data: bytes, level: int) -> bytes:
+    """An object's stored bytes: zlib-compressed, or raw when the data does not compress (random or
+    encrypted data would cost zlib's time for nothing)."""
+    if len(zlib.compress(data[:SAMPLE], 1)) > 0.9 * min(len(data), SAMPLE):
+        return RAW_TAG + data
+    return ZLIB_TAG + zlib.compress(data, level)
+
+
+def unpack(blob: bytes, compression: str) -> bytes:
+    if compression == "none":
+        return blob
+    if compression == "zlib":
+        return zlib.decompress(blob)
+    tag, body = blob[:1], blob[1:]
+    if tag == RAW_TAG:
+        return body
+    if tag == ZLIB_TAG:
+        return zlib.decompress(body)
+    raise ValueError(f"unknown object tag {tag!r}")
 
 
 def volume_dir(root: Path, volume_id: str) -> Path:
@@ -58,6 +85,19 @@ def _is_hole(fd: int, offset: int, length: int) -> bool:
         return exc.errno == errno.ENXIO  # no data after offset; other errors: unknown, so read it
 
 
+_ZEROS: dict[int, bytes] = {}
+
+
+def _zeros(length: int) -> bytes:
+    """A cached buffer of zeros (comparing with it is several times faster than counting)."""
+    zeros = _ZEROS.get(length)
+    if zeros is None:
+        if len(_ZEROS) > 8:  # the odd last-chunk lengths of many volumes: keep a few
+            _ZEROS.clear()
+        zeros = _ZEROS[length] = bytes(length)
+    return zeros
+
+
 def _read_chunks(fd: int, size: int, chunk_size: int) -> Iterator[tuple[int, int, bytes | None]]:
     for index, offset, length in layout(size, chunk_size):
         if _is_hole(fd, offset, length):
@@ -66,31 +106,43 @@ def _read_chunks(fd: int, size: int, chunk_size: int) -> Iterator[tuple[int, int
             yield index, length, os.pread(fd, length, offset)
 
 
+def _bounded_map(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    """``fn`` over ``items`` in HASH_THREADS threads, in order, with few items in flight (a volume
+    is never read into memory whole: Executor.map would take every chunk at once)."""
+    window: deque[Future[R]] = deque()
+    with ThreadPoolExecutor(HASH_THREADS) as pool:
+        for item in items:
+            window.append(pool.submit(fn, item))
+            if len(window) > 2 * HASH_THREADS:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+
 def backup_volume(source: Path, root: Path, volume_id: str, backup_id: str, parent_id: str | None,
                   size_bytes: int, chunk_size: int, level: int, created_at: str) -> BackupStats:
     """Back up ``size_bytes`` of ``source`` (raw data) into ``root``; write the manifest last."""
     vdir = volume_dir(root, volume_id)
-    compression = "zlib" if level > 0 else "none"
+    compression = "auto" if level > 0 else "none"
     written: dict[str, int] = {}
 
     def one(item: tuple[int, int, bytes | None]) -> Chunk:
         index, length, data = item
-        if data is None or data.count(0) == len(data):
+        if data is None or data == _zeros(len(data)):
             return Chunk(index, length, None)
         if len(data) < length:  # the source is shorter than the volume: the rest reads as zeros
             data += bytes(length - len(data))
         sha = hashlib.sha256(data).hexdigest()
         obj = vdir / object_path(sha)
         if not obj.exists():
-            blob = zlib.compress(data, level) if level > 0 else data
+            blob = pack(data, level) if level > 0 else data
             _write_atomic(obj, blob)
             written[sha] = len(blob)
         return Chunk(index, length, sha)
 
     fd = os.open(source, os.O_RDONLY)
     try:
-        with ThreadPoolExecutor(HASH_THREADS) as pool:
-            chunks = tuple(pool.map(one, _read_chunks(fd, size_bytes, chunk_size)))
+        chunks = tuple(_bounded_map(one, _read_chunks(fd, size_bytes, chunk_size)))
     finally:
         os.close(fd)
     manifest = Manifest(backup_id=backup_id, volume_id=volume_id, size_bytes=size_bytes, chunk_size=chunk_size,
@@ -111,8 +163,8 @@ def _object_data(vdir: Path, chunk: Chunk, compression: str) -> bytes:
     assert chunk.sha256 is not None
     blob = (vdir / object_path(chunk.sha256)).read_bytes()
     try:
-        data = zlib.decompress(blob) if compression == "zlib" else blob
-    except zlib.error as exc:
+        data = unpack(blob, compression)
+    except (zlib.error, ValueError) as exc:
         raise ValueError(f"chunk {chunk.index} (sha256 {chunk.sha256}) cannot be decompressed: {exc}") from exc
     if len(data) != chunk.length or hashlib.sha256(data).hexdigest() != chunk.sha256:
         raise ValueError(f"chunk {chunk.index} does not match its sha256 {chunk.sha256}")

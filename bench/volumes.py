@@ -1,0 +1,126 @@
+"""Volume figures (a benchmark, not a test: it prints figures and ratios against baselines run
+side by side in the same process).
+
+    python3 bench/volumes.py [--image-mib 256] [--volume-gib 1] [--repeat 3]
+
+1. Create-from-image latency through the API (POST /v1/volumes?wait=true, file backend, the image
+   already in the host's cache) against `qemu-img convert -O raw` of the same cached image.
+2. Full backup of a volume holding data (POST /v1/backups?wait=true: read, sha256, zlib level 1,
+   4 MiB chunks) against `zstd -1` and `gzip -1` of the same file (MB/s of volume data).
+3. Incremental backup of the unchanged volume (every chunk read and hashed, none written).
+Targets (issue 15): create ratio <= 1.2; incremental backup of an unchanged 1 GiB volume <= 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.conftest import start_daemon  # noqa: E402 - after the path tweak, as in bench/create.py
+
+MIB = 1 << 20
+
+
+def fill(path: Path, mib: int) -> None:
+    """Data a disk might hold: a third random, a third text-like, a third zeros (4 MiB stripes)."""
+    text = (b"the quick brown fox jumps over the lazy dog 0123456789\n" * 80000)[: 4 * MIB]
+    with open(path, "wb") as fh:
+        for i in range(0, mib, 4):
+            kind = (i // 4) % 3
+            fh.write(os.urandom(4 * MIB) if kind == 0 else text if kind == 1 else bytes(4 * MIB))
+
+
+def timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--image-mib", type=int, default=256)
+    ap.add_argument("--volume-gib", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="hvd-bench-vol-") as tmp:
+        base = Path(tmp)
+        d = start_daemon(base / "hvd")
+        try:
+            run(d.url, base, args)
+        finally:
+            d.stop()
+
+
+def run(url: str, base: Path, args: argparse.Namespace) -> None:
+    token = requests.post(f"{url}/v1/auth/tokens", timeout=30, json={
+        "username": "admin", "password": "admin-secret", "project": "admin"}).json()["token"]
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def call(method: str, path: str, body: Any = None) -> Any:
+        r = requests.request(method, url + path, json=body, headers=headers, timeout=3600)
+        assert r.status_code < 300, r.text
+        return r.json() if r.content else None
+
+    data_dir = base / "hvd" / "data"
+    image_file = base / "image.raw"
+    fill(image_file, args.image_mib)
+    img = call("POST", "/v1/images", {"name": "bench", "disk_format": "raw"})
+    with open(image_file, "rb") as fh:
+        r = requests.put(f"{url}/v1/images/{img['id']}/file", data=fh, timeout=600,
+                         headers={**headers, "Content-Type": "application/octet-stream"})
+    assert r.status_code == 204, r.text
+    size_gib = max(1, -(-args.image_mib // 1024))
+    first = timed(lambda: call("POST", "/v1/volumes?wait=true", {"size_gb": size_gib, "image": img["id"]}))
+    cached = next((data_dir.parent / "instances" / "_base").iterdir())
+    api_s, raw_s = [], []
+    for i in range(args.repeat):
+        api_s.append(timed(lambda: call("POST", "/v1/volumes?wait=true", {"size_gb": size_gib, "image": img["id"]})))
+        dest = base / f"convert-{i}.raw"
+        raw_s.append(timed(lambda d=dest: subprocess.run(
+            ["qemu-img", "convert", "-f", "raw", "-O", "raw", str(cached), str(d)], check=True)))
+        dest.unlink()
+    api, raw = statistics.median(api_s), statistics.median(raw_s)
+    print(f"create from a {args.image_mib} MiB image: first {first:.3f} s (fills the image cache);"
+          f" cached p50 {api:.3f} s vs qemu-img convert {raw:.3f} s: ratio {api / raw:.2f} (target <= 1.2)")
+
+    # a volume full of data: restore the image's pattern into every GiB of it
+    vol = call("POST", "/v1/volumes?wait=true", {"name": "bench-backup", "size_gb": args.volume_gib})
+    vfile = data_dir / "volumes" / f"volume-{vol['id']}"
+    fill(vfile, args.volume_gib * 1024)
+    data_mb = args.volume_gib * 1024 * MIB / 1e6
+    full_s = timed(lambda: call("POST", "/v1/backups?wait=true", {"volume": vol["id"], "incremental": False}))
+    backups = call("GET", "/v1/backups")["backups"]
+    stored = backups[-1]["stored_bytes"]
+    tools: dict[str, float] = {}
+    for name, argv in (("zstd -1", ["zstd", "-1", "-q", "-c", "-T1"]), ("gzip -1", ["gzip", "-1", "-c"])):
+        if shutil.which(argv[0]) is None:
+            continue
+        with open(vfile, "rb") as src, open(base / "tool.out", "wb") as out:
+            tools[name] = timed(lambda s=src, o=out, a=argv: subprocess.run(a, stdin=s, stdout=o, check=True))
+    print(f"full backup of {args.volume_gib} GiB ({data_mb:.0f} MB; 1/3 random, 1/3 text, 1/3 zeros):"
+          f" {full_s:.2f} s = {data_mb / full_s:.0f} MB/s, stored {stored / 1e6:.0f} MB")
+    for name, secs in tools.items():
+        print(f"  {name} of the same file: {secs:.2f} s = {data_mb / secs:.0f} MB/s; backup/{name} time ratio"
+              f" {full_s / secs:.2f}")
+    incr = [timed(lambda: call("POST", "/v1/backups?wait=true", {"volume": vol["id"]}))
+            for _ in range(args.repeat)]
+    last = call("GET", "/v1/backups")["backups"][-1]
+    print(f"incremental backup of the unchanged {args.volume_gib} GiB volume: p50 {statistics.median(incr):.3f} s"
+          f" (min {min(incr):.3f} s), new chunks {last['new_chunks']} (target <= 1 s)")
+
+
+if __name__ == "__main__":
+    main()
