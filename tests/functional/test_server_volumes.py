@@ -158,9 +158,13 @@ async def test_volumes_follow_the_server_through_stop_reboot_and_delete(admin_ap
     status, att = await admin_api.call("POST", f"/v1/servers/{sid}/volume-attachments",
                                        {"volume": vol, "device": "/dev/vdd"})
     assert status == 201 and att["device"] == "/dev/vdd", att
-    for name in ("start", "reboot"):
-        status, body = await action(admin_api, sid, name, {"type": "HARD"} if name == "reboot" else None)
-        assert status == 202 and body["status"] == "ACTIVE", body
+    await make_flavor(admin_api, name="m1.small", vcpus=2, ram_mb=256, disk_gb=2)
+    steps: list[tuple[str, dict[str, Any] | None, str]] = [
+        ("start", None, "ACTIVE"), ("reboot", {"type": "HARD"}, "ACTIVE"), ("rebuild", {"image": "base"}, "ACTIVE"),
+        ("resize", {"flavor": "m1.small"}, "VERIFY_RESIZE"), ("confirm-resize", None, "ACTIVE")]
+    for name, body, want in steps:
+        status, answer = await action(admin_api, sid, name, body)
+        assert status == 202 and answer["status"] == want, (name, answer)
         assert domain_volumes(env, sid) == {vol: "vdd"}, name  # the regenerated definition has it
     driver: FakeDriver = env["compute"].manager.driver
     assert "vdd" in (await driver.console_log(sid)).splitlines()[-1]
