@@ -343,8 +343,8 @@ class ClusterSection(Section):
     node_id: str = Field("", description="Stable id of this node; empty = host.name.")
     peers: list[str] = Field(
         default_factory=list,
-        description="Members as 'node_id=http://host:port' (this node may be listed too); empty = all-in-one,"
-        " a one-voter cluster of this node. Every member must list the same set (see voters).",
+        description="Members as 'node_id=https://host:port' (http:// without [tls]; this node may be listed too);"
+        " empty = all-in-one, a one-voter cluster of this node. Every member must list the same set (see voters).",
     )
     voters: int = Field(
         3, ge=1, le=7,
@@ -377,7 +377,7 @@ class ClusterSection(Section):
         for peer in peers:
             node, sep, url = peer.partition("=")
             if not sep or not node.strip() or not url.startswith(("http://", "https://")):
-                raise ValueError(f"peer {peer!r} is not 'node_id=http://host:port'")
+                raise ValueError(f"peer {peer!r} is not 'node_id=https://host:port'")
         return peers
 
     @model_validator(mode="after")

@@ -52,7 +52,7 @@ def register_cluster(registry: Registry) -> None:
                              "the control plane's Raft membership")
     registry.register_action("cluster", Action(
         "add", "add a host started with [cluster] join = true", cluster_add,
-        (Opt("id", "", "its node id"), Opt("url", "", "its API URL, e.g. http://10.0.0.4:8774"),
+        (Opt("id", "", "its node id"), Opt("url", "", "its API URL, e.g. https://10.0.0.4:8774"),
          Opt("--learner", "", "replicate only, never vote", kind="const", const=True)),
         operations=("POST /v1/cluster/members",)))
     registry.register_action("cluster", Action("remove", "remove a member", cluster_remove,

@@ -61,7 +61,7 @@ class ClusterView(BaseModel):
 class MemberIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(pattern=NODE_ID, description="The new member's [cluster] node_id (or host name)")
-    url: str = Field(description="Its API base URL, e.g. http://10.0.0.4:8774")
+    url: str = Field(description="Its API base URL, e.g. https://10.0.0.4:8774")
     role: Literal["voter", "learner"] = Field("voter", description="Learners replicate but never vote")
 
     @field_validator("url")
