@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,21 @@ def test_scheduler_filters_and_weighs_most_free_first() -> None:
         choose(backends, VolumeRequest(100, None, {"volume_backend_name": "lvm"}))
     with pytest.raises(NoValidHost, match="no volume backend is configured"):
         choose([], VolumeRequest(1, None, {}))
+
+
+def test_an_unwritten_source_file_reuses_its_parent_and_a_write_is_never_missed(tmp_path: Path) -> None:
+    src = tmp_path / "vol"
+    src.write_bytes(os.urandom(2 * CHUNK))
+    old = time.time() - 60
+    os.utime(src, (old, old))  # settled: not written for a minute
+    root = tmp_path / "b"
+    backup_io.backup_volume(src, root, "v", "b1", None, 2 * CHUNK, CHUNK, 1, "t")
+    first = backup_io.read_manifest(root, "v", "b1")
+    assert first.source_stamp is not None
+    backup_io.backup_volume(src, root, "v", "b2", "b1", 2 * CHUNK, CHUNK, 1, "t")
+    assert backup_io.read_manifest(root, "v", "b2").chunks == first.chunks
+    with open(src, "r+b") as fh:  # a write: mtime moves to now, so the stamp no longer matches
+        fh.write(b"changed")
+    stats = backup_io.backup_volume(src, root, "v", "b3", "b2", 2 * CHUNK, CHUNK, 1, "t")
+    assert stats.new_chunks == 1 and backup_io.read_manifest(root, "v", "b3").source_stamp is None  # still racy
+    assert backup_io.source_stamp(os.stat(src), time.time_ns()) is None

@@ -13,7 +13,9 @@ import contextlib
 import errno
 import hashlib
 import os
+import stat
 import threading
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -119,6 +121,37 @@ def _bounded_map(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
             yield window.popleft().result()
 
 
+STAMP_SETTLE_NS = 2_000_000_000  # a file written in the last 2 s may change within its mtime's tick
+
+
+def source_stamp(st: os.stat_result, now_ns: int) -> tuple[int, ...] | None:
+    """(device, inode, size, mtime) of a regular file not written for STAMP_SETTLE_NS, else None.
+
+    A later backup that finds the same stamp knows the file was not written since (any write moves
+    mtime to "now", past the recorded one): git's "racily clean" rule. Block devices have none."""
+    if not stat.S_ISREG(st.st_mode) or now_ns - st.st_mtime_ns < STAMP_SETTLE_NS:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _unchanged_since_parent(root: Path, volume_id: str, parent_id: str | None, stamp: tuple[int, ...] | None,
+                            size_bytes: int, chunk_size: int) -> tuple[Chunk, ...] | None:
+    """The parent backup's chunks when the source file has not been written since it was read
+    (same stamp, same layout, every object still stored); None: read the volume."""
+    if parent_id is None or stamp is None:
+        return None
+    try:
+        parent = read_manifest(root, volume_id, parent_id)
+    except (OSError, ValueError):
+        return None
+    if parent.source_stamp != stamp or (parent.size_bytes, parent.chunk_size) != (size_bytes, chunk_size):
+        return None
+    vdir = volume_dir(root, volume_id)
+    if not all((vdir / object_path(sha)).exists() for sha in parent.objects()):
+        return None
+    return parent.chunks
+
+
 def backup_volume(source: Path, root: Path, volume_id: str, backup_id: str, parent_id: str | None,
                   size_bytes: int, chunk_size: int, level: int, created_at: str) -> BackupStats:
     """Back up ``size_bytes`` of ``source`` (raw data) into ``root``; write the manifest last."""
@@ -142,11 +175,15 @@ def backup_volume(source: Path, root: Path, volume_id: str, backup_id: str, pare
 
     fd = os.open(source, os.O_RDONLY)
     try:
-        chunks = tuple(_bounded_map(one, _read_chunks(fd, size_bytes, chunk_size)))
+        stamp = source_stamp(os.fstat(fd), time.time_ns())  # taken before reading: a later write changes it
+        chunks = _unchanged_since_parent(root, volume_id, parent_id, stamp, size_bytes, chunk_size)
+        if chunks is None:
+            chunks = tuple(_bounded_map(one, _read_chunks(fd, size_bytes, chunk_size)))
     finally:
         os.close(fd)
     manifest = Manifest(backup_id=backup_id, volume_id=volume_id, size_bytes=size_bytes, chunk_size=chunk_size,
-                        compression=compression, parent_id=parent_id, created_at=created_at, chunks=chunks)
+                        compression=compression, parent_id=parent_id, created_at=created_at, chunks=chunks,
+                        source_stamp=stamp)
     _write_atomic(manifest_path(root, volume_id, backup_id), manifest.to_json().encode())
     with contextlib.suppress(OSError):
         fd_dir = os.open(vdir, os.O_RDONLY)

@@ -40,6 +40,7 @@ class Manifest:
     parent_id: str | None
     created_at: str
     chunks: tuple[Chunk, ...] = field(default_factory=tuple)
+    source_stamp: tuple[int, ...] | None = None  # (dev, inode, size, mtime_ns) of a source file (backup_io)
     version: int = MANIFEST_VERSION
 
     def to_json(self) -> str:
@@ -62,6 +63,7 @@ class Manifest:
                 size_bytes=int(data["size_bytes"]), chunk_size=int(data["chunk_size"]),
                 compression=str(data["compression"]), parent_id=data.get("parent_id"),
                 created_at=str(data["created_at"]), chunks=chunks,
+                source_stamp=tuple(int(v) for v in data["source_stamp"]) if data.get("source_stamp") else None,
             )
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise ValueError(f"malformed manifest: {exc}") from exc
