@@ -291,11 +291,16 @@ def known_backups(root: Path) -> dict[str, str]:
 
 
 def remove_debris(root: Path) -> int:
-    """Remove half-written ``.tmp-*`` files (a crash during a backup); returns how many."""
+    """Remove half-written ``.tmp-*`` files and ``.raw-*`` copies (a crash during a backup); returns
+    how many."""
     count = 0
     if root.is_dir():
         for p in root.rglob(".tmp-*"):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+                count += 1
+        for p in root.glob(".raw-*"):  # a qcow2 volume's raw copy being backed up
+            with contextlib.suppress(FileNotFoundError):
+                remove_tree(p)
                 count += 1
     return count
