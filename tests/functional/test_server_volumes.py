@@ -228,8 +228,23 @@ async def test_boot_from_volume_and_online_extend_through_the_api(admin_api: Api
     _, boot = await admin_api.call("GET", f"/v1/volumes/{boot_vid}")
     assert (boot["status"], boot["bootable"], boot["size_gb"]) == ("in-use", True, 1), boot
     assert driver.domains[sid].spec.boots_from_volume and not driver.domains[sid].spec.path("disk").exists()
-    status, body = await action(admin_api, sid, "snapshot", {"name": "s"})
-    assert status == 409 and "boots from volume" in body["error"]["message"], body
+    # its snapshot: a volume snapshot of the boot volume, and an image pointing to it that boots a copy
+    status, body = await action(admin_api, sid, "snapshot", {"name": "bfv-snap"})
+    assert status == 202 and body["server"]["status"] == "ACTIVE", body
+    _, image = await admin_api.call("GET", f"/v1/images/{body['image_id']}")
+    assert image["status"] == "active", image
+    snap_id = image["properties"]["boot_volume_snapshot_id"]
+    _, snap = await admin_api.call("GET", f"/v1/snapshots/{snap_id}")
+    assert (snap["status"], snap["volume_id"]) == ("available", boot_vid), snap
+    status, copy = await admin_api.call("POST", "/v1/servers?wait=true",
+                                        {"name": "copy", "flavor": "m1.tiny", "image": body["image_id"]})
+    assert status == 202 and copy["status"] == "ACTIVE", copy
+    _, copied = await admin_api.call("GET", f"/v1/servers/{copy['id']}/volume-attachments")
+    [copy_att] = copied["volume_attachments"]
+    _, copy_vol = await admin_api.call("GET", f"/v1/volumes/{copy_att['volume_id']}")
+    assert copy_att["device"] == "/dev/vda" and copy_vol["source_snapshot_id"] == snap_id, copy_vol
+    status, _ = await admin_api.call("DELETE", f"/v1/servers/{copy['id']}?wait=true")
+    assert status == 204
     status, body = await admin_api.call("DELETE", f"/v1/servers/{sid}/volume-attachments/{boot_vid}")
     assert status == 409 and "boot volume" in body["error"]["message"], body
 
@@ -247,6 +262,8 @@ async def test_boot_from_volume_and_online_extend_through_the_api(admin_api: Api
         assert status == 202 and body["task_state"] is None, body
     assert {v.dev for v in driver.domains[sid].volumes.values()} == {"vda", "vdc"}
 
+    status, _ = await admin_api.call("DELETE", f"/v1/snapshots/{snap_id}?wait=true")
+    assert status in (202, 204)  # a volume with snapshots is never deleted (Cinder), not even on termination
     status, _ = await admin_api.call("DELETE", f"/v1/servers/{sid}?wait=true")
     assert status == 204
     for _ in range(100):  # the volume service deletes the boot volume (delete_on_termination)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ from hvd.api.v1.images import find_image
 from hvd.api.v1.volumes import find_type, visible_volume, volumes
 from hvd.catalog import cmd_volumes as cv
 from hvd.catalog import queries
+from hvd.catalog.cmd_compute import ImageCreate, ImageSetStatus
 from hvd.catalog.sql import fetch_all
 from hvd.compute.lifecycle import Op
 from hvd.errors import BadRequest, Conflict, HvdError
@@ -37,9 +39,9 @@ GIB = 1 << 30
 BOOT_ID = "boot_volume_id"  # instance extra: the volume the server boots from
 BDM = "block_device_mapping"  # instance extra: [{"volume_id", "boot_index"}] attached at build
 DELETE_ON_TERMINATION = "delete_on_termination"  # instance extra: volume ids deleted with the server
+SNAPSHOT_PROPERTY = "boot_volume_snapshot_id"  # image property: booting the image = a volume from this snapshot
 # operations that copy or replace the root disk file: a server booted from a volume has none
 REFUSED_FOR_VOLUME_BOOT = {
-    Op.SNAPSHOT: "snapshot the volume instead (its snapshots and backups are the server's)",
     Op.SHELVE: "it has no local disk to shelve",
     Op.REBUILD: "its root disk is a volume",
     Op.RESIZE: "resizing a server booted from a volume is not supported",
@@ -68,6 +70,55 @@ class BootPlan:
     image_id: str
     extra: dict[str, Any]
     created: list[str] = field(default_factory=list)  # volumes made here (deleted if the create fails)
+
+
+def from_image(image: dict[str, Any]) -> list[BlockDevice] | None:
+    """The mapping an image made by snapshotting a server booted from a volume stands for."""
+    snapshot_id = (image.get("properties") or {}).get(SNAPSHOT_PROPERTY)
+    if not snapshot_id:
+        return None
+    return [BlockDevice(source="snapshot", id=snapshot_id, boot_index=0, delete_on_termination=True)]
+
+
+def snapshot_runner(request: web.Request, image_id: str,
+                    name: str) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
+    """Snapshot of a server booted from a volume: a snapshot of its boot volume (crash-consistent:
+    taken while the guest runs, as a power cut would leave it) and an image record pointing to it
+    (no data of its own): a server created from that image boots from a new volume made from it."""
+    svc, ctx = services(request), context(request)
+    vs = volumes(request)
+
+    async def run(inst: dict[str, Any]) -> dict[str, Any]:
+        boot = str(inst["extra"][BOOT_ID])
+        snapshot_id = str(uuid.uuid4())
+        await svc.catalog.propose(ImageCreate(
+            id=image_id, name=name, owner=inst["project_id"], disk_format="raw", container_format="bare",
+            visibility="private", properties={SNAPSHOT_PROPERTY: snapshot_id, "image_type": "snapshot",
+                                              "instance_uuid": inst["id"], "root_device_name": "/dev/vda"},
+            created_at=now_iso()))
+        try:
+            await vs.propose(cv.SnapshotCreate(id=snapshot_id, volume_id=boot, project_id=inst["project_id"],
+                                               user_id=ctx.user_id, name=f"{name} (boot volume)", force=True,
+                                               created_at=now_iso()))
+            snap = await vs.wait_stable("volume_snapshots", snapshot_id, svc.config.api.wait_timeout_s)
+            if snap is None or snap["status"] != st.AVAILABLE:
+                raise Conflict(f"snapshot of boot volume {boot} failed: {(snap or {}).get('error') or 'deleted'}")
+            await svc.catalog.propose(ImageSetStatus(id=image_id, status="saving", expect=["queued"],
+                                                     updated_at=now_iso()))
+            await svc.catalog.propose(ImageSetStatus(id=image_id, status="active", expect=["saving"], size=0,
+                                                     virtual_size=int(snap["size_gb"]) * GIB, updated_at=now_iso()))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await svc.catalog.propose(ImageSetStatus(id=image_id, status="killed", expect=["queued", "saving"],
+                                                         updated_at=now_iso()))
+            raise
+        return {}
+
+    return run
+
+
+def boots_from_volume(inst: dict[str, Any]) -> bool:
+    return bool((inst.get("extra") or {}).get(BOOT_ID))
 
 
 async def prepare(request: web.Request, mapping: list[BlockDevice], flavor: dict[str, Any],

@@ -265,6 +265,7 @@ async def _resolve_create(svc: ApiServices, ctx: RequestContext, body: ServerCre
         raise BadRequest("give 'image', or a block_device_mapping entry with boot_index 0 (boot from a volume)")
     image = await svc.catalog.read(find_image, body.image, ctx, admin) if body.image is not None else \
         {"id": "", "status": "active", "min_disk": 0, "min_ram": 0}
+    boots_from_volume = boots_from_volume or server_bdm.from_image(image) is not None
     if image["status"] != "active":
         raise BadRequest(f"Image {body.image} is not active (status {image['status']})")
     if flavor["disk_gb"] and image["min_disk"] > flavor["disk_gb"] and not boots_from_volume:
@@ -308,8 +309,9 @@ async def create_server(request: web.Request) -> web.Response:
     nics = await server_ports.resolve(request, body.networks, max_count)
     flavor = refs["flavor"]
     boot = None
-    if body.block_device_mapping:  # its volumes exist (available) before the server record
-        boot = await server_bdm.prepare(request, body.block_device_mapping, flavor, max_count)
+    mapping = body.block_device_mapping or server_bdm.from_image(refs["image"])
+    if mapping:  # its volumes exist (available) before the server record
+        boot = await server_bdm.prepare(request, mapping, flavor, max_count)
     records = []
     for n in range(max_count):
         records.append(InstanceCreate(
@@ -401,7 +403,9 @@ async def _action(request: web.Request, op: Op, body_model: type[BaseModel]) -> 
     elif op == Op.SNAPSHOT:
         image_id = str(uuid.uuid4())
         extra["image_id"] = image_id
-        await comp.begin(ctx, inst, op, comp.snapshot(image_id, body.name))
+        runner = server_bdm.snapshot_runner(request, image_id, body.name) if server_bdm.boots_from_volume(inst) \
+            else comp.snapshot(image_id, body.name)
+        await comp.begin(ctx, inst, op, runner)
     elif op == Op.RESIZE:
         flavor = await svc.catalog.read(find_flavor, body.flavor, ctx, svc.policy.all_projects(ctx.roles))
         if flavor["id"] == inst["flavor_id"]:
