@@ -216,13 +216,13 @@ async def check_op(request: web.Request, inst: dict[str, Any], op: Op) -> None:
     if reason and (inst.get("extra") or {}).get(BOOT_ID):
         raise Conflict(f"Cannot {op.value} instance {inst['id']}: it boots from volume"
                        f" {inst['extra'][BOOT_ID]}; {reason}")
-    if op in (Op.MIGRATE, Op.LIVE_MIGRATE):
+    if op in (Op.MIGRATE, Op.LIVE_MIGRATE, Op.SHELVE, Op.EVACUATE):  # the server may come back on another host
         attached = await services(request).catalog.read(
             fetch_all, "SELECT volume_id, connection_info FROM volume_attachments WHERE instance_id=?", (inst["id"],))
         local = [a for a in attached if a["connection_info"].get("type") != "nbd"]
-        if local and op == Op.MIGRATE:
-            raise Conflict(f"Cannot {op.value} instance {inst['id']}: volume {local[0]['volume_id']} is attached"
-                           " (a cold move recreates the server elsewhere; detach it first)")
+        if local and op != Op.LIVE_MIGRATE:
+            raise Conflict(f"Cannot {op.value} instance {inst['id']}: volume {local[0]['volume_id']} is opened"
+                           " directly on its host and the server may come back on another (detach it first)")
         if local:
             raise Conflict(f"Cannot {op.value} instance {inst['id']}: volume {local[0]['volume_id']} lives on its host"
                            " and is opened directly there (only volumes reached over NBD move live; detach it first)")
