@@ -5,7 +5,10 @@ Nova's block_device_mapping_v2, simplified: ``[{"source": "image"|"volume"|"snap
 volume snapshot) are created and awaited here, before the server record, so a bad reference or a
 failed copy is an error with nothing left behind. The server's host attaches them at build
 (hvd.compute.volumes.connect_at_build): the entry with boot_index 0 as vda, in place of a local
-root disk; the others as data disks.
+root disk; the others as data disks. A snapshot of such a server is a snapshot of its boot volume
+plus an image record naming it (``snapshot_runner``); booting that image makes a volume from it.
+Operations that need the server's own files, or that may land it on a host without its volumes'
+files, are refused with the reason (``check_op``).
 """
 
 from __future__ import annotations
