@@ -232,3 +232,23 @@ def test_cli_volume_and_backup_commands(admin: Client, hvd: DaemonProcess) -> No
                              timeout=120)
         assert out.returncode == 0, out.stderr
     assert hvd_cli("volume", "list") == []
+
+
+def test_volume_state_changes_reach_the_projects_event_stream(admin: Client, hvd: DaemonProcess) -> None:
+    admin.call("POST", "/v1/projects", {"name": "ev"})
+    admin.call("POST", "/v1/users", {"name": "ev-user", "password": "ev-secret-1", "project": "ev", "role": "member"})
+    user = Client(hvd.url, "ev", "ev-user", "ev-secret-1")
+    with requests.get(f"{hvd.url}/v1/events", stream=True, timeout=30,
+                      headers={"Authorization": f"Bearer {user.token}"}) as stream:
+        vol = user.call("POST", "/v1/volumes?wait=true", {"name": "ev-vol", "size_gb": 1})
+        user.call("DELETE", f"/v1/volumes/{vol['id']}?wait=true", status=204)
+        seen: list[str] = []
+        for line in stream.iter_lines():
+            if line.startswith(b"data: "):
+                event = json.loads(line[6:])
+                if event.get("id") == vol["id"]:
+                    seen.append(f"{event['type']} {event['status']}")
+            if seen and seen[-1] == "volume.status deleted":
+                break
+    assert seen == ["volume.status creating", "volume.status available", "volume.status deleting",
+                    "volume.status deleted"]

@@ -160,7 +160,7 @@ async def create_snapshot(request: web.Request) -> web.Response:
     await vs.propose(cv.SnapshotCreate(id=sid, volume_id=str(vol["id"]), project_id=str(vol["project_id"]),
                                        user_id=ctx.user_id, name=body.name, description=body.description,
                                        force=body.force, created_at=now_iso()))
-    vs.publish("snapshot.status", sid, "creating", volume_id=vol["id"])
+    vs.publish("snapshot.status", sid, "creating", volume_id=vol["id"], project_id=vol["project_id"])
     row = await _after(request, "volume_snapshots", sid, wait)
     if row is None:
         raise NotFound(f"Snapshot {sid} could not be found")
@@ -204,7 +204,7 @@ async def create_backup(request: web.Request) -> web.Response:
                                      user_id=ctx.user_id, name=body.name, description=body.description,
                                      force=body.force, incremental=body.incremental, host=str(vol["host"]),
                                      created_at=now_iso()))
-    vs.publish("backup.status", bid, "creating", volume_id=vol["id"])
+    vs.publish("backup.status", bid, "creating", volume_id=vol["id"], project_id=vol["project_id"])
     row = await _after(request, "volume_backups", bid, wait)
     if row is None:
         raise NotFound(f"Backup {bid} could not be found")
@@ -251,7 +251,7 @@ async def restore_backup(request: web.Request) -> web.Response:
             description=f"restored from backup {bid}", size_gb=size, volume_type_id=str(vtype["id"]),
             availability_zone=chosen.availability_zone, host=chosen.host, backend=chosen.name,
             restore_backup_id=bid, created_at=now_iso()))
-    vs.publish("volume.status", vid, "restoring-backup", backup_id=bid)
+    vs.publish("volume.status", vid, "restoring-backup", backup_id=bid, project_id=backup["project_id"])
     row = await _after(request, "volumes", vid, wait)
     if row is None:
         raise NotFound(f"Volume {vid} could not be found")

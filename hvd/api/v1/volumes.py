@@ -241,7 +241,7 @@ async def create_volume(request: web.Request) -> web.Response:
         host=host, backend=backend, volume_format=_format_of(vs, host, backend), bootable=body.bootable,
         source_image_id=image_id, source_snapshot_id=snapshot_id, source_volume_id=source_volume_id,
         metadata=body.metadata, created_at=now_iso()))
-    vs.publish("volume.status", vid, "creating")
+    vs.publish("volume.status", vid, "creating", project_id=ctx.project_id)
     row = await _wait_view(request, "volumes", vid, wait)
     if row is None:
         raise NotFound(f"Volume {vid} could not be found")
@@ -271,7 +271,7 @@ async def delete_volume(request: web.Request) -> web.Response:
     row = await visible_volume(request)
     vs = volumes(request)
     await vs.propose(cv.VolumeBegin(id=str(row["id"]), op="delete", updated_at=now_iso()))
-    vs.publish("volume.status", str(row["id"]), "deleting")
+    vs.publish("volume.status", str(row["id"]), "deleting", project_id=row["project_id"])
     after = await _wait_view(request, "volumes", str(row["id"]), wait)
     if after is None:
         return web.Response(status=204)
@@ -290,7 +290,7 @@ async def extend_volume(request: web.Request) -> web.Response:
         return await extend_online(request, row, body.new_size_gb)
     vs = volumes(request)
     await vs.propose(cv.VolumeBegin(id=str(row["id"]), op="extend", new_size_gb=body.new_size_gb, updated_at=now_iso()))
-    vs.publish("volume.status", str(row["id"]), "extending")
+    vs.publish("volume.status", str(row["id"]), "extending", project_id=row["project_id"])
     after = await _wait_view(request, "volumes", str(row["id"]), wait)
     if after is None:
         raise NotFound(f"Volume {row['id']} could not be found")

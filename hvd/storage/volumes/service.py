@@ -241,6 +241,12 @@ class VolumeService:
             await self._restore_work(row)
 
     async def _finish(self, cmd: Command) -> None:
+        kind = "snapshot" if cmd.type.startswith("volume_snapshot") else \
+            "backup" if cmd.type.startswith("volume_backup") else "volume"
+        table = {"snapshot": "volume_snapshots", "backup": "volume_backups", "volume": "volumes"}[kind]
+        rid = str(getattr(cmd, "id", ""))
+        # read first: a finished delete removes the row; /v1/events shows a project its own events
+        owner = await self.catalog.read(fetch_one, f"SELECT project_id FROM {table} WHERE id=?", (rid,))
         try:
             result = await self.catalog.propose(cmd)
         except HvdError as exc:  # someone else moved it (admin reset): nothing more to record
@@ -249,10 +255,12 @@ class VolumeService:
         async with self._settled:
             self._generation += 1
             self._settled.notify_all()
-        kind = "snapshot" if cmd.type.startswith("volume_snapshot") else \
-            "backup" if cmd.type.startswith("volume_backup") else "volume"
-        rid = str(getattr(cmd, "id", ""))
-        self.publish(f"{kind}.status", rid, str(result.get("status", "")))
+        project = owner["project_id"] if owner else None
+        if isinstance(cmd, cv.BackupRestoreFinish):  # its result is the restored volume's status
+            self.publish("backup.status", rid, st.AVAILABLE, project_id=project)
+            self.publish("volume.status", cmd.volume_id, str(result.get("status", "")), project_id=project)
+        else:
+            self.publish(f"{kind}.status", rid, str(result.get("status", "")), project_id=project)
 
     async def _volume_work(self, vol: dict[str, Any]) -> None:
         vid = str(vol["id"])
