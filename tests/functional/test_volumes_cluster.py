@@ -1,0 +1,66 @@
+"""Volumes in a cluster of three daemons (fake compute driver, real files): any host takes a
+request, the volume scheduler places it by every host's reported backends, and the volume's host
+does the work (create, extend, backup, delete) it finds in the catalog; verify is forwarded there."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.functional.test_cluster import IDS, Cluster
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp("vcloud"))
+    try:
+        for i, node in enumerate(IDS, start=1):
+            backends = f'[{{"name": "file-{i}", "driver": "file"}}]'
+            c.start(node, env={"HVD_VOLUMES__BACKENDS": backends})
+        c.wait_ready(IDS)
+        yield c
+    finally:
+        for node in list(c.procs):
+            c.stop(node, signal.SIGKILL)
+
+
+def ok(r: Any, status: int | tuple[int, ...] = (200, 201, 202, 204)) -> Any:
+    wanted = (status,) if isinstance(status, int) else status
+    assert r.status_code in wanted, r.text
+    return r.json() if r.content else None
+
+
+def test_a_volume_is_made_and_served_by_the_host_its_type_names(cloud: Cluster) -> None:
+    ok(cloud.call("node1", "POST", "/v1/volume-types", {"name": "on-2",
+                                                        "extra_specs": {"volume_backend_name": "file-2"}}))
+    deadline = time.monotonic() + 30
+    while (r := cloud.call("node1", "POST", "/v1/volumes?wait=true", {"name": "far", "size_gb": 1,
+                                                                      "volume_type": "on-2"})).status_code == 409:
+        assert time.monotonic() < deadline, r.text  # node2's backend report has not reached node1 yet
+        time.sleep(0.2)
+    vol = ok(r)
+    assert (vol["status"], vol["host"]) == ("available", "node2@file-2")
+    path = cloud.base / "node2" / "data" / "volumes" / f"volume-{vol['id']}"
+    assert path.stat().st_size == 1 << 30
+    grown = ok(cloud.call("node3", "POST", f"/v1/volumes/{vol['id']}/extend?wait=true", {"new_size_gb": 2}))
+    assert grown["size_gb"] == 2 and path.stat().st_size == 2 << 30
+    backup = ok(cloud.call("node1", "POST", "/v1/backups?wait=true", {"volume": vol["id"]}))
+    assert backup["status"] == "available"
+    assert (cloud.base / "node2" / "data" / "backups" / f"volume-{vol['id']}").is_dir()
+    verdict = ok(cloud.call("node3", "POST", f"/v1/backups/{backup['id']}/verify"))  # forwarded to node2
+    assert verdict["ok"] is True and verdict["chunks"] == 512
+    ok(cloud.call("node1", "DELETE", f"/v1/backups/{backup['id']}?wait=true"), 204)
+    ok(cloud.call("node1", "DELETE", f"/v1/volumes/{vol['id']}?wait=true"), 204)
+    assert not path.exists()
+
+
+def test_no_host_has_the_named_backend_names_every_rejection(cloud: Cluster) -> None:
+    ok(cloud.call("node2", "POST", "/v1/volume-types", {"name": "nowhere",
+                                                        "extra_specs": {"volume_backend_name": "file-9"}}))
+    err = ok(cloud.call("node2", "POST", "/v1/volumes", {"size_gb": 1, "volume_type": "nowhere"}), 409)
+    for i, node in enumerate(IDS, start=1):
+        assert f"{node}@file-{i}: volume_backend_name file-9 does not match" in err["error"]["message"]
