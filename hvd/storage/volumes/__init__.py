@@ -3,8 +3,9 @@
 Modules: ``states`` (pure state tables and refusals), ``backend`` (the backend interface),
 ``file_backend`` / ``lvm_backend`` (adapters), ``lvm_argv`` (pure argv builders), ``scheduler``
 (pure backend choice), ``backup_plan`` (pure chunk/manifest planning), ``backup_io`` (chunk I/O in
-an executor), ``service`` (runs operations in steps through the catalog), ``repair`` (start-up
-crash repair). Catalog commands: hvd/catalog/cmd_volumes.py.
+an executor), ``service`` (VolumeService: places volumes, does the work of this host's volumes in
+idempotent steps it picks up from the catalog, and repairs after a crash: redo + orphan removal).
+Catalog commands: hvd/catalog/cmd_volumes.py; API hvd/api/v1/volumes.py, volume_data.py.
 
 CONTRACT FOR THE COMPUTE SIDE (attach/detach, online extend, boot from volume, NBD export)
 ==========================================================================================
@@ -51,9 +52,12 @@ Online extend of an in-use volume:
   ``VolumeService.grow_data(volume, new_size_gb)`` (backend extend on the volume's host), then
   libvirt block resize, then ``VolumeFinish(id, op="extend_online", ok, error, updated_at)``
   → in-use with size_gb = new size (ok) or the old size (failed).
-Boot from volume: create the volume through ``VolumeService.create(...)`` (same as
-``POST /v1/volumes``) and wait for ``available`` (``VolumeService.wait_stable``), then attach
-as above with device "vda"; ``bootable`` is true for volumes made from an image.
+Boot from volume: ``VolumeService.place(size_gb, az, type extra_specs)`` → a BackendInfo (host,
+name), ``VolumeService.propose(VolumeCreate(..., host, backend, source_image_id=...))`` (the
+volume's host picks it up), ``VolumeService.wait_stable("volumes", id, timeout)`` for available,
+then attach as above with device "vda"; ``bootable`` is true for volumes made from an image.
+The volume service's pickup loop leaves online extends (extending with previous_status in-use) to
+the compute side.
 
 connection_info (what a backend returns, ``VolumeBackend.connection_info``):
   file backend: ``{"type": "file", "path": "<dir>/volume-<id>", "format": "raw" | "qcow2"}``
@@ -61,6 +65,6 @@ connection_info (what a backend returns, ``VolumeBackend.connection_info``):
 A compute host other than the volume's host cannot use these paths: it needs an export (NBD,
 the other helper's part), keyed by the volume's ``host``.
 
-Events on /v1/events: ``volume.status`` with id, status, previous (and ``snapshot.status``,
-``backup.status``), published by VolumeService on this host.
+Events on /v1/events: ``volume.status`` (and ``snapshot.status``, ``backup.status``) with id, status
+and project_id, published by the host that takes a request and by the host that finishes a step.
 """
