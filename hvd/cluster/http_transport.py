@@ -20,6 +20,7 @@ import aiohttp
 from hvd.cluster.peer_auth import NONCE_HEADER, FrameSealer, sign_headers
 from hvd.cluster.raft.messages import Message, SnapshotRequest, decode_message, encode_message
 from hvd.cluster.raft.transport import Receiver
+from hvd.cluster.tls import peer_scheme
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,17 @@ class PeerClient:
                  ssl_context: ssl.SSLContext | None = None) -> None:
         """``key``: the derived peer HMAC key; ``ssl_context``: the cluster's client TLS context."""
         self.node_id = node_id
-        self.peers: dict[str, str] = {}
-        self.set_peers(peers)
         self._key = key
         self._ssl = ssl_context
+        self.peers: dict[str, str] = {}
+        self.set_peers(peers)
         self._session: aiohttp.ClientSession | None = None
 
     def set_peers(self, peers: dict[str, str]) -> None:
-        """Replace the member -> URL map (membership changed); this node itself is left out."""
-        self.peers = {p: url.rstrip("/") for p, url in peers.items() if p != self.node_id and url}
+        """Replace the member -> URL map (membership changed); this node itself is left out. The
+        scheme follows this host's TLS setting (the log may hold addresses from before TLS)."""
+        tls = self._ssl is not None
+        self.peers = {p: peer_scheme(url.rstrip("/"), tls) for p, url in peers.items() if p != self.node_id and url}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit_per_host=32, ssl=self._ssl if self._ssl is not None else True)

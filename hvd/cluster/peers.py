@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from hvd.catalog.service import Catalog
 from hvd.cluster.peer_auth import sign_headers
+from hvd.cluster.tls import peer_scheme
 from hvd.errors import HvdError, NotFound, ServiceUnavailable
 from hvd.log import request_id_var
 
@@ -81,18 +82,18 @@ class PeerCaller:
         )
         if row is None:
             raise NotFound(f"Host {host} could not be found")
-        return (self._member_addresses().get(row[0]) or row[1]).rstrip("/")
+        return peer_scheme((self._member_addresses().get(row[0]) or row[1]).rstrip("/"), self._ssl is not None)
 
     async def url_of_node(self, node_id: str) -> str:
         address = self._member_addresses().get(node_id)
         if address:
-            return address.rstrip("/")
+            return peer_scheme(address.rstrip("/"), self._ssl is not None)
         row = await self._catalog.read(
             lambda c: c.execute("SELECT api_url FROM hosts WHERE node_id=?", (node_id,)).fetchone()
         )
         if row is None:
             raise ServiceUnavailable(f"the address of cluster member {node_id} is not known yet")
-        return str(row[0]).rstrip("/")
+        return peer_scheme(str(row[0]).rstrip("/"), self._ssl is not None)
 
     def signed(self, method: str, path: str, body: bytes) -> dict[str, str]:
         headers = sign_headers(self._key, self.node_id, method, path, body)

@@ -138,6 +138,13 @@ def host_sans(node_id: str, host_name: str, urls: Iterable[str], extra: Iterable
     return list(dict.fromkeys(s for s in out if s))
 
 
+def peer_scheme(url: str, tls: bool) -> str:
+    """``url`` with the scheme this host's peers speak: a member address recorded in the Raft log
+    before the cluster switched to TLS (or back) still names its host and port."""
+    old, new = ("http://", "https://") if tls else ("https://", "http://")
+    return new + url[len(old):] if url.startswith(old) else url
+
+
 def make_csr(key: ec.EllipticCurvePrivateKey, node_id: str, sans: Sequence[str]) -> bytes:
     """A certificate signing request for ``node_id`` (CN) covering ``sans``."""
     csr = (

@@ -51,9 +51,10 @@ class TlsCluster:
     ports: dict[str, int] = field(default_factory=lambda: {n: free_port() for n in ADDRESSES})
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
+    tls_on: bool = True
 
     def url(self, node: str) -> str:
-        return f"https://{ADDRESSES[node]}:{self.ports[node]}"
+        return f"{'https' if self.tls_on else 'http'}://{ADDRESSES[node]}:{self.ports[node]}"
 
     def config(self, node: str) -> Path:
         return self.base / node / "hvd.toml"
@@ -88,7 +89,7 @@ peers = [{peers}]
 cluster_key = "{KEY}"
 join = {str(join).lower()}
 [tls]
-enabled = true
+enabled = {str(self.tls_on).lower()}
 """)
         return self.config(node)
 
@@ -96,6 +97,20 @@ enabled = true
         log = open(self.base / node / "daemon.log", "ab")  # noqa: SIM115 - the child owns it
         self.procs[node] = subprocess.Popen([sys.executable, "-m", "hvd", "daemon", "-c", str(self.config(node))],
                                             stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            proc.wait(30)
+        self.procs.clear()
+        self.tokens.clear()
+
+    def kill_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
 
     def log(self, node: str) -> str:
         return (self.base / node / "daemon.log").read_text(errors="replace")
@@ -151,26 +166,28 @@ def wait_listening(proc: subprocess.Popen[bytes], host: str, port: int, timeout:
             time.sleep(0.05)
 
 
+def set_up_tls(c: TlsCluster) -> None:
+    """`hvd cluster init` on node1, `hvd cluster issue` there for node2 and node3."""
+    for node in FOUNDERS:
+        c.write_config(node)
+    out = hvd("cluster", "init", "-c", str(c.config("node1"))).stdout
+    assert "join token" in out and "sha256:" in out, out
+    for node in FOUNDERS[1:]:
+        hvd("cluster", "issue", node, "--url", c.url(node), "--out", str(c.tls(node).cert.parent),
+            "-c", str(c.config("node1")))
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsCluster]:
     c = TlsCluster(tmp_path_factory.mktemp("tls"))
     try:
-        for node in FOUNDERS:
-            c.write_config(node)
-        out = hvd("cluster", "init", "-c", str(c.config("node1"))).stdout
-        assert "join token" in out and "sha256:" in out, out
-        for node in FOUNDERS[1:]:
-            hvd("cluster", "issue", node, "--url", c.url(node), "--out", str(c.tls(node).cert.parent),
-                "-c", str(c.config("node1")))
+        set_up_tls(c)
         for node in FOUNDERS:
             c.start(node)
         c.wait_ready(FOUNDERS)
         yield c
     finally:
-        for proc in c.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(10)
+        c.kill_all()
 
 
 def test_writes_through_a_follower_commit_over_mutual_tls(cluster: TlsCluster) -> None:
@@ -254,3 +271,31 @@ def test_a_host_joins_with_a_one_time_token(cluster: TlsCluster) -> None:
     assert r.status_code == 201, r.text
     cluster.wait_ready([*FOUNDERS, "node4"])
     cluster.wait_flavors("node4", {"over-tls"})
+
+
+def test_a_cluster_founded_without_tls_switches_to_it(tmp_path: Path) -> None:
+    """Its Raft log still holds the members' http:// addresses: peers follow their own TLS setting."""
+    c = TlsCluster(tmp_path, tls_on=False)
+    try:
+        for node in FOUNDERS:
+            c.write_config(node)
+            c.start(node)
+        leader = c.wait_ready(FOUNDERS)
+        follower = next(n for n in FOUNDERS if n != leader)
+        body = {"name": "before-tls", "vcpus": 1, "ram_mb": 64, "disk_gb": 1}
+        assert c.call(follower, "POST", "/v1/flavors", body).status_code == 201
+        c.stop_all()  # a host with TLS and one without cannot talk: the switch is one restart of all
+
+        c.tls_on = True
+        set_up_tls(c)
+        for node in FOUNDERS:
+            c.start(node)
+        leader = c.wait_ready(FOUNDERS)
+        follower = next(n for n in FOUNDERS if n != leader)
+        body["name"] = "after-tls"
+        r = c.call(follower, "POST", "/v1/flavors", body)
+        assert r.status_code == 201, r.text
+        for node in FOUNDERS:
+            c.wait_flavors(node, {"before-tls", "after-tls"})
+    finally:
+        c.kill_all()

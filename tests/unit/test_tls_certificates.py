@@ -28,6 +28,7 @@ from hvd.cluster.tls import (
     issue_host,
     make_csr,
     new_key,
+    peer_scheme,
     read_csr,
     server_context,
     sign_csr,
@@ -147,6 +148,13 @@ def test_an_expired_or_expiring_certificate_is_named_at_start(ca: tuple[bytes, b
     message, fatal = validity_problem(cert, NOW + dt.timedelta(days=826))
     assert fatal and "node1 expired on" in message
     assert validity_problem(cert, NOW - dt.timedelta(days=1))[1]
+
+
+def test_peers_are_reached_with_this_hosts_scheme_whatever_the_log_recorded() -> None:
+    assert peer_scheme("http://10.0.0.1:8774", tls=True) == "https://10.0.0.1:8774"
+    assert peer_scheme("https://10.0.0.1:8774", tls=True) == "https://10.0.0.1:8774"
+    assert peer_scheme("https://10.0.0.1:8774", tls=False) == "http://10.0.0.1:8774"
+    assert peer_scheme("http://10.0.0.1:8774", tls=False) == "http://10.0.0.1:8774"
 
 
 def test_tls12_is_the_minimum(tmp_path: Path, ca: tuple[bytes, bytes]) -> None:

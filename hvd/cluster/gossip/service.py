@@ -28,6 +28,7 @@ from hvd.cluster.gossip.endpoint import UdpEndpoint
 from hvd.cluster.gossip.report import ResourceReport, parse_report
 from hvd.cluster.keys import peer_key
 from hvd.cluster.peer_auth import sign_headers
+from hvd.cluster.tls import peer_scheme
 from hvd.config import GossipSection
 
 log = logging.getLogger(__name__)
@@ -279,7 +280,8 @@ class GossipService:
             headers = sign_headers(self._key, self.name, "POST", PUSH_PULL_PATH, body)
             headers["Content-Type"] = "application/json"
             timeout = aiohttp.ClientTimeout(total=PUSH_PULL_TIMEOUT_S)
-            async with session.post(url.rstrip("/") + PUSH_PULL_PATH, data=body, headers=headers,
+            target = peer_scheme(url.rstrip("/"), self._ssl is not None)  # the log may predate TLS
+            async with session.post(target + PUSH_PULL_PATH, data=body, headers=headers,
                                     timeout=timeout) as resp:
                 if resp.status != 200:
                     self.stats["push_pull_failures"] += 1
