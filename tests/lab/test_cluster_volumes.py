@@ -1,9 +1,9 @@
 """A volume used across hosts in the multi-host lab (two hosts, real libvirt under TCG): the volume
 lives on one host, the server runs on the other and reaches it over NBD (a libvirt network disk to
-the volume host's qemu-storage-daemon); the guest sees it and marks it; the server live-migrates to
-the volume's host with the volume attached (only its own disks are copied); after a detach the
-export is gone (no orphan process, no record) and a re-attach, now direct on the volume's host,
-shows the mark written over NBD before the move."""
+the volume host's qemu-storage-daemon); the guest sees it and marks it; a cold migration to the
+volume's host boots the server there with the volume, whose guest finds the mark; a live migration
+back keeps it attached (only the server's own disks are copied); after a detach the export is gone
+(no orphan process, no record) and the mark is in the volume's file on its host."""
 
 from __future__ import annotations
 
@@ -69,12 +69,21 @@ def test_a_volume_of_one_host_used_and_live_migrated_on_another(lab: LabCluster)
     wait_console(lab, sid, f"serial={vid[:20]} bytes={1 << 30} mark=none")
     wait_console(lab, sid, f"HVD-VOL written {vid[:20]}")
 
-    # live migration to the volume's own host: the volume stays attached (still over NBD)
-    moved = ok(lab, "h1", "POST", f"/v1/servers/{sid}/live-migrate?wait=true",
-               {"host": vol_host, "block_migration": True}, 202)
-    assert moved["status"] == "ACTIVE" and moved["host"] == vol_host, moved
+    # cold migration to the volume's own host: the server boots there with the volume (still over
+    # NBD: its recorded connection) and its guest finds the mark written before the move
+    moved = ok(lab, "h1", "POST", f"/v1/servers/{sid}/migrate?wait=true", {"host": vol_host}, 202)
+    assert moved["status"] == "VERIFY_RESIZE" and moved["host"] == vol_host, moved
+    moved = ok(lab, "h1", "POST", f"/v1/servers/{sid}/confirm-resize?wait=true", {}, 202)
+    assert moved["status"] == "ACTIVE", moved
     assert "protocol='nbd'" in lab.virsh(vol_host, "dumpxml", sid).stdout
-    listed = ok(lab, vol_host, "GET", f"/v1/servers/{sid}/volume-attachments")["volume_attachments"]
+    wait_console(lab, sid, f"serial={vid[:20]} bytes={1 << 30} mark=HVDMARK-nbd-user")
+
+    # live migration back: the volume stays attached (a network disk is not copied)
+    moved = ok(lab, "h1", "POST", f"/v1/servers/{sid}/live-migrate?wait=true",
+               {"host": srv_host, "block_migration": True}, 202)
+    assert moved["status"] == "ACTIVE" and moved["host"] == srv_host, moved
+    assert "protocol='nbd'" in lab.virsh(srv_host, "dumpxml", sid).stdout
+    listed = ok(lab, "h1", "GET", f"/v1/servers/{sid}/volume-attachments")["volume_attachments"]
     assert [(a["volume_id"], a["status"]) for a in listed] == [(vid, "attached")]
 
     # detach: the guest lets go, the export stops (no process, no record)
@@ -83,13 +92,10 @@ def test_a_volume_of_one_host_used_and_live_migrated_on_another(lab: LabCluster)
     wait_console(lab, sid, "HVD-VOL gone", after=at)
     nbd_dir = lab.host(vol_host).data_dir.joinpath("nbd")
     assert list(nbd_dir.iterdir()) == []
-    # (the guest's own QEMU names the export in its command line since the migration: not that one)
     procs = lab.exec(vol_host, ["pgrep", "-f", f"qemu-storage-daemon.*volume-{vid}"]).stdout.split()
     assert procs == [], procs
-
-    # attached again, now on the volume's host: opened directly, and the mark written over NBD is there
-    at = len(ok(lab, "h1", "GET", f"/v1/servers/{sid}/console-log")["output"])
-    ok(lab, "h1", "POST", f"/v1/servers/{sid}/volume-attachments", {"volume": vid}, 201)
-    assert "protocol='nbd'" not in lab.virsh(vol_host, "dumpxml", sid).stdout
-    wait_console(lab, sid, f"serial={vid[:20]} bytes={1 << 30} mark=HVDMARK-nbd-user", after=at)
+    # the guest's write went through NBD into the volume's file on its own host
+    with lab.host(vol_host).path(f"{VOLUMES_DIR}/volume-{vid}").open("rb") as f:
+        assert f.read(16) == b"HVDMARK-nbd-user"
+    assert ok(lab, "h1", "GET", f"/v1/volumes/{vid}")["status"] == "available"
     ok(lab, "h1", "DELETE", f"/v1/servers/{sid}?wait=true", status=204)
