@@ -147,3 +147,15 @@ def test_an_unwritten_source_file_reuses_its_parent_and_a_write_is_never_missed(
     stats = backup_io.backup_volume(src, root, "v", "b3", "b2", 2 * CHUNK, CHUNK, 1, "t")
     assert stats.new_chunks == 1 and backup_io.read_manifest(root, "v", "b3").source_stamp is None  # still racy
     assert backup_io.source_stamp(os.stat(src), time.time_ns()) is None
+
+
+def test_debris_of_a_crashed_backup_goes_once_old_and_other_writes_stay(tmp_path: Path) -> None:
+    old_tmp = tmp_path / "volume-v" / "objects" / "aa" / ".tmp-aa-1"
+    old_tmp.parent.mkdir(parents=True)
+    old_tmp.write_bytes(b"x")
+    fresh = tmp_path / "volume-v" / ".tmp-manifest-b.json-2"
+    fresh.write_bytes(b"x")  # maybe another host writing to a shared backup_dir right now
+    hour_ago = time.time() - 2 * backup_io.DEBRIS_AGE_S
+    os.utime(old_tmp, (hour_ago, hour_ago))
+    assert backup_io.remove_debris(tmp_path) == 1
+    assert not old_tmp.exists() and fresh.exists()

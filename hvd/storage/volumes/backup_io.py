@@ -290,17 +290,30 @@ def known_backups(root: Path) -> dict[str, str]:
     return out
 
 
-def remove_debris(root: Path) -> int:
-    """Remove half-written ``.tmp-*`` files and ``.raw-*`` copies (a crash during a backup); returns
-    how many."""
+DEBRIS_AGE_S = 3600.0  # older than any write in progress: a shared backup_dir has other hosts' writes
+
+
+def _newest_mtime(path: Path) -> float:
+    times = [path.stat().st_mtime]
+    if path.is_dir():
+        times += [p.stat().st_mtime for p in path.rglob("*")]
+    return max(times)
+
+
+def remove_debris(root: Path, now: float | None = None) -> int:
+    """Remove half-written ``.tmp-*`` files and ``.raw-*`` copies (a crash during a backup) not
+    touched for DEBRIS_AGE_S; returns how many."""
     count = 0
-    if root.is_dir():
-        for p in root.rglob(".tmp-*"):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-                count += 1
-        for p in root.glob(".raw-*"):  # a qcow2 volume's raw copy being backed up
-            with contextlib.suppress(FileNotFoundError):
+    if not root.is_dir():
+        return 0
+    limit = (time.time() if now is None else now) - DEBRIS_AGE_S
+    for p in [*root.rglob(".tmp-*"), *root.glob(".raw-*")]:
+        with contextlib.suppress(FileNotFoundError):
+            if _newest_mtime(p) > limit:
+                continue
+            if p.is_dir():
                 remove_tree(p)
-                count += 1
+            else:
+                p.unlink()
+            count += 1
     return count

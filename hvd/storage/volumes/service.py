@@ -430,7 +430,7 @@ class VolumeService:
     async def remove_orphans(self) -> list[str]:
         """Remove backend objects and backups this host holds that the catalog does not know
         (a create cut before its record, a delete cut after its record went); returns their names."""
-        known = await self.catalog.read(_known_here, self.host)
+        known = await self.catalog.read(_known_ids)
         removed: list[str] = []
         for backend in self.backends.values():
             try:
@@ -440,7 +440,7 @@ class VolumeService:
                 continue
             for name in sorted(names):
                 parsed = parse_name(name)
-                if parsed is None or (parsed[0], parsed[1], backend.name) in known["objects"]:
+                if parsed is None or parsed in known["objects"]:
                     continue
                 kind, oid = parsed
                 log.warning("removing orphan %s from volume backend %s (the catalog does not know it)", name,
@@ -478,10 +478,10 @@ def _pending_work(conn: Any, host: str) -> list[tuple[str, dict[str, Any]]]:
     return work
 
 
-def _known_here(conn: Any, host: str) -> dict[str, set[Any]]:
-    objects = {("volume", r["id"], r["backend"]) for r in fetch_all(
-        conn, "SELECT id, backend FROM volumes WHERE host=?", (host,))}
-    objects |= {("snapshot", r["id"], r["backend"]) for r in fetch_all(
-        conn, "SELECT id, backend FROM volume_snapshots WHERE host=?", (host,))}
-    backups = {r["id"] for r in fetch_all(conn, "SELECT id FROM volume_backups WHERE host=?", (host,))}
+def _known_ids(conn: Any) -> dict[str, set[Any]]:
+    """Every volume, snapshot and backup id of the catalog, of any host: a directory shared between
+    hosts (an NFS backup_dir or file backend) holds other hosts' objects, which are not orphans."""
+    objects = {("volume", r["id"]) for r in fetch_all(conn, "SELECT id FROM volumes")}
+    objects |= {("snapshot", r["id"]) for r in fetch_all(conn, "SELECT id FROM volume_snapshots")}
+    backups = {r["id"] for r in fetch_all(conn, "SELECT id FROM volume_backups")}
     return {"objects": objects, "backups": backups}
