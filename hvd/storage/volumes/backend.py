@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hvd.errors import NotImplementedYet
+
 GIB = 1 << 30
 VOLUME_PREFIX = "volume-"
 SNAPSHOT_PREFIX = "snapshot-"
@@ -122,3 +124,8 @@ class VolumeBackend(abc.ABC):
     @abc.abstractmethod
     def raw_path(self, volume_id: str) -> Path | None:
         """A path whose bytes are the volume's raw data (for backups), None when the format is not raw."""
+
+    async def import_raw(self, volume_id: str, raw: Path) -> None:
+        """Replace the (detached) volume's data with the raw image ``raw`` of the same size; only
+        backends whose ``raw_path`` is None need it (a restore writes into raw paths directly)."""
+        raise NotImplementedYet(f"backend {self.name} cannot import raw data")

@@ -100,6 +100,19 @@ class FileBackend(VolumeBackend):
     async def clone(self, volume_id: str, source_volume_id: str, size_bytes: int) -> None:
         await self._convert(self.path(source_volume_id), self.volume_format, self.path(volume_id), size_bytes)
 
+    async def import_raw(self, volume_id: str, raw: Path) -> None:
+        """Convert ``raw`` into a new file beside the volume's, then rename it over the volume (a
+        crash leaves the old data or the new, never half)."""
+        path = self.path(volume_id)
+        partial = self.root / f".{path.name}.partial"
+        try:
+            await self._run(qemu_img.convert_argv(raw, partial, "raw", self.volume_format))
+            os.chmod(partial, FILE_MODE)
+            os.replace(partial, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+
     async def delete_volume(self, volume_id: str, wipe: str = "none") -> None:
         path = self.path(volume_id)
         if wipe == "zero" and path.exists():

@@ -402,11 +402,16 @@ class VolumeService:
                 await backend.delete_volume(vid)
                 await backend.create_blank(vid, int(vol["size_gb"]) * GIB)
             raw = backend.raw_path(vid)
-            if raw is None:
-                raise NotImplementedYet(f"restore into a {backend.volume_format} volume file is not supported;"
-                                        " use a raw backend")
-            await loop.run_in_executor(None, backup_io.restore, self.backup_root, manifest, raw,
-                                       new and backend.driver == "file")
+            if raw is not None:
+                await loop.run_in_executor(None, backup_io.restore, self.backup_root, manifest, raw,
+                                           new and backend.driver == "file")
+            else:  # a qcow2 file: restore into a sparse raw copy, then convert it into place
+                with tempfile.TemporaryDirectory(dir=self.backup_root, prefix=".raw-") as tmp:
+                    scratch = Path(tmp) / "raw"
+                    with open(scratch, "wb") as fh:
+                        fh.truncate(int(vol["size_gb"]) * GIB)
+                    await loop.run_in_executor(None, backup_io.restore, self.backup_root, manifest, scratch, True)
+                    await backend.import_raw(vid, scratch)
             await self._finish(cv.BackupRestoreFinish(id=bid, volume_id=vid, ok=True, updated_at=now_iso()))
         except Exception as exc:
             log.warning("restore of backup %s into volume %s failed: %s", bid, vid, _message(exc))
