@@ -64,3 +64,14 @@ def test_no_host_has_the_named_backend_names_every_rejection(cloud: Cluster) -> 
     err = ok(cloud.call("node2", "POST", "/v1/volumes", {"size_gb": 1, "volume_type": "nowhere"}), 409)
     for i, node in enumerate(IDS, start=1):
         assert f"{node}@file-{i}: volume_backend_name file-9 does not match" in err["error"]["message"]
+
+
+def test_hosts_report_their_free_volume_space_in_gossip(cloud: Cluster) -> None:
+    deadline = time.monotonic() + 30
+    while True:  # reports are recomputed every 10 s: the first one may predate the volume service
+        hosts = {h["name"]: h for h in ok(cloud.call("node1", "GET", "/v1/hosts"))["hosts"]}
+        free = {name: (h["reported"] or {}).get("volume_gb_free", 0) for name, h in hosts.items()}
+        if all(free.get(node, 0) > 0 for node in IDS):
+            break
+        assert time.monotonic() < deadline, free
+        time.sleep(0.5)

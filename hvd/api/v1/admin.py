@@ -54,7 +54,8 @@ class HostView(BaseModel):
     incarnation: int | None = Field(description="The host's gossip incarnation (grows at each refutation or report)")
     report_age_s: float | None = Field(description="Seconds since this host learned the host's current report")
     reported: dict[str, float] | None = Field(
-        description="Free vcpus / memory_mb / disk_gb, instance count and load as the host itself reports them"
+        description="Free vcpus / memory_mb / disk_gb, instance count, load and free volume GiB as the host itself"
+                    " reports them"
     )
 
 
@@ -141,7 +142,7 @@ def _with_liveness(request: web.Request, views: list[dict[str, Any]]) -> list[di
         view["report_age_s"] = round(m.report_age, 3) if m else None
         view["reported"] = {"vcpus_free": m.report.vcpus_free, "memory_mb_free": m.report.memory_mb_free,
                             "disk_gb_free": m.report.disk_gb_free, "instances": m.report.instances,
-                            "load": m.report.load} if m else None
+                            "load": m.report.load, "volume_gb_free": m.report.volume_gb_free} if m else None
     return views
 
 

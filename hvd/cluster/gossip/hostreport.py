@@ -9,6 +9,7 @@ from typing import Any
 
 import hvd
 from hvd.catalog.cmd_hosts import claimed
+from hvd.catalog.cmd_volumes import backend_reports
 from hvd.catalog.protocol import PROTOCOL
 from hvd.catalog.service import Catalog
 from hvd.cluster.gossip.report import ResourceReport
@@ -63,7 +64,16 @@ def advertised_protocol(config: Config) -> int:
     return config.cluster.advertise_protocol or PROTOCOL
 
 
+def _volume_capacity(conn: sqlite3.Connection, name: str) -> dict[str, int]:
+    """Total and free GiB of the host's volume backends, from its last report to the catalog."""
+    report = backend_reports(conn).get(name, {})
+    backends = report.get("backends", [])
+    return {"volume_gb_total": sum(int(b.get("total_gb", 0)) for b in backends),
+            "volume_gb_free": sum(int(b.get("free_gb", 0)) for b in backends)}
+
+
 async def current_report(config: Config, catalog: Catalog, res: HostResources, api_url: str) -> ResourceReport:
     """The report now (``res`` from ``driver.host_resources()``)."""
     host, used = await catalog.read(_host_usage, config.host_name)
-    return build_report(config, res, host, used, api_url, os.getloadavg()[0])
+    volumes = await catalog.read(_volume_capacity, config.host_name)
+    return build_report(config, res, host, used, api_url, os.getloadavg()[0]).model_copy(update=volumes)

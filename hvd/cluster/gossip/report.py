@@ -26,6 +26,8 @@ class ResourceReport(BaseModel):
     disk_gb_total: int = 0
     disk_gb_reserved: int = 0
     disk_gb_free: int = 0
+    volume_gb_total: int = 0  # the host's volume backends (hvd/storage/volumes), as last measured
+    volume_gb_free: int = 0
     instances: int = 0
     load: float = 0.0
     hypervisor_type: str = ""
