@@ -95,6 +95,11 @@ def volume_extend(session: Session, args: argparse.Namespace) -> None:
                                        {"new_size_gb": args.size}, query=_wait(args))), args)
 
 
+def volume_reset(session: Session, args: argparse.Namespace) -> None:
+    print_one(_volume_row(session.call("POST", _ref("/v1/volumes", args.volume) + "/reset-status",
+                                       {"status": args.opt_state})), args)
+
+
 SET_OPTS = (
     Opt("volume", "", "volume id or name"),
     Opt("--name", "name", "new name"),
@@ -195,6 +200,11 @@ def register_volumes(registry: Registry) -> None:
                          operations=(f"POST {item}/extend",)))
     act("volume", Action("set", "rename a volume, set its bootable flag or metadata", volume_set, SET_OPTS,
                          output=False, operations=(f"PATCH {item}",)))
+    act("volume", Action("reset-status", "admin: set a stuck volume's status (no check is made)", volume_reset,
+                         (Opt("volume", "", "volume id or name"),
+                          Opt("--state", "status", "the status to record", required=True,
+                              choices=("available", "error", "in-use", "error_deleting"))),
+                         operations=(f"POST {item}/reset-status",)))
     snap, sitem = "/v1/snapshots", "/v1/snapshots/{id}"
     act("volume-snapshot", Action("create", "snapshot a volume", snapshot_create, SNAPSHOT_OPTS,
                                   operations=(f"POST {snap}",)), "volume snapshots")

@@ -57,6 +57,7 @@ DEFAULT_RULES: dict[str, Level] = {
     "volume:read": "reader",
     "volume:manage": "member",
     "volume_type:manage": "admin",
+    "volume:reset_status": "admin",
     "scope:all_projects": "admin",
 }
 

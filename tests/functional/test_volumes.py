@@ -252,3 +252,14 @@ def test_volume_state_changes_reach_the_projects_event_stream(admin: Client, hvd
                 break
     assert seen == ["volume.status creating", "volume.status available", "volume.status deleting",
                     "volume.status deleted"]
+
+
+def test_admin_resets_a_stuck_volume_and_members_may_not(admin: Client, hvd: DaemonProcess) -> None:
+    admin.call("POST", "/v1/projects", {"name": "rs"})
+    admin.call("POST", "/v1/users", {"name": "rs-user", "password": "rs-secret-1", "project": "rs", "role": "member"})
+    user = Client(hvd.url, "rs", "rs-user", "rs-secret-1")
+    vol = user.call("POST", "/v1/volumes?wait=true", {"name": "stuck", "size_gb": 1})
+    user.call("POST", f"/v1/volumes/{vol['id']}/reset-status", {"status": "error"}, status=403)
+    assert admin.call("POST", f"/v1/volumes/{vol['id']}/reset-status", {"status": "error"})["status"] == "error"
+    admin.call("POST", f"/v1/volumes/{vol['id']}/reset-status", {"status": "creating"}, status=400)
+    user.call("DELETE", f"/v1/volumes/{vol['id']}?wait=true", status=204)  # an error volume may be deleted

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -52,6 +52,12 @@ class VolumePatch(BaseModel):
 class ExtendIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     new_size_gb: int = Field(ge=1, le=MAX_GB, description="The new size in GiB (greater than the current one).")
+
+
+class ResetStatusIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: Literal["available", "error", "in-use", "error_deleting"] = Field(
+        description="What the volume really is (e.g. error for a create whose host died); no check is made")
 
 
 class AttachmentView(BaseModel):
@@ -297,6 +303,17 @@ async def extend_volume(request: web.Request) -> web.Response:
     return json_response(await view(request, after), status=202)
 
 
+async def reset_status(request: web.Request) -> web.Response:
+    """Admin repair (Cinder's reset-state): a volume stuck in a state no host will finish."""
+    svc, ctx = services(request), context(request)
+    svc.policy.enforce(ctx.roles, "volume:reset_status")
+    body = await parse_body(request, ResetStatusIn)
+    row = await visible_volume(request)
+    await svc.catalog.propose(cv.VolumeResetStatus(id=str(row["id"]), status=body.status, updated_at=now_iso()))
+    volumes(request).publish("volume.status", str(row["id"]), body.status, project_id=row["project_id"])
+    return json_response(await view(request, await visible_volume(request, str(row["id"]))))
+
+
 # --- volume types --------------------------------------------------------------------------------
 
 
@@ -367,6 +384,8 @@ def register(router: Router) -> None:
                status=202, response=Volume, query=wait, tag=t)
     router.add("POST", "/v1/volumes/{id}/extend", extend_volume, "Grow a volume (an in-use one online)", body=ExtendIn,
                response=Volume, status=202, query=wait, tag=t)
+    router.add("POST", "/v1/volumes/{id}/reset-status", reset_status, "Admin: set a stuck volume's status",
+               body=ResetStatusIn, response=Volume, tag=t)
     router.add("GET", "/v1/volume-types", list_types, "List volume types", response=VolumeTypeList, query=page, tag=t)
     router.add("POST", "/v1/volume-types", create_type, "Create a volume type", body=VolumeTypeIn,
                response=VolumeType, status=201, tag=t)
