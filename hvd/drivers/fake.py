@@ -45,7 +45,7 @@ from hvd.drivers.console import read_console_tail
 from hvd.drivers.fake_console import FakeSerialSession, FakeVncServer, black_screen_png
 from hvd.drivers.libvirt.xml import disk_layout, domain_xml
 from hvd.drivers.remote_console import SERIAL, VNC
-from hvd.drivers.volumes import VolumeDisk, next_device
+from hvd.drivers.volumes import VolumeDisk, device_name, next_device
 from hvd.errors import BadRequest, Conflict, DriverError, HvdError, InvalidState, NotFound
 from hvd.storage import qemu_img
 
@@ -160,7 +160,8 @@ class FakeDriver(ComputeDriver):
 
     def _boot(self, dom: FakeDomain) -> None:
         dom.boots += 1
-        disks = " ".join([d.dev for d in disk_layout(dom.spec)] + [v.dev for v in dom.volumes.values()])
+        # as a Linux guest names them: vda, vdb, ... in probe order, whatever the definition's targets
+        disks = " ".join(device_name(i) for i in range(len(disk_layout(dom.spec)) + len(dom.volumes)))
         self._console(dom, f"FAKE boot {dom.boots}")
         self._console(dom, f"FAKE disks={disks}")
         self._set_power(dom, PowerState.RUNNING)

@@ -28,6 +28,7 @@ import pytest_asyncio
 from hvd.compute.lifecycle import PowerState
 from hvd.drivers.base import DISK, DISK_RESCUE, DOMAIN_XML, ComputeDriver, InstanceSpec, Nic
 from hvd.drivers.fake import FakeDriver
+from hvd.drivers.remote_console import SerialSession, png_size
 from hvd.drivers.volumes import VolumeDisk
 from hvd.errors import BadRequest, Conflict, DriverError, HvdError, InvalidState, NotFound
 from hvd.storage import qemu_img
@@ -199,7 +200,7 @@ async def shared_env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
         image = await cache.ensure_cached("hvd-guest", lambda dest: _copy(source, dest), "qcow2")
         timed("image_cache_fetch_and_convert_s", time.monotonic() - started)
         fmt = cache.format_of("qcow2")
-        driver = LibvirtDriver(instances, "qemu:///system", "qemu")
+        driver = LibvirtDriver(instances, "qemu:///system", "qemu", vnc_listen="127.0.0.1")  # the product default
     await driver.start()
     yield Env(kind, driver, instances, cache, image, fmt)
     await driver.close()
@@ -525,6 +526,62 @@ async def test_console_log_tail(env: Env) -> None:
     assert len((await env.driver.console_log(spec.uuid, 1)).splitlines()) == 1
 
 
+async def read_console(session: SerialSession, wanted: bytes, timeout: float = 30.0) -> bytes:
+    seen = b""
+    async with asyncio.timeout(timeout):
+        while wanted not in seen:
+            data = await session.read()
+            assert data, f"the console session ended before {wanted!r}; saw {seen[-500:]!r}"
+            seen += data
+    return seen
+
+
+async def test_serial_console_session_display_and_screenshot(env: Env) -> None:
+    """One serial session at a time, the port still logged meanwhile, the session ends with the
+    guest; a VNC display that greets in RFB and a PNG screenshot; nothing of it while stopped."""
+    assert {"serial", "vnc"} <= env.driver.capabilities.remote_consoles
+    spec = await env.spawned()
+    await env.booted(spec)
+    session = await env.driver.open_serial_console(spec.uuid)
+    try:
+        with pytest.raises(Conflict):
+            await env.driver.open_serial_console(spec.uuid)
+        mark = await env.console_mark(spec)
+        await session.write(b"echo contract-console\r")
+        # the real guest has no shell on its serial port, but it writes a heartbeat every second
+        if env.real:
+            seen = await read_console(session, b"HVD-GUEST heartbeat")
+            seen += await read_console(session, b"\n")  # the whole line
+            said = re.findall(r"HVD-GUEST heartbeat \d+(?=\r?\n)", seen.decode(errors="replace"))[-1]
+        else:
+            await read_console(session, b"\r\ncontract-console\r\n")
+            said = "contract-console"
+        await env.console_line(spec, re.escape(said), timeout=10, after=mark)  # logged while attached
+    finally:
+        await session.close()
+    assert await session.read() == b""
+    await (await env.driver.open_serial_console(spec.uuid)).close()  # free again once detached
+
+    address, port = await env.driver.vnc_address(spec.uuid)
+    reader, writer = await asyncio.open_connection(address, port)
+    try:
+        assert (await asyncio.wait_for(reader.readexactly(12), 10)).startswith(b"RFB 003.00")
+    finally:
+        writer.close()
+    width, height = png_size(await env.driver.screenshot(spec.uuid))
+    assert width > 0 and height > 0
+
+    session = await env.driver.open_serial_console(spec.uuid)
+    await env.driver.power_off(spec.uuid, timeout=0)
+    async with asyncio.timeout(30):
+        while await session.read():  # the guest's last words, then the end
+            pass
+    await session.close()
+    for call in (env.driver.open_serial_console, env.driver.vnc_address, env.driver.screenshot):
+        with pytest.raises(InvalidState):
+            await call(spec.uuid)  # type: ignore[operator]
+
+
 @pytest.fixture
 def bridge(env: Env) -> Iterator[str]:
     name = f"brqhvdct{secrets.token_hex(3)}"
@@ -724,7 +781,10 @@ async def test_boot_from_volume_with_a_data_volume_across_a_power_cycle(env: Env
     third_id, third_path = _volume_file(env)
     third = VolumeDisk(third_id, "vdc", "file", path=str(third_path))
     assert await env.driver.attach_volume(spec.uuid, third) == "vdc"
+    await env.driver.detach_volume(spec.uuid, data_id, 5)  # off: from the persistent definition at once
+    assert await _volume_devs(env, spec, live=False) == {boot_id[:20]: "vda", third_id[:20]: "vdc"}
     mark = await env.console_mark(spec)
-    await env.driver.power_on(replace(spec, volumes=(*spec.volumes, third)))
+    await env.driver.power_on(replace(spec, volumes=(spec.volumes[0], third)))
     await env.booted(spec, after=mark)
-    assert await env.disks(spec, after=mark) == ["vda", "vdb", "vdc"]
+    assert await env.disks(spec, after=mark) == ["vda", "vdb"]  # the guest names disks in probe order
+    assert await _volume_devs(env, spec) == {boot_id[:20]: "vda", third_id[:20]: "vdc"}

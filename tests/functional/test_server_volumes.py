@@ -170,7 +170,7 @@ async def test_volumes_follow_the_server_through_stop_reboot_and_delete(admin_ap
         assert status == 202 and answer["status"] == want, (name, answer)
         assert domain_volumes(env, sid) == {vol: "vdd"}, name  # the regenerated definition has it
     driver: FakeDriver = env["compute"].manager.driver
-    assert "vdd" in (await driver.console_log(sid)).splitlines()[-1]
+    assert (await driver.console_log(sid)).splitlines()[-1] == "FAKE disks=vda vdb vdc"  # root, config drive, vol
     # online extend: a file the running QEMU holds is grown by QEMU (block resize), the guest told
     vols = env["compute"].volumes
     extended = await vols.extend_online(vol, 3)
