@@ -181,6 +181,8 @@ def run_checks(config: Config) -> list[Check]:
     checks.append(check_tool("dnsmasq", ["dnsmasq", "--version"], "dnsmasq-base"))
     checks.append(check_tool("nft", ["nft", "list", "tables"], "nftables"))
     checks.append(check_tool("config drive", ["mkfs.vfat", "--help"], "dosfstools"))
+    # volumes of this host for servers on other hosts (NBD exports); a host alone needs none
+    checks.append(check_tool("nbd exports", ["qemu-storage-daemon", "--version"], "qemu-system-common", required=False))
     if os.geteuid() == 0:
         checks.extend(check_links())
     else:
