@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import tempfile
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from hvd.catalog.service import Catalog
 from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.compute.faults import checkpoint
 from hvd.config import Config
-from hvd.errors import HvdError, NotFound, NotImplementedYet, Timeout, UpgradeInProgress
+from hvd.errors import Conflict, HvdError, NotFound, NotImplementedYet, Timeout, UpgradeInProgress
 from hvd.events import EventBus
 from hvd.identity.service import now_iso
 from hvd.storage import qemu_img
@@ -62,6 +63,7 @@ class VolumeService:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._loop: asyncio.Task[None] | None = None
         self._reported: dict[str, int] = {}
+        self._report_sent = False  # the start-up report went through (a rolling upgrade may hold it back)
         self._wake = asyncio.Event()
         self._settled = asyncio.Condition()  # notified when a step of this host is recorded
         self._generation = 0  # steps recorded so far: a waiter that saw N misses no notification
@@ -70,8 +72,11 @@ class VolumeService:
 
     async def start(self) -> None:
         """Default type, capacity report, crash repair (orphans), then the pickup loop."""
-        await self.ensure_default_type()
-        await self.report_capacity(force=True)
+        try:
+            await self.ensure_default_type()
+            await self.report_capacity(force=True)
+        except HvdError as exc:  # e.g. a rolling upgrade holds volume commands back: the loop retries
+            log.warning("volume service start: %s", exc.message)
         await self.remove_orphans()
         self._loop = asyncio.create_task(self._run())
 
@@ -90,9 +95,11 @@ class VolumeService:
         while True:
             try:
                 await self.pickup()
-                if loop.time() - last_report >= REPORT_INTERVAL_S:
+                if loop.time() - last_report >= REPORT_INTERVAL_S or not self._report_sent:
                     last_report = loop.time()
-                    await self.report_capacity()
+                    if not self._report_sent:  # start-up's proposals were held back: try them again
+                        await self.ensure_default_type()
+                    await self.report_capacity(force=not self._report_sent)
             except Exception:  # the next round retries; the loop must not end
                 log.exception("volume pickup round failed")
             self._wake.clear()
@@ -107,9 +114,7 @@ class VolumeService:
         name = self.config.volumes.default_type
         found = await self.catalog.read(fetch_one, "SELECT id FROM volume_types WHERE name=?", (name,))
         if found is None:
-            import uuid
-
-            with contextlib.suppress(HvdError):  # another member made it first
+            with contextlib.suppress(Conflict):  # another member made it first
                 await self.catalog.propose(cv.VolumeTypeCreate(
                     id=str(uuid.uuid4()), name=name, description="Default volume type", created_at=now_iso()))
 
@@ -135,6 +140,7 @@ class VolumeService:
             log.info("volume capacity not reported yet: %s", exc.message)
             return
         self._reported = now
+        self._report_sent = True
 
     async def backend_infos(self) -> list[BackendInfo]:
         """Every host's backends as last reported (this host's measured now)."""
