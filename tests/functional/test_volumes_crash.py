@@ -163,3 +163,27 @@ def test_sigkill_during_creates_and_orphans_are_removed_at_start(node: Node) -> 
         assert vol is not None and vol["status"] == "available"
     known = {v["id"] for v in node.call("GET", "/v1/volumes").json()["volumes"]}
     assert node.files() == {f"volume-{v}" for v in known} | {"not-ours.img"}
+
+
+def test_crash_in_snapshot_and_restore_is_redone(node: Node) -> None:
+    node.stop()
+    node.start("snapshot.data_made")
+    vol = node.call("POST", "/v1/volumes?wait=true", {"name": "snapme", "size_gb": 1}).json()
+    node.fire("POST", "/v1/snapshots", {"volume": vol["id"], "name": "s"})
+    assert node.died() == 99
+    [(sid, status)] = node.catalog("SELECT id, status FROM volume_snapshots")
+    assert status == "creating" and f"snapshot-{sid}" in node.files()
+    node.start("restore.data_written")
+    deadline = time.monotonic() + 60
+    while node.call("GET", f"/v1/snapshots/{sid}").json()["status"] == "creating":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert node.call("GET", f"/v1/snapshots/{sid}").json()["status"] == "available"
+    backup = node.call("POST", "/v1/backups?wait=true", {"volume": vol["id"]}).json()
+    node.fire("POST", f"/v1/backups/{backup['id']}/restore", {"name": "r"})
+    assert node.died() == 99
+    [(rid,)] = node.catalog("SELECT id FROM volumes WHERE status='restoring-backup'")
+    node.start()
+    restored = node.wait_status(rid, {"available", "error"})
+    assert restored is not None and restored["status"] == "available"
+    assert node.call("GET", f"/v1/backups/{backup['id']}").json()["status"] == "available"

@@ -333,6 +333,7 @@ class VolumeService:
             try:
                 await backend.delete_snapshot(sid)
                 await backend.create_snapshot(sid, str(snap["volume_id"]))
+                checkpoint("snapshot.data_made")
                 await self._finish(cv.SnapshotFinish(id=sid, op="create", ok=True, updated_at=now_iso()))
             except Exception as exc:
                 with contextlib.suppress(Exception):
@@ -418,6 +419,7 @@ class VolumeService:
                         fh.truncate(int(vol["size_gb"]) * GIB)
                     await loop.run_in_executor(None, backup_io.restore, self.backup_root, manifest, scratch, True)
                     await backend.import_raw(vid, scratch)
+            checkpoint("restore.data_written")
             await self._finish(cv.BackupRestoreFinish(id=bid, volume_id=vid, ok=True, updated_at=now_iso()))
         except Exception as exc:
             log.warning("restore of backup %s into volume %s failed: %s", bid, vid, _message(exc))
