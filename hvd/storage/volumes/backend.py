@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hvd.errors import NotImplementedYet
+from hvd.errors import BadRequest, NotImplementedYet
+from hvd.storage import qemu_img
 
 GIB = 1 << 30
 VOLUME_PREFIX = "volume-"
@@ -41,6 +42,15 @@ def parse_name(name: str) -> tuple[str, str] | None:
     """("volume" | "snapshot", uuid) of an object name a backend made, or None for anything else."""
     m = _OWN_NAME.match(name)
     return None if m is None else (m.group(1), m.group(2))
+
+
+async def check_fits(image: Path, image_format: str, size_bytes: int) -> None:
+    """BadRequest when the image's virtual size is more than the volume's (a cached raw image's
+    virtual size is its length: no qemu-img run for it)."""
+    raw = image_format == "raw"
+    virtual = image.stat().st_size if raw else (await qemu_img.info(image, image_format)).virtual_size
+    if virtual > size_bytes:
+        raise BadRequest(f"the image's virtual size ({virtual} bytes) does not fit in a volume of {size_bytes} bytes")
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hvd.errors import BadRequest
 from hvd.storage import qemu_img
-from hvd.storage.volumes.backend import Capacity, VolumeBackend, parse_name, snapshot_name, volume_name
+from hvd.storage.volumes.backend import (
+    Capacity,
+    VolumeBackend,
+    check_fits,
+    parse_name,
+    snapshot_name,
+    volume_name,
+)
 
 FILE_MODE = 0o600
 DIR_MODE = 0o711  # libvirt-qemu must reach the files (libvirt chowns the files it is handed), not list them
@@ -63,7 +69,10 @@ class FileBackend(VolumeBackend):
     async def _made(self, path: Path, size_bytes: int | None = None) -> None:
         """Grow a new file to ``size_bytes`` and make it private; on failure remove it."""
         try:
-            if size_bytes is not None:
+            if size_bytes is not None and self.volume_format == "raw":
+                if size_bytes > path.stat().st_size:
+                    os.truncate(path, size_bytes)  # a raw file grows sparse: what qemu-img resize does
+            elif size_bytes is not None:
                 current = (await qemu_img.info(path, self.volume_format)).virtual_size
                 if size_bytes > current:
                     await self._run(qemu_img.resize_argv(path, size_bytes, self.volume_format))
@@ -88,10 +97,7 @@ class FileBackend(VolumeBackend):
         await self._made(path)
 
     async def create_from_image(self, volume_id: str, image: Path, image_format: str, size_bytes: int) -> None:
-        virtual = (await qemu_img.info(image, image_format)).virtual_size
-        if virtual > size_bytes:
-            raise BadRequest(f"the image's virtual size ({virtual} bytes) does not fit in a volume of"
-                             f" {size_bytes} bytes")
+        await check_fits(image, image_format, size_bytes)
         await self._convert(image, image_format, self.path(volume_id), size_bytes)
 
     async def create_from_snapshot(self, volume_id: str, snapshot_id: str, size_bytes: int) -> None:

@@ -11,10 +11,18 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from hvd.errors import BadRequest, DriverError
+from hvd.errors import DriverError
 from hvd.storage import qemu_img
 from hvd.storage.volumes import lvm_argv as lvm
-from hvd.storage.volumes.backend import GIB, Capacity, VolumeBackend, parse_name, snapshot_name, volume_name
+from hvd.storage.volumes.backend import (
+    GIB,
+    Capacity,
+    VolumeBackend,
+    check_fits,
+    parse_name,
+    snapshot_name,
+    volume_name,
+)
 
 
 def copy_argv(src: str, src_fmt: str, dest: str, target_is_zero: bool) -> list[str]:
@@ -67,10 +75,7 @@ class LvmBackend(VolumeBackend):
         await self._lvcreate(volume_name(volume_id), size_bytes)
 
     async def create_from_image(self, volume_id: str, image: Path, image_format: str, size_bytes: int) -> None:
-        virtual = (await qemu_img.info(image, image_format)).virtual_size
-        if virtual > size_bytes:
-            raise BadRequest(f"the image's virtual size ({virtual} bytes) does not fit in a volume of"
-                             f" {size_bytes} bytes")
+        await check_fits(image, image_format, size_bytes)
         await self._create_and_copy(volume_id, size_bytes, str(image), image_format)
 
     async def create_from_snapshot(self, volume_id: str, snapshot_id: str, size_bytes: int) -> None:
