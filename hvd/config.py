@@ -408,6 +408,13 @@ class TlsSection(Section):
     )
     cert_file: str = Field("", description="This host's certificate; empty = <data_dir>/tls/host.crt.")
     key_file: str = Field("", description="This host's private key (mode 0600); empty = <data_dir>/tls/host.key.")
+    qemu_x509_dir: str = Field(
+        "", max_length=255,
+        description="Where hvd writes the cluster CA and this host's certificate for QEMU (NBD exports of volumes"
+        " over mutual TLS); empty = /etc/pki/qemu (libvirt's default) with the libvirt driver, <data_dir>/qemu-x509"
+        " with the fake one. qemu.conf's nbd_tls_x509_cert_dir (or default_tls_x509_cert_dir) must name it (hvd"
+        " doctor checks).",
+    )
     insecure_plaintext: bool = Field(
         False,
         description="Allow a cluster on non-loopback addresses without TLS (tokens, passwords and the Raft stream"

@@ -12,9 +12,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from hvd.config import Config
+
+if TYPE_CHECKING:
+    from hvd.drivers.libvirt.access import Owner
 
 Status = Literal["OK", "WARN", "FAIL"]
 
@@ -173,6 +176,46 @@ def check_instances_path(config: Config) -> Check:
     return Check("instances_path", "OK", f"{path} is reachable by {who.name}")
 
 
+def check_qemu_x509(config: Config, qemu_conf: Path | None = None) -> Check:
+    """NBD exports of volumes: with [tls], libvirt's NBD clients must read the directory hvd writes
+    the cluster certificates to, and QEMU must reach it; without, say what is exposed."""
+    from hvd.cluster import qemu_tls
+    from hvd.drivers.libvirt.access import first_unsearchable, qemu_identity
+    from hvd.storage.volumes.nbd import NBD_PORTS
+
+    if not config.tls.enabled:
+        if not config.cluster.peers:
+            return Check("nbd tls", "OK", "one host: no volume is exported to another")
+        return Check("nbd tls", "WARN", f"without [tls], volumes used by other hosts are exported as plain NBD on"
+                     f" ports {NBD_PORTS.start}-{NBD_PORTS.stop - 1}: anyone reaching this host's cluster address"
+                     " can read and write them", "enable [tls] (hvd cluster init/join), or firewall those ports to"
+                     " the cluster's hosts")
+    directory = qemu_tls.qemu_x509_dir(config)
+    if config.compute.driver != "libvirt":
+        return Check("nbd tls", "OK", f"{directory} (fake driver: no libvirt reads it)")
+    conf = qemu_conf or qemu_tls.QEMU_CONF
+    try:
+        problem = qemu_tls.conf_problem(conf.read_text(), str(directory))
+    except OSError as exc:
+        return Check("nbd tls", "WARN", f"cannot read {conf}: {exc}", "install libvirt-daemon-driver-qemu")
+    if problem:
+        return Check("nbd tls", "WARN", problem.split(": set ")[0], "set " + problem.split(": set ", 1)[-1])
+    who = qemu_identity()
+    if who is not None and directory.exists():
+        blocker = first_unsearchable(directory, who, _owner_of)
+        if blocker is not None:
+            return Check("nbd tls", "FAIL", f"{blocker} is not searchable by {who.name}: guests cannot open volumes"
+                         " of other hosts", f"chmod o+x {blocker} (or choose another [tls] qemu_x509_dir)")
+    return Check("nbd tls", "OK", f"libvirt's NBD clients read {directory} (written by hvd at start-up)")
+
+
+def _owner_of(path: Path) -> Owner:
+    from hvd.drivers.libvirt.access import Owner
+
+    st = path.stat()
+    return Owner(st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+
+
 def run_checks(config: Config) -> list[Check]:
     checks = [Check("config", "OK", "valid")]
     checks.append(check_libvirt(config))
@@ -189,6 +232,7 @@ def run_checks(config: Config) -> list[Check]:
         checks.append(Check("links", "WARN", "not root: kernel link kinds not probed", "run hvd doctor as root"))
     checks.append(check_disk(config))
     checks.append(check_instances_path(config))
+    checks.append(check_qemu_x509(config))
     return checks
 
 

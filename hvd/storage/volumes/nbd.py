@@ -13,9 +13,13 @@ still needs is kept (adopted if its process runs, respawned on the same port if 
 guests on other hosts keep their disks across an hvd restart); any other is stopped and its record
 removed. Stopping hvd leaves the exports running for the same reason.
 
-Not encrypted: libvirt's NBD client speaks only x509 TLS configured host-wide in qemu.conf
-(``nbd_tls``, ``nbd_tls_x509_cert_dir``), not a per-disk PSK, so the export relies on the cluster's
-private network (it listens on the cluster address only).
+With ``[tls] enabled`` an export is x509 TLS with the cluster CA, both ways: the daemon presents
+this host's certificate and admits only clients presenting one of the same CA (cluster members;
+``tls_dir`` is QEMU's x509 directory, hvd.cluster.qemu_tls), and the server's disk says
+``tls='yes'`` so its QEMU presents its host's certificate from the directory qemu.conf names.
+An export keeps the mode it started with (recorded) until its last user lets go: the guests using
+it opened it that way. Without TLS (a lab with ``insecure_plaintext``) an export is plain NBD on
+the cluster address: anyone who reaches that address and port can read and write the volume.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class ExportAnswer(BaseModel):
     host: str
     port: int
     export: str
+    tls: bool = False  # x509 with the cluster CA (an older host answers without it: plain)
 
 
 class VolumePaths(Protocol):
@@ -75,18 +80,29 @@ def export_name(volume_id: str) -> str:
     return f"volume-{volume_id}"
 
 
-def qsd_argv(info: dict[str, Any], listen: str, port: int, name: str, pidfile: Path) -> list[str]:
-    """qemu-storage-daemon serving one volume (its local connection info) over NBD: pure."""
+def qsd_argv(info: dict[str, Any], listen: str, port: int, name: str, pidfile: Path,
+             tls_dir: Path | None = None) -> list[str]:
+    """qemu-storage-daemon serving one volume (its local connection info) over NBD: pure. With
+    ``tls_dir`` (QEMU's x509 directory) the server speaks TLS only and requires a client
+    certificate of the same CA (verify-peer)."""
     path = str(info["path"])
     if "," in path:
         raise DriverError(f"volume path {path} contains a comma, which qemu option syntax cannot carry")
     proto = "host_device" if info.get("type") == "block" else "file"
     fmt = str(info.get("format", "raw")) if info.get("type") == "file" else "raw"
+    tls: list[str] = []
+    server = f"addr.type=inet,addr.host={listen},addr.port={port}"
+    if tls_dir is not None:
+        if "," in str(tls_dir):
+            raise DriverError(f"qemu_x509_dir {tls_dir} contains a comma, which qemu option syntax cannot carry")
+        tls = ["--object", f"tls-creds-x509,id=tls0,dir={tls_dir},endpoint=server,verify-peer=on"]
+        server += ",tls-creds=tls0"
     return [
         QSD,
+        *tls,
         "--blockdev", f"driver={proto},node-name=proto,filename={path}",
         "--blockdev", f"driver={fmt},node-name=vol,file=proto",
-        "--nbd-server", f"addr.type=inet,addr.host={listen},addr.port={port}",
+        "--nbd-server", server,
         "--export", f"type=nbd,id=exp,node-name=vol,name={name},writable=on",
         "--pidfile", str(pidfile),
     ]
@@ -133,17 +149,20 @@ class Export:
     volume_id: str
     port: int
     clients: set[str] = field(default_factory=set)
+    tls: bool = False
     process: asyncio.subprocess.Process | None = None
     started: float = 0.0  # loop time of the last export request (see GRACE_S)
 
 
 class NbdExports:
     """Both ends: ``export``/``unexport`` on the volume's host, ``connect``/``disconnect`` on the
-    server's host (a peer call to the volume's host)."""
+    server's host (a peer call to the volume's host). ``tls_dir``: QEMU's x509 directory when
+    ``[tls]`` is on (new exports are TLS), else None (plain)."""
 
     def __init__(self, host: str, listen: str, state_dir: Path, catalog: Any, volumes: VolumePaths | None,
-                 peers: Peers | None) -> None:
+                 peers: Peers | None, tls_dir: Path | None = None) -> None:
         self.host = host
+        self.tls_dir = tls_dir
         self.listen = listen
         self.dir = state_dir
         self.catalog = catalog
@@ -169,7 +188,7 @@ class NbdExports:
 
     def _save(self, exp: Export) -> None:
         tmp = self._record(exp.volume_id).with_suffix(".tmp")
-        tmp.write_text(json.dumps({"port": exp.port, "clients": sorted(exp.clients)}))
+        tmp.write_text(json.dumps({"port": exp.port, "clients": sorted(exp.clients), "tls": exp.tls}))
         tmp.rename(self._record(exp.volume_id))
 
     def _pid(self, volume_id: str) -> int | None:
@@ -186,7 +205,8 @@ class NbdExports:
         for record in self.dir.glob("*.json"):
             try:
                 data = json.loads(record.read_text())
-                self._exports[record.stem] = Export(record.stem, int(data["port"]), set(data["clients"]))
+                self._exports[record.stem] = Export(record.stem, int(data["port"]), set(data["clients"]),
+                                                    bool(data.get("tls", False)))
             except (OSError, ValueError, KeyError, TypeError):
                 log.warning("unreadable NBD export record %s: removed", record)
                 record.unlink(missing_ok=True)
@@ -251,7 +271,7 @@ class NbdExports:
                 if port is None:
                     raise Conflict(f"host {self.host} exports {len(used)} volumes already (ports {NBD_PORTS.start}"
                                    f"-{NBD_PORTS.stop - 1})")
-                exp = Export(req.volume_id, port)
+                exp = Export(req.volume_id, port, tls=self.tls_dir is not None)
             exp.clients.add(req.client_host)
             exp.started = asyncio.get_running_loop().time()
             self._exports[req.volume_id] = exp
@@ -263,7 +283,7 @@ class NbdExports:
                     self._exports.pop(req.volume_id, None)
                     self._record(req.volume_id).unlink(missing_ok=True)
                     raise
-            return ExportAnswer(host=self.listen, port=exp.port, export=export_name(req.volume_id))
+            return ExportAnswer(host=self.listen, port=exp.port, export=export_name(req.volume_id), tls=exp.tls)
 
     async def unexport(self, req: ExportRequest) -> ExportAnswer:
         """A server of ``req.client_host`` lets go of the volume (its attachment is detaching): the
@@ -290,7 +310,10 @@ class NbdExports:
         info = self.volumes.connection_info(volume)
         pidfile = self._pidfile(exp.volume_id)
         pidfile.unlink(missing_ok=True)
-        argv = qsd_argv(info, self.listen, exp.port, export_name(exp.volume_id), pidfile)
+        if exp.tls and self.tls_dir is None:
+            raise Conflict(f"the NBD export of volume {exp.volume_id} was made with TLS, but [tls] is off now")
+        argv = qsd_argv(info, self.listen, exp.port, export_name(exp.volume_id), pidfile,
+                        self.tls_dir if exp.tls else None)
         logfile = self.dir / f"{exp.volume_id}.log"
         try:
             with logfile.open("ab") as err_out:  # the daemon's own messages, for the operator
@@ -311,7 +334,8 @@ class NbdExports:
                 err = logfile.read_text(errors="replace").strip()[-400:]
                 raise DriverError(f"{QSD} for volume {exp.volume_id} did not start: {err or 'timeout'}")
             await asyncio.sleep(0.05)
-        log.info("NBD export of volume %s on %s:%d (pid %d)", exp.volume_id, self.listen, exp.port, proc.pid)
+        log.info("NBD export of volume %s on %s:%d%s (pid %d)", exp.volume_id, self.listen, exp.port,
+                 " with TLS" if exp.tls else " WITHOUT TLS (anyone reaching it can read and write it)", proc.pid)
 
     async def _stop(self, exp: Export) -> None:
         pid = exp.process.pid if exp.process is not None else self._pid(exp.volume_id)
@@ -345,7 +369,7 @@ class NbdExports:
         answer = await self.peers.call(volume["host"], EXPORT_PATH,
                                        ExportRequest(volume_id=volume["id"], client_host=client_host),
                                        ExportAnswer, timeout=30.0)
-        return {"type": "nbd", "host": answer.host, "port": answer.port, "export": answer.export, "tls": False}
+        return {"type": "nbd", "host": answer.host, "port": answer.port, "export": answer.export, "tls": answer.tls}
 
     async def disconnect(self, volume_id: str, client_host: str) -> None:
         volume = await self.catalog.read(fetch_one, "SELECT host FROM volumes WHERE id=?", (volume_id,))
