@@ -46,6 +46,7 @@ from hvd.cluster.member import open_raft_coordinator
 from hvd.cluster.peer_auth import PeerVerifier
 from hvd.cluster.peers import PeerCaller
 from hvd.cluster.protocol_gate import ProtocolGate
+from hvd.cluster.qemu_tls import install as install_qemu_x509
 from hvd.cluster.tls import Contexts, load_contexts
 from hvd.compute.hostinfo import host_register_command
 from hvd.compute.manager import ComputeManager
@@ -419,7 +420,9 @@ async def running_compute(
         service.volumes.volume_host = volume_service  # attach, online extend, delete on termination
         if peers is not None:  # volumes of other hosts over NBD, and this host's volumes for them
             listen = NbdExports.listen_address(config.cluster.peer_urls().get(config.node_id), config.api.listen)
-            exports = NbdExports(host, listen, Path(config.host.data_dir) / "nbd", catalog, volume_service, peers)
+            qemu_x509 = await asyncio.to_thread(install_qemu_x509, config)  # None without [tls]: plain NBD
+            exports = NbdExports(host, listen, Path(config.host.data_dir) / "nbd", catalog, volume_service, peers,
+                                 qemu_x509)
             await exports.start()
             service.volumes.exports = exports
         yield {COMPUTE: service, IMAGE_STORE: store, EVENTS: events, NETWORK: network, PEERS: peers,
