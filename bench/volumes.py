@@ -101,6 +101,7 @@ def run(url: str, base: Path, args: argparse.Namespace) -> None:
                 ["qemu-img", "convert", "-f", "raw", "-O", "raw", str(cached), str(d)], check=True)))
 
         for step in ((api, baseline) if i % 2 == 0 else (baseline, api)):
+            os.sync()  # each side starts without the other's dirty pages to write back
             step()
         dest.unlink()
     api, raw = statistics.median(api_s), statistics.median(raw_s)

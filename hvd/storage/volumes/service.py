@@ -93,6 +93,7 @@ class VolumeService:
         last_report = 0.0
         loop = asyncio.get_running_loop()
         while True:
+            self._wake.clear()  # before the round: a wake-up during it starts the next one at once
             try:
                 await self.pickup()
                 if loop.time() - last_report >= REPORT_INTERVAL_S or not self._report_sent:
@@ -102,7 +103,6 @@ class VolumeService:
                     await self.report_capacity(force=not self._report_sent)
             except Exception:  # the next round retries; the loop must not end
                 log.exception("volume pickup round failed")
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), PICKUP_INTERVAL_S)
 
