@@ -74,6 +74,7 @@ from tests.lab.lab_plan import (
     INSTANCES_PATH,
     MAX_HOSTS,
     MTU,
+    QEMU_X509_DIR,
     daemon_config,
     host_ip,
     host_name,
@@ -372,6 +373,7 @@ class LabCluster:
                     target.chmod(st.st_mode & 0o7777)
         host.path(IMAGES_PATH).mkdir(exist_ok=True)
         host.path(INSTANCES_PATH).mkdir(mode=0o755, exist_ok=True)
+        host.path(QEMU_X509_DIR).mkdir(mode=0o750, exist_ok=True)  # libvirtd refuses to start without it
         # a seeded capabilities cache spares each libvirtd a QEMU probe of several seconds
         caps = Path("/var/cache/libvirt/qemu/capabilities")
         if caps.is_dir():

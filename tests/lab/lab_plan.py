@@ -28,6 +28,8 @@ BIND_MOUNTS = {
     "/etc/libvirt": "etc",
 }
 INSTANCES_PATH = "/var/lib/libvirt/hvd-instances"
+# QEMU's x509 directory, each host's own (/etc/pki is the machine's, shared by every lab host)
+QEMU_X509_DIR = "/var/lib/libvirt/hvd-x509"
 IMAGES_PATH = "/var/lib/libvirt/images"
 MAX_HOSTS = 250  # .1-.250 of the lab /24; .254 is the root namespace
 
@@ -115,7 +117,7 @@ def daemon_config(index: int, k: int, hosts: int, data_dir: Path, admin_password
                     "netns_prefix": f"{lab_name(index)}{name}-"},
         "cluster": {"peers": peers, "cluster_key": cluster_key},
         # certificates under <data_dir>/tls from the lab's own cluster CA (LabCluster._issue_certificates)
-        "tls": {"enabled": True},
+        "tls": {"enabled": True, "qemu_x509_dir": QEMU_X509_DIR},
     }
     return merge_config(base, overrides)
 
@@ -150,7 +152,9 @@ def libvirtd_conf(base: str, name: str, ip: str, host_uuid: str) -> str:
 
 def qemu_conf(base: str, name: str, ip: str) -> str:
     """A host's qemu.conf from the machine's `base`: migration streams on the lab address; no
-    cgroups (the lab tracks processes in its own cgroup and there is no systemd)."""
+    cgroups (the lab tracks processes in its own cgroup and there is no systemd); NBD clients take
+    the host's certificates from the directory its hvd writes them to."""
     return with_settings(base, {
         "migration_host": f'"{ip}"', "migration_address": f'"{ip}"', "cgroup_controllers": "[ ]",
+        "nbd_tls_x509_cert_dir": f'"{QEMU_X509_DIR}"',
     }, f"hvd lab host {name}")

@@ -3,17 +3,22 @@ lives on one host, the server runs on the other and reaches it over NBD (a libvi
 the volume host's qemu-storage-daemon); the guest sees it and marks it; a cold migration to the
 volume's host boots the server there with the volume, whose guest finds the mark; a live migration
 back keeps it attached (only the server's own disks are copied); after a detach the export is gone
-(no orphan process, no record) and the mark is in the volume's file on its host."""
+(no orphan process, no record) and the mark is in the volume's file on its host. The export is NBD
+over TLS with the lab's cluster CA (the disk says tls='yes'): a client on the lab network without a
+cluster certificate, or with another CA's, is refused."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from hvd.cluster.tls import create_ca, issue_host
 from tests.lab.cluster import LabCluster, lab_available
 from tests.lab.test_cluster_compute import upload
 from tests.lab.test_volumes_libvirt import VOLUME_SCRIPT
@@ -46,6 +51,32 @@ def wait_console(lab: LabCluster, sid: str, needle: str, after: int = 0, timeout
         time.sleep(1)
 
 
+def assert_only_members_reach(lab: LabCluster, vid: str, vol_host: str, client: str, xml: str, port: int) -> None:
+    """The export is TLS with a client certificate required: the guest's disk uses TLS, and clients
+    inside the lab (the server's host namespace, never the root one) without a cluster
+    certificate, or with another CA's, are refused by the export."""
+    assert "tls='yes'" in xml, xml
+    pid = int(lab.host(vol_host).data_dir.joinpath("nbd", f"{vid}.pid").read_text())
+    assert "endpoint=server,verify-peer=on" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    now = dt.datetime.now(dt.UTC)
+    stranger_ca, stranger_key = create_ca("stranger", now)
+    cert, key = issue_host(stranger_ca, stranger_key, "intruder", ["intruder"], now)
+    creds = lab.host(client).root / "intruder-x509"
+    creds.mkdir(exist_ok=True)
+    for name, data in (("ca-cert.pem", lab.ca_file.read_bytes()), ("client-cert.pem", cert), ("client-key.pem", key)):
+        (creds / name).write_bytes(data)
+    target = f"driver=nbd,host={lab.host(vol_host).ip},port={port},export=volume-{vid}"
+    attempts = {
+        "plain NBD": ["qemu-img", "info", f"nbd://{lab.host(vol_host).ip}:{port}/volume-{vid}"],
+        "another CA": ["qemu-img", "info", "--object", f"tls-creds-x509,id=c,dir={creds},endpoint=client,"
+                       "sanity-check=off", "--image-opts", f"{target},tls-creds=c"],
+    }
+    results = {why: lab.exec(client, argv, timeout=30) for why, argv in attempts.items()}
+    for why, r in results.items():
+        assert r.returncode != 0 and "virtual size" not in r.stdout, (why, r.stdout, r.stderr)
+    assert "TLS negotiation required" in results["plain NBD"].stderr
+
+
 def test_a_volume_of_one_host_used_and_live_migrated_on_another(lab: LabCluster) -> None:
     ok(lab, "h1", "POST", "/v1/flavors", {"name": "v.tiny", "vcpus": 1, "ram_mb": 128, "disk_gb": 1}, 201)
     image = upload(lab, "h1", "guest")
@@ -66,6 +97,7 @@ def test_a_volume_of_one_host_used_and_live_migrated_on_another(lab: LabCluster)
     assert "protocol='nbd'" in xml and f"name='volume-{vid}'" in xml, xml  # a network disk to the volume host
     records = list(lab.host(vol_host).data_dir.joinpath("nbd").glob("*.json"))
     assert [r.stem for r in records] == [vid] and json.loads(records[0].read_text())["clients"] == [srv_host]
+    assert_only_members_reach(lab, vid, vol_host, srv_host, xml, json.loads(records[0].read_text())["port"])
     wait_console(lab, sid, f"serial={vid[:20]} bytes={1 << 30} mark=none")
     wait_console(lab, sid, f"HVD-VOL written {vid[:20]}")
 
