@@ -41,7 +41,7 @@ from hvd.cluster.gossip import hostreport
 from hvd.cluster.gossip import metrics as gossip_metrics
 from hvd.cluster.gossip.core import MemberEvent
 from hvd.cluster.gossip.service import GossipService, core_config
-from hvd.cluster.keys import peer_key
+from hvd.cluster.keys import PeerKeys, peer_key
 from hvd.cluster.member import open_raft_coordinator
 from hvd.cluster.peer_auth import PeerVerifier
 from hvd.cluster.peers import PeerCaller
@@ -151,7 +151,7 @@ def _own_url(config: Config, api_url: str) -> str:
 
 
 def make_gossip(config: Config, catalog: Catalog, api_url: str,
-                client_ssl: ssl.SSLContext | None = None) -> GossipService:
+                client_ssl: ssl.SSLContext | None = None, peer_keys: PeerKeys | None = None) -> GossipService:
     """Gossip over UDP with the cluster's members as seeds; alone (no peers) it runs without a socket."""
     seeds = _member_addresses(catalog)
 
@@ -170,7 +170,8 @@ def make_gossip(config: Config, catalog: Catalog, api_url: str,
     if advertise:
         advertise = socket.gethostbyname(advertise) if ":" not in advertise else advertise  # once, at start
     return GossipService(config.host_name, core_config(g), report, config.cluster.cluster_key.encode(),
-                         bind=(host, port), advertise_host=advertise, seeds=all_seeds, ssl_context=client_ssl)
+                         bind=(host, port), advertise_host=advertise, seeds=all_seeds, ssl_context=client_ssl,
+                         peer_keys=peer_keys)
 
 
 async def _report_loop(config: Config, catalog: Catalog, driver: ComputeDriver, gossip: GossipService,
@@ -198,18 +199,22 @@ STARTUP_LISTENER = "startup_listener"
 BUILD_RECOVERY_INTERVAL_S = 5.0
 
 
-def open_catalog(config: Config, data_dir: Path,
-                 client_ssl: ssl.SSLContext | None = None) -> tuple[Catalog, RaftCoordinator]:
-    """The catalog replicated by embedded Raft; a host without peers is a one-voter cluster."""
+def open_catalog(config: Config, data_dir: Path, client_ssl: ssl.SSLContext | None = None,
+                 peer_keys: PeerKeys | None = None) -> tuple[Catalog, RaftCoordinator]:
+    """The catalog replicated by embedded Raft; a host without peers is a one-voter cluster.
+    ``peer_keys`` (signing Raft streams) follow the protocol gate's level from here on."""
     catalog = Catalog.open_raft(
         data_dir / "catalog.db",
         lambda db, state: open_raft_coordinator(config.cluster, config.node_id, data_dir / "raft.db", db, state,
-                                                ssl_context=client_ssl),
+                                                ssl_context=client_ssl, peer_keys=peer_keys),
     )
     coordinator = catalog.coordinator
     assert isinstance(coordinator, RaftCoordinator)
     # rolling upgrades: nothing is proposed that a member's older build could not apply
-    coordinator.gate = ProtocolGate(config.node_id, hostreport.advertised_protocol(config), coordinator.member_ids)
+    gate = coordinator.gate = ProtocolGate(config.node_id, hostreport.advertised_protocol(config),
+                                           coordinator.member_ids)
+    if peer_keys is not None:  # legacy (0.1.0) or derived peer key, by the cluster's usable level
+        peer_keys.follow(lambda: gate.cluster_level().usable)
     return catalog, coordinator
 
 
@@ -261,7 +266,9 @@ async def running_services(config: Config, listener: socket.socket | None = None
     tls = load_contexts(config)  # None: plain HTTP (loopback, or the insecure_plaintext opt-out)
     client_ssl = tls.client if tls is not None else None
     api_url = f"{'https' if tls else 'http'}://{config.api.listen}:{config.api.port}"
-    catalog, coordinator = open_catalog(config, data_dir, client_ssl)
+    key = config.cluster.cluster_key.encode()
+    peer_keys = PeerKeys(key)  # one choice of key for every signer and verifier of this host
+    catalog, coordinator = open_catalog(config, data_dir, client_ssl, peer_keys)
     startup: StartupListener | None = None
     gossip: GossipService | None = None
     purges: asyncio.Task[None] | None = None
@@ -269,14 +276,13 @@ async def running_services(config: Config, listener: socket.socket | None = None
     try:
         await coordinator.start()
         health.add("raft", coordinator.health)
-        key = config.cluster.cluster_key.encode()
-        endpoint = PeerEndpoint(coordinator, PeerVerifier(peer_key(key)) if key else None,
+        endpoint = PeerEndpoint(coordinator, PeerVerifier(peer_keys) if key else None,
                                 require_client_cert=tls is not None, join=_join_signer(tls, key, catalog))
         if listener is not None:
             startup = StartupListener(endpoint, listener, tls.server if tls is not None else None)
             await startup.start()
         # before waiting for Raft: liveness does not depend on a quorum (a report follows the driver)
-        gossip = make_gossip(config, catalog, api_url, client_ssl)
+        gossip = make_gossip(config, catalog, api_url, client_ssl, peer_keys)
         await gossip.start()
         coordinator.add_conf_listener(_leave_gossip_when_removed(config.node_id, gossip))
         endpoint.gossip = gossip
@@ -288,7 +294,7 @@ async def running_services(config: Config, listener: socket.socket | None = None
         openrc = Path(config.identity.openrc_path or data_dir / "openrc")
         await bootstrap_identity(config, identity, openrc, api_url, str(tls.files.ca_cert) if tls else "")
         purges = asyncio.create_task(run_purges(catalog))  # expired tokens, old instance actions (leader)
-        async with running_compute(config, catalog, api_url, health, gossip, client_ssl) as extra:
+        async with running_compute(config, catalog, api_url, health, gossip, client_ssl, peer_keys) as extra:
             extra[PEER_SERVICE] = endpoint
             extra[GOSSIP] = gossip
             extra[STARTUP_LISTENER] = startup
@@ -366,6 +372,7 @@ async def _cluster_upkeep(service: ComputeService) -> None:
 async def running_compute(
     config: Config, catalog: Catalog, api_url: str, health: Health | None = None,
     gossip: GossipService | None = None, client_ssl: ssl.SSLContext | None = None,
+    peer_keys: PeerKeys | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Driver → host record → image store/cache → manager → placement → crash repair → sync loop."""
     events = EventBus(host=config.host_name)
@@ -399,7 +406,8 @@ async def running_compute(
             reporting = asyncio.create_task(_report_loop(config, catalog, driver, gossip, api_url))
         service = ComputeService(config, catalog, Policy(config.identity.policy), manager, placement, events)
         if config.cluster.cluster_key:
-            peers = PeerCaller(host, config.node_id, peer_key(config.cluster.cluster_key.encode()), catalog,
+            keys = peer_keys or peer_key(config.cluster.cluster_key.encode())  # alone: the derived key
+            peers = PeerCaller(host, config.node_id, keys, catalog,
                                _member_addresses(catalog), client_ssl)
             await peers.start()
             service.builds.peers = peers

@@ -17,6 +17,7 @@ from collections import deque
 
 import aiohttp
 
+from hvd.cluster.keys import KeySource, key_source
 from hvd.cluster.peer_auth import NONCE_HEADER, FrameSealer, sign_headers
 from hvd.cluster.raft.messages import Message, SnapshotRequest, decode_message, encode_message
 from hvd.cluster.raft.transport import Receiver
@@ -48,11 +49,12 @@ def decode_batch(body: bytes) -> list[Message]:
 class PeerClient:
     """Signed HTTP calls to other members (one aiohttp session, created on ``start``)."""
 
-    def __init__(self, node_id: str, peers: dict[str, str], key: bytes,
+    def __init__(self, node_id: str, peers: dict[str, str], key: bytes | KeySource,
                  ssl_context: ssl.SSLContext | None = None) -> None:
-        """``key``: the derived peer HMAC key; ``ssl_context``: the cluster's client TLS context."""
+        """``key``: the peer HMAC key, or this host's PeerKeys (keys.py: which key signs follows the
+        cluster's protocol level); ``ssl_context``: the cluster's client TLS context."""
         self.node_id = node_id
-        self._key = key
+        self._keys = key_source(key)
         self._ssl = ssl_context
         self.peers: dict[str, str] = {}
         self.set_peers(peers)
@@ -73,22 +75,27 @@ class PeerClient:
             await self._session.close()
             self._session = None
 
+    def signing_key(self) -> bytes:
+        """The key requests and new streams are signed with now."""
+        return self._keys.signing()
+
     async def open_stream(self, peer: str, path: str, timeout: float,
                           heartbeat: float) -> tuple[aiohttp.ClientWebSocketResponse, FrameSealer]:
         """Open a signed WebSocket stream to ``peer``; returns it with the sealer for its frames."""
         if self._session is None:
             raise aiohttp.ClientConnectionError("peer client is closed")
-        headers = sign_headers(self._key, self.node_id, "GET", path, b"")
+        key = self._keys.signing()
+        headers = sign_headers(key, self.node_id, "GET", path, b"")
         ws = await self._session.ws_connect(self.peers[peer] + path, headers=headers, heartbeat=heartbeat,
                                             timeout=aiohttp.ClientWSTimeout(ws_close=timeout),
                                             max_msg_size=0)
-        return ws, FrameSealer(self._key, headers[NONCE_HEADER])
+        return ws, FrameSealer(key, headers[NONCE_HEADER])
 
     async def probe(self, url: str, path: str, timeout: float) -> tuple[int, bytes]:
         """Signed GET of ``url + path`` on a host that is not a member yet (a joining node)."""
         if self._session is None:
             raise aiohttp.ClientConnectionError("peer client is closed")
-        headers = sign_headers(self._key, self.node_id, "GET", path, b"")
+        headers = sign_headers(self._keys.signing(), self.node_id, "GET", path, b"")
         async with self._session.get(url.rstrip("/") + path, headers=headers,
                                      timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             return resp.status, await resp.read()
@@ -99,7 +106,7 @@ class PeerClient:
         url = self.peers[peer]
         if self._session is None:
             raise aiohttp.ClientConnectionError("peer client is closed")
-        headers = sign_headers(self._key, self.node_id, "POST", path, body)
+        headers = sign_headers(self._keys.signing(), self.node_id, "POST", path, body)
         headers["Content-Type"] = "application/octet-stream"
         async with self._session.post(url + path, data=body, headers=headers,
                                       timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
@@ -197,6 +204,10 @@ class HttpTransport:
             reader = asyncio.create_task(_read_until_closed(ws, wake))
             try:
                 while not ws.closed:
+                    if queue and sealer.key != self._client.signing_key():
+                        # the cluster's protocol level changed the peer key: reopen signed with the new one
+                        log.info("raft stream to peer %s: reopening it with the current peer key", peer)
+                        break
                     while queue and not ws.closed:
                         batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
                         if any(isinstance(m, SnapshotRequest) for m in batch):

@@ -16,7 +16,7 @@ from hvd.catalog.db import Database
 from hvd.catalog.state import CatalogState
 from hvd.cluster.coordinator import CatalogStateMachine, RaftCoordinator
 from hvd.cluster.http_transport import HttpTransport, PeerClient
-from hvd.cluster.keys import peer_key
+from hvd.cluster.keys import KeySource, peer_key
 from hvd.cluster.raft.driver import RaftDriver
 from hvd.cluster.raft.log import RaftLog
 from hvd.cluster.raft.messages import ConfState, Snapshot, SnapshotMeta
@@ -86,9 +86,11 @@ def open_raft_coordinator(
     snapshot_every: int = 10_000,  # a snapshot copies the whole catalog: not too often
     network: InMemoryNetwork | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    peer_keys: KeySource | None = None,
 ) -> RaftCoordinator:
     """A RaftCoordinator for this host (``network`` replaces HTTP in tests; ``ssl_context``: the
-    cluster's client TLS context when [tls] is enabled)."""
+    cluster's client TLS context when [tls] is enabled; ``peer_keys``: what signs peer requests,
+    by default the derived key alone)."""
     peers = cluster.peer_urls()
     conf = initial_conf(node_id, list(peers), cluster.voters, peers)
     sm = CatalogStateMachine(db, state)
@@ -105,7 +107,8 @@ def open_raft_coordinator(
     if network is not None:
         transport = network.endpoint(node_id)
     else:
-        client = PeerClient(node_id, peers, peer_key(cluster.cluster_key.encode()), ssl_context)
+        key = peer_keys if peer_keys is not None else peer_key(cluster.cluster_key.encode())
+        client = PeerClient(node_id, peers, key, ssl_context)
         transport = http = HttpTransport(client)
     driver = RaftDriver(config, storage, transport, sm, tick_seconds=tick, snapshot_every=snapshot_every,
                         apply_executor=db.executor)

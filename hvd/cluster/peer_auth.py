@@ -9,6 +9,10 @@ A long-lived stream (the Raft message stream) is opened by one such signed reque
 on it then carries ``HMAC(key, nonce, frame number, payload)``. The signed nonce ties the frames
 to that one stream and the frame number to their order, so a frame can be neither forged nor
 replayed, reordered or moved to another stream.
+
+Which key signs and which keys verify follows the cluster's protocol level during a rolling
+upgrade from hvd 0.1.0 (hvd/cluster/keys.py): a verifier may accept two keys, tried in order.
+A stream opened with a key the verifier no longer accepts is closed at its next frame.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import hmac
 import secrets
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+
+from hvd.cluster.keys import KeySource, key_source
 
 WINDOW_S = 30.0
 NODE_HEADER = "X-Hvd-Node"
@@ -57,6 +63,7 @@ class FrameSealer:
     """Prefixes each outgoing frame of one stream with its MAC (the sender's side)."""
 
     def __init__(self, key: bytes, nonce: str) -> None:
+        self.key = key
         self._base = hmac.new(key, b"hvd-stream\n" + nonce.encode() + b"\n", hashlib.sha256)
         self.seq = 0
 
@@ -74,11 +81,17 @@ class FrameSealer:
 class FrameOpener:
     """Checks and strips the MAC of each incoming frame, in order (the receiver's side)."""
 
-    def __init__(self, key: bytes, nonce: str) -> None:
+    def __init__(self, key: bytes, nonce: str, still_accepted: Callable[[], bool] = lambda: True) -> None:
+        """``still_accepted()``: whether the stream's key is still accepted (false once the legacy
+        key is retired after an upgrade: the sender reconnects with the derived key)."""
         self._macs = FrameSealer(key, nonce)
+        self._still_accepted = still_accepted
 
     def open(self, frame: bytes) -> bytes:
-        """The payload of the next frame; raises PeerAuthError if it is forged, replayed or out of order."""
+        """The payload of the next frame; raises PeerAuthError if it is forged, replayed or out of
+        order, or if the stream's key is no longer accepted."""
+        if not self._still_accepted():
+            raise PeerAuthError("peer stream signed with a key no longer accepted (the cluster finished its upgrade)")
         payload = frame[FRAME_MAC_BYTES:]
         if not hmac.compare_digest(self._macs.mac(self._macs.seq, payload), frame[:FRAME_MAC_BYTES]):
             raise PeerAuthError("bad frame signature on peer stream")
@@ -95,8 +108,9 @@ class PeerVerifier:
     which peers tolerate).
     """
 
-    def __init__(self, key: bytes, window_s: float = WINDOW_S, max_entries: int = 100_000) -> None:
-        self._key = key
+    def __init__(self, key: bytes | KeySource, window_s: float = WINDOW_S, max_entries: int = 100_000) -> None:
+        """``key``: one key, or a KeySource whose ``accepted()`` keys are tried in order."""
+        self._keys = key_source(key)
         self._window = window_s
         self._max = max_entries
         self._seen: set[str] = set()
@@ -122,6 +136,11 @@ class PeerVerifier:
     def verify(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
                now: float | None = None) -> str:
         """Return the sending node's id, or raise PeerAuthError."""
+        return self._verify(method, path, headers, body, now)[0]
+
+    def _verify(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
+                now: float | None) -> tuple[str, bytes]:
+        """(the sending node's id, the key its signature was made with), or raise PeerAuthError."""
         now = time.time() if now is None else now
         try:
             node, timestamp = headers[NODE_HEADER], headers[TIMESTAMP_HEADER]
@@ -129,8 +148,9 @@ class PeerVerifier:
             sent = float(timestamp)
         except (KeyError, ValueError) as exc:
             raise PeerAuthError("missing or malformed peer signature headers") from exc
-        expected = _mac(self._key, method, path, node, timestamp, nonce, body)
-        if not hmac.compare_digest(expected, signature):
+        key = next((k for k in self._keys.accepted()
+                    if hmac.compare_digest(_mac(k, method, path, node, timestamp, nonce, body), signature)), None)
+        if key is None:
             raise PeerAuthError("bad peer signature")
         if not abs(now - sent) <= self._window:  # also refuses NaN
             raise PeerAuthError(f"peer request timestamp outside the ±{self._window:.0f} s window")
@@ -143,12 +163,12 @@ class PeerVerifier:
             old_ts, old_sig = self._order.popleft()
             self._seen.discard(old_sig)
             self._floor = max(self._floor, old_ts)
-        return node
+        return node, key
 
     def open_stream(self, method: str, path: str, headers: Mapping[str, str]) -> tuple[str, FrameOpener]:
         """Verify the signed request that opens a stream: (sending node, opener for its frames)."""
-        node = self.verify(method, path, headers, b"")
-        return node, FrameOpener(self._key, headers[NONCE_HEADER])
+        node, key = self._verify(method, path, headers, b"", None)
+        return node, FrameOpener(key, headers[NONCE_HEADER], lambda: key in self._keys.accepted())
 
     def _expire(self, now: float) -> None:
         # entries older than the window can go: their timestamps would be refused anyway

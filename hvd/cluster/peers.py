@@ -20,6 +20,7 @@ import aiohttp
 from pydantic import BaseModel
 
 from hvd.catalog.service import Catalog
+from hvd.cluster.keys import KeySource, key_source
 from hvd.cluster.peer_auth import sign_headers
 from hvd.cluster.tls import peer_scheme
 from hvd.errors import HvdError, NotFound, ServiceUnavailable
@@ -42,14 +43,15 @@ class PeerUnreachable(ServiceUnavailable):
 class PeerCaller:
     """Signed calls from this host to the daemon of another host, by host name."""
 
-    def __init__(self, host: str, node_id: str, key: bytes, catalog: Catalog,
+    def __init__(self, host: str, node_id: str, key: bytes | KeySource, catalog: Catalog,
                  member_addresses: Callable[[], dict[str, str]] | None = None,
                  ssl_context: ssl.SSLContext | None = None) -> None:
-        """``key``: the derived peer HMAC key (keys.peer_key); ``ssl_context``: the cluster's client
+        """``key``: the peer HMAC key, or this host's PeerKeys (keys.py: the signing key follows the
+        cluster's protocol level during an upgrade from 0.1.0); ``ssl_context``: the cluster's client
         TLS context (mutual TLS), None on a loopback cluster without TLS."""
         self.host = host
         self.node_id = node_id
-        self._key = key
+        self._keys = key_source(key)
         self._catalog = catalog
         self._member_addresses = member_addresses or (lambda: {})
         self._ssl = ssl_context
@@ -96,7 +98,7 @@ class PeerCaller:
         return peer_scheme(str(row[0]).rstrip("/"), self._ssl is not None)
 
     def signed(self, method: str, path: str, body: bytes) -> dict[str, str]:
-        headers = sign_headers(self._key, self.node_id, method, path, body)
+        headers = sign_headers(self._keys.signing(), self.node_id, method, path, body)
         headers[APPLIED_HEADER] = str(self.applied_index())
         headers[REQUEST_ID_HEADER] = request_id_var.get() or ""
         return headers

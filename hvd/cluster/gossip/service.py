@@ -26,7 +26,7 @@ from hvd.cluster.gossip.codec import PacketCodec, Refused, dumps
 from hvd.cluster.gossip.core import ALIVE, Addr, CoreConfig, GossipCore, MemberEvent
 from hvd.cluster.gossip.endpoint import UdpEndpoint
 from hvd.cluster.gossip.report import ResourceReport, parse_report
-from hvd.cluster.keys import peer_key
+from hvd.cluster.keys import FixedKey, KeySource, peer_key
 from hvd.cluster.peer_auth import sign_headers
 from hvd.cluster.tls import peer_scheme
 from hvd.config import GossipSection
@@ -56,15 +56,16 @@ class GossipService:
     def __init__(self, name: str, config: CoreConfig, report: ResourceReport, cluster_key: bytes = b"",
                  bind: Addr | None = None, advertise_host: str = "",
                  seeds: Callable[[], dict[str, str]] = dict, rng: random.Random | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, peer_keys: KeySource | None = None) -> None:
         """``bind`` None = solo (no peers, no socket). ``seeds()`` gives node id -> peer API URL of the
         members to join through (read again at every attempt: membership changes at run time).
         ``cluster_key`` is the configured text (packets and push-pull derive their own keys from it);
-        ``ssl_context`` is the cluster's client TLS context for push-pull when [tls] is enabled."""
+        ``ssl_context`` is the cluster's client TLS context for push-pull when [tls] is enabled;
+        ``peer_keys`` signs push-pulls (the daemon's PeerKeys; default: the derived key alone)."""
         self.name = name
         self._config = config
         self._report = report
-        self._key = peer_key(cluster_key)
+        self._keys = peer_keys if peer_keys is not None else FixedKey(peer_key(cluster_key))
         self._ssl = ssl_context
         self._bind = bind
         self._advertise_host = advertise_host
@@ -277,17 +278,23 @@ class GossipService:
         self._pulling.add(target)
         try:
             body = dumps(core.push_pull_state())
-            headers = sign_headers(self._key, self.name, "POST", PUSH_PULL_PATH, body)
-            headers["Content-Type"] = "application/json"
             timeout = aiohttp.ClientTimeout(total=PUSH_PULL_TIMEOUT_S)
             target = peer_scheme(url.rstrip("/"), self._ssl is not None)  # the log may predate TLS
-            async with session.post(target + PUSH_PULL_PATH, data=body, headers=headers,
-                                    timeout=timeout) as resp:
-                if resp.status != 200:
-                    self.stats["push_pull_failures"] += 1
-                    log.debug("push-pull with %s: HTTP %d", target, resp.status)
-                    return False
-                state = json.loads(await resp.read())
+            key: bytes | None = self._keys.signing()
+            status, raw = 0, b""
+            while key is not None:
+                headers = sign_headers(key, self.name, "POST", PUSH_PULL_PATH, body)
+                headers["Content-Type"] = "application/json"
+                async with session.post(target + PUSH_PULL_PATH, data=body, headers=headers,
+                                        timeout=timeout) as resp:
+                    status, raw = resp.status, await resp.read()
+                # refused: this member may not know the cluster's level yet (keys.py), try the other key once
+                key = self._keys.other(key) if status == 401 and key == self._keys.signing() else None
+            if status != 200:
+                self.stats["push_pull_failures"] += 1
+                log.debug("push-pull with %s: HTTP %d", target, status)
+                return False
+            state = json.loads(raw)
             if not isinstance(state, dict):
                 raise ValueError("push-pull answer is not an object")
             core.merge_state(state, asyncio.get_running_loop().time())
