@@ -34,6 +34,7 @@ from hvd.api.v1.servers import COMPUTE
 from hvd.api.v1.volumes import VOLUMES
 from hvd.catalog.purge import run_purges
 from hvd.catalog.service import Catalog
+from hvd.cluster.cert_trust import PeerTrust
 from hvd.cluster.coordinator import RaftCoordinator
 from hvd.cluster.event_relay import EventRelay
 from hvd.cluster.fencing import Fencer
@@ -171,7 +172,8 @@ def make_gossip(config: Config, catalog: Catalog, api_url: str,
         advertise = socket.gethostbyname(advertise) if ":" not in advertise else advertise  # once, at start
     return GossipService(config.host_name, core_config(g), report, config.cluster.cluster_key.encode(),
                          bind=(host, port), advertise_host=advertise, seeds=all_seeds, ssl_context=client_ssl,
-                         peer_keys=peer_keys)
+                         peer_keys=peer_keys,
+                         node_id=config.node_id)
 
 
 async def _report_loop(config: Config, catalog: Catalog, driver: ComputeDriver, gossip: GossipService,
@@ -277,7 +279,8 @@ async def running_services(config: Config, listener: socket.socket | None = None
         await coordinator.start()
         health.add("raft", coordinator.health)
         endpoint = PeerEndpoint(coordinator, PeerVerifier(peer_keys) if key else None,
-                                require_client_cert=tls is not None, join=_join_signer(tls, key, catalog))
+                                require_client_cert=tls is not None, join=_join_signer(tls, key, catalog),
+                                trust=PeerTrust(catalog) if tls is not None else None)
         if listener is not None:
             startup = StartupListener(endpoint, listener, tls.server if tls is not None else None)
             await startup.start()

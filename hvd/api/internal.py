@@ -2,9 +2,10 @@
 
 With [tls] enabled, every /internal route but the two of internal_join.py refuses a connection
 that presented no client certificate (the handshake already checked a presented one against the
-cluster CA): mutual TLS. The auth middleware lets /internal/ through without a user token, so
-every handler here also checks the peer signature (HMAC-SHA256 with a key derived from the
-cluster key, time window, replay cache) and answers 401 before doing anything. These routes are
+cluster CA): mutual TLS; and a request whose certificate is revoked or names another node than
+the one the request claims (hvd/cluster/cert_trust.py). The auth middleware lets /internal/ through
+without a user token, so every handler here also checks the peer signature (HMAC-SHA256 with a key
+derived from the cluster key, time window, replay cache) and answers 401 before doing anything. These routes are
 not in the public OpenAPI document.
 """
 
@@ -24,6 +25,7 @@ from hvd.api.internal_join import JoinSigner
 from hvd.api.middleware import error_body, error_middleware, request_id_middleware
 from hvd.api.routing import Handler
 from hvd.catalog.state import encode_result
+from hvd.cluster.cert_trust import PeerTrust
 from hvd.cluster.coordinator import MEMBERSHIP_TIMEOUT_S, RaftCoordinator, routing_error_response
 from hvd.cluster.gossip.service import PUSH_PULL_PATH, GossipService
 from hvd.cluster.http_transport import (
@@ -35,7 +37,7 @@ from hvd.cluster.http_transport import (
     STREAM_PATH,
     decode_batch,
 )
-from hvd.cluster.peer_auth import FrameOpener, PeerAuthError, PeerVerifier
+from hvd.cluster.peer_auth import NODE_HEADER, FrameOpener, PeerAuthError, PeerVerifier
 from hvd.cluster.raft.messages import Message
 from hvd.cluster.tls import presented_client_cert
 from hvd.errors import BadRequest, HvdError, NotLeader, PayloadTooLarge, ServiceUnavailable, Unauthorized
@@ -57,6 +59,7 @@ class PeerEndpoint:
     gossip: GossipService | None = None  # set once gossip runs: serves push-pull state syncs
     require_client_cert: bool = False  # [tls] enabled: peer routes are mutual TLS
     join: JoinSigner | None = None  # [tls] enabled: joining hosts get certificates here
+    trust: PeerTrust | None = None  # [tls] enabled: the client certificate must be the claimed node's
     # bodies are read before their signature can be checked: at most this many big ones at once,
     # so anonymous requests can buffer at most PRE_AUTH_READERS x MAX_PEER_REQUEST bytes
     pre_auth: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(PRE_AUTH_READERS))
@@ -234,19 +237,32 @@ _leaving: set[asyncio.Task[None]] = set()
 
 @web.middleware
 async def client_cert_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Mutual TLS on peer routes: no cluster client certificate, no peer route."""
+    """Mutual TLS on peer routes: no cluster client certificate, no peer route; and the certificate
+    must be the claimed node's and not revoked (hvd/cluster/cert_trust.py)."""
+    endpoint = request.app[PEER]
     if (request.path.startswith("/internal/") and request.path not in internal_join.OPEN_PATHS
-            and request.app[PEER].require_client_cert):
+            and endpoint.require_client_cert):
         transport = request.transport
-        if not presented_client_cert(transport.get_extra_info("ssl_object") if transport is not None else None):
+        if endpoint.trust is not None:
+            await endpoint.trust.check(transport, request.headers.get(NODE_HEADER, ""))
+        elif not presented_client_cert(transport.get_extra_info("ssl_object") if transport is not None else None):
             raise Unauthorized("peer routes need a client certificate of the cluster CA (mutual TLS)")
     return await handler(request)
+
+
+async def _stop_watching(app: web.Application) -> None:
+    trust = app[PEER].trust
+    if trust is not None:
+        trust.stop()
 
 
 def install(app: web.Application, endpoint: PeerEndpoint) -> None:
     """Add the peer routes to ``app`` (outside the public Router, so outside OpenAPI)."""
     app[PEER] = endpoint
     app.middlewares.append(client_cert_middleware)
+    app[internal_join.MEMBERS] = endpoint.coordinator.member_ids
+    if endpoint.trust is not None:
+        app.on_cleanup.append(_stop_watching)
     if endpoint.join is not None:
         internal_join.install(app, endpoint.join)
     app[STREAMS] = set()

@@ -13,7 +13,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,8 @@ class JoinSigner:
 
 
 JOIN = web.AppKey("hvd.join", JoinSigner)
+# the current Raft members (set by internal.install): a token for any node may not name one of them
+MEMBERS: web.AppKey[Callable[[], frozenset[str]]] = web.AppKey("hvd.members")
 
 
 class JoinRequest(BaseModel):
@@ -76,6 +78,9 @@ async def sign_join(request: web.Request) -> web.Response:
         raise BadRequest(str(exc)) from None
     except join_token.JoinTokenError as exc:
         raise Forbidden(str(exc)) from None
+    refusal = member_refusal(token.node, csr.node_id, request.app[MEMBERS]() if MEMBERS in request.app else ())
+    if refusal:
+        raise Forbidden(refusal)
     if not signer.files.ca_key.is_file():
         raise ServiceUnavailable(f"this member holds no cluster CA key ({signer.files.ca_key}): join through the"
                                  " host that ran `hvd cluster init` (or one the CA key was copied to)")
@@ -86,6 +91,17 @@ async def sign_join(request: web.Request) -> web.Response:
     log.warning("signed a host certificate for node %s (%s) with join token %s", csr.node_id,
                 ", ".join(csr.sans), token.id)
     return web.json_response({"certificate": cert.decode(), "ca_certificate": ca_pem.decode()})
+
+
+def member_refusal(token_node: str, csr_node: str, members: Iterable[str]) -> str:
+    """Why a join token for ``token_node`` ("" = any node) may not get a certificate for
+    ``csr_node`` when ``members`` are the cluster's members ("" = it may): a certificate names the
+    node peers then trust it to be (cert_trust.py), so only a token made for a member renews that
+    member's certificate; otherwise any token holder could become an existing member."""
+    if not token_node and csr_node in members:
+        return (f"node {csr_node} is a cluster member: renewing its certificate needs a join token made for it"
+                f" (hvd cluster join-token --node {csr_node})")
+    return ""
 
 
 def install(app: web.Application, signer: JoinSigner) -> None:

@@ -11,7 +11,7 @@ from pydantic import Field
 from hvd.bounds import Int64
 from hvd.catalog.commands import Command, Result, handles
 from hvd.catalog.sql import dumps, fetch_all, fetch_one, require
-from hvd.errors import CapacityExceeded, Conflict, NotFound
+from hvd.errors import BadRequest, CapacityExceeded, Conflict, NotFound
 
 
 class HostRegister(Command):
@@ -214,3 +214,31 @@ def join_token_use(conn: sqlite3.Connection, cmd: JoinTokenUse) -> Result:
     conn.execute("DELETE FROM meta WHERE key LIKE 'join-token:%' AND CAST(value AS INTEGER) < ?", (cmd.now,))
     conn.execute("INSERT INTO meta VALUES (?, ?)", (key, str(cmd.expires)))
     return {"token_id": cmd.token_id, "node_id": cmd.node_id}
+
+
+class CertRevoke(Command):
+    """Refuse cluster certificates on peer routes (hvd/cluster/cert_trust.py): every certificate of
+    ``node`` issued at or before ``before`` (unix seconds; set when a member is removed), or the one
+    certificate with ``serial`` (lower-case hex). Exactly one of ``node`` and ``serial``."""
+
+    since = 2  # catalog protocol level (hvd/catalog/protocol.py): new in hvd 0.2.0
+    type: Literal["cluster.cert_revoke"] = "cluster.cert_revoke"
+    node: str = Field("", max_length=255)
+    serial: str = Field("", max_length=64, pattern=r"^[0-9a-f]*$")
+    before: Int64
+
+
+@handles(CertRevoke)
+def cert_revoke(conn: sqlite3.Connection, cmd: CertRevoke) -> Result:
+    if bool(cmd.node) == bool(cmd.serial):
+        raise BadRequest("a certificate revocation names either a node or a serial")
+    if cmd.node:
+        key = f"cert-floor:{cmd.node}"
+        row = fetch_one(conn, "SELECT value FROM meta WHERE key=?", (key,))
+        # a floor only rises: revoking again never re-admits a certificate refused before
+        floor = max(cmd.before, int(row["value"]) if row else cmd.before)
+    else:
+        key, floor = f"cert-serial:{cmd.serial}", cmd.before
+    conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                 (key, str(floor)))
+    return {"node": cmd.node or None, "serial": cmd.serial or None, "before": floor}

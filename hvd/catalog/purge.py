@@ -10,9 +10,10 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
+from hvd.bounds import Int64
 from hvd.catalog.cmd_identity import TokenPurge
 from hvd.catalog.commands import Command, Result, handles
-from hvd.errors import HvdError
+from hvd.errors import HvdError, UpgradeInProgress
 from hvd.iofaults import describe
 
 if TYPE_CHECKING:
@@ -39,19 +40,39 @@ def instance_action_purge(conn: sqlite3.Connection, cmd: InstanceActionPurge) ->
     return {"purged": cur.rowcount}
 
 
+class JoinTokenPurge(Command):
+    """Forget the uses of join tokens that expired before ``now`` (unix seconds): an expired token
+    is refused before its use is looked up (hvd/api/internal_join.py)."""
+
+    since = 2  # catalog protocol level (hvd/catalog/protocol.py): new in hvd 0.2.0
+    type: Literal["cluster.join_token_purge"] = "cluster.join_token_purge"
+    now: Int64
+
+
+@handles(JoinTokenPurge)
+def join_token_purge(conn: sqlite3.Connection, cmd: JoinTokenPurge) -> Result:
+    cur = conn.execute("DELETE FROM meta WHERE key LIKE 'join-token:%' AND CAST(value AS INTEGER) < ?", (cmd.now,))
+    return {"purged": cur.rowcount}
+
+
 def purge_commands(now: datetime, action_retention: timedelta = ACTION_RETENTION) -> list[Command]:
     """The commands of one purge round at `now` (UTC), cutoffs included."""
     return [
         TokenPurge(now=now.strftime(TIME_FORMAT)),
         InstanceActionPurge(before=(now - action_retention).strftime(TIME_FORMAT)),
+        JoinTokenPurge(now=int(now.timestamp())),
     ]
 
 
 async def purge_once(catalog: Catalog, now: datetime) -> dict[str, int]:
-    """Propose one purge round; how many rows each command removed."""
+    """Propose one purge round; how many rows each command removed. A command some member's
+    older build cannot apply yet (a rolling upgrade) is left for a later round."""
     out = {}
     for cmd in purge_commands(now):
-        out[cmd.type] = int((await catalog.propose(cmd))["purged"])
+        try:
+            out[cmd.type] = int((await catalog.propose(cmd))["purged"])
+        except UpgradeInProgress:
+            out[cmd.type] = 0
     return out
 
 

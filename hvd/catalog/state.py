@@ -99,10 +99,11 @@ def _proposal_result(conn: sqlite3.Connection, proposal_id: bytes | None) -> byt
 NETWORK_COMMAND_PREFIXES = ("network.", "subnet.", "port.", "router.", "floating_ip.", "security_group",
                             "host.set_vtep")
 
-# commands after which a cached token validation may be wrong (revocation, roles, disabling)
+# commands after which a cached token validation (revocation, roles, disabling) or a cached
+# peer certificate revocation (hvd/cluster/cert_trust.py) may be wrong
 IDENTITY_COMMANDS = frozenset({
     "token.revoke", "token.purge", "user.update", "user.delete", "project.update", "project.delete",
-    "role.grant", "role.revoke",
+    "role.grant", "role.revoke", "cluster.cert_revoke",
 })
 
 

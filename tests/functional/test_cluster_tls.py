@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import requests
+from cryptography import x509
 
 from hvd.cluster import join_token
 from hvd.cluster.keys import peer_key
@@ -230,6 +231,20 @@ def test_peer_routes_need_a_cluster_certificate(cluster: TlsCluster, tmp_path: P
     assert requests.get(url, headers=forged, timeout=5, verify=cluster.ca, cert=client).status_code == 401
 
 
+def peer_status(cluster: TlsCluster, node: str, claimed: str, files: TlsFiles) -> requests.Response:
+    """A signed peer request to ``node`` naming ``claimed``, presenting the certificate in ``files``."""
+    headers = sign_headers(peer_key(KEY.encode()), claimed, "GET", STATUS_PATH, b"")
+    return requests.get(cluster.url(node) + STATUS_PATH, headers=headers, timeout=5, verify=cluster.ca,
+                        cert=(str(files.cert), str(files.key)))
+
+
+def test_a_certificate_speaks_only_for_the_node_it_names(cluster: TlsCluster) -> None:
+    assert peer_status(cluster, "node1", "node2", cluster.tls("node2")).status_code == 200
+    r = peer_status(cluster, "node1", "node3", cluster.tls("node2"))  # node2's valid certificate, claiming node3
+    assert r.status_code == 403, r.text
+    assert "issued to node 'node2', which may not speak for node 'node3'" in r.json()["error"]["message"]
+
+
 def test_the_public_api_serves_https_to_clients_with_the_ca(cluster: TlsCluster) -> None:
     # the member that bootstrapped identity wrote the openrc, naming its own CA file
     node, openrc = next((n, p.read_text()) for n in FOUNDERS if (p := cluster.base / n / "data" / "openrc").exists())
@@ -299,3 +314,49 @@ def test_a_cluster_founded_without_tls_switches_to_it(tmp_path: Path) -> None:
             c.wait_flavors(node, {"before-tls", "after-tls"})
     finally:
         c.kill_all()
+
+
+def test_a_removed_members_certificate_is_refused(cluster: TlsCluster, tmp_path: Path) -> None:
+    """After test_a_host_joins_with_a_one_time_token: node4 is removed, its certificate stops working on
+    every member's peer routes; a certificate issued to node4 later works until its serial is revoked."""
+    cluster.wait_ready([*FOUNDERS, "node4"])
+    assert peer_status(cluster, "node1", "node4", cluster.tls("node4")).status_code == 200
+    r = cluster.call("node2", "DELETE", "/v1/cluster/members/node4")
+    assert r.status_code == 204, r.text
+    deadline = time.monotonic() + 15
+    for node in FOUNDERS:  # every replica applies the revocation
+        while (r := peer_status(cluster, node, "node4", cluster.tls("node4"))).status_code == 200:
+            assert time.monotonic() < deadline, f"{node} still accepts node4's certificate"
+            time.sleep(0.2)
+        assert r.status_code == 401 and "certificates of node node4 issued before" in r.json()["error"]["message"]
+    listed = cluster.call("node3", "GET", "/v1/cluster/revocations").json()["revocations"]
+    assert [row["node"] for row in listed] == ["node4"], listed
+
+    # a certificate issued after the removal (node4 coming back) is accepted, until its serial is revoked
+    time.sleep(1.1)  # issue times have whole seconds: the new one must be later than the removal
+    ca = cluster.tls("node1")
+    cert, key = issue_host(ca.ca_cert.read_bytes(), ca.ca_key.read_bytes(), "node4", ["node4"], dt.datetime.now(dt.UTC))
+    fresh = TlsFiles.under(tmp_path)
+    fresh.cert.write_bytes(cert)
+    fresh.key.write_bytes(key)
+    assert peer_status(cluster, "node1", "node4", fresh).status_code == 200
+    serial = x509.load_pem_x509_certificate(cert).serial_number
+    env = {"HVD_URL": cluster.url("node1"), "HVD_USERNAME": "admin", "HVD_PASSWORD": "admin-secret",
+           "HVD_PROJECT": "admin", "HVD_CACERT": cluster.ca}
+    out = hvd("cluster", "revoke-cert", "--serial", f"{serial:X}", "-f", "json", env=env)
+    assert json.loads(out.stdout)[0]["serial"] == f"{serial:x}", out.stdout
+    deadline = time.monotonic() + 15
+    while (r := peer_status(cluster, "node1", "node4", fresh)).status_code == 200:
+        assert time.monotonic() < deadline, "the revoked serial is still accepted"
+        time.sleep(0.2)
+    assert r.status_code == 401 and f"serial {serial:x}) is revoked" in r.json()["error"]["message"], r.text
+
+
+def test_a_token_for_any_node_cannot_renew_a_members_certificate(cluster: TlsCluster, tmp_path: Path) -> None:
+    out = hvd("cluster", "join-token", "-c", str(cluster.config("node1")), "--ttl", "600").stdout
+    token = out.strip().splitlines()[-1]
+    config = tmp_path / "hvd.toml"  # a host that calls itself node2 (a member)
+    config.write_text(cluster.config("node2").read_text().replace(str(cluster.base / "node2" / "data"),
+                                                                   str(tmp_path / "data")))
+    r = hvd("cluster", "join", "--token", token, "--peer", cluster.url("node1"), "-c", str(config), check=False)
+    assert r.returncode == 1 and "node node2 is a cluster member" in r.stderr, r.stderr

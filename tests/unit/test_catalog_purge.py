@@ -1,18 +1,22 @@
-"""Expired tokens and old instance actions are purged by a command carrying its cutoff, so every
-replica deletes the same rows; before, both tables grew forever."""
+"""Expired tokens, old instance actions and the uses of expired join tokens are purged by a command
+carrying its cutoff, so every replica deletes the same rows; before, they were kept forever (join
+token uses until the next join)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from hvd.catalog.cmd_compute import ActionFinish, ActionStart
+from hvd.catalog.cmd_hosts import JoinTokenUse
 from hvd.catalog.cmd_identity import ProjectCreate, RoleGrant, TokenIssue, UserCreate
 from hvd.catalog.commands import Command, encode
 from hvd.catalog.db import connect
 from hvd.catalog.purge import ACTION_RETENTION, TIME_FORMAT, purge_commands, purge_once
 from hvd.catalog.service import Catalog
 from hvd.catalog.state import CatalogState
+from hvd.errors import UpgradeInProgress
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -32,6 +36,9 @@ def history() -> list[Command]:
         TokenIssue(token_hash="valid", user_id="u", project_id="p", issued_at=at(-timedelta(hours=1)),
                    expires_at=at(timedelta(hours=1))),
     ]
+    before = int(NOW.timestamp()) - 2 * 86400
+    for token, expires in (("spent", NOW - timedelta(days=1)), ("live", NOW + timedelta(hours=1))):
+        cmds.append(JoinTokenUse(token_id=token, expires=int(expires.timestamp()), node_id="n4", now=before))
     for name, started, finished in (("old", old, True), ("recent", recent, True), ("running", old, False)):
         cmds.append(ActionStart(id=name, instance_id="i", action="reboot", request_id="r", user_id="u",
                                 project_id="p", start_time=at(started)))
@@ -40,10 +47,14 @@ def history() -> list[Command]:
     return cmds
 
 
-def rows(state: CatalogState) -> tuple[list[str], list[str]]:
+def rows(state: CatalogState) -> tuple[list[str], list[str], list[str]]:
     tokens = [r[0] for r in state.conn.execute("SELECT token_hash FROM tokens ORDER BY token_hash")]
     actions = [r[0] for r in state.conn.execute("SELECT id FROM instance_actions ORDER BY id")]
-    return tokens, actions
+    joins = [r[0] for r in state.conn.execute("SELECT key FROM meta WHERE key LIKE 'join-token:%' ORDER BY key")]
+    return tokens, actions, joins
+
+
+KEPT = (["valid"], ["recent", "running"], ["join-token:live"])
 
 
 def test_a_purge_removes_the_same_rows_on_every_replica() -> None:
@@ -52,7 +63,7 @@ def test_a_purge_removes_the_same_rows_on_every_replica() -> None:
     for state in replicas:
         for index, data in enumerate(entries, start=1):
             state.apply(index, data)
-    assert rows(replicas[0]) == rows(replicas[1]) == (["valid"], ["recent", "running"])
+    assert rows(replicas[0]) == rows(replicas[1]) == KEPT
 
 
 async def test_purge_once_proposes_the_round(tmp_path: Path) -> None:
@@ -60,7 +71,33 @@ async def test_purge_once_proposes_the_round(tmp_path: Path) -> None:
     try:
         for cmd in history():
             await catalog.propose(cmd)
-        assert await purge_once(catalog, NOW) == {"token.purge": 1, "instance_action.purge": 1}
-        assert rows(catalog.state) == (["valid"], ["recent", "running"])
+        assert await purge_once(catalog, NOW) == {"token.purge": 1, "instance_action.purge": 1,
+                                                  "cluster.join_token_purge": 1}
+        assert rows(catalog.state) == KEPT
+    finally:
+        catalog.close()
+
+
+class HeldBack:
+    """A catalog in a rolling upgrade: level-2 commands are refused, the others go through."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    async def propose(self, cmd: Command) -> dict[str, Any]:
+        if type(cmd).since > 1:
+            raise UpgradeInProgress(f"{cmd.type} needs protocol 2", command=cmd.type, required=2, usable=1,
+                                    behind=[])
+        return await self.catalog.propose(cmd)
+
+
+async def test_a_purge_during_a_rolling_upgrade_still_purges_what_every_member_applies(tmp_path: Path) -> None:
+    catalog = Catalog.open_local(tmp_path / "catalog.db", "n1")
+    try:
+        for cmd in history():
+            await catalog.propose(cmd)
+        purged = await purge_once(HeldBack(catalog), NOW)  # type: ignore[arg-type]
+        assert purged == {"token.purge": 1, "instance_action.purge": 1, "cluster.join_token_purge": 0}
+        assert rows(catalog.state)[2] == ["join-token:live", "join-token:spent"]  # left for a later round
     finally:
         catalog.close()

@@ -5,26 +5,32 @@ Adding a host: start it with an empty data_dir, ``[cluster] join = true``, the s
 is checked first (it must answer, signed with the cluster key, as that node id, with no membership
 of its own), joins as a learner, receives the catalog, and is promoted to voter once it has caught
 up. Removing a host and handing leadership over (before maintenance) work the same from any member.
+Removing a host also revokes its host certificates (every one issued until then): it needs a new one to
+come back. ``/v1/cluster/revocations`` lists and adds revocations (hvd/cluster/cert_trust.py).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 from typing import Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hvd.api.forward import PEERS
 from hvd.api.helpers import context, json_response, parse_body
 from hvd.api.internal import GOSSIP_LEAVE_PATH
 from hvd.api.routing import Router
 from hvd.api.services import services
+from hvd.catalog.cmd_hosts import CertRevoke
 from hvd.catalog.protocol import PROTOCOL, MemberLevel
+from hvd.catalog.service import Catalog
+from hvd.cluster.cert_trust import normalize_serial, now_s, read_revocations, revocation_rows
 from hvd.cluster.coordinator import RaftCoordinator
 from hvd.cluster.protocol_gate import ProtocolGate
-from hvd.errors import HvdError, NotFound, NotImplementedYet
+from hvd.errors import HvdError, NotFound, NotImplementedYet, UpgradeInProgress
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +126,7 @@ async def remove_member(request: web.Request) -> web.Response:
     if member not in coordinator.driver.node.conf.members():
         raise NotFound(f"Cluster member {member} could not be found")
     await coordinator.change_membership({"op": "remove", "id": member})
+    await _revoke_removed(services(request).catalog, member)
     peers = services(request).extra.get(PEERS)
     if peers is not None:  # best effort: a host that is down leaves gossip as dead anyway
         try:
@@ -131,6 +138,59 @@ async def remove_member(request: web.Request) -> web.Response:
 
 class _Notice(BaseModel):
     ok: bool = True
+
+
+async def _revoke_removed(catalog: Catalog, member: str) -> None:
+    """A removed member's certificates stop working on peer routes at once (hvd/cluster/cert_trust.py)."""
+    try:
+        await catalog.propose(CertRevoke(node=member, before=now_s()))
+    except UpgradeInProgress as exc:  # the removal stands; the revocation waits for the upgrade
+        log.warning("removed member %s keeps working certificates until `hvd cluster revoke-cert --node %s`"
+                    " after the upgrade: %s", member, member, exc.message)
+
+
+class RevocationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    node: str | None = Field(None, pattern=NODE_ID, description="Refuse every certificate of this node id issued"
+                             " until now (it needs a new one: `hvd cluster join` with a token for it)")
+    serial: str | None = Field(None, max_length=100, description="Refuse the certificate with this serial"
+                               " (hex, as `openssl x509 -noout -serial` prints it)")
+
+    @model_validator(mode="after")
+    def _one(self) -> RevocationIn:
+        if (self.node is None) == (self.serial is None):
+            raise ValueError("name either a node or a serial")
+        if self.serial is not None:
+            self.serial = normalize_serial(self.serial)
+        return self
+
+
+class Revocation(BaseModel):
+    node: str | None = Field(description="Certificates of this node issued before `issued_before` are refused")
+    serial: str | None = Field(description="The certificate with this serial is refused")
+    issued_before: str | None
+
+
+class RevocationList(BaseModel):
+    revocations: list[Revocation]
+    next: str | None = None
+
+
+async def list_revocations(request: web.Request) -> web.Response:
+    _coordinator(request, "cluster:read")
+    revoked = await services(request).catalog.read(read_revocations)
+    return json_response({"revocations": revocation_rows(revoked), "next": None})
+
+
+async def revoke_certificate(request: web.Request) -> web.Response:
+    """Refuse a node's certificates (all issued until now) or one certificate on every member's peer routes."""
+    _coordinator(request, "cluster:manage")
+    body = await parse_body(request, RevocationIn)
+    result = await services(request).catalog.propose(CertRevoke(node=body.node or "", serial=body.serial or "",
+                                                                before=now_s()))
+    floor = dt.datetime.fromtimestamp(result["before"], dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return json_response({"node": body.node, "serial": body.serial, "issued_before": floor if body.node else None},
+                         status=201)
 
 
 async def transfer_leader(request: web.Request) -> web.Response:
@@ -152,3 +212,8 @@ def register(router: Router) -> None:
     router.add("DELETE", "/v1/cluster/members/{id}", remove_member, "Remove a member", status=204, tag=t)
     router.add("POST", "/v1/cluster/leader", transfer_leader, "Hand leadership to another voter",
                body=LeaderIn, response=ClusterView, tag=t)
+    router.add("GET", "/v1/cluster/revocations", list_revocations, "List revoked host certificates",
+               response=RevocationList, tag=t)
+    router.add("POST", "/v1/cluster/revocations", revoke_certificate,
+               "Revoke a node's host certificates or one certificate (peer routes refuse them)",
+               body=RevocationIn, response=Revocation, status=201, tag=t)

@@ -56,13 +56,17 @@ class GossipService:
     def __init__(self, name: str, config: CoreConfig, report: ResourceReport, cluster_key: bytes = b"",
                  bind: Addr | None = None, advertise_host: str = "",
                  seeds: Callable[[], dict[str, str]] = dict, rng: random.Random | None = None,
-                 ssl_context: ssl.SSLContext | None = None, peer_keys: KeySource | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, peer_keys: KeySource | None = None,
+                 node_id: str = "") -> None:
         """``bind`` None = solo (no peers, no socket). ``seeds()`` gives node id -> peer API URL of the
         members to join through (read again at every attempt: membership changes at run time).
         ``cluster_key`` is the configured text (packets and push-pull derive their own keys from it);
         ``ssl_context`` is the cluster's client TLS context for push-pull when [tls] is enabled;
-        ``peer_keys`` signs push-pulls (the daemon's PeerKeys; default: the derived key alone)."""
+        ``peer_keys`` signs push-pulls (the daemon's PeerKeys; default: the derived key alone).
+        ``node_id`` (default ``name``) is who push-pulls come from: peers check it against the CN of this
+        host's certificate (hvd/cluster/cert_trust.py)."""
         self.name = name
+        self.node_id = node_id or name
         self._config = config
         self._report = report
         self._keys = peer_keys if peer_keys is not None else FixedKey(peer_key(cluster_key))
@@ -283,7 +287,7 @@ class GossipService:
             key: bytes | None = self._keys.signing()
             status, raw = 0, b""
             while key is not None:
-                headers = sign_headers(key, self.name, "POST", PUSH_PULL_PATH, body)
+                headers = sign_headers(key, self.node_id, "POST", PUSH_PULL_PATH, body)
                 headers["Content-Type"] = "application/json"
                 async with session.post(target + PUSH_PULL_PATH, data=body, headers=headers,
                                         timeout=timeout) as resp:
