@@ -279,6 +279,8 @@ class VolumeService:
             return
         if status == st.CREATING:
             ok, error, bootable = True, None, None
+            loop = asyncio.get_running_loop()
+            started = loop.time()
             try:
                 await backend.delete_volume(vid)  # what a cut attempt left
                 bootable = await self._create_data(backend, vol)
@@ -288,8 +290,11 @@ class VolumeService:
                 log.warning("creating volume %s failed: %s", vid, error)
                 with contextlib.suppress(Exception):
                     await backend.delete_volume(vid)
+            made = loop.time()
             await self._finish(cv.VolumeCreateFinish(id=vid, ok=ok, error=error, bootable=bootable,
                                                      updated_at=now_iso()))
+            log.info("volume %s %s: data %.2f s, recorded %.2f s later", vid, "created" if ok else "failed",
+                     made - started, loop.time() - made)
         elif status == st.DELETING:
             try:
                 checkpoint("volume.delete.started")
