@@ -216,6 +216,16 @@ def _owner_of(path: Path) -> Owner:
     return Owner(st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
 
 
+def check_tls(config: Config) -> list[Check]:
+    """[tls] files: present, parseable, from the cluster CA, valid now, naming this node, covering
+    its peer URL host and listen address, matching the key (hvd/cluster/tls_check.py)."""
+    import datetime as dt
+
+    from hvd.cluster import tls_check
+
+    return [Check("tls", f.status, f.detail, f.fix) for f in tls_check.findings(config, dt.datetime.now(dt.UTC))]
+
+
 def run_checks(config: Config) -> list[Check]:
     checks = [Check("config", "OK", "valid")]
     checks.append(check_libvirt(config))
@@ -232,6 +242,7 @@ def run_checks(config: Config) -> list[Check]:
         checks.append(Check("links", "WARN", "not root: kernel link kinds not probed", "run hvd doctor as root"))
     checks.append(check_disk(config))
     checks.append(check_instances_path(config))
+    checks.extend(check_tls(config))
     checks.append(check_qemu_x509(config))
     return checks
 
