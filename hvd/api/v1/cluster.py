@@ -30,7 +30,7 @@ from hvd.catalog.service import Catalog
 from hvd.cluster.cert_trust import normalize_serial, now_s, read_revocations, revocation_rows
 from hvd.cluster.coordinator import RaftCoordinator
 from hvd.cluster.protocol_gate import ProtocolGate
-from hvd.errors import HvdError, NotFound, NotImplementedYet, UpgradeInProgress
+from hvd.errors import HvdError, NotFound, NotImplementedYet
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +144,9 @@ async def _revoke_removed(catalog: Catalog, member: str) -> None:
     """A removed member's certificates stop working on peer routes at once (hvd/cluster/cert_trust.py)."""
     try:
         await catalog.propose(CertRevoke(node=member, before=now_s()))
-    except UpgradeInProgress as exc:  # the removal stands; the revocation waits for the upgrade
+    except HvdError as exc:  # the removal stands (e.g. a rolling upgrade holds level-2 commands back)
         log.warning("removed member %s keeps working certificates until `hvd cluster revoke-cert --node %s`"
-                    " after the upgrade: %s", member, member, exc.message)
+                    " succeeds: %s", member, member, exc.message)
 
 
 class RevocationIn(BaseModel):
