@@ -159,3 +159,19 @@ def test_debris_of_a_crashed_backup_goes_once_old_and_other_writes_stay(tmp_path
     os.utime(old_tmp, (hour_ago, hour_ago))
     assert backup_io.remove_debris(tmp_path) == 1
     assert not old_tmp.exists() and fresh.exists()
+
+
+def test_file_backend_wipe_zero_overwrites_the_data_before_unlinking(tmp_path: Path) -> None:
+    import asyncio
+
+    from hvd.storage.volumes.file_backend import FileBackend
+
+    backend = FileBackend("file", tmp_path / "vols")
+    vid = "0b8c2f4e-1d2a-4c3b-9f00-123456789abc"
+    backend.path(vid).write_bytes(os.urandom(3 * CHUNK))
+    witness = tmp_path / "witness"
+    os.link(backend.path(vid), witness)  # a second name sees what happens to the blocks
+    asyncio.run(backend.delete_volume(vid, wipe="zero"))
+    assert not backend.path(vid).exists()
+    assert witness.read_bytes() == bytes(3 * CHUNK)
+    asyncio.run(backend.delete_volume(vid, wipe="zero"))  # already gone: still succeeds
