@@ -80,6 +80,10 @@ class LibvirtSection(Section):
     )
     migration_max_downtime_ms: int = Field(
         500, ge=10, le=60000, description="Longest pause of the guest at the switch-over of a live migration.")
+    migration_tls: bool = Field(
+        True, description="With [tls] on, live-migration streams (memory and copied disks) are TLS with the cluster"
+                          " certificates from [tls] qemu_x509_dir (qemu.conf's migrate_tls_x509_cert_dir, else"
+                          " default_tls_x509_cert_dir, must name it); off = in clear.")
     migration_auto_converge: bool = Field(
         True, description="Throttle a guest that dirties memory faster than it is copied, so migrations finish.")
     migration_timeout_s: float = Field(

@@ -195,10 +195,13 @@ def check_qemu_x509(config: Config, qemu_conf: Path | None = None) -> Check:
         return Check("nbd tls", "OK", f"{directory} (fake driver: no libvirt reads it)")
     conf = qemu_conf or qemu_tls.QEMU_CONF
     try:
-        problem = qemu_tls.conf_problem(conf.read_text(), str(directory))
+        text = conf.read_text()
     except OSError as exc:
         return Check("nbd tls", "WARN", f"cannot read {conf}: {exc}", "install libvirt-daemon-driver-qemu")
-    if problem:
+    problems = [qemu_tls.conf_problem(text, str(directory), "nbd")]
+    if config.libvirt.migration_tls:
+        problems.append(qemu_tls.conf_problem(text, str(directory), "migrate"))
+    for problem in filter(None, problems):
         return Check("nbd tls", "WARN", problem.split(": set ")[0], "set " + problem.split(": set ", 1)[-1])
     who = qemu_identity()
     if who is not None and directory.exists():

@@ -73,15 +73,16 @@ def libvirt_cert_dir(qemu_conf_text: str, use: Literal["nbd", "migrate"]) -> str
             or DEFAULT_DIR)
 
 
-def conf_problem(qemu_conf_text: str, directory: str) -> str:
-    """'' when libvirt's NBD clients read ``directory``, else what is wrong and the qemu.conf line
-    that fixes it (pure)."""
-    used = libvirt_cert_dir(qemu_conf_text, "nbd")
+def conf_problem(qemu_conf_text: str, directory: str, use: Literal["nbd", "migrate"] = "nbd") -> str:
+    """'' when libvirt's QEMU reads ``directory`` for ``use``, else what is wrong and the qemu.conf
+    line that fixes it (pure)."""
+    used = libvirt_cert_dir(qemu_conf_text, use)
     if os.path.normpath(used) == os.path.normpath(directory):
         return ""
-    # the NBD setting, not the default one: the default may serve VNC or migration with other certificates
-    return (f"libvirt's NBD clients read {used} but hvd writes the cluster certificates to {directory}: set"
-            f' nbd_tls_x509_cert_dir = "{directory}" in qemu.conf (then restart libvirtd), or [tls] qemu_x509_dir'
+    who = {"nbd": "libvirt's NBD clients", "migrate": "libvirt's TLS migrations"}[use]
+    # the setting of this use, not the default one: the default may serve VNC with other certificates
+    return (f"{who} read {used} but hvd writes the cluster certificates to {directory}: set"
+            f' {CONF_KEYS[use]} = "{directory}" in qemu.conf (then restart libvirtd), or [tls] qemu_x509_dir'
             f' = "{used}"')
 
 

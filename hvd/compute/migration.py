@@ -123,11 +123,11 @@ class LiveMigrations:
         own = tuple(svc.volumes.local_devices(inst)) if await svc.volumes.of_server(inst_id) else ()
         params = MigrationParams(block=not shared, max_downtime_ms=cfg.migration_max_downtime_ms,
                                  auto_converge=cfg.migration_auto_converge, timeout_s=cfg.migration_timeout_s,
-                                 migrate_disks=own)
+                                 migrate_disks=own, tls=svc.config.tls.enabled and cfg.migration_tls)
         uri = await self.migration_uri(dest)
         # where the guest may be: a restart of either host in the middle finds its way from this
         await svc.update(inst_id, extra={"migration": {"dest": dest, "shared": shared}})
-        log.info("live-migrating %s to %s (%s, block copy %s)", inst_id, dest, uri, params.block)
+        log.info("live-migrating %s to %s (%s, block copy %s, TLS %s)", inst_id, dest, uri, params.block, params.tls)
 
         reporter = ActionReporter(svc.catalog, inst_id)
 

@@ -131,6 +131,8 @@ class MigrationParams:
     # with ``block``: the target devs of the disks to copy; empty = every local writable disk (a
     # server with volumes names its own disks: a volume is reached from the destination, not copied)
     migrate_disks: tuple[str, ...] = ()
+    # memory and disk streams in QEMU's TLS with the cluster certificates (QEMU's x509 directory)
+    tls: bool = False
 
 
 @dataclass(frozen=True)

@@ -153,8 +153,8 @@ def libvirtd_conf(base: str, name: str, ip: str, host_uuid: str) -> str:
 def qemu_conf(base: str, name: str, ip: str) -> str:
     """A host's qemu.conf from the machine's `base`: migration streams on the lab address; no
     cgroups (the lab tracks processes in its own cgroup and there is no systemd); NBD clients take
-    the host's certificates from the directory its hvd writes them to."""
+    the host's certificates from the directory its hvd writes them to, and so do TLS migrations."""
     return with_settings(base, {
         "migration_host": f'"{ip}"', "migration_address": f'"{ip}"', "cgroup_controllers": "[ ]",
-        "nbd_tls_x509_cert_dir": f'"{QEMU_X509_DIR}"',
+        "nbd_tls_x509_cert_dir": f'"{QEMU_X509_DIR}"', "migrate_tls_x509_cert_dir": f'"{QEMU_X509_DIR}"',
     }, f"hvd lab host {name}")

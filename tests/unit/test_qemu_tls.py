@@ -84,11 +84,14 @@ def test_doctor_warns_when_qemu_conf_points_elsewhere(tmp_path: Path) -> None:
     # written at start-up: a directory that does not exist yet is not a problem
     conf.write_text('nbd_tls_x509_cert_dir = "/nonexistent/hvd-x509"\n')
     later = Config.model_validate({"tls": {"enabled": True, "qemu_x509_dir": "/nonexistent/hvd-x509"}})
+    check = check_qemu_x509(later, conf)  # TLS migrations still read /etc/pki/qemu
+    assert check.status == "WARN" and check.fix.startswith('set migrate_tls_x509_cert_dir = "/nonexistent/hvd-x509"')
+    conf.write_text('default_tls_x509_cert_dir = "/nonexistent/hvd-x509"\n')
     assert check_qemu_x509(later, conf).status == "OK"
     if qemu_identity() is not None and os.geteuid() == 0:  # pytest's tmp_path is 0700: QEMU's user cannot enter
         hidden = tmp_path / "x509"
         hidden.mkdir()
-        conf.write_text(f'nbd_tls_x509_cert_dir = "{hidden}"\n')
+        conf.write_text(f'default_tls_x509_cert_dir = "{hidden}"\n')
         check = check_qemu_x509(Config.model_validate({"tls": {"enabled": True, "qemu_x509_dir": str(hidden)}}), conf)
         assert check.status == "FAIL" and "is not searchable by" in check.detail, check
     plain = Config.model_validate({"cluster": {"peers": ["a=http://10.0.0.1:8774"], "cluster_key": "k" * 20},
@@ -106,3 +109,15 @@ def test_qsd_argv_with_tls_requires_a_client_certificate(tmp_path: Path) -> None
     assert "--object" not in plain and not any("tls-creds" in a for a in plain)
     with pytest.raises(Exception, match="comma"):
         nbd.qsd_argv(info, "10.0.0.1", 10809, "volume-x", tmp_path / "x.pid", Path("/a,b"))
+
+
+def test_tls_migration_flag_and_the_name_checked_on_the_destination() -> None:
+    libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed (scripts/setup.sh)")
+    from hvd.drivers.libvirt.guest import migration_flags, migration_params
+
+    assert migration_flags(True, False, tls=True) & libvirt.VIR_MIGRATE_TLS
+    assert not migration_flags(True, False) & libvirt.VIR_MIGRATE_TLS
+    params = migration_params("qemu+tcp://10.0.0.2/system", ("vda",), tls=True)
+    assert params == {libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: ["vda"],
+                      libvirt.VIR_MIGRATE_PARAM_TLS_DESTINATION: "10.0.0.2"}
+    assert migration_params("qemu+tcp://10.0.0.2/system") == {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import xml.etree.ElementTree as ET
 from typing import Any
+from urllib.parse import urlsplit
 
 import libvirt
 
@@ -198,11 +199,14 @@ def host_facts(conn: Any) -> dict[str, Any]:
     }
 
 
-def migration_flags(block: bool, auto_converge: bool) -> int:
+def migration_flags(block: bool, auto_converge: bool, tls: bool = False) -> int:
     """Peer-to-peer live migration that leaves the domain defined at the destination only; with
-    ``block`` the disks' top layers are copied (the destination has the same base image)."""
+    ``block`` the disks' top layers are copied (the destination has the same base image); with
+    ``tls`` the memory and disk streams are TLS (qemu.conf's migrate_tls_x509_cert_dir)."""
     flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
              | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+    if tls:
+        flags |= libvirt.VIR_MIGRATE_TLS
     if block:
         flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
     if auto_converge:
@@ -210,9 +214,19 @@ def migration_flags(block: bool, auto_converge: bool) -> int:
     return int(flags)
 
 
+def migration_params(dest_uri: str, disks: tuple[str, ...] = (), tls: bool = False) -> dict[str, Any]:
+    """migrateToURI3's parameters (pure): ``disks`` (target devs) limits the storage copy to those
+    disks; with ``tls`` the destination's certificate is checked against the address its libvirtd
+    is reached at (in its host certificate), whatever name its qemu.conf migration_host gives."""
+    params: dict[str, Any] = {libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: list(disks)} if disks else {}
+    if tls and (address := urlsplit(dest_uri).hostname):
+        params[libvirt.VIR_MIGRATE_PARAM_TLS_DESTINATION] = address
+    return params
+
+
 def migrate(conn: Any, uuid: str, dest_uri: str, flags: int, disks: tuple[str, ...] = ()) -> None:
-    """Migrate; ``disks`` (target devs) limits the storage copy to those disks."""
-    params = {libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: list(disks)} if disks else {}
+    """Migrate with ``flags``; ``disks`` (target devs) limits the storage copy to those disks."""
+    params = migration_params(dest_uri, disks, bool(flags & libvirt.VIR_MIGRATE_TLS))
     lookup(conn, uuid).migrateToURI3(dest_uri, params, flags)
 
 
