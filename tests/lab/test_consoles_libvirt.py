@@ -66,8 +66,9 @@ class Lab:
 def lab() -> Iterator[tuple[Lab, str]]:
     image = guest_image_path("main")
     base = make_searchable_dir(prefix="hvdtest-consoles-")
-    daemon = start_daemon(base / "hvd", driver="libvirt", extra="sync_power_state_interval_s = 2")
+    daemon: DaemonProcess | None = None
     try:
+        daemon = start_daemon(base / "hvd", driver="libvirt", extra="sync_power_state_interval_s = 2")
         lab = Lab(daemon)
         r = lab.call("POST", "/v1/images", json={"name": "guest", "disk_format": "qcow2"})
         assert r.status_code == 201, r.text
@@ -88,7 +89,8 @@ def lab() -> Iterator[tuple[Lab, str]]:
         finally:
             lab.call("DELETE", f"/v1/servers/{sid}?wait=true")
     finally:
-        daemon.stop()
+        if daemon is not None:
+            daemon.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
