@@ -269,7 +269,7 @@ async def running_services(config: Config, listener: socket.socket | None = None
     client_ssl = tls.client if tls is not None else None
     api_url = f"{'https' if tls else 'http'}://{config.api.listen}:{config.api.port}"
     key = config.cluster.cluster_key.encode()
-    peer_keys = PeerKeys(key)  # one choice of key for every signer and verifier of this host
+    peer_keys = PeerKeys(key, legacy_allowed=tls is None)  # one choice for every signer and verifier here
     catalog, coordinator = open_catalog(config, data_dir, client_ssl, peer_keys)
     startup: StartupListener | None = None
     gossip: GossipService | None = None

@@ -25,6 +25,9 @@ the gate (fed by gossip) and gossip (joined by signed push-pulls) cannot lock a 
 member that knows no level yet signs with the legacy key, which a cluster still below level 2
 accepts, and its push-pull tries the other key once when refused (a restarted or new member of a
 finished cluster), so gossip always joins and the level becomes known.
+
+A host with ``[tls]`` enabled never signs with nor accepts the legacy key: 0.1.0 had no TLS, so no
+member of a TLS cluster can need it (a 0.1.0 cluster upgrades over plain HTTP, then switches to TLS).
 """
 
 from __future__ import annotations
@@ -114,12 +117,15 @@ class PeerKeys:
     """This host's peer-request keys, chosen by the cluster's usable protocol level (module docstring).
 
     ``follow(level)`` sets where the level comes from (the protocol gate, once it exists); until
-    then, and while it answers None, the level is unknown.
+    then, and while it answers None, the level is unknown. ``legacy_allowed`` False (a host with
+    TLS): the derived key alone, whatever the level.
     """
 
-    def __init__(self, cluster_key: bytes, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, cluster_key: bytes, legacy_allowed: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.derived = peer_key(cluster_key)
         self.legacy = cluster_key
+        self._legacy_allowed = legacy_allowed
         self._clock = clock
         self._level: Callable[[], int | None] = lambda: None
         self._reached_at: float | None = None
@@ -129,7 +135,7 @@ class PeerKeys:
 
     def level(self) -> int | None:
         """The usable level now (remembering when it reached 2, for the grace of accepted_kinds)."""
-        level = self._level()
+        level = self._level() if self._legacy_allowed else DERIVED_KEYS_LEVEL
         if not signs_derived(level):
             self._reached_at = None
         elif self._reached_at is None:
@@ -144,10 +150,14 @@ class PeerKeys:
 
     def other(self, key: bytes) -> bytes | None:
         """The key a refused push-pull tries next (module docstring)."""
+        if not self._legacy_allowed:
+            return None
         return self.legacy if key == self.derived else self.derived
 
     def accepted(self) -> tuple[bytes, ...]:
         level = self.level()
+        if not self._legacy_allowed:
+            return (self.derived,)
         return tuple(self.key(kind) for kind in accepted_kinds(level, self._reached_at, self._clock()))
 
 

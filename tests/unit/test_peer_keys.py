@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 
 import pytest
+from aiohttp import web
 
+from hvd.cluster.gossip.core import CoreConfig
+from hvd.cluster.gossip.report import ResourceReport
+from hvd.cluster.gossip.service import PUSH_PULL_PATH, GossipService
 from hvd.cluster.keys import LEGACY_GRACE_S, PeerKeys, accepted_kinds, peer_key, signs_derived
 from hvd.cluster.peer_auth import NONCE_HEADER, FrameSealer, PeerAuthError, PeerVerifier, sign_headers
 
@@ -54,6 +60,13 @@ def test_peer_keys_follow_the_level_both_ways() -> None:
     assert keys.other(CLUSTER_KEY) == peer_key(CLUSTER_KEY) and keys.other(peer_key(CLUSTER_KEY)) == CLUSTER_KEY
 
 
+def test_a_host_with_tls_uses_and_accepts_the_derived_key_alone() -> None:
+    keys = PeerKeys(CLUSTER_KEY, legacy_allowed=False)  # 0.1.0 had no TLS: no member can need the raw key
+    keys.follow(lambda: 1)
+    assert keys.signing() == peer_key(CLUSTER_KEY)
+    assert keys.accepted() == (peer_key(CLUSTER_KEY),) and keys.other(keys.signing()) is None
+
+
 def test_a_verifier_below_level_2_accepts_0_1_0_and_0_2_0_signatures() -> None:
     level, clock = Level(), [0.0]
     level.value = 1
@@ -100,3 +113,43 @@ def test_a_stream_opened_with_the_legacy_key_is_closed_once_that_key_is_retired(
     headers = sign_headers(peer_key(CLUSTER_KEY), "n2", "GET", PATH, b"")
     _, opener = verifier.open_stream("GET", PATH, headers)
     assert opener.open(FrameSealer(peer_key(CLUSTER_KEY), headers[NONCE_HEADER]).seal(b"four")) == b"four"
+
+
+async def test_a_member_that_does_not_know_the_level_yet_still_joins_an_upgraded_cluster_by_push_pull() -> None:
+    """A restarted (or new) member of a cluster that finished its upgrade signs with the legacy key
+    until gossip tells it the level; the upgraded member refuses that key, so the joining
+    push-pull tries the derived key once and gossip (then the level) comes through."""
+    upgraded = PeerVerifier(peer_key(CLUSTER_KEY))  # accepts the derived key only
+    holder: dict[str, GossipService] = {}
+
+    async def push_pull(request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            upgraded.verify(request.method, request.path, request.headers, body)
+        except PeerAuthError as exc:
+            return web.json_response({"error": str(exc)}, status=401)
+        return web.json_response(holder["a"].handle_push_pull(json.loads(body)))
+
+    app = web.Application()
+    app.router.add_post(PUSH_PULL_PATH, push_pull)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    fast = CoreConfig(probe_interval=0.1, probe_timeout=0.04, gossip_interval=0.02, push_pull_interval=30.0)
+    keys = PeerKeys(CLUSTER_KEY)  # follows nothing: the level is unknown
+    assert keys.signing() == CLUSTER_KEY
+    a = holder["a"] = GossipService("a", fast, ResourceReport(api_url=url), CLUSTER_KEY, bind=("127.0.0.1", 0))
+    b = GossipService("b", fast, ResourceReport(), CLUSTER_KEY, bind=("127.0.0.1", 0), seeds=lambda: {"a": url},
+                      peer_keys=keys)
+    await a.start()
+    await b.start()
+    try:
+        async with asyncio.timeout(20):
+            while not (b.is_alive("a") and a.is_alive("b")):
+                await asyncio.sleep(0.02)
+        assert a.counters()["push_pulls_served"] >= 1
+    finally:
+        await b.stop()
+        await a.stop()
+        await runner.cleanup()
