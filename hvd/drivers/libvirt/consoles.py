@@ -95,6 +95,9 @@ class LibvirtSerialSession(SerialSession):
             if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_FAILED and "session" in str(exc):
                 raise Conflict(f"instance {self._uuid} already has a console session attached; detach it"
                                " first") from exc
+            if "not using a PTY" in str(exc):  # defined before serial ports were ptys (hvd < 0.2)
+                raise Conflict(f"instance {self._uuid} was started with a file-only serial port; stop and start"
+                               " it (or hard reboot) to get an interactive one") from exc
             raise translate(exc, f"console of {self._uuid}") from exc
 
     async def read(self) -> bytes:
