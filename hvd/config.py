@@ -262,6 +262,9 @@ class VolumeBackendConfig(Section):
                               description="lvm: the volume group volumes are created in (must exist).")
     thin_pool: str = Field("", pattern=r"^[A-Za-z0-9_.+-]{0,127}$",
                            description="lvm: a thin pool in the volume group; empty = thick LVs.")
+    reserved_gb: int = Field(0, ge=0, le=1 << 40,
+                             description="GiB of the backend never claimed by volumes (room for the filesystem's"
+                             " other users); new volumes and extends are refused past total - reserved_gb.")
 
     @model_validator(mode="after")
     def _complete(self) -> VolumeBackendConfig:
