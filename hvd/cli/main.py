@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from hvd import __version__
+from hvd.catalog.protocol import PROTOCOL
 from hvd.catalog.schema import MIGRATIONS
 from hvd.config import example_toml, load_config
 from hvd.errors import HvdError
@@ -49,7 +50,7 @@ def _cmd_completion(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hvd", description="hvd: compute daemon and client")
     parser.add_argument("--version", action="version",
-                        version=f"hvd {__version__} (catalog schema {len(MIGRATIONS)})")
+                        version=f"hvd {__version__} (catalog schema {len(MIGRATIONS)}, protocol {PROTOCOL})")
     parser.add_argument("--cacert", metavar="FILE",
                         help="cluster CA certificate to verify an https:// API (default: $HVD_CACERT)")
     sub = parser.add_subparsers(dest="command", required=True)

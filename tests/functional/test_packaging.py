@@ -21,13 +21,14 @@ from pathlib import Path
 import pytest
 
 from hvd import __version__
+from hvd.catalog.protocol import PROTOCOL
 from hvd.catalog.schema import MIGRATIONS
 from tests.conftest import REPO, free_port, write_config
 
 pytestmark = pytest.mark.slow
 
 DEBIAN_PYTHON = Path("/usr/bin/python3")
-VERSION_LINE = f"hvd {__version__} (catalog schema {len(MIGRATIONS)})"
+VERSION_LINE = f"hvd {__version__} (catalog schema {len(MIGRATIONS)}, protocol {PROTOCOL})"
 
 
 def _debian_python_missing() -> str | None:
