@@ -172,9 +172,13 @@ class PeerTrust:
                 log.warning("peer request refused: %s", refusal.message)
             raise refusal
         if known is None:
-            if len(self._open) >= MAX_TRACKED:  # the watcher prunes too; this bounds memory without it
-                self._prune()
-            self._open[transport] = (cert, claimed)
+            self.track(transport, cert, claimed)
+
+    def track(self, transport: asyncio.BaseTransport, cert: PeerCert, claimed: str) -> None:
+        """Remember an accepted connection, so the watcher closes it if its certificate is revoked."""
+        if len(self._open) >= MAX_TRACKED:  # the watcher prunes too; this bounds memory without it
+            self._prune()
+        self._open[transport] = (cert, claimed)
 
     def _prune(self) -> None:
         for transport in [t for t in self._open if t.is_closing()]:

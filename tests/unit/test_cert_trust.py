@@ -4,6 +4,8 @@ any node on peer routes, and a removed member's certificate kept working until i
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 from pathlib import Path
 
@@ -121,5 +123,40 @@ async def test_the_cache_follows_revocations_applied_to_the_catalog(tmp_path: Pa
         assert await trust.revocations() == Revocations()
         await catalog.propose(CertRevoke(node="node2", before=int(T)))
         assert (await trust.revocations()).floors == {"node2": T}
+    finally:
+        catalog.close()
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+async def test_open_connections_of_a_newly_revoked_certificate_are_closed(tmp_path: Path) -> None:
+    """A Raft or event stream opened before the revocation does not outlive it."""
+    catalog = Catalog.open_local(tmp_path / "catalog.db", "n1")
+    try:
+        trust = PeerTrust(catalog)
+        await trust.revocations()
+        node2, node3 = FakeTransport(), FakeTransport()
+        trust.track(node2, NODE2, "node2")
+        trust.track(node3, PeerCert("node3", "2a", T), "node3")
+        watcher = asyncio.create_task(trust.watch(interval=0.01))
+        await catalog.propose(CertRevoke(node="node2", before=int(T)))
+        for _ in range(200):
+            if node2.closed:
+                break
+            await asyncio.sleep(0.01)
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        assert node2.closed and not node3.closed
     finally:
         catalog.close()
