@@ -12,7 +12,8 @@ replayed, reordered or moved to another stream.
 
 Which key signs and which keys verify follows the cluster's protocol level during a rolling
 upgrade from hvd 0.1.0 (hvd/cluster/keys.py): a verifier may accept two keys, tried in order.
-A stream opened with a key the verifier no longer accepts is closed at its next frame.
+A stream opened with a key the verifier no longer accepts (as of the last request it verified) is
+closed at its next frame.
 """
 
 from __future__ import annotations
@@ -111,6 +112,9 @@ class PeerVerifier:
     def __init__(self, key: bytes | KeySource, window_s: float = WINDOW_S, max_entries: int = 100_000) -> None:
         """``key``: one key, or a KeySource whose ``accepted()`` keys are tried in order."""
         self._keys = key_source(key)
+        # the accepted keys as of the last request verified (on the event loop): what stream frames,
+        # some opened in worker threads, check against without asking the protocol gate from there
+        self._accepted = self._keys.accepted()
         self._window = window_s
         self._max = max_entries
         self._seen: set[str] = set()
@@ -148,7 +152,8 @@ class PeerVerifier:
             sent = float(timestamp)
         except (KeyError, ValueError) as exc:
             raise PeerAuthError("missing or malformed peer signature headers") from exc
-        key = next((k for k in self._keys.accepted()
+        self._accepted = self._keys.accepted()
+        key = next((k for k in self._accepted
                     if hmac.compare_digest(_mac(k, method, path, node, timestamp, nonce, body), signature)), None)
         if key is None:
             raise PeerAuthError("bad peer signature")
@@ -168,7 +173,7 @@ class PeerVerifier:
     def open_stream(self, method: str, path: str, headers: Mapping[str, str]) -> tuple[str, FrameOpener]:
         """Verify the signed request that opens a stream: (sending node, opener for its frames)."""
         node, key = self._verify(method, path, headers, b"", None)
-        return node, FrameOpener(key, headers[NONCE_HEADER], lambda: key in self._keys.accepted())
+        return node, FrameOpener(key, headers[NONCE_HEADER], lambda: key in self._accepted)
 
     def _expire(self, now: float) -> None:
         # entries older than the window can go: their timestamps would be refused anyway

@@ -100,19 +100,27 @@ def test_a_stream_opened_with_the_legacy_key_is_closed_once_that_key_is_retired(
     level, clock = Level(), [0.0]
     level.value = 1
     verifier = PeerVerifier(_keys(level, clock))
+
+    def verify_some_request() -> None:  # what refreshes the verifier's view (on the event loop)
+        headers = sign_headers(peer_key(CLUSTER_KEY), "n3", "POST", "/internal/v1/raft/propose", b"")
+        verifier.verify("POST", "/internal/v1/raft/propose", headers, b"")
+
     headers = sign_headers(CLUSTER_KEY, "n2", "GET", PATH, b"")
     node, opener = verifier.open_stream("GET", PATH, headers)
     sealer = FrameSealer(CLUSTER_KEY, headers[NONCE_HEADER])
     assert node == "n2" and opener.open(sealer.seal(b"one")) == b"one"
     level.value = 2
+    verify_some_request()
     assert opener.open(sealer.seal(b"two")) == b"two"  # within the grace
     clock[0] = LEGACY_GRACE_S + 1
+    assert opener.open(sealer.seal(b"three")) == b"three"  # the verifier has not looked since
+    verify_some_request()
     with pytest.raises(PeerAuthError, match="no longer accepted"):
-        opener.open(sealer.seal(b"three"))
+        opener.open(sealer.seal(b"four"))
     # a stream opened with the derived key is not affected
     headers = sign_headers(peer_key(CLUSTER_KEY), "n2", "GET", PATH, b"")
     _, opener = verifier.open_stream("GET", PATH, headers)
-    assert opener.open(FrameSealer(peer_key(CLUSTER_KEY), headers[NONCE_HEADER]).seal(b"four")) == b"four"
+    assert opener.open(FrameSealer(peer_key(CLUSTER_KEY), headers[NONCE_HEADER]).seal(b"five")) == b"five"
 
 
 async def test_a_member_that_does_not_know_the_level_yet_still_joins_an_upgraded_cluster_by_push_pull() -> None:
