@@ -16,6 +16,7 @@ from urllib.parse import quote
 from hvd.cli.http import CliError, Session
 
 POLL_S = 0.5  # two small GETs per poll: cheap for the API, quick enough for a person
+SETTLE_S = 5.0  # how long a finished server may wait for its action's record (a separate catalog write)
 
 
 def running_action(actions: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -78,6 +79,8 @@ def wait_server(session: Session, server: str, known: Iterable[str] = (), gone_o
     CliError when the operation failed (see `failure`). Ctrl-C stops waiting, not the operation."""
     url = f"/v1/servers/{quote(server, safe='')}"
     line = ProgressLine(out or sys.stderr)
+    old = set(known)
+    settle_until: float | None = None
     try:
         while True:
             try:
@@ -90,7 +93,13 @@ def wait_server(session: Session, server: str, known: Iterable[str] = (), gone_o
                 raise
             line.show(progress_line(got, running_action(actions)))
             if got["task_state"] is None:
-                reason = failure(got, actions, known)
+                # the server's final state and its action's result are two writes: wait for the second
+                if any(a["id"] not in old and a.get("finish_time") is None for a in actions):
+                    settle_until = settle_until or time.monotonic() + SETTLE_S
+                    if time.monotonic() < settle_until:
+                        time.sleep(POLL_S / 5)
+                        continue
+                reason = failure(got, actions, old)
                 if reason is not None:
                     raise CliError(reason)
                 return dict(got)
