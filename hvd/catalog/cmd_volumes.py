@@ -18,7 +18,8 @@ from hvd.catalog import quota
 from hvd.catalog.commands import Command, Result, handles
 from hvd.catalog.sql import dumps, fetch_all, fetch_one, require
 from hvd.catalog.usage import USAGE_SQL
-from hvd.errors import BadRequest, Conflict, InvalidState, NotFound
+from hvd.errors import BadRequest, CapacityExceeded, Conflict, InvalidState, NotFound
+from hvd.storage.volumes import claims
 from hvd.storage.volumes import states as st
 
 MULTIATTACH_TRUE = ("<is> True", "True", "true")
@@ -233,6 +234,7 @@ def volume_create(conn: sqlite3.Connection, cmd: VolumeCreate) -> Result:
         status = st.RESTORING_BACKUP
     quota.check(conn, cmd.project_id, "volumes", 1, _usage(conn, cmd.project_id, "volumes"))
     quota.check(conn, cmd.project_id, "gigabytes", cmd.size_gb, _usage(conn, cmd.project_id, "gigabytes"))
+    admit_claim(conn, cmd.host, cmd.backend, cmd.size_gb)
     conn.execute(
         "INSERT INTO volumes (id, project_id, user_id, name, description, size_gb, status, host, backend,"
         " volume_type_id, availability_zone, bootable, multiattach, volume_format, source_image_id,"
@@ -290,6 +292,7 @@ def volume_begin(conn: sqlite3.Connection, cmd: VolumeBegin) -> Result:
         st.check_extend_size(int(row["size_gb"]), cmd.new_size_gb)
         quota.check(conn, row["project_id"], "gigabytes", cmd.new_size_gb - int(row["size_gb"]),
                     _usage(conn, row["project_id"], "gigabytes"))
+        admit_claim(conn, str(row["host"]), str(row["backend"]), cmd.new_size_gb - int(row["size_gb"]))
         new_size = cmd.new_size_gb
     op = st.OPERATIONS[cmd.op]
     _set_volume(conn, cmd.id, cmd.updated_at, status=op.during, previous_status=row["status"],
@@ -726,3 +729,33 @@ def backend_reports(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
     for key, value in conn.execute("SELECT key, value FROM meta WHERE key LIKE ?", (BACKENDS_KEY + "%",)):
         out[key[len(BACKENDS_KEY):]] = json.loads(value)
     return out
+
+
+def backend_report(conn: sqlite3.Connection, host: str, backend: str) -> dict[str, Any] | None:
+    """The last report of ``host``'s ``backend`` ({name, driver, total_gb, free_gb, thin, reserved_gb?})."""
+    row = conn.execute("SELECT value FROM meta WHERE key=?", (BACKENDS_KEY + host,)).fetchone()
+    if row is None:
+        return None
+    found = [b for b in json.loads(row[0]).get("backends", []) if b.get("name") == backend]
+    return dict(found[0]) if found else None
+
+
+def backend_claims(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+    """(host, backend) -> GiB claimed there by volumes and snapshots (for the scheduler's view)."""
+    vols: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    snaps: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for v in fetch_all(conn, "SELECT id, host, backend, size_gb, new_size_gb FROM volumes"):
+        vols.setdefault((v["host"], v["backend"]), []).append(v)
+    for s in fetch_all(conn, "SELECT host, backend, size_gb FROM volume_snapshots"):
+        snaps.setdefault((s["host"], s["backend"]), []).append(s)
+    return {key: claims.claimed_gb(vols.get(key, []), snaps.get(key, [])) for key in vols.keys() | snaps.keys()}
+
+
+def admit_claim(conn: sqlite3.Connection, host: str, backend: str, size_gb: int) -> None:
+    """CapacityExceeded unless ``host``'s ``backend`` takes ``size_gb`` more GiB (hvd/storage/volumes/claims.py)."""
+    vols = fetch_all(conn, "SELECT id, size_gb, new_size_gb FROM volumes WHERE host=? AND backend=?", (host, backend))
+    snaps = fetch_all(conn, "SELECT size_gb FROM volume_snapshots WHERE host=? AND backend=?", (host, backend))
+    reason = claims.refusal(host, backend, backend_report(conn, host, backend),
+                            claims.claimed_gb(vols, snaps), size_gb)
+    if reason is not None:
+        raise CapacityExceeded(reason)

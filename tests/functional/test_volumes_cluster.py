@@ -4,22 +4,29 @@ does the work (create, extend, backup, delete) it finds in the catalog; verify i
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from tests.functional.test_cluster import IDS, Cluster
 
+SMALL_GB = 3
+
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = Cluster(tmp_path_factory.mktemp("vcloud"))
+    fs = os.statvfs(c.base)
+    small = max(0, (fs.f_blocks * fs.f_frsize >> 30) - SMALL_GB)  # file-3 takes SMALL_GB of volumes
     try:
         for i, node in enumerate(IDS, start=1):
-            backends = f'[{{"name": "file-{i}", "driver": "file"}}]'
+            reserve = f', "reserved_gb": {small}' if i == 3 else ""
+            backends = f'[{{"name": "file-{i}", "driver": "file"{reserve}}}]'
             c.start(node, env={"HVD_VOLUMES__BACKENDS": backends})
         c.wait_ready(IDS)
         yield c
@@ -75,3 +82,35 @@ def test_hosts_report_their_free_volume_space_in_gossip(cloud: Cluster) -> None:
             break
         assert time.monotonic() < deadline, free
         time.sleep(0.5)
+
+
+def test_concurrent_creates_never_overfill_a_small_backend(cloud: Cluster) -> None:
+    ok(cloud.call("node1", "POST", "/v1/volume-types", {"name": "on-3",
+                                                        "extra_specs": {"volume_backend_name": "file-3"}}))
+    deadline = time.monotonic() + 30
+    for node in IDS:  # every member has node3's report: an oversized request is refused for its size
+        while f"node3@file-3: {SMALL_GB} GiB free" not in (r := cloud.call(
+                node, "POST", "/v1/volumes", {"size_gb": SMALL_GB + 1, "volume_type": "on-3"})).text:
+            assert r.status_code == 409 and time.monotonic() < deadline, r.text
+            time.sleep(0.2)
+
+    def create(i: int) -> Any:
+        return cloud.call(IDS[i % 3], "POST", "/v1/volumes?wait=true", {"name": f"race-{i}", "size_gb": 1,
+                                                                         "volume_type": "on-3"})
+
+    with ThreadPoolExecutor(6) as pool:  # twice what fits, taken by all three members at once
+        answers = list(pool.map(create, range(2 * SMALL_GB)))
+    made = [ok(r, 202) for r in answers if r.status_code == 202]
+    refused = [r.json()["error"]["message"] for r in answers if r.status_code != 202]
+    assert len(made) == SMALL_GB and all(v["status"] == "available" for v in made), [v["status"] for v in made]
+    assert len(refused) == SMALL_GB and all(r.status_code == 409 for r in answers if r.status_code != 202)
+    assert all("node3@file-3" in m for m in refused), refused
+    listed = ok(cloud.call("node2", "GET", "/v1/volumes"))["volumes"]
+    assert not [v for v in listed if v["name"].startswith("race-") and v["status"] == "error"]
+    grow = cloud.call("node1", "POST", f"/v1/volumes/{made[0]['id']}/extend", {"new_size_gb": 2})
+    assert grow.status_code == 409 and "1 GiB more does not fit" in grow.text  # growth is claimed too
+    for v in made:
+        ok(cloud.call("node1", "DELETE", f"/v1/volumes/{v['id']}?wait=true"), 204)
+    again = ok(cloud.call("node2", "POST", "/v1/volumes?wait=true", {"size_gb": SMALL_GB, "volume_type": "on-3"}))
+    assert again["status"] == "available"  # the deleted volumes gave their claims back
+    ok(cloud.call("node1", "DELETE", f"/v1/volumes/{again['id']}?wait=true"), 204)

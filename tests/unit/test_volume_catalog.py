@@ -47,6 +47,8 @@ def apply(tmp_path: Any) -> Iterator[Replica]:
     replica(ProjectCreate(id="p1", name="p1", created_at=T))
     replica(cv.VolumeTypeCreate(id="t-default", name="default", created_at=T))
     replica(cv.VolumeTypeCreate(id="t-multi", name="multi", extra_specs={"multiattach": "<is> True"}, created_at=T))
+    replica(cv.VolumeBackendsReport(host="h1", availability_zone="nova", updated_at=T, backends=[
+        {"name": "file", "driver": "file", "total_gb": 1000, "free_gb": 1000, "thin": True}]))
     yield replica
     conn.close()
 

@@ -35,6 +35,7 @@ from hvd.compute.lifecycle import Op
 from hvd.errors import BadRequest, Conflict, HvdError
 from hvd.identity.service import now_iso
 from hvd.storage.volumes import states as st
+from hvd.storage.volumes.scheduler import VolumeRequest
 
 log = logging.getLogger(__name__)
 
@@ -176,17 +177,22 @@ async def _volume_for(request: web.Request, dev: BlockDevice, flavor: dict[str, 
     if size < needed:
         raise BadRequest(f"{dev.source} {dev.id} needs a volume of at least {needed} GiB, {size} GiB asked")
     vtype = await svc.catalog.read(find_type, svc.config.volumes.default_type, ctx, admin)
-    if host is None or backend is None:
-        chosen = await vs.place(size, None, dict(vtype["extra_specs"]))
-        host, backend = chosen.host, chosen.name
-    local = vs.backends.get(backend) if host == vs.host else None
     vid = str(uuid.uuid4())
-    await vs.propose(cv.VolumeCreate(
-        id=vid, project_id=ctx.project_id, user_id=ctx.user_id, name=f"boot-{vid[:8]}" if dev.boot_index == 0
-        else f"data-{vid[:8]}", size_gb=size, volume_type_id=str(vtype["id"]), availability_zone=vs.az, host=host,
-        backend=backend, volume_format=local.volume_format if local is not None else "raw",
-        bootable=image_id is not None, source_image_id=image_id, source_snapshot_id=snapshot_id,
-        created_at=now_iso()))
+
+    def make(host: str, backend: str) -> cv.VolumeCreate:
+        local = vs.backends.get(backend) if host == vs.host else None
+        return cv.VolumeCreate(
+            id=vid, project_id=ctx.project_id, user_id=ctx.user_id, name=f"boot-{vid[:8]}" if dev.boot_index == 0
+            else f"data-{vid[:8]}", size_gb=size, volume_type_id=str(vtype["id"]), availability_zone=vs.az,
+            host=host, backend=backend, volume_format=local.volume_format if local is not None else "raw",
+            bootable=image_id is not None, source_image_id=image_id, source_snapshot_id=snapshot_id,
+            created_at=now_iso())
+
+    if host is None or backend is None:
+        await vs.create_placed(VolumeRequest(size, None, dict(vtype["extra_specs"])),
+                               lambda chosen: make(chosen.host, chosen.name))
+    else:
+        await vs.propose(make(host, backend))
     plan.created.append(vid)
     vs.publish("volume.status", vid, st.CREATING)
     made = await vs.wait_stable("volumes", vid, svc.config.api.wait_timeout_s)

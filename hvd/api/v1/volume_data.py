@@ -20,7 +20,7 @@ from hvd.catalog import queries
 from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.errors import NotFound
 from hvd.identity.service import now_iso
-from hvd.storage.volumes.scheduler import VolumeRequest, choose
+from hvd.storage.volumes.scheduler import VolumeRequest
 
 
 class SnapshotIn(BaseModel):
@@ -242,15 +242,13 @@ async def restore_backup(request: web.Request) -> web.Response:
         type_ref = str(source["volume_type_id"]) if source is not None else svc.config.volumes.default_type
         vtype = await svc.catalog.read(find_type, type_ref, ctx, True if source is not None else admin)
         size = body.size_gb or int(backup["size_gb"])
-        # a new volume is made on the backup's host (its backup_dir holds the chunks)
-        candidates = [b for b in await vs.backend_infos() if b.host == backup["host"]]
-        chosen = choose(candidates, VolumeRequest(size, None, dict(vtype["extra_specs"])))
         vid = str(uuid.uuid4())
-        await vs.propose(cv.VolumeCreate(
+        # a new volume is made on the backup's host (its backup_dir holds the chunks)
+        await vs.create_placed(VolumeRequest(size, None, dict(vtype["extra_specs"])), lambda chosen: cv.VolumeCreate(
             id=vid, project_id=str(backup["project_id"]), user_id=ctx.user_id, name=body.name,
             description=f"restored from backup {bid}", size_gb=size, volume_type_id=str(vtype["id"]),
             availability_zone=chosen.availability_zone, host=chosen.host, backend=chosen.name,
-            restore_backup_id=bid, created_at=now_iso()))
+            restore_backup_id=bid, created_at=now_iso()), on_host=str(backup["host"]))
     vs.publish("volume.status", vid, "restoring-backup", backup_id=bid, project_id=backup["project_id"])
     row = await _after(request, "volumes", vid, wait)
     if row is None:

@@ -19,6 +19,7 @@ from hvd.catalog import queries
 from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.errors import BadRequest, NotFound
 from hvd.identity.service import now_iso
+from hvd.storage.volumes.scheduler import VolumeRequest
 from hvd.storage.volumes.service import VolumeService
 
 VOLUMES = "volumes"  # key of the VolumeService in ApiServices.extra
@@ -235,18 +236,21 @@ async def create_volume(request: web.Request) -> web.Response:
     if body.source_volume is not None:
         src = await visible_volume(request, body.source_volume)
         source_volume_id, host_of_source, backend_of_source = str(src["id"]), src["host"], src["backend"]
-    if host_of_source is not None and backend_of_source is not None:
-        host, backend = host_of_source, backend_of_source  # copies stay on the source's backend
-    else:
-        chosen = await vs.place(body.size_gb, body.availability_zone, dict(vtype["extra_specs"]))
-        host, backend = chosen.host, chosen.name
     vid = str(uuid.uuid4())
-    await vs.propose(cv.VolumeCreate(
-        id=vid, project_id=ctx.project_id, user_id=ctx.user_id, name=body.name, description=body.description,
-        size_gb=body.size_gb, volume_type_id=str(vtype["id"]), availability_zone=body.availability_zone or vs.az,
-        host=host, backend=backend, volume_format=_format_of(vs, host, backend), bootable=body.bootable,
-        source_image_id=image_id, source_snapshot_id=snapshot_id, source_volume_id=source_volume_id,
-        metadata=body.metadata, created_at=now_iso()))
+
+    def make(host: str, backend: str) -> cv.VolumeCreate:
+        return cv.VolumeCreate(
+            id=vid, project_id=ctx.project_id, user_id=ctx.user_id, name=body.name, description=body.description,
+            size_gb=body.size_gb, volume_type_id=str(vtype["id"]), availability_zone=body.availability_zone or vs.az,
+            host=host, backend=backend, volume_format=_format_of(vs, host, backend), bootable=body.bootable,
+            source_image_id=image_id, source_snapshot_id=snapshot_id, source_volume_id=source_volume_id,
+            metadata=body.metadata, created_at=now_iso())
+
+    if host_of_source is not None and backend_of_source is not None:
+        await vs.propose(make(host_of_source, backend_of_source))  # copies stay on the source's backend
+    else:
+        await vs.create_placed(VolumeRequest(body.size_gb, body.availability_zone, dict(vtype["extra_specs"])),
+                               lambda chosen: make(chosen.host, chosen.name))
     vs.publish("volume.status", vid, "creating", project_id=ctx.project_id)
     row = await _wait_view(request, "volumes", vid, wait)
     if row is None:

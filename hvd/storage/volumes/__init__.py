@@ -2,9 +2,11 @@
 
 Modules: ``states`` (pure state tables and refusals), ``backend`` (the backend interface),
 ``file_backend`` / ``lvm_backend`` (adapters), ``lvm_argv`` (pure argv builders), ``scheduler``
-(pure backend choice), ``backup_plan`` (pure chunk/manifest planning), ``backup_io`` (chunk I/O in
-an executor), ``service`` (VolumeService: places volumes, does the work of this host's volumes in
-idempotent steps it picks up from the catalog, and repairs after a crash: redo + orphan removal).
+(pure backend choice), ``claims`` (pure capacity admission: apply refuses a create or an extend
+past a backend's reported total less its reserve, CapacityExceeded), ``backup_plan`` (pure
+chunk/manifest planning), ``backup_io`` (chunk I/O in an executor), ``service`` (VolumeService:
+places volumes, does the work of this host's volumes in idempotent steps it picks up from the
+catalog, and repairs after a crash: redo + orphan removal).
 Catalog commands: hvd/catalog/cmd_volumes.py; API hvd/api/v1/volumes.py, volume_data.py.
 
 CONTRACT FOR THE COMPUTE SIDE (attach/detach, online extend, boot from volume, NBD export)
@@ -52,8 +54,9 @@ Online extend of an in-use volume:
   ``VolumeService.grow_data(volume, new_size_gb)`` (backend extend on the volume's host), then
   libvirt block resize, then ``VolumeFinish(id, op="extend_online", ok, error, updated_at)``
   → in-use with size_gb = new size (ok) or the old size (failed).
-Boot from volume: ``VolumeService.place(size_gb, az, type extra_specs)`` → a BackendInfo (host,
-name), ``VolumeService.propose(VolumeCreate(..., host, backend, source_image_id=...))`` (the
+Boot from volume: ``VolumeService.create_placed(VolumeRequest(size_gb, az, type extra_specs),
+lambda backend: VolumeCreate(..., backend.host, backend.name, source_image_id=...))`` places it
+and proposes the create, trying the next backend when the catalog refuses the capacity claim (the
 volume's host picks it up), ``VolumeService.wait_stable("volumes", id, timeout)`` for available,
 then attach as above with device "vda"; ``bootable`` is true for volumes made from an image.
 The volume service's pickup loop leaves online extends (extending with previous_status in-use) to

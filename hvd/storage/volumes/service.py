@@ -27,14 +27,23 @@ from hvd.catalog.service import Catalog
 from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.compute.faults import checkpoint
 from hvd.config import Config
-from hvd.errors import Conflict, HvdError, NotFound, NotImplementedYet, Timeout, UpgradeInProgress
+from hvd.errors import (
+    CapacityExceeded,
+    Conflict,
+    HvdError,
+    NotFound,
+    NotImplementedYet,
+    NoValidHost,
+    Timeout,
+    UpgradeInProgress,
+)
 from hvd.events import EventBus
 from hvd.identity.service import now_iso
 from hvd.storage import qemu_img
-from hvd.storage.volumes import backup_io
+from hvd.storage.volumes import backup_io, claims
 from hvd.storage.volumes import states as st
 from hvd.storage.volumes.backend import GIB, BackendInfo, Capacity, VolumeBackend, parse_name
-from hvd.storage.volumes.scheduler import VolumeRequest, choose
+from hvd.storage.volumes.scheduler import VolumeRequest, choose, select
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +137,7 @@ class VolumeService:
                 log.warning("volume backend %s cannot report its capacity: %s", b.name, exc.message)
                 cap = Capacity(0, 0)
             rows.append({"name": b.name, "driver": b.driver, "total_gb": cap.total_gb, "free_gb": cap.free_gb,
-                         "thin": cap.thin})
+                         "thin": cap.thin, "reserved_gb": self._reserved_gb(b.name)})
         now = {str(r["name"]): int(r["free_gb"]) for r in rows}
         if not force and now.keys() == self._reported.keys() and all(
                 abs(now[k] - self._reported[k]) < 1 for k in now):
@@ -142,18 +151,28 @@ class VolumeService:
         self._reported = now
         self._report_sent = True
 
+    def _reserved_gb(self, backend: str) -> int:
+        return next((b.reserved_gb for b in self.config.volumes.backends if b.name == backend), 0)
+
     async def backend_infos(self) -> list[BackendInfo]:
-        """Every host's backends as last reported (this host's measured now)."""
+        """Every host's backends as last reported (this host's measured now); a backend's free
+        space is what both its filesystem/group and its claims in the catalog leave."""
         reports = await self.catalog.read(cv.backend_reports)
+        claimed = await self.catalog.read(cv.backend_claims)
         infos: list[BackendInfo] = []
         for host, report in sorted(reports.items()):
             if host == self.host:
                 continue
             for b in report.get("backends", []):
+                used = claimed.get((host, str(b["name"])), 0)
+                free = claims.unclaimed_gb(int(b["free_gb"]), claims.limit_gb(b), used)
                 infos.append(BackendInfo(host, str(b["name"]), str(b["driver"]), str(report["availability_zone"]),
-                                         Capacity(int(b["total_gb"]), int(b["free_gb"]), bool(b.get("thin")))))
+                                         Capacity(int(b["total_gb"]), free, bool(b.get("thin")))))
         for b in self.backends.values():
-            infos.append(BackendInfo(self.host, b.name, b.driver, self.az, await b.capacity()))
+            cap = await b.capacity()
+            limit = claims.limit_gb({"total_gb": cap.total_gb, "reserved_gb": self._reserved_gb(b.name)})
+            free = claims.unclaimed_gb(cap.free_gb, limit, claimed.get((self.host, b.name), 0))
+            infos.append(BackendInfo(self.host, b.name, b.driver, self.az, Capacity(cap.total_gb, free, cap.thin)))
         return infos
 
     def backend_of(self, row: dict[str, Any]) -> VolumeBackend:
@@ -204,6 +223,31 @@ class VolumeService:
     async def place(self, size_gb: int, availability_zone: str | None, extra_specs: dict[str, str]) -> BackendInfo:
         """The backend a new volume goes to (NoValidHost naming every rejection)."""
         return choose(await self.backend_infos(), VolumeRequest(size_gb, availability_zone, extra_specs))
+
+    async def create_placed(self, req: VolumeRequest, make: Callable[[BackendInfo], cv.VolumeCreate],
+                            on_host: str | None = None) -> cv.VolumeCreate:
+        """Place a new volume and propose ``make(backend)``; the catalog admits it only if the
+        backend's claims stay within its capacity. Refused (another create took the space since the
+        reports), the next best backend is tried, up to ``[scheduler] max_attempts``. Returns the
+        command that went through; NoValidHost (409) names every backend's reason otherwise.
+        ``on_host``: only that host's backends (a restore stays beside its backup's chunks)."""
+        infos = [b for b in await self.backend_infos() if on_host is None or b.host == on_host]
+        ranked, trace = select(infos, req)
+        attempts = self.config.scheduler.max_attempts
+        for i, backend in enumerate(ranked):
+            if i >= attempts:
+                trace.append(f"{backend.host}@{backend.name}: not tried ({attempts} attempts made)")
+                continue
+            cmd = make(backend)
+            try:
+                await self.propose(cmd)
+            except CapacityExceeded as exc:  # the claim lost a race: the next backend
+                log.info("volume %s not admitted on %s@%s: %s", cmd.id, backend.host, backend.name, exc.message)
+                trace.append(f"{backend.host}@{backend.name}: refused at commit: {exc.message}")
+                continue
+            return cmd
+        reasons = "; ".join(trace) or "no volume backend is configured"
+        raise NoValidHost(f"No valid backend for a {req.size_gb} GiB volume: {reasons}")
 
     # --- proposing (any host) ----------------------------------------------------------------------
 
