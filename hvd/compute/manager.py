@@ -21,7 +21,6 @@ from hvd.catalog.service import Catalog
 from hvd.catalog.sql import fetch_one
 from hvd.cluster.peers import PeerCaller
 from hvd.compute import metadata_content
-from hvd.compute.faults import checkpoint
 from hvd.compute.lifecycle import PowerState, TaskState
 from hvd.compute.metadata_content import hostname_of
 from hvd.compute.revert import Reverter
@@ -29,6 +28,7 @@ from hvd.config import Config
 from hvd.drivers.base import DISK, DISK_CONFIG, ComputeDriver, InstanceSpec, Nic
 from hvd.errors import BadRequest, NotFound
 from hvd.events import EventBus
+from hvd.faults import checkpoint
 from hvd.identity.service import now_iso
 from hvd.storage import qemu_img, transfer
 from hvd.storage.image_cache import ImageCache

@@ -27,11 +27,11 @@ from hvd.catalog.cmd_hosts import ClaimPromote
 from hvd.catalog.sql import fetch_one
 from hvd.cluster.peers import PeerCaller
 from hvd.compute import lifecycle
-from hvd.compute.faults import checkpoint
 from hvd.compute.lifecycle import Op, PowerState, TaskState, VmState
 from hvd.compute.progress import ActionReporter, mib
 from hvd.drivers.base import MigrationParams, MigrationProgress
 from hvd.errors import BadRequest, Conflict, HvdError, NotFound
+from hvd.faults import checkpoint
 from hvd.identity.service import now_iso
 
 if TYPE_CHECKING:

@@ -31,7 +31,6 @@ from hvd.compute import lifecycle
 from hvd.compute.builds import ClusterBuilds
 from hvd.compute.coldmove import ColdMoves
 from hvd.compute.drain import Drains
-from hvd.compute.faults import checkpoint
 from hvd.compute.lifecycle import Op, PowerState, TaskState, VmState
 from hvd.compute.manager import ComputeManager
 from hvd.compute.migration import LiveMigrations
@@ -48,6 +47,7 @@ from hvd.errors import (
     Timeout,
 )
 from hvd.events import EventBus
+from hvd.faults import checkpoint
 from hvd.identity.policy import Policy
 from hvd.identity.service import now_iso
 from hvd.log import request_id_var

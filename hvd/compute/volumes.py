@@ -27,10 +27,10 @@ from hvd.catalog.cmd_volumes import (
     VolumeFinish,
 )
 from hvd.catalog.sql import fetch_all, fetch_one
-from hvd.compute.faults import checkpoint
 from hvd.compute.lifecycle import PowerState, VmState
 from hvd.drivers.volumes import BOOT_DEV, VolumeDisk, device_name, disk_from_connection, next_device
 from hvd.errors import BadRequest, Conflict, DriverError, HvdError, InvalidState, NotFound, ServiceUnavailable
+from hvd.faults import checkpoint
 from hvd.identity.service import now_iso
 from hvd.storage.volumes import states as st
 

@@ -34,10 +34,10 @@ from prometheus_client import Counter, Gauge
 
 from hvd.catalog.cmd_network import HostSetVtep, PortDelete, PortUpdate
 from hvd.catalog.service import Catalog
-from hvd.compute.faults import checkpoint
 from hvd.compute.metadata_content import network_data_nics
 from hvd.config import Config
 from hvd.drivers.base import Nic
+from hvd.faults import checkpoint
 from hvd.net import steps as s
 from hvd.net.apply import ApplyReport, apply_isolated
 from hvd.net.desired import host_state, instance_ports

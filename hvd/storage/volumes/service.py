@@ -25,7 +25,6 @@ from hvd.catalog import cmd_volumes as cv
 from hvd.catalog.commands import Command
 from hvd.catalog.service import Catalog
 from hvd.catalog.sql import fetch_all, fetch_one
-from hvd.compute.faults import checkpoint
 from hvd.config import Config
 from hvd.errors import (
     CapacityExceeded,
@@ -38,6 +37,7 @@ from hvd.errors import (
     UpgradeInProgress,
 )
 from hvd.events import EventBus
+from hvd.faults import checkpoint
 from hvd.identity.service import now_iso
 from hvd.storage import qemu_img
 from hvd.storage.volumes import backup_io, claims

@@ -1,4 +1,7 @@
-"""Fault injection for crash-repair tests: `HVD_CRASH_AT=<step>` makes the daemon exit hard there."""
+"""Fault injection for crash-repair tests: `HVD_CRASH_AT=<step>` makes the daemon exit hard there.
+
+It sits below every layer (compute, storage and net call it), so no import runs upwards.
+"""
 
 from __future__ import annotations
 
