@@ -187,3 +187,20 @@ def test_crash_in_snapshot_and_restore_is_redone(node: Node) -> None:
     restored = node.wait_status(rid, {"available", "error"})
     assert restored is not None and restored["status"] == "available"
     assert node.call("GET", f"/v1/backups/{backup['id']}").json()["status"] == "available"
+
+
+def test_scratch_files_of_a_cut_restore_are_removed_at_start(node: Node) -> None:
+    """A qcow2 restore converts into ``.volume-<id>.partial`` and renames it over the volume; a
+    crash between the two whose restore is not redone (volume reset or deleted meanwhile) left the
+    scratch file for good. The start-up sweep removes those of this host's volumes and of unknown
+    ids, and leaves names hvd does not make."""
+    vol = node.call("POST", "/v1/volumes?wait=true", {"name": "scratch", "size_gb": 1}).json()
+    node.stop()
+    planted = {f".volume-{vol['id']}.partial", f".volume-{uuid.uuid4()}.partial"}
+    for name in planted:
+        (node.volumes_dir / name).write_bytes(b"half a qcow2 file")
+    (node.volumes_dir / ".mine.partial").write_bytes(b"")  # not a name hvd makes: left alone
+    node.start()
+    assert not planted & node.files()
+    assert {".mine.partial", f"volume-{vol['id']}"} <= node.files()
+    assert node.call("GET", f"/v1/volumes/{vol['id']}").json()["status"] == "available"

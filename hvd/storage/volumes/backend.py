@@ -28,6 +28,7 @@ VOLUME_PREFIX = "volume-"
 SNAPSHOT_PREFIX = "snapshot-"
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _OWN_NAME = re.compile(rf"^(volume|snapshot)-({_UUID})$")
+_PARTIAL_NAME = re.compile(rf"^\.volume-({_UUID})\.partial$")
 
 
 def volume_name(volume_id: str) -> str:
@@ -42,6 +43,17 @@ def parse_name(name: str) -> tuple[str, str] | None:
     """("volume" | "snapshot", uuid) of an object name a backend made, or None for anything else."""
     m = _OWN_NAME.match(name)
     return None if m is None else (m.group(1), m.group(2))
+
+
+def partial_name(volume_id: str) -> str:
+    """The scratch file a volume's new data is written to before it is renamed over the volume."""
+    return f".{VOLUME_PREFIX}{volume_id}.partial"
+
+
+def parse_partial(name: str) -> str | None:
+    """The volume id of a scratch name ``partial_name`` made, or None for anything else."""
+    m = _PARTIAL_NAME.match(name)
+    return None if m is None else m.group(1)
 
 
 async def check_fits(image: Path, image_format: str, size_bytes: int) -> None:
@@ -134,6 +146,15 @@ class VolumeBackend(abc.ABC):
     @abc.abstractmethod
     def raw_path(self, volume_id: str) -> Path | None:
         """A path whose bytes are the volume's raw data (for backups), None when the format is not raw."""
+
+    async def list_partials(self) -> dict[str, str]:
+        """Scratch objects a cut write left behind (name -> the volume id it was for); none unless
+        the backend writes beside its volumes (the file backend's ``import_raw``)."""
+        return {}
+
+    async def remove_partial(self, name: str) -> None:
+        """Remove one scratch object ``list_partials`` named (already gone is fine)."""
+        raise NotImplementedYet(f"backend {self.name} makes no scratch objects")
 
     async def import_raw(self, volume_id: str, raw: Path) -> None:
         """Replace the (detached) volume's data with the raw image ``raw`` of the same size; only

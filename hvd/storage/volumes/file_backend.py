@@ -19,6 +19,8 @@ from hvd.storage.volumes.backend import (
     VolumeBackend,
     check_fits,
     parse_name,
+    parse_partial,
+    partial_name,
     snapshot_name,
     volume_name,
 )
@@ -110,7 +112,7 @@ class FileBackend(VolumeBackend):
         """Convert ``raw`` into a new file beside the volume's, then rename it over the volume (a
         crash leaves the old data or the new, never half)."""
         path = self.path(volume_id)
-        partial = self.root / f".{path.name}.partial"
+        partial = self.root / partial_name(volume_id)
         try:
             await self._run(qemu_img.convert_argv(raw, partial, "raw", self.volume_format))
             os.chmod(partial, FILE_MODE)
@@ -143,6 +145,15 @@ class FileBackend(VolumeBackend):
     async def list_objects(self) -> set[str]:
         names = await asyncio.get_running_loop().run_in_executor(None, os.listdir, self.root)
         return {n for n in names if parse_name(n) is not None}
+
+    async def list_partials(self) -> dict[str, str]:
+        names = await asyncio.get_running_loop().run_in_executor(None, os.listdir, self.root)
+        return {n: vid for n in names if (vid := parse_partial(n)) is not None}
+
+    async def remove_partial(self, name: str) -> None:
+        if parse_partial(name) is not None:  # never anything but a scratch name hvd makes
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / name).unlink()
 
     async def size_bytes(self, volume_id: str) -> int | None:
         path = self.path(volume_id)

@@ -497,9 +497,18 @@ class VolumeService:
         for backend in self.backends.values():
             try:
                 names = await backend.list_objects()
-            except HvdError as exc:
-                log.warning("volume backend %s cannot list its objects: %s", backend.name, exc.message)
+                partials = await backend.list_partials()
+            except (HvdError, OSError) as exc:
+                log.warning("volume backend %s cannot list its objects: %s", backend.name, _message(exc))
                 continue
+            for name, vid in sorted(partials.items()):
+                # a volume of another host sharing this directory may be writing its scratch copy now
+                if known["volume_hosts"].get(vid, self.host) != self.host:
+                    continue
+                log.warning("removing %s from volume backend %s (a restore cut before its rename)", name,
+                            backend.name)
+                await backend.remove_partial(name)
+                removed.append(name)
             for name in sorted(names):
                 parsed = parse_name(name)
                 if parsed is None or parsed in known["objects"]:
@@ -540,10 +549,11 @@ def _pending_work(conn: Any, host: str) -> list[tuple[str, dict[str, Any]]]:
     return work
 
 
-def _known_ids(conn: Any) -> dict[str, set[Any]]:
+def _known_ids(conn: Any) -> dict[str, Any]:
     """Every volume, snapshot and backup id of the catalog, of any host: a directory shared between
     hosts (an NFS backup_dir or file backend) holds other hosts' objects, which are not orphans."""
-    objects = {("volume", r["id"]) for r in fetch_all(conn, "SELECT id FROM volumes")}
+    volumes = fetch_all(conn, "SELECT id, host FROM volumes")
+    objects = {("volume", r["id"]) for r in volumes}
     objects |= {("snapshot", r["id"]) for r in fetch_all(conn, "SELECT id FROM volume_snapshots")}
     backups = {r["id"] for r in fetch_all(conn, "SELECT id FROM volume_backups")}
-    return {"objects": objects, "backups": backups}
+    return {"objects": objects, "backups": backups, "volume_hosts": {r["id"]: r["host"] for r in volumes}}
