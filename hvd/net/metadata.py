@@ -28,7 +28,7 @@ import os
 import socket
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -56,7 +56,12 @@ SHUTDOWN_TIMEOUT_S = 1.0  # a guest's open keep-alive connection must not hold u
 # Catalog reads at once per listener: a guest hammering the service queues behind its network's
 # own slots instead of filling the catalog's database thread for everyone.
 READS_PER_LISTENER = 4
-REQUESTS = Counter("hvd_metadata_requests_total", "Metadata service requests, by result (ok, unknown, not_found)",
+# Open connections per listener: each is a file descriptor of the daemon, so guests flooding the
+# service must not hold them unboundedly; past it a new connection is closed at once (Neutron's
+# metadata haproxy has maxconn 1024 per namespace).
+MAX_CONNECTIONS_PER_LISTENER = 256
+REQUESTS = Counter("hvd_metadata_requests_total",
+                   "Metadata service requests, by result (ok, unknown, not_found; refused: connection over the limit)",
                    ["result"])
 
 
@@ -215,6 +220,26 @@ READ_SLOTS = web.AppKey("read_slots", asyncio.Semaphore)
 class _Listener:
     state: ListenerState
     runner: web.AppRunner
+    server: asyncio.AbstractServer
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the listener's limit: closed as soon as it is made."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+def _capped(handlers: web.Server, limit: int) -> Callable[[], asyncio.BaseProtocol]:
+    """A protocol factory serving `handlers` while fewer than `limit` connections are open."""
+
+    def factory() -> asyncio.BaseProtocol:
+        if len(handlers.connections) >= limit:
+            REQUESTS.labels("refused").inc()
+            return _Refused()
+        return handlers()
+
+    return factory
 
 
 class MetadataServer:
@@ -273,18 +298,23 @@ class MetadataServer:
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         try:
             await runner.setup()
-            await web.SockSite(runner, sock).start()
+            assert runner.server is not None
+            # not a SockSite: it has no limit on open connections
+            server = await asyncio.get_running_loop().create_server(
+                _capped(runner.server, MAX_CONNECTIONS_PER_LISTENER), sock=sock)
         except BaseException:
             await runner.cleanup()
             sock.close()
             raise
-        self.listeners[key] = _Listener(ListenerState(endpoint, inode), runner)
+        self.listeners[key] = _Listener(ListenerState(endpoint, inode), runner, server)
         log.info("metadata service %s (network %s) listening on %s:%d in %s%s", key, endpoint.network_id,
                  self.address, self.port, endpoint.netns, f" on {endpoint.device}" if endpoint.device else "")
 
     async def _close(self, key: str) -> None:
         listener = self.listeners.pop(key)
-        await listener.runner.cleanup()  # closes the listening socket too
+        listener.server.close()  # the listening socket: no new connections
+        await listener.runner.cleanup()  # ends the open ones, within SHUTDOWN_TIMEOUT_S
+        await listener.server.wait_closed()
         log.info("metadata service %s closed", key)
 
     async def _handle(self, request: web.Request) -> web.Response:

@@ -4,12 +4,17 @@ address), the DHCP route to 169.254.169.254 and which listeners to close or open
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 from dataclasses import replace
+
+import pytest
 
 from hvd.catalog import all_commands  # noqa: F401 - registers the handlers
 from hvd.catalog.cmd_network import PortUpdate
 from hvd.compute.metadata_content import InstanceFacts, answer, config_drive_files, facts_of
+from hvd.net import metadata
 from hvd.net.dhcp import dhcp_paths, dnsmasq_argv
 from hvd.net.metadata import (
     Endpoint,
@@ -195,3 +200,49 @@ def test_endpoints_in_the_dhcp_namespace_and_on_each_ipv4_router_leg() -> None:
     off = replace(state, metadata=False)
     assert metadata_endpoints(off, desired_layout(off)) == {}
     assert all("169.254.169.254/32" not in v.addresses for v in desired_layout(off).namespaces["t-qrouter-r1"].veths)
+
+
+class _NoInstances:
+    """A catalog where no address belongs to an instance (every request answers 404)."""
+
+    async def read(self, *_args: object) -> None:
+        return None
+
+
+async def test_a_guest_cannot_hold_more_than_the_listeners_connection_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each held connection is a file descriptor of the daemon: past the limit a new one is closed
+    at once (a guest flooding 169.254.169.254 cannot exhaust the daemon's descriptors), and a
+    connection is accepted again once one of them ends."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.setblocking(False)
+    monkeypatch.setattr(metadata, "listen_in_netns", lambda *_args: (sock, 1))
+    monkeypatch.setattr(metadata, "netns_inode", lambda _name: 1)
+    monkeypatch.setattr(metadata, "MAX_CONNECTIONS_PER_LISTENER", 3)
+    server = metadata.MetadataServer(_NoInstances(), "nova")  # type: ignore[arg-type]
+    await server.sync_after_apply({"network:n1": Endpoint("qdhcp-n1", "n1")})
+    port = sock.getsockname()[1]
+    handlers = server.listeners["network:n1"].runner.server
+    assert handlers is not None
+
+    async def held_until(count: int) -> None:
+        while len(handlers.connections) != count:
+            await asyncio.sleep(0.01)
+
+    held = []
+    try:
+        for count in (1, 2, 3):
+            held.append(await asyncio.open_connection("127.0.0.1", port))
+            await asyncio.wait_for(held_until(count), 10)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(reader.read(), 10) == b"", "the fourth connection is closed at once"
+        writer.close()
+        held.pop()[1].close()
+        await asyncio.wait_for(held_until(2), 10)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /openstack HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 404"), "served again"
+        writer.close()
+    finally:
+        for _, w in held:
+            w.close()
+        await server.close()
