@@ -24,7 +24,12 @@ key (the derived key follows from it) but keeps the accepted forms to one. Why t
 the gate (fed by gossip) and gossip (joined by signed push-pulls) cannot lock a member out: a
 member that knows no level yet signs with the legacy key, which a cluster still below level 2
 accepts, and its push-pull tries the other key once when refused (a restarted or new member of a
-finished cluster), so gossip always joins and the level becomes known.
+finished cluster), so gossip always joins and the level becomes known. Its Raft streams are
+refused until then (Raft re-sends; the first push-pull runs at start-up).
+
+Raft streams are signed once, when they open: a sender reopens its streams when its signing key
+changes (hvd/cluster/http_transport.py) rather than keeping a legacy one for as long as it lives,
+and a verifier closes a stream whose key it no longer accepts (hvd/cluster/peer_auth.py).
 
 A host with ``[tls]`` enabled never signs with nor accepts the legacy key: 0.1.0 had no TLS, so no
 member of a TLS cluster can need it (a 0.1.0 cluster upgrades over plain HTTP, then switches to TLS).
