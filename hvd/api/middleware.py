@@ -77,7 +77,14 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
         latency.observe(elapsed)
         # peer traffic (forwarded writes, read-index) would double every write's log line; failures stay
         level = logging.DEBUG if status < 400 and request.path.startswith("/internal/") else logging.INFO
-        log.log(level, "%s %s -> %s in %.1f ms", request.method, request.path_qs, status, elapsed * 1000)
+        log.log(level, "%s %s -> %s in %.1f ms", request.method, _loggable_path(request), status, elapsed * 1000)
+
+
+def _loggable_path(request: web.Request) -> str:
+    """The path and query, without the value of ``token`` (a console URL's credential, hvd/api/v1/consoles.py)."""
+    if "token" not in request.query:
+        return request.path_qs
+    return str(request.rel_url.update_query(token="***"))
 
 
 @web.middleware

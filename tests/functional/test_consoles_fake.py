@@ -6,6 +6,7 @@ tests/lab/test_consoles_libvirt.py."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import struct
 import sys
@@ -116,6 +117,18 @@ async def test_tokens_are_bound_to_protocol_and_checked_before_spent(admin_api: 
     assert await handshake_refused(url) == 401
     assert await handshake_refused(url.split("?")[0]) == 401  # no token at all
     assert await handshake_refused(url.split("?")[0] + "?token=forged") == 401
+
+
+async def test_console_tokens_stay_out_of_the_request_log(admin_api: Api, server: dict[str, Any],
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A console token is a credential: a refused plain GET leaves it unspent, so its log line must not carry it."""
+    caplog.set_level(logging.INFO, logger="hvd.api")
+    url = await console_url(admin_api, server["id"], "serial")
+    token = url.split("token=", 1)[1]
+    async with aiohttp.ClientSession() as http, http.get(url.replace("ws://", "http://")) as resp:
+        assert resp.status == 400
+    lines = [r.getMessage() for r in caplog.records if "/v1/console/serial" in r.getMessage()]
+    assert lines and all(token not in line for line in lines), lines
 
 
 async def test_other_projects_cannot_get_a_console(admin_api: Api, server: dict[str, Any]) -> None:
