@@ -6,7 +6,7 @@ token lives for minutes and is used once on one host; replicating it would cost 
 per console (issue, then spend) for nothing, since a restart of the owner ends every console
 anyway. Only a SHA-256 of the token is kept, so a memory dump does not hand out consoles.
 
-A grant is bound to the server, the caller's project and the protocol; it expires after the TTL
+A grant is bound to the server, its project (the caller could see it) and the protocol; it expires after the TTL
 and is spent by its first redemption, whatever the outcome. Time comes in as ``now`` (monotonic
 seconds), so the rules are tested without waiting.
 """

@@ -144,6 +144,21 @@ async def test_other_projects_cannot_get_a_console(admin_api: Api, server: dict[
     assert status == 404, body
 
 
+async def test_an_admin_of_another_project_opens_the_console(admin_api: Api, server: dict[str, Any]) -> None:
+    """Admins see every project's servers: the URL they are given must work (it was refused 409 as
+    'not in the project the console was issued for')."""
+    assert (await admin_api.call("POST", "/v1/projects", {"name": "ops"}))[0] == 201
+    status, body = await admin_api.call("POST", "/v1/users", {"name": "ops-admin", "password": "password-1",
+                                                              "project": "ops", "role": "admin"})
+    assert status == 201, body
+    ops = admin_api.as_other()
+    await ops.login("ops-admin", "password-1", "ops")
+    url = await console_url(ops, server["id"], "serial")
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, protocols=("binary",)) as ws:
+        assert ws.protocol == "binary"
+        await ws.close()
+
+
 async def test_vnc_proxy_completes_an_rfb_handshake_and_screenshot_is_png(admin_api: Api,
                                                                           server: dict[str, Any]) -> None:
     sid = server["id"]

@@ -107,7 +107,8 @@ async def create_remote_console(request: web.Request) -> web.Response:
         raise Conflict(f"{body.protocol} consoles are not available on host {compute(request).host}{hint}")
     if body.protocol == VNC:
         await driver.vnc_address(inst["id"])  # 409 now, rather than a URL that cannot work
-    token, _grant = tokens(request).issue(inst["id"], ctx.project_id, body.protocol, time.monotonic())
+    # the server's project, not the caller's: an admin may open any project's console (visible_server)
+    token, _grant = tokens(request).issue(inst["id"], inst["project_id"], body.protocol, time.monotonic())
     expires_at = datetime.now(UTC) + timedelta(seconds=tokens(request).ttl_s)
     return json_response({"remote_console": {
         "protocol": body.protocol, "url": console_url(request, body.protocol, token),
