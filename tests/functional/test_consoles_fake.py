@@ -15,7 +15,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 
+from hvd.api.app import build_app
 from hvd.drivers.remote_console import png_size
 from tests.conftest import Api
 from tests.functional.compute_helpers import action, make_flavor, make_qcow2, upload_image
@@ -157,6 +159,25 @@ async def test_an_admin_of_another_project_opens_the_console(admin_api: Api, ser
     async with aiohttp.ClientSession() as http, http.ws_connect(url, protocols=("binary",)) as ws:
         assert ws.protocol == "binary"
         await ws.close()
+
+
+async def test_attached_consoles_are_closed_when_the_daemon_shuts_down(admin_api: Api, api_server: tuple[Any, str],
+                                                                      server: dict[str, Any]) -> None:
+    """An attached console must not hold the daemon's shutdown until aiohttp's timeout (60 s): the
+    app's shutdown closes it (going away), as it does the Raft streams."""
+    app = build_app(api_server[0])
+    test_server = TestServer(app, host="127.0.0.1")
+    await test_server.start_server()
+    try:
+        other = Api(admin_api.session, str(test_server.make_url("")).rstrip("/"))
+        other.token = admin_api.token
+        url = await console_url(other, server["id"], "serial")
+        async with aiohttp.ClientSession() as http, http.ws_connect(url, protocols=("binary",)) as ws:
+            await app.shutdown()
+            msg = await asyncio.wait_for(ws.receive(), 10)
+            assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == aiohttp.WSCloseCode.GOING_AWAY, msg
+    finally:
+        await test_server.close()
 
 
 async def test_vnc_proxy_completes_an_rfb_handshake_and_screenshot_is_png(admin_api: Api,

@@ -16,11 +16,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field
 
 from hvd.api.console_tokens import ConsoleGrant, ConsoleTokens, check_grant
@@ -40,6 +40,7 @@ CONSOLE_TOKENS = "console_tokens"  # key of this host's ConsoleTokens in ApiServ
 WS_PATHS = {SERIAL: "/v1/console/serial", VNC: "/v1/console/vnc"}
 HEARTBEAT_S = 30.0  # a vanished client is noticed, and its serial session freed, within about this long
 RELAY_CHUNK = 64 * 1024
+SOCKETS = web.AppKey("hvd.console_sockets", set[web.WebSocketResponse])  # attached consoles, closed at shutdown
 
 
 class RemoteConsoleIn(BaseModel):
@@ -172,13 +173,30 @@ async def _relay(ws: web.WebSocketResponse, read: Callable[[], Awaitable[bytes]]
         await ws.close()
 
 
+@contextlib.asynccontextmanager
+async def _attached(request: web.Request, ws: web.WebSocketResponse) -> AsyncIterator[None]:
+    """The prepared WebSocket, known to the app's shutdown while inside."""
+    await ws.prepare(request)
+    request.app[SOCKETS].add(ws)
+    try:
+        yield
+    finally:
+        request.app[SOCKETS].discard(ws)
+
+
+async def _close_consoles(app: web.Application) -> None:
+    # an attached console would otherwise hold the daemon's shutdown until aiohttp's timeout (60 s)
+    for ws in app[SOCKETS].copy():
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"hvd is shutting down")
+
+
 async def serial_websocket(request: web.Request) -> web.StreamResponse:
     grant, ws = await _redeem(request, SERIAL)
     session = await compute(request).manager.driver.open_serial_console(grant.server_id)
     try:
-        await ws.prepare(request)
-        log.info("serial console of %s attached", grant.server_id)
-        await _relay(ws, session.read, session.write)
+        async with _attached(request, ws):
+            log.info("serial console of %s attached", grant.server_id)
+            await _relay(ws, session.read, session.write)
     finally:
         await session.close()
         log.info("serial console of %s detached", grant.server_id)
@@ -201,8 +219,8 @@ async def vnc_websocket(request: web.Request) -> web.StreamResponse:
         return await reader.read(RELAY_CHUNK)
 
     try:
-        await ws.prepare(request)
-        await _relay(ws, read, write)
+        async with _attached(request, ws):
+            await _relay(ws, read, write)
     finally:
         writer.close()
         with contextlib.suppress(OSError):
@@ -221,5 +239,7 @@ def register(router: Router) -> None:
 
 def install_websockets(app: web.Application) -> None:
     """The console WebSockets (token in the query; not in the OpenAPI document)."""
+    app[SOCKETS] = set()
+    app.on_shutdown.append(_close_consoles)
     app.router.add_get(WS_PATHS[SERIAL], serial_websocket)
     app.router.add_get(WS_PATHS[VNC], vnc_websocket)
