@@ -94,9 +94,10 @@ def dnsmasq_argv(
             via = (metadata_via or {}).get(subnet.id)
             if via is not None:
                 routes.append((f"{METADATA_IP}/32", via))
-                if subnet.gateway:
-                    # RFC 3442: a client given option 121 ignores option 3, so the default goes in too
-                    routes.append(("0.0.0.0/0", subnet.gateway))
+            has_default = any(ipaddress.ip_network(dst, strict=False).prefixlen == 0 for dst, _ in routes)
+            if routes and subnet.gateway and not has_default:
+                # RFC 3442: a client given option 121 ignores option 3, so the default goes in too
+                routes.append(("0.0.0.0/0", subnet.gateway))
             if routes:
                 text = ",".join(f"{dst},{nexthop}" for dst, nexthop in routes)
                 argv.append(f"--dhcp-option=tag:{tag},option:classless-static-route,{text}")

@@ -28,6 +28,7 @@ from hvd.net.model import (
     DEVICE_OWNER_DHCP,
     FixedIp,
     HostNetworkState,
+    HostRoute,
     NetworkSpec,
     PortSpec,
     RouterInterface,
@@ -246,3 +247,18 @@ async def test_a_guest_cannot_hold_more_than_the_listeners_connection_limit(monk
         for _, w in held:
             w.close()
         await server.close()
+
+
+def test_host_routes_keep_the_default_route_with_or_without_the_metadata_route() -> None:
+    """RFC 3442 clients given option 121 ignore option 3: the default route rides along whenever
+    option 121 is sent (Neutron does the same), and once only when the subnet names one itself."""
+    routed = SubnetSpec(id="s4", network_id="n1", cidr="10.0.0.0/24", gateway="10.0.0.1",
+                        host_routes=(HostRoute("10.9.0.0/16", "10.0.0.254"),))
+    for via in (None, {"s4": "10.0.0.2"}):
+        argv = dnsmasq_argv("ns-x", [routed], dhcp_paths("/d", "n1"), metadata_via=via)
+        (option,) = [a for a in argv if "classless" in a]
+        assert option.endswith(",0.0.0.0/0,10.0.0.1"), option
+    own_default = replace(routed, host_routes=(HostRoute("0.0.0.0/0", "10.0.0.254"),))
+    argv = dnsmasq_argv("ns-x", [own_default], dhcp_paths("/d", "n1"), metadata_via={"s4": "10.0.0.2"})
+    (option,) = [a for a in argv if "classless" in a]
+    assert option.count("0.0.0.0/0") == 1 and "0.0.0.0/0,10.0.0.254" in option, option

@@ -474,7 +474,7 @@ def test_dnsmasq_argv_serves_static_leases_without_dns() -> None:
         "--dhcp-range=set:subnet-s1,10.0.0.0,static,255.255.255.0,86400s",
         "--dhcp-option=tag:subnet-s1,option:router,10.0.0.1",
         "--dhcp-option=tag:subnet-s1,option:dns-server,1.1.1.1,8.8.8.8",
-        "--dhcp-option=tag:subnet-s1,option:classless-static-route,10.9.0.0/16,10.0.0.254",
+        "--dhcp-option=tag:subnet-s1,option:classless-static-route,10.9.0.0/16,10.0.0.254,0.0.0.0/0,10.0.0.1",
     ):
         assert expected in argv
     assert not any("10.0.1.0" in a for a in argv), "DHCP-disabled subnets are not served"
