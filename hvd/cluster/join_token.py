@@ -75,7 +75,7 @@ def parse(text: str) -> JoinToken:
     try:
         data = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
         token = JoinToken(str(data["id"]), int(data["exp"]), str(data["node"]), str(data["ca"]), str(data["mac"]))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:  # OverflowError: an expiry of 1e999
         raise JoinTokenError("malformed join token") from exc
     if not token.ca.startswith("sha256:"):
         raise JoinTokenError("malformed join token: no CA fingerprint")

@@ -179,6 +179,8 @@ def read_csr(csr_pem: bytes) -> CsrInfo:
         ext = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         raise CertificateError("the signing request names no address (subjectAltName)") from None
+    except (ValueError, x509.DuplicateExtension) as exc:  # parsed lazily: a malformed one raises here
+        raise CertificateError(f"the signing request's extensions cannot be read: {exc}") from None
     sans = [str(n) for n in ext.get_values_for_type(x509.DNSName)]
     sans += [str(a) for a in ext.get_values_for_type(x509.IPAddress)]
     _general_names(sans)  # same rules as ours

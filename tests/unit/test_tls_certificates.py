@@ -4,6 +4,7 @@ join_token.py, keys.py), and the one-time use of a join token in the catalog."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import socket
 import ssl
@@ -79,6 +80,24 @@ def test_bad_signing_requests_are_refused_with_the_reason(ca: tuple[bytes, bytes
     assert read_csr(csr).node_id == "node9" and read_csr(csr).sans == ["node9", "10.0.0.9"]
     with pytest.raises(CertificateError, match="not a PEM certificate"):
         sign_csr(b"junk", ca[1], csr, NOW)
+
+
+def test_a_signing_request_with_unreadable_extensions_is_refused_not_a_crash() -> None:
+    """The join route reads the CSR before the token (it names the node): anyone can send one, so
+    an extension that does not parse must be a CertificateError (400), not a ValueError (500)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtensionOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    for oid in (ExtensionOID.SUBJECT_ALTERNATIVE_NAME, ExtensionOID.BASIC_CONSTRAINTS):
+        csr = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "node9")]))
+               .add_extension(x509.UnrecognizedExtension(oid, b"\x30\x03junk"), critical=False)
+               .sign(key, hashes.SHA256()))
+        with pytest.raises(CertificateError, match="extensions cannot be read"):
+            read_csr(csr.public_bytes(serialization.Encoding.PEM))
 
 
 @pytest.fixture
@@ -184,7 +203,9 @@ def test_join_token_round_trip_and_refusals(ca: tuple[bytes, bytes]) -> None:
                    join_token.JoinToken(bound.id, bound.expires, "", bound.ca, bound.mac)):
         with pytest.raises(join_token.JoinTokenError, match="not made with this cluster's key"):
             join_token.check(forged, KEY, pin, "node5", now=1000.0)
-    for text in ("", "hvdjoin1.!!!", "hvdjoin1." + "A" * 2000, "abc.def"):
+    infinite = base64.urlsafe_b64encode(b'{"id":"x","exp":1e999,"node":"","ca":"sha256:0","mac":"m"}').decode()
+    for text in ("", "hvdjoin1.!!!", "hvdjoin1." + "A" * 2000, "abc.def",
+                 "hvdjoin1." + infinite):  # an expiry JSON reads as infinity (was an OverflowError: 500)
         with pytest.raises(join_token.JoinTokenError):
             join_token.parse(text)
     with pytest.raises(join_token.JoinTokenError, match="between 1 s"):
