@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from hvd.errors import Conflict, Forbidden, HvdError, Unauthorized
 
 MAX_OUTSTANDING = 1024  # unredeemed tokens per host; more requests are refused until some expire
+MAX_PER_PROJECT = 64  # of those, per project: one tenant's flood must not refuse every other project's consoles
 
 
 class TooManyConsoleTokens(HvdError):
@@ -45,9 +46,11 @@ def _digest(token: str) -> str:
 class ConsoleTokens:
     """Outstanding grants of this host, by token digest."""
 
-    def __init__(self, ttl_s: float, max_outstanding: int = MAX_OUTSTANDING) -> None:
+    def __init__(self, ttl_s: float, max_outstanding: int = MAX_OUTSTANDING,
+                 max_per_project: int = MAX_PER_PROJECT) -> None:
         self.ttl_s = ttl_s
         self.max_outstanding = max_outstanding
+        self.max_per_project = max_per_project
         self._grants: dict[str, ConsoleGrant] = {}
 
     def __len__(self) -> int:
@@ -58,11 +61,15 @@ class ConsoleTokens:
             del self._grants[key]
 
     def issue(self, server_id: str, project_id: str, protocol: str, now: float) -> tuple[str, ConsoleGrant]:
-        """A new token and its grant; TooManyConsoleTokens (429) when too many are outstanding."""
+        """A new token and its grant; TooManyConsoleTokens (429) when too many are outstanding, on
+        this host or for ``project_id``."""
         self._purge(now)
         if len(self._grants) >= self.max_outstanding:
             raise TooManyConsoleTokens(f"{len(self._grants)} console URLs are outstanding on this host; retry"
                                        f" within {self.ttl_s:.0f} s")
+        if sum(g.project_id == project_id for g in self._grants.values()) >= self.max_per_project:
+            raise TooManyConsoleTokens(f"{self.max_per_project} console URLs of project {project_id} are outstanding"
+                                       f" on this host; use or let them expire (within {self.ttl_s:.0f} s)")
         token = secrets.token_urlsafe(32)
         grant = ConsoleGrant(server_id, project_id, protocol, now + self.ttl_s)
         self._grants[_digest(token)] = grant

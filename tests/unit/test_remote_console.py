@@ -82,6 +82,18 @@ def test_outstanding_tokens_are_bounded_and_expired_ones_make_room() -> None:
     assert len(tokens) == 2
 
 
+def test_one_project_cannot_take_every_console_url_of_the_host() -> None:
+    """The host-wide bound alone let one tenant's flood of console requests refuse every other
+    project's consoles (429) for a whole TTL."""
+    tokens = ConsoleTokens(ttl_s=10, max_outstanding=10, max_per_project=2)
+    tokens.issue("s1", "p1", "serial", now=0.0)
+    tokens.issue("s1", "p1", "vnc", now=0.0)
+    with pytest.raises(TooManyConsoleTokens, match="project p1"):
+        tokens.issue("s1", "p1", "serial", now=1.0)
+    tokens.issue("s2", "p2", "serial", now=1.0)  # another project still gets its console
+    assert len(tokens) == 3
+
+
 def _decode_png(png: bytes) -> tuple[int, int, bytes]:
     """(width, height, RGB bytes) of an 8-bit RGB PNG with filter 0 rows, checking every CRC."""
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
