@@ -64,7 +64,9 @@ async def sign_join(request: web.Request) -> web.Response:
     signer = request.app[JOIN]
     if request.content_length is not None and request.content_length > MAX_JOIN_BODY:
         raise BadRequest(f"a join request is at most {MAX_JOIN_BODY} bytes")
-    raw = await request.content.read(MAX_JOIN_BODY + 1)
+    raw = bytearray()  # read(n) answers what has arrived so far: read until the end (or past the limit)
+    while len(raw) <= MAX_JOIN_BODY and (chunk := await request.content.read(MAX_JOIN_BODY + 1 - len(raw))):
+        raw += chunk
     try:
         req = JoinRequest.model_validate_json(raw)
     except ValidationError as exc:

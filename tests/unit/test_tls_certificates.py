@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import json
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,6 +100,45 @@ def test_a_signing_request_with_unreadable_extensions_is_refused_not_a_crash() -
                .sign(key, hashes.SHA256()))
         with pytest.raises(CertificateError, match="extensions cannot be read"):
             read_csr(csr.public_bytes(serialization.Encoding.PEM))
+
+
+async def test_a_join_request_whose_body_arrives_in_two_pieces_is_read_whole(tmp_path: Path,
+                                                                              ca: tuple[bytes, bytes]) -> None:
+    """StreamReader.read(n) returns what has arrived, not n bytes: a body split across TCP segments
+    (or TLS records) was cut and refused as a malformed join request."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from hvd.api import internal_join
+
+    files = TlsFiles.under(tmp_path)
+    files.ca_cert.write_bytes(ca[0])
+    files.ca_key.write_bytes(ca[1])
+    used: list[object] = []
+
+    async def propose(cmd: object) -> dict[str, object]:
+        used.append(cmd)
+        return {}
+
+    app = web.Application()
+    internal_join.install(app, internal_join.JoinSigner(KEY, files, propose))  # type: ignore[arg-type]
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        token = join_token.issue(KEY, fingerprint(ca[0]), time.time(), 60).encode()
+        body = json.dumps({"token": token, "csr": make_csr(new_key(), "node9", ["node9"]).decode()}).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(f"POST {join_token.JOIN_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body[:100])
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the handler runs with only the first piece buffered
+        writer.write(body[100:])
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        assert len(used) == 1 and b"BEGIN CERTIFICATE" in answer
+    finally:
+        await server.close()
 
 
 @pytest.fixture
