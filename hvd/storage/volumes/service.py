@@ -43,7 +43,7 @@ from hvd.storage import qemu_img
 from hvd.storage.volumes import backup_io, claims
 from hvd.storage.volumes import states as st
 from hvd.storage.volumes.backend import GIB, BackendInfo, Capacity, VolumeBackend, parse_name
-from hvd.storage.volumes.scheduler import VolumeRequest, choose, select
+from hvd.storage.volumes.scheduler import VolumeRequest, select
 
 log = logging.getLogger(__name__)
 
@@ -219,10 +219,6 @@ class VolumeService:
         return lambda: self._generation != seen
 
     # --- placement ---------------------------------------------------------------------------------
-
-    async def place(self, size_gb: int, availability_zone: str | None, extra_specs: dict[str, str]) -> BackendInfo:
-        """The backend a new volume goes to (NoValidHost naming every rejection)."""
-        return choose(await self.backend_infos(), VolumeRequest(size_gb, availability_zone, extra_specs))
 
     async def create_placed(self, req: VolumeRequest, make: Callable[[BackendInfo], cv.VolumeCreate],
                             on_host: str | None = None) -> cv.VolumeCreate:
