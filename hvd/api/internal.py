@@ -260,7 +260,7 @@ def install(app: web.Application, endpoint: PeerEndpoint) -> None:
     """Add the peer routes to ``app`` (outside the public Router, so outside OpenAPI)."""
     app[PEER] = endpoint
     app.middlewares.append(client_cert_middleware)
-    app[internal_join.MEMBERS] = endpoint.coordinator.member_ids
+    app[internal_join.MEMBERS] = lambda: {m["id"]: m["address"] for m in endpoint.coordinator.members()}
     if endpoint.trust is not None:
         app.on_cleanup.append(_stop_watching)
     if endpoint.join is not None:

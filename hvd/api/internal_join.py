@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ipaddress
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -43,8 +45,9 @@ class JoinSigner:
 
 
 JOIN = web.AppKey("hvd.join", JoinSigner)
-# the current Raft members (set by internal.install): a token for any node may not name one of them
-MEMBERS: web.AppKey[Callable[[], frozenset[str]]] = web.AppKey("hvd.members")
+# the current Raft members and their peer addresses (set by internal.install): a token for any node
+# may not name one of them, and no certificate may carry another member's name or address
+MEMBERS: web.AppKey[Callable[[], Mapping[str, str]]] = web.AppKey("hvd.members")
 
 
 class JoinRequest(BaseModel):
@@ -80,7 +83,8 @@ async def sign_join(request: web.Request) -> web.Response:
         raise BadRequest(str(exc)) from None
     except join_token.JoinTokenError as exc:
         raise Forbidden(str(exc)) from None
-    refusal = member_refusal(token.node, csr.node_id, request.app[MEMBERS]() if MEMBERS in request.app else ())
+    members = request.app[MEMBERS]() if MEMBERS in request.app else {}
+    refusal = member_refusal(token.node, csr.node_id, members) or san_refusal(csr.node_id, csr.sans, members)
     if refusal:
         raise Forbidden(refusal)
     if not signer.files.ca_key.is_file():
@@ -103,6 +107,33 @@ def member_refusal(token_node: str, csr_node: str, members: Iterable[str]) -> st
     if not token_node and csr_node in members:
         return (f"node {csr_node} is a cluster member: renewing its certificate needs a join token made for it"
                 f" (hvd cluster join-token --node {csr_node})")
+    return ""
+
+
+def _canonical(name: str) -> str:
+    try:
+        return str(ipaddress.ip_address(name.strip("[]")))
+    except ValueError:
+        return name.lower().rstrip(".")
+
+
+def san_refusal(csr_node: str, sans: Iterable[str], members: Mapping[str, str]) -> str:
+    """Why a certificate for ``csr_node`` may not carry ``sans`` ("" = it may): a peer checks a
+    server's certificate against the host of the URL it calls, so a SAN naming another member
+    (its node id or the host of its peer address) would let the holder pose as that member."""
+    claimed: dict[str, str] = {}
+    for node, address in members.items():
+        if node == csr_node:
+            continue
+        claimed[_canonical(node)] = node
+        host = urlsplit(address).hostname if "://" in address else None
+        if host:
+            claimed[_canonical(host)] = node
+    for san in sans:
+        owner = claimed.get(_canonical(san))
+        if owner is not None:
+            return (f"the certificate would name {san}, which is member {owner}'s:"
+                    " a host certificate names only its own host")
     return ""
 
 

@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from hvd.api.internal_join import member_refusal
+from hvd.api.internal_join import member_refusal, san_refusal
 from hvd.catalog.cmd_hosts import CertRevoke
 from hvd.catalog.commands import encode
 from hvd.catalog.db import connect
@@ -160,3 +160,13 @@ async def test_open_connections_of_a_newly_revoked_certificate_are_closed(tmp_pa
         assert node2.closed and not node3.closed
     finally:
         catalog.close()
+
+
+def test_a_certificate_may_not_name_another_members_address_or_id() -> None:
+    members = {"node1": "https://10.0.0.1:8774", "node2": "https://[fd00::2]:8774", "node3": "https://hv3.lab:8774"}
+    assert "member node1" in san_refusal("node4", ["node4", "10.0.0.1"], members)
+    assert "member node2" in san_refusal("node4", ["fd00:0::2"], members)  # compared as addresses
+    assert "member node3" in san_refusal("node4", ["HV3.lab."], members)  # compared as DNS names
+    assert "member node3" in san_refusal("node4", ["node3"], members)
+    assert san_refusal("node4", ["node4", "10.0.0.4", "hv4.lab"], members) == ""
+    assert san_refusal("node1", ["node1", "10.0.0.1"], members) == ""  # a member renewing its own
