@@ -8,6 +8,7 @@ format of a guest-writable raw image is how a guest makes the host read its file
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import json
@@ -184,6 +185,10 @@ def _describe(argv: Sequence[str]) -> str:
     return " ".join(tool[:2])
 
 
+# spawning takes a millisecond: its own threads, never queued behind long jobs in the default executor
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="spawn")
+
+
 def _wait_in_thread(proc: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop,
                     done: asyncio.Future[tuple[bytes, bytes]]) -> None:
     """Collect ``proc``'s output and exit in a thread of its own, then hand them to the loop."""
@@ -217,7 +222,7 @@ async def run(argv: Sequence[str], timeout: float | None = 3600.0, env: Mapping[
     spawn = functools.partial(subprocess.Popen, list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, env=None if env is None else dict(env))
     try:
-        proc = await loop.run_in_executor(None, spawn)
+        proc = await loop.run_in_executor(_SPAWNER, spawn)
     except OSError as exc:
         raise DriverError(f"cannot run {argv[0]}: {exc}") from exc
     done: asyncio.Future[tuple[bytes, bytes]] = loop.create_future()
