@@ -119,6 +119,7 @@ def build_app(services: ApiServices, extra_modules: list[object] | None = None) 
     app[ROUTER_KEY] = router
     router.install(app)
     consoles.install_websockets(app)  # their token is in the URL; not part of the OpenAPI document
+    events.install_shutdown(app)
     peer = services.extra.get(internal.PEER_SERVICE)
     if peer is not None:
         internal.install(app, peer)  # signed peer routes; not part of the public OpenAPI document
