@@ -127,6 +127,30 @@ class InstanceDestroy(Command):
     deleted_at: str
 
 
+PASSWORD_MAX_BYTES = 256  # Nova's metadata password limit (an encrypted, base64-encoded password)
+PASSWORD_KEY = "password"  # key in the instance's extra
+
+
+class InstancePasswordSet(Command):
+    """The guest posted its (encrypted) admin password through the metadata service: stored once in
+    the instance's extra; a second one is refused (Conflict) until the owner clears it (Nova's rule)."""
+
+    since = 2  # catalog protocol level (hvd/catalog/protocol.py): new in hvd 0.2.0
+    type: Literal["instance.password_set"] = "instance.password_set"
+    id: str
+    password: str = Field(min_length=1, max_length=PASSWORD_MAX_BYTES)
+    updated_at: str
+
+
+class InstancePasswordClear(Command):
+    """The owner cleared the stored password (the guest may post a new one)."""
+
+    since = 2  # catalog protocol level (hvd/catalog/protocol.py): new in hvd 0.2.0
+    type: Literal["instance.password_clear"] = "instance.password_clear"
+    id: str
+    updated_at: str
+
+
 class ActionStart(Command):
     type: Literal["action.start"] = "action.start"
     id: str
@@ -316,6 +340,24 @@ def instance_destroy(conn: sqlite3.Connection, cmd: InstanceDestroy) -> Result:
     )
     conn.execute("DELETE FROM claims WHERE instance_id=?", (cmd.id,))
     conn.execute("DELETE FROM server_group_members WHERE instance_id=?", (cmd.id,))
+    return {"id": cmd.id}
+
+
+@handles(InstancePasswordSet)
+def instance_password_set(conn: sqlite3.Connection, cmd: InstancePasswordSet) -> Result:
+    row = _require_live(conn, cmd.id)
+    if row["extra"].get(PASSWORD_KEY):
+        raise Conflict(f"Instance {cmd.id} already has a password; its owner must clear it first")
+    conn.execute("UPDATE instances SET extra=?, updated_at=? WHERE id=?",
+                 (dumps({**row["extra"], PASSWORD_KEY: cmd.password}), cmd.updated_at, cmd.id))
+    return {"id": cmd.id}
+
+
+@handles(InstancePasswordClear)
+def instance_password_clear(conn: sqlite3.Connection, cmd: InstancePasswordClear) -> Result:
+    row = _require_live(conn, cmd.id)
+    extra = {k: v for k, v in row["extra"].items() if k != PASSWORD_KEY}
+    conn.execute("UPDATE instances SET extra=?, updated_at=? WHERE id=?", (dumps(extra), cmd.updated_at, cmd.id))
     return {"id": cmd.id}
 
 

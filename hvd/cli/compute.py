@@ -91,6 +91,14 @@ def server_actions(session: Session, args: argparse.Namespace) -> None:
                ("action", "request_id", "start_time", "finish_time", "result", "message"), args)
 
 
+def server_password(session: Session, args: argparse.Namespace) -> None:
+    print_one(session.call("GET", _server_url(args, "/password")), args)
+
+
+def server_clear_password(session: Session, args: argparse.Namespace) -> None:
+    session.call("DELETE", _server_url(args, "/password"))
+
+
 INTERFACE_COLUMNS = ("id", "network_id", "mac_address", "fixed_ips")
 
 
@@ -171,6 +179,12 @@ def register_compute(registry: Registry) -> None:
     registry.register_action("server", Action("actions", "the server's action log", server_actions,
                                               configure=lambda p: p.add_argument("server"),
                                               operations=(f"GET {ITEM}/actions",)))
+    registry.register_action("server", Action(
+        "password", "the encrypted admin password the guest posted (decrypt with the key pair's private key)",
+        server_password, configure=lambda p: p.add_argument("server"), operations=(f"GET {ITEM}/password",)))
+    registry.register_action("server", Action(
+        "clear-password", "forget the guest's posted password (it may post a new one)", server_clear_password,
+        output=False, configure=lambda p: p.add_argument("server"), operations=(f"DELETE {ITEM}/password",)))
     registry.register_action("server", Action("interfaces", "the server's ports", server_interfaces,
                                               configure=lambda p: p.add_argument("server"),
                                               operations=(f"GET {ITEM}/interfaces",)))

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hvd.catalog.cmd_compute import PASSWORD_KEY
 from hvd.storage.config_drive import (
     VERSION_DIR,
     NetworkDataNic,
@@ -27,7 +28,7 @@ OPENSTACK_VERSIONS = ("2012-08-10", "2013-04-04", "2013-10-17", "2015-10-15", "2
                       "2017-02-22", "2018-08-27", "latest")
 EC2_VERSIONS = ("1.0", "2007-01-19", "2007-03-01", "2007-08-29", "2007-10-10", "2007-12-15", "2008-02-01",
                 "2008-09-01", "2009-04-04", "latest")
-PASSWORD = "password"  # the guest's encrypted admin password; hvd never sets one, so it is empty
+PASSWORD = "password"  # the guest's encrypted admin password, as it posted it (empty until then)
 
 Answer = tuple[bytes, str]  # body, content type
 
@@ -57,6 +58,7 @@ class InstanceFacts:
     fixed_ips: tuple[str, ...] = ()
     floating_ips: tuple[str, ...] = ()
     security_groups: tuple[str, ...] = ()
+    password: str = ""
 
     @property
     def hostname(self) -> str:
@@ -77,7 +79,8 @@ def facts_of(inst: Mapping[str, Any], *, availability_zone: str, nics: Sequence[
         meta=dict(inst.get("metadata") or {}),
         user_data=inst["user_data"].encode() if inst.get("user_data") else None,
         nics=tuple(nics), fixed_ips=tuple(fixed_ips), floating_ips=tuple(floating_ips),
-        security_groups=tuple(security_groups))
+        security_groups=tuple(security_groups),
+        password=str((inst.get("extra") or {}).get(PASSWORD_KEY) or ""))
 
 
 def network_data_nics(ports: Sequence[Mapping[str, Any]]) -> list[NetworkDataNic]:
@@ -127,10 +130,16 @@ def openstack_answer(facts: InstanceFacts, parts: Sequence[str]) -> Answer | Non
         return _listing([*sorted(files), PASSWORD])
     name = parts[1]
     if name == PASSWORD:
-        return b"", "text/plain"
+        return facts.password.encode(), "text/plain"
     if name not in files:
         return None
     return files[name], "application/json" if name.endswith(".json") else "application/octet-stream"
+
+
+def is_password_path(path: str) -> bool:
+    """``/openstack/<version>/password``: where a guest posts its encrypted password."""
+    parts = [p for p in path.split("/") if p]
+    return len(parts) == 3 and parts[0] == "openstack" and parts[1] in OPENSTACK_VERSIONS and parts[2] == PASSWORD
 
 
 def ec2_meta_data(facts: InstanceFacts) -> dict[str, Any]:

@@ -34,9 +34,12 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import Counter
 
+from hvd.catalog.cmd_compute import PASSWORD_MAX_BYTES, InstancePasswordSet
 from hvd.catalog.service import Catalog
 from hvd.catalog.sql import fetch_all, fetch_one
-from hvd.compute.metadata_content import InstanceFacts, answer, facts_of, network_data_nics
+from hvd.compute.metadata_content import InstanceFacts, answer, facts_of, is_password_path, network_data_nics
+from hvd.errors import Conflict, NotFound
+from hvd.identity.service import now_iso
 from hvd.net.desired import instance_ports
 from hvd.net.model import (
     METADATA_IP,
@@ -291,10 +294,11 @@ class MetadataServer:
     async def _open(self, key: str, endpoint: Endpoint) -> None:
         sock, inode = await asyncio.to_thread(listen_in_netns, endpoint.netns, self.address, self.port,
                                               endpoint.device)
-        app = web.Application()
+        app = web.Application(client_max_size=PASSWORD_MAX_BYTES)  # the only body a guest sends
         app[NETWORK_ID] = endpoint.network_id
         app[READ_SLOTS] = asyncio.Semaphore(READS_PER_LISTENER)
         app.router.add_get("/{path:.*}", self._handle)
+        app.router.add_post("/{path:.*}", self._post_password)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         try:
             await runner.setup()
@@ -317,7 +321,8 @@ class MetadataServer:
         await listener.server.wait_closed()
         log.info("metadata service %s closed", key)
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _asking(self, request: web.Request) -> InstanceFacts:
+        """The instance at the request's source address on the listener's network (else 404)."""
         peer = request.transport.get_extra_info("peername") if request.transport is not None else None
         network_id = request.app[NETWORK_ID]
         if not peer:
@@ -328,6 +333,10 @@ class MetadataServer:
             REQUESTS.labels("unknown").inc()
             log.debug("metadata request from %s on network %s: no instance there", peer[0], network_id)
             raise web.HTTPNotFound(text=f"no instance has address {peer[0]} on this network\n")
+        return facts
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        facts = await self._asking(request)
         got = answer(facts, request.path)
         if got is None:
             REQUESTS.labels("not_found").inc()
@@ -335,3 +344,28 @@ class MetadataServer:
         REQUESTS.labels("ok").inc()
         body, content_type = got
         return web.Response(body=body, content_type=content_type)
+
+    async def _post_password(self, request: web.Request) -> web.Response:
+        """The guest stores its encrypted password, once (Nova's metadata password API)."""
+        if not is_password_path(request.path):
+            raise web.HTTPMethodNotAllowed(request.method, ["GET"])
+        facts = await self._asking(request)
+        if facts.password:
+            raise web.HTTPConflict(text="this instance already has a password\n")
+        body = await request.read()  # over PASSWORD_MAX_BYTES: aiohttp answers 413
+        try:
+            password = body.decode()
+        except UnicodeDecodeError:
+            raise web.HTTPBadRequest(text="the password must be UTF-8 text (an encrypted, base64-encoded"
+                                          " password)\n") from None
+        if not password:
+            raise web.HTTPBadRequest(text="the password is empty\n")
+        try:
+            await self.catalog.propose(InstancePasswordSet(id=facts.uuid, password=password, updated_at=now_iso()))
+        except Conflict:  # another post got in first
+            raise web.HTTPConflict(text="this instance already has a password\n") from None
+        except NotFound:
+            raise web.HTTPNotFound(text="the instance is gone\n") from None
+        REQUESTS.labels("ok").inc()
+        log.info("instance %s stored its password through the metadata service", facts.uuid)
+        return web.Response(text="")

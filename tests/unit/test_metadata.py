@@ -7,13 +7,18 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import Callable
 from dataclasses import replace
 
+import aiohttp
 import pytest
 
 from hvd.catalog import all_commands  # noqa: F401 - registers the handlers
+from hvd.catalog.cmd_compute import InstancePasswordClear, InstancePasswordSet
 from hvd.catalog.cmd_network import PortUpdate
+from hvd.catalog.commands import Command
 from hvd.compute.metadata_content import InstanceFacts, answer, config_drive_files, facts_of
+from hvd.errors import Conflict
 from hvd.net import metadata
 from hvd.net.dhcp import dhcp_paths, dnsmasq_argv
 from hvd.net.metadata import (
@@ -262,3 +267,53 @@ def test_host_routes_keep_the_default_route_with_or_without_the_metadata_route()
     argv = dnsmasq_argv("ns-x", [own_default], dhcp_paths("/d", "n1"), metadata_via={"s4": "10.0.0.2"})
     (option,) = [a for a in argv if "classless" in a]
     assert option.count("0.0.0.0/0") == 1 and "0.0.0.0/0,10.0.0.254" in option, option
+
+
+class _GuestACatalog:
+    """The test catalog behind the metadata server, every request seen as coming from guest A
+    (10.0.0.5 on n1): the listener here is on loopback."""
+
+    def __init__(self, cat: Catalog) -> None:
+        self.cat = cat
+
+    async def read(self, fn: Callable[..., object], network_id: str, _ip: str, *args: object) -> object:
+        return fn(self.cat.state.conn, network_id, "10.0.0.5", *args)
+
+    async def propose(self, cmd: Command) -> dict[str, object]:
+        return self.cat(cmd)  # raises the typed error the command's apply recorded
+
+
+async def test_a_guest_posts_its_password_once_and_reads_it_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nova's metadata password: the guest posts it (at most 256 bytes), GET returns it, a second
+    post is refused (409) until the owner clears it; guest B's stays empty."""
+    cat = _catalog_with_two_guests()
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.setblocking(False)
+    monkeypatch.setattr(metadata, "listen_in_netns", lambda *_args: (sock, 1))
+    monkeypatch.setattr(metadata, "netns_inode", lambda _name: 1)
+    server = metadata.MetadataServer(_GuestACatalog(cat), "nova")  # type: ignore[arg-type]
+    await server.sync_after_apply({"network:n1": Endpoint("qdhcp-n1", "n1")})
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/openstack/latest/password"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def call(method: str, data: bytes | None = None, path: str = url) -> tuple[int, bytes]:
+                async with http.request(method, path, data=data) as resp:
+                    return resp.status, await resp.read()
+
+            assert await call("GET") == (200, b"")
+            assert (await call("POST", b"x" * 257))[0] == 413, "over Nova's 256 bytes"
+            assert (await call("POST", b"\xff\xfe"))[0] == 400, "not text"
+            assert (await call("POST", b"x", url.replace("password", "meta_data.json")))[0] == 405
+            assert (await call("POST", b"c2VjcmV0" * 32))[0] == 200, "256 bytes fit"
+            assert await call("GET") == (200, b"c2VjcmV0" * 32)
+            assert (await call("POST", b"other"))[0] == 409, "posted once"
+            cat(InstancePasswordClear(id="inst-a", updated_at=T0))  # the owner cleared it (the API)
+            assert await call("GET") == (200, b"")
+            assert (await call("POST", b"new"))[0] == 200
+            assert await call("GET") == (200, b"new")
+        b = instance_facts(cat.state.conn, "n1", "10.0.0.6", "nova")
+        assert b is not None and b.password == "", "another guest's password is its own"
+        with pytest.raises(Conflict, match="already has a password"):  # two posts racing: the catalog decides
+            cat(InstancePasswordSet(id="inst-a", password="race", updated_at=T0))
+    finally:
+        await server.close()

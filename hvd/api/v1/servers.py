@@ -15,7 +15,7 @@ from hvd.api.forward import catch_up_if_forwarded, to_owner
 from hvd.api.helpers import context, json_response, page_params, paginate, parse_body, query_bool
 from hvd.api.routing import Router
 from hvd.api.services import ApiServices, services
-from hvd.api.v1 import server_bdm, server_ports, server_volumes
+from hvd.api.v1 import server_bdm, server_password, server_ports, server_volumes
 from hvd.api.v1.flavors import find_flavor
 from hvd.api.v1.images import find_image
 from hvd.catalog import queries
@@ -573,5 +573,6 @@ def register(router: Router) -> None:
     router.add("GET", "/v1/servers/{id}/console-log", console_log, "Serial console output", response=ConsoleLog,
                query=(("lines", "integer", "last N lines"),), tag=t)
     server_volumes.register(router)
+    server_password.register(router)
     router.add("GET", "/v1/servers/{id}/actions", list_actions, "The server's action log", response=ActionList,
                tag=t)
