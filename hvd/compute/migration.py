@@ -121,12 +121,18 @@ class LiveMigrations:
         cfg = svc.config.libvirt
         # attached volumes are network disks (hvd.storage.volumes.nbd): only the server's own disks are copied
         own = tuple(svc.volumes.local_devices(inst)) if await svc.volumes.of_server(inst_id) else ()
-        params = MigrationParams(block=not shared, max_downtime_ms=cfg.migration_max_downtime_ms,
-                                 auto_converge=cfg.migration_auto_converge, timeout_s=cfg.migration_timeout_s,
-                                 migrate_disks=own, tls=svc.config.tls.enabled and cfg.migration_tls)
         uri = await self.migration_uri(dest)
         # where the guest may be: a restart of either host in the middle finds its way from this
         await svc.update(inst_id, extra={"migration": {"dest": dest, "shared": shared}})
+        try:  # volumes opened directly here: the destination reaches them over NBD from this host
+            moving = await svc.volumes.prepare_move(inst, dest)
+        except BaseException:
+            await asyncio.shield(self._undo(dest, inst))
+            raise
+        params = MigrationParams(block=not shared, max_downtime_ms=cfg.migration_max_downtime_ms,
+                                 auto_converge=cfg.migration_auto_converge, timeout_s=cfg.migration_timeout_s,
+                                 migrate_disks=own, tls=svc.config.tls.enabled and cfg.migration_tls,
+                                 network_volumes=tuple(mv.disk for mv in moving))
         log.info("live-migrating %s to %s (%s, block copy %s, TLS %s)", inst_id, dest, uri, params.block, params.tls)
 
         reporter = ActionReporter(svc.catalog, inst_id)
@@ -144,18 +150,22 @@ class LiveMigrations:
         except Exception as exc:
             if await self._still_here(inst_id):
                 # the guest still runs here: the destination forgets it, its claim goes, our ports come back
-                await asyncio.shield(self._undo(dest, inst))
+                await asyncio.shield(self._undo(dest, inst, moving))
                 raise
             log.warning("live migration of %s reported %s, but the guest has left this host: finishing it", inst_id,
                         exc.message if isinstance(exc, HvdError) else repr(exc))
         except BaseException:
-            await asyncio.shield(self._undo(dest, inst))
+            await asyncio.shield(self._undo(dest, inst, moving))
             raise
         finally:
             self.progress.pop(inst_id, None)
             await reporter.flush()
         # the switch-over happened: from here on the guest lives on the destination
         checkpoint("live_migrate.switched")
+        try:
+            await svc.volumes.finish_move(moving, dest)
+        except HvdError as exc:  # the guest uses the exports all the same; its next definition would not
+            log.error("attachments of %s could not follow it to %s: %s", inst_id, dest, exc.message)
         try:
             await peers.call(dest, FINISH_PATH, MigrationCall(instance_id=inst_id, source=self.host), Done,
                              timeout=120.0)
@@ -194,6 +204,10 @@ class LiveMigrations:
                                     "created": now_iso()})
             return
         log.warning("live migration of %s to %s completed while this host was down: finishing it", inst["id"], dest)
+        try:  # its volumes opened directly here are reached from there over NBD (the export is running)
+            await svc.volumes.finish_move(await svc.volumes.prepare_move(inst, dest), dest)
+        except HvdError as exc:
+            log.error("attachments of %s could not follow it to %s: %s", inst["id"], dest, exc.message)
         with contextlib.suppress(NotFound):
             await svc.catalog.propose(ClaimPromote(instance_id=inst["id"]))
         if not moving.get("shared"):
@@ -209,8 +223,10 @@ class LiveMigrations:
             return True  # cannot tell: assume it is still here (the safe side for an undo)
         return True
 
-    async def _undo(self, dest: str, inst: dict[str, Any]) -> None:
+    async def _undo(self, dest: str, inst: dict[str, Any], moving: list[Any] | None = None) -> None:
         await self._abort_destination(dest, inst["id"])
+        if moving:
+            await self.svc.volumes.abandon_move(moving, dest)
         await self.svc.placement.release(inst["id"], "resize")
         with contextlib.suppress(HvdError):
             await self.svc.update(inst["id"], extra={"migration": None})

@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from hvd.catalog.cmd_volumes import (
     AttachmentAttaching,
@@ -78,6 +79,38 @@ def busy_attachments(conn: Any, host: str) -> list[dict[str, Any]]:
                      (host, st.ATT_RESERVED, st.ATT_ATTACHING, st.ATT_DETACHING))
 
 
+Reach = Literal["direct", "nbd"]
+
+
+def reach(volume_host: str, server_host: str) -> Reach:
+    """How a server on ``server_host`` opens a volume of ``volume_host``: directly (the file or LV)
+    on the volume's own host, else over NBD from an export on the volume's host."""
+    return "direct" if volume_host == server_host else "nbd"
+
+
+def move_blocker(connection_info: dict[str, Any], volume_id: str) -> str | None:
+    """Why a volume the server opens directly cannot follow it to another host, or None.
+
+    The destination reaches it over NBD through a qemu-storage-daemon that opens the data while the
+    source's QEMU still runs on it: safe for raw data (no cache of its own), not for qcow2, whose
+    metadata the daemon would cache while the source still allocates clusters.
+    """
+    if connection_info.get("type") == "file" and connection_info.get("format", "raw") != "raw":
+        return (f"volume {volume_id} is a {connection_info['format']} file opened directly on its host: only raw"
+                " volumes follow a live migration (detach it first)")
+    return None
+
+
+@dataclass(frozen=True)
+class MovingVolume:
+    """An attached volume this host opens directly, reached over NBD from the move's destination."""
+
+    attachment_id: str
+    volume_id: str
+    info: dict[str, Any]  # the NBD connection info at the destination
+    disk: VolumeDisk  # its network disk, at the attachment's device
+
+
 def device_of(requested: str | None) -> str | None:
     """``/dev/vdb`` or ``vdb`` → ``vdb``; None stays None (the host picks)."""
     if requested is None:
@@ -115,7 +148,7 @@ class ComputeVolumes:
     async def connection(self, volume: dict[str, Any]) -> dict[str, Any]:
         """How this host's hypervisor opens ``volume``: directly when its data is here, else over
         NBD from the volume's host."""
-        if volume["host"] == self.host:
+        if reach(volume["host"], self.host) == "direct":
             if self.volume_host is None:
                 raise Conflict(f"volume {volume['id']} is on host {self.host}, which runs no volume service")
             return self.volume_host.connection_info(volume)
@@ -132,6 +165,51 @@ class ComputeVolumes:
                 await self.exports.disconnect(volume_id, self.host)
             except HvdError as exc:  # the volume's host removes stale exports itself
                 log.warning("could not drop the export of volume %s: %s", volume_id, exc.message)
+
+    # --- moves to another host --------------------------------------------------------------------
+
+    async def direct_attachments(self, instance_id: str) -> list[dict[str, Any]]:
+        """The server's attachments it opens directly on this host (not over NBD)."""
+        return [a for a in await self.catalog.read(attachments_of, instance_id)
+                if a["connection_info"].get("type") != "nbd"]
+
+    async def prepare_move(self, inst: dict[str, Any], dest: str) -> list[MovingVolume]:
+        """Before ``inst`` leaves this host for ``dest``: export the volumes it opens directly here
+        (without the image lock its running QEMU holds) and say how ``dest`` reaches them. Undone by
+        ``abandon_move``; made final by ``finish_move`` once the server runs on ``dest``."""
+        moving: list[MovingVolume] = []
+        try:
+            for att in await self.direct_attachments(inst["id"]):
+                if att["status"] != st.ATT_ATTACHED or not att["device"]:
+                    raise Conflict(f"volume {att['volume_id']} of instance {inst['id']} is {att['status']}:"
+                                   " wait for its attach or detach to end")
+                if reason := move_blocker(att["connection_info"], att["volume_id"]):
+                    raise Conflict(reason)
+                volume = await self._volume(att["volume_id"])
+                if reach(volume["host"], dest) != "nbd" or self.exports is None:
+                    raise Conflict(f"volume {volume['id']} cannot be reached from host {dest} (no NBD exports here)")
+                info: dict[str, Any] = await self.exports.connect(volume, dest, unlocked=True)
+                disk = disk_from_connection(volume["id"], att["device"], info, read_only=att["attach_mode"] == "ro",
+                                            shareable=bool(volume["multiattach"]))
+                moving.append(MovingVolume(att["id"], volume["id"], info, disk))
+        except BaseException:
+            await self.abandon_move(moving, dest)
+            raise
+        return moving
+
+    async def abandon_move(self, moving: list[MovingVolume], dest: str) -> None:
+        """The move did not happen: the exports made for ``dest`` stop (the catalog names no user)."""
+        for mv in moving:
+            await self.disconnect(mv.volume_id, mv.info)
+
+    async def finish_move(self, moving: list[MovingVolume], dest: str) -> None:
+        """The server runs on ``dest`` now: its attachments name ``dest`` and the NBD connection (a
+        later regenerated definition keeps the network disk, and the export has its user)."""
+        from hvd.catalog.cmd_volume_moves import AttachmentMoved
+
+        for mv in moving:
+            await self.catalog.propose(AttachmentMoved(id=mv.attachment_id, from_host=self.host, host=dest,
+                                                       connection_info=mv.info, updated_at=now_iso()))
 
     # --- what a domain definition holds ----------------------------------------------------------
 

@@ -133,6 +133,9 @@ class MigrationParams:
     migrate_disks: tuple[str, ...] = ()
     # memory and disk streams in QEMU's TLS with the cluster certificates (QEMU's x509 directory)
     tls: bool = False
+    # volumes the source opens directly that the destination reaches over NBD (their network
+    # disks go into the destination's definition; never copied)
+    network_volumes: tuple[VolumeDisk, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ volume's host boots the server there with the volume, whose guest finds the mark
 back keeps it attached (only the server's own disks are copied); after a detach the export is gone
 (no orphan process, no record) and the mark is in the volume's file on its host. The export is NBD
 over TLS with the lab's cluster CA (the disk says tls='yes'): a client on the lab network without a
-cluster certificate, or with another CA's, is refused."""
+cluster certificate, or with another CA's, is refused. A server on the volume's own host (which
+opens the file directly) live-migrates to the other host: the volume's host exports it, the
+destination's definition gets the network disk, and the guest reads its mark and goes on writing."""
 
 from __future__ import annotations
 
@@ -130,4 +132,61 @@ def test_a_volume_of_one_host_used_and_live_migrated_on_another(lab: LabCluster)
     with lab.host(vol_host).path(f"{VOLUMES_DIR}/volume-{vid}").open("rb") as f:
         assert f.read(16) == b"HVDMARK-nbd-user"
     assert ok(lab, "h1", "GET", f"/v1/volumes/{vid}")["status"] == "available"
+    ok(lab, "h1", "DELETE", f"/v1/servers/{sid}?wait=true", status=204)
+
+
+# the guest drops its page cache before each read (so a read really goes to the volume), keeps the
+# first mark in sector 0 and writes a new tick into sector 1 every round
+TICK_SCRIPT = r"""#!/bin/sh
+n=0
+while :; do
+  for d in /sys/block/vd*; do
+    b=${d##*/}
+    [ "$b" = vda ] && continue
+    [ -n "$(cat "$d/serial" 2>/dev/null)" ] || continue
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    m=$(dd if=/dev/$b bs=512 count=1 2>/dev/null | tr -cd 'A-Za-z0-9_-' | head -c 40)
+    if [ -z "$m" ]; then
+      echo "HVDMARK-first" | dd of=/dev/$b bs=512 count=1 conv=sync 2>/dev/null && sync && m=new
+    fi
+    n=$((n + 1))
+    echo "HVDTICK-$n" | dd of=/dev/$b bs=512 seek=1 count=1 conv=sync 2>/dev/null && sync \
+      && echo "HVD-TICK mark=$m tick=$n"
+  done
+  sleep 1
+done
+"""
+
+
+def test_a_server_on_its_volume_host_live_migrates_away_with_it(lab: LabCluster) -> None:
+    ok(lab, "h1", "POST", "/v1/flavors", {"name": "v.move", "vcpus": 1, "ram_mb": 128, "disk_gb": 1}, 201)
+    image = upload(lab, "h1", "guest-move")
+    volume = ok(lab, "h1", "POST", "/v1/volumes?wait=true", {"name": "moving-data", "size_gb": 1}, 202)
+    vid, vol_host = volume["id"], volume["host"].split("@")[0]
+    other = "h2" if vol_host == "h1" else "h1"
+    server = ok(lab, "h1", "POST", "/v1/servers?wait=true",
+                {"name": "mover", "flavor": "v.move", "image": image, "networks": "none",
+                 "user_data": TICK_SCRIPT, "availability_zone": f"nova:{vol_host}"}, 202)
+    sid = server["id"]
+    assert server["status"] == "ACTIVE" and server["host"] == vol_host, server
+    wait_console(lab, sid, "HVD-GUEST ready")
+    ok(lab, vol_host, "POST", f"/v1/servers/{sid}/volume-attachments", {"volume": vid}, 201)
+    xml = lab.virsh(vol_host, "dumpxml", sid).stdout
+    assert f"{VOLUMES_DIR}/volume-{vid}" in xml and "protocol='nbd'" not in xml, xml  # opened directly
+    wait_console(lab, sid, "HVD-TICK mark=HVDMARK-first tick=")  # the mark is on the volume
+
+    moved = ok(lab, "h1", "POST", f"/v1/servers/{sid}/live-migrate?wait=true",
+               {"host": other, "block_migration": True}, 202)
+    assert moved["status"] == "ACTIVE" and moved["host"] == other, moved
+    xml = lab.virsh(other, "dumpxml", sid).stdout
+    assert "protocol='nbd'" in xml and f"name='volume-{vid}'" in xml, xml  # a network disk to the volume host
+    att = ok(lab, "h1", "GET", f"/v1/servers/{sid}/volume-attachments")["volume_attachments"]
+    assert [(a["volume_id"], a["status"]) for a in att] == [(vid, "attached")], att
+    # the destination's console starts empty: these lines were read and written after the move
+    text = wait_console(lab, sid, "HVD-TICK mark=HVDMARK-first")
+    last = int(text.rsplit("tick=", 1)[1].split()[0])
+    with lab.host(vol_host).path(f"{VOLUMES_DIR}/volume-{vid}").open("rb") as f:
+        data = f.read(1024)
+    assert data.startswith(b"HVDMARK-first") and data[512:].startswith(b"HVDTICK-"), data[:600]
+    assert int(data[520:].split(b"\n")[0]) >= last  # the guest's writes reach the file on its host
     ok(lab, "h1", "DELETE", f"/v1/servers/{sid}?wait=true", status=204)

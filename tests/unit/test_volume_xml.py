@@ -113,3 +113,66 @@ def test_validates_against_libvirt_schema(tmp_path: Path) -> None:
     path.write_text(domain_xml(spec, "kvm"))
     result = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- a server leaving its volume's host: the destination's definition reaches it over NBD --------
+
+def _source_domain() -> str:
+    spec = make_spec(volumes=(VolumeDisk(VOL, "vdb", "file", path="/v/volume-x"),
+                              VolumeDisk("b" * 36, "vdc", "nbd", host="10.0.0.3", port=10810, export="b")))
+    return domain_xml(spec, "qemu")
+
+
+def test_destination_xml_points_the_moving_volume_at_nbd_and_keeps_the_rest() -> None:
+    from hvd.drivers.libvirt.volume_xml import with_network_volumes
+
+    source = _source_domain()
+    nbd = VolumeDisk(VOL, "vdz", "nbd", host="10.0.0.2", port=10809, export="volume-x", tls=True)
+    dest = with_network_volumes(source, (nbd,))
+    assert _disks(dest) == [("file", "vda", None), ("network", "vdb", VOL[:20]), ("network", "vdc", "b" * 20)]
+    disk = next(d for d in ET.fromstring(dest).iterfind("devices/disk") if d.findtext("serial") == VOL[:20])
+    src = disk.find("source")
+    assert src is not None and src.get("name") == "volume-x" and src.get("tls") == "yes"
+    assert src.find("host").attrib == {"name": "10.0.0.2", "port": "10809"}  # type: ignore[union-attr]
+    assert "/v/volume-x" in source and "/v/volume-x" not in dest  # the source keeps its local path
+    assert with_network_volumes(source, ()) == ET.tostring(ET.fromstring(source), encoding="unicode")
+
+
+def test_destination_xml_refuses_an_unknown_volume_or_a_local_disk() -> None:
+    from hvd.drivers.libvirt.volume_xml import with_network_volumes
+
+    with pytest.raises(ValueError, match="c" * 20):
+        with_network_volumes(_source_domain(), (VolumeDisk("c" * 36, "vdd", "nbd", host="h", port=1, export="c"),))
+    with pytest.raises(ValueError, match="not NBD"):
+        with_network_volumes(_source_domain(), (VolumeDisk(VOL, "vdb", "file", path="/elsewhere"),))
+
+
+def test_how_a_host_reaches_a_volume_and_what_cannot_move() -> None:
+    from hvd.compute.volumes import move_blocker, reach
+
+    assert reach("h1", "h1") == "direct" and reach("h1", "h2") == "nbd"
+    assert move_blocker({"type": "file", "path": "/v/x", "format": "raw"}, VOL) is None
+    assert move_blocker({"type": "block", "path": "/dev/vg/x"}, VOL) is None
+    reason = move_blocker({"type": "file", "path": "/v/x", "format": "qcow2"}, VOL)
+    assert reason is not None and VOL in reason and "qcow2" in reason
+
+
+def test_destination_xml_goes_into_the_migration_parameters() -> None:
+    libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed (scripts/setup.sh)")
+    from hvd.drivers.libvirt.guest import migration_flags, migration_params
+
+    assert migration_flags(True, False, network_volumes=True) & libvirt.VIR_MIGRATE_UNSAFE
+    assert not migration_flags(True, False) & libvirt.VIR_MIGRATE_UNSAFE
+
+    params = migration_params("qemu+tcp://10.0.0.2/system", ("vda",), dest_xml="<domain/>")
+    assert params == {libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: ["vda"], libvirt.VIR_MIGRATE_PARAM_DEST_XML: "<domain/>"}
+
+
+def test_an_export_for_a_server_leaving_the_volume_host_takes_no_image_lock(tmp_path: Path) -> None:
+    from hvd.storage.volumes.nbd import qsd_argv
+
+    info = {"type": "file", "path": "/v/volume-x", "format": "raw"}
+    locked = qsd_argv(info, "10.0.0.2", 10809, "volume-x", tmp_path / "pid")
+    unlocked = qsd_argv(info, "10.0.0.2", 10809, "volume-x", tmp_path / "pid", locking=False)
+    assert "driver=file,node-name=proto,filename=/v/volume-x" in locked
+    assert "driver=file,node-name=proto,filename=/v/volume-x,locking=off" in unlocked

@@ -32,6 +32,7 @@ from hvd.catalog import queries
 from hvd.catalog.cmd_compute import ImageCreate, ImageSetStatus
 from hvd.catalog.sql import fetch_all
 from hvd.compute.lifecycle import Op
+from hvd.compute.volumes import move_blocker
 from hvd.errors import BadRequest, Conflict, HvdError
 from hvd.identity.service import now_iso
 from hvd.storage.volumes import states as st
@@ -229,9 +230,16 @@ async def check_op(request: web.Request, inst: dict[str, Any], op: Op) -> None:
         attached = await services(request).catalog.read(
             fetch_all, "SELECT volume_id, connection_info FROM volume_attachments WHERE instance_id=?", (inst["id"],))
         local = [a for a in attached if a["connection_info"].get("type") != "nbd"]
-        if local and op != Op.LIVE_MIGRATE:
+        if local and op == Op.EVACUATE:  # opened directly: the volume lives on the server's (dead) host
+            raise Conflict(f"Cannot {op.value} instance {inst['id']}: volume {local[0]['volume_id']} lives on its"
+                           f" host {inst['host']}, which is down: its data is unreachable until that host is back")
+        if local and op == Op.SHELVE:
             raise Conflict(f"Cannot {op.value} instance {inst['id']}: volume {local[0]['volume_id']} is opened"
                            " directly on its host and the server may come back on another (detach it first)")
-        if local:
-            raise Conflict(f"Cannot {op.value} instance {inst['id']}: volume {local[0]['volume_id']} lives on its host"
-                           " and is opened directly there (only volumes reached over NBD move live; detach it first)")
+        blocked = [r for a in local if (r := move_blocker(a["connection_info"], a["volume_id"]))]
+        if blocked and op == Op.LIVE_MIGRATE:
+            raise Conflict(f"Cannot {op.value} instance {inst['id']}: {blocked[0]}")
+        if local and op == Op.MIGRATE:
+            raise Conflict(f"Cannot {op.value} instance {inst['id']}: volume {local[0]['volume_id']} is opened"
+                           " directly on its host; a cold move does not take it along yet (live-migrate, or detach"
+                           " it first)")

@@ -248,10 +248,12 @@ class LibvirtDriver(ComputeDriver):
 
     async def live_migrate(self, uuid: str, dest_uri: str, params: MigrationParams,
                            progress: Callable[[MigrationProgress], None] | None = None) -> None:
-        flags = guest.migration_flags(params.block, params.auto_converge, params.tls)
+        flags = guest.migration_flags(params.block, params.auto_converge, params.tls, bool(params.network_volumes))
         # migrateToURI3 blocks for the whole copy: its own thread, so progress can be read meanwhile
         job = asyncio.ensure_future(self._call(f"live-migrate {uuid} to {dest_uri}", guest.migrate, uuid, dest_uri,
-                                               flags, params.migrate_disks if params.block else ()))
+                                               flags, params.migrate_disks if params.block else (),
+                                               tuple(self._with_cache(v) for v in params.network_volumes),
+                                               self.disk_cache))
         downtime_set = False
         deadline = time.monotonic() + params.timeout_s
         try:

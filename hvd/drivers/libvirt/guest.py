@@ -15,6 +15,8 @@ import libvirt
 
 from hvd.compute.lifecycle import PowerState
 from hvd.drivers.base import DOMAIN_PREFIX
+from hvd.drivers.libvirt.volume_xml import with_network_volumes
+from hvd.drivers.volumes import VolumeDisk
 
 # libvirt domain state → power state. Unlike Nova, VIR_DOMAIN_SHUTDOWN ("being shut down": the
 # QEMU process still runs) reads RUNNING, so a wait for SHUTDOWN means the domain really stopped.
@@ -199,12 +201,16 @@ def host_facts(conn: Any) -> dict[str, Any]:
     }
 
 
-def migration_flags(block: bool, auto_converge: bool, tls: bool = False) -> int:
+def migration_flags(block: bool, auto_converge: bool, tls: bool = False, network_volumes: bool = False) -> int:
     """Peer-to-peer live migration that leaves the domain defined at the destination only; with
     ``block`` the disks' top layers are copied (the destination has the same base image); with
-    ``tls`` the memory and disk streams are TLS (qemu.conf's migrate_tls_x509_cert_dir)."""
+    ``tls`` the memory and disk streams are TLS (qemu.conf's migrate_tls_x509_cert_dir); with
+    ``network_volumes`` local volume disks are neither copied nor shared (the destination reaches
+    them over NBD), which libvirt's safety check cannot know: it is told so."""
     flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
              | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+    if network_volumes:
+        flags |= libvirt.VIR_MIGRATE_UNSAFE
     if tls:
         flags |= libvirt.VIR_MIGRATE_TLS
     if block:
@@ -214,20 +220,32 @@ def migration_flags(block: bool, auto_converge: bool, tls: bool = False) -> int:
     return int(flags)
 
 
-def migration_params(dest_uri: str, disks: tuple[str, ...] = (), tls: bool = False) -> dict[str, Any]:
+def migration_params(dest_uri: str, disks: tuple[str, ...] = (), tls: bool = False,
+                     dest_xml: str | None = None) -> dict[str, Any]:
     """migrateToURI3's parameters (pure): ``disks`` (target devs) limits the storage copy to those
     disks; with ``tls`` the destination's certificate is checked against the address its libvirtd
-    is reached at (in its host certificate), whatever name its qemu.conf migration_host gives."""
+    is reached at (in its host certificate), whatever name its qemu.conf migration_host gives;
+    ``dest_xml`` is the definition the destination runs (volumes it reaches differently)."""
     params: dict[str, Any] = {libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: list(disks)} if disks else {}
     if tls and (address := urlsplit(dest_uri).hostname):
         params[libvirt.VIR_MIGRATE_PARAM_TLS_DESTINATION] = address
+    if dest_xml is not None:
+        params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = dest_xml
     return params
 
 
-def migrate(conn: Any, uuid: str, dest_uri: str, flags: int, disks: tuple[str, ...] = ()) -> None:
-    """Migrate with ``flags``; ``disks`` (target devs) limits the storage copy to those disks."""
-    params = migration_params(dest_uri, disks, bool(flags & libvirt.VIR_MIGRATE_TLS))
-    lookup(conn, uuid).migrateToURI3(dest_uri, params, flags)
+def migrate(conn: Any, uuid: str, dest_uri: str, flags: int, disks: tuple[str, ...] = (),
+            network_volumes: tuple[VolumeDisk, ...] = (), cache: str = "none") -> None:
+    """Migrate with ``flags``; ``disks`` (target devs) limits the storage copy to those disks;
+    ``network_volumes`` are volumes this host opens directly that the destination reaches over NBD
+    (its definition gets their network disks; they are not copied)."""
+    dom = lookup(conn, uuid)
+    dest_xml = None
+    if network_volumes:
+        source = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+        dest_xml = with_network_volumes(source, network_volumes, cache)
+    params = migration_params(dest_uri, disks, bool(flags & libvirt.VIR_MIGRATE_TLS), dest_xml)
+    dom.migrateToURI3(dest_uri, params, flags)
 
 
 def migration_job(conn: Any, uuid: str) -> dict[str, Any] | None:

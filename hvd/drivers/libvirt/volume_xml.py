@@ -7,6 +7,7 @@ Every volume is a virtio-blk disk whose ``<serial>`` is the volume id (the guest
 
 from __future__ import annotations
 
+import dataclasses
 import xml.etree.ElementTree as ET
 
 from hvd.drivers.base import InstanceSpec
@@ -59,6 +60,32 @@ def add_volume_disks(devices: ET.Element, spec: InstanceSpec, cache: str = "none
             devices.insert(0, disk_element(vol, cache))
         else:
             devices.append(disk_element(vol, cache))
+
+
+def with_network_volumes(domain_xml_text: str, network: tuple[VolumeDisk, ...], cache: str = "none") -> str:
+    """The domain XML with each volume disk of ``network`` (matched by serial) replaced by its
+    NBD ``<disk>``, keeping the target dev the domain gives it: the destination definition of a
+    live migration that leaves the volume's host (the source keeps opening the file or LV).
+
+    Raises ValueError naming a volume the domain does not hold.
+    """
+    if bad := [vol.volume_id for vol in network if vol.kind != "nbd"]:
+        raise ValueError(f"volume(s) {', '.join(bad)} are not NBD disks")
+    root = ET.fromstring(domain_xml_text)
+    devices = root.find("devices")
+    wanted = {vol.serial: vol for vol in network}
+    for index, disk in enumerate(list(devices) if devices is not None else []):
+        vol = wanted.pop(disk.findtext("serial") or "", None) if disk.tag == "disk" else None
+        if vol is None:
+            continue
+        target = disk.find("target")
+        dev = target.get("dev", vol.dev) if target is not None else vol.dev
+        assert devices is not None
+        devices.remove(disk)
+        devices.insert(index, disk_element(dataclasses.replace(vol, dev=dev), cache))
+    if wanted:
+        raise ValueError(f"the domain has no disk of volume(s) {', '.join(sorted(wanted))}")
+    return ET.tostring(root, encoding="unicode")
 
 
 def volume_targets(domain_xml_text: str) -> dict[str, str]:

@@ -57,6 +57,9 @@ class ExportRequest(BaseModel):
 
     volume_id: str = Field(max_length=64)
     client_host: str = Field(max_length=255)
+    # a server of the volume's host still opens it directly (it is about to live-migrate away):
+    # the export must not take QEMU's image lock, which that server holds until the switch-over
+    unlocked: bool = False
 
 
 class ExportAnswer(BaseModel):
@@ -81,10 +84,11 @@ def export_name(volume_id: str) -> str:
 
 
 def qsd_argv(info: dict[str, Any], listen: str, port: int, name: str, pidfile: Path,
-             tls_dir: Path | None = None) -> list[str]:
+             tls_dir: Path | None = None, locking: bool = True) -> list[str]:
     """qemu-storage-daemon serving one volume (its local connection info) over NBD: pure. With
     ``tls_dir`` (QEMU's x509 directory) the server speaks TLS only and requires a client
-    certificate of the same CA (verify-peer)."""
+    certificate of the same CA (verify-peer). Without ``locking`` it opens the file or device
+    while a QEMU of this host still holds it (a live migration leaving the volume's host)."""
     path = str(info["path"])
     if "," in path:
         raise DriverError(f"volume path {path} contains a comma, which qemu option syntax cannot carry")
@@ -100,7 +104,7 @@ def qsd_argv(info: dict[str, Any], listen: str, port: int, name: str, pidfile: P
     return [
         QSD,
         *tls,
-        "--blockdev", f"driver={proto},node-name=proto,filename={path}",
+        "--blockdev", f"driver={proto},node-name=proto,filename={path}" + ("" if locking else ",locking=off"),
         "--blockdev", f"driver={fmt},node-name=vol,file=proto",
         "--nbd-server", server,
         "--export", f"type=nbd,id=exp,node-name=vol,name={name},writable=on",
@@ -113,6 +117,13 @@ def wanted_clients(conn: Any, host: str) -> dict[str, set[str]]:
     live-migrated keeps its network disk, wherever it runs now)."""
     rows = fetch_all(conn, "SELECT a.volume_id, a.host FROM volume_attachments a JOIN volumes v ON v.id=a.volume_id"
                            " WHERE v.host=? AND json_extract(a.connection_info, '$.type')='nbd'", (host,))
+    # a server of this host live-migrating away with a volume it opens directly: its destination
+    # uses the export before the attachment says so (hvd.compute.volumes.prepare_move)
+    rows += fetch_all(conn, "SELECT a.volume_id, json_extract(i.extra, '$.migration.dest') AS host"
+                            " FROM volume_attachments a JOIN volumes v ON v.id=a.volume_id"
+                            " JOIN instances i ON i.id=a.instance_id WHERE v.host=? AND i.task_state='migrating'"
+                            " AND json_extract(a.connection_info, '$.type')<>'nbd'"
+                            " AND json_extract(i.extra, '$.migration.dest') IS NOT NULL", (host,))
     out: dict[str, set[str]] = {}
     for r in rows:
         out.setdefault(r["volume_id"], set()).add(r["host"])
@@ -150,6 +161,7 @@ class Export:
     port: int
     clients: set[str] = field(default_factory=set)
     tls: bool = False
+    locking: bool = True  # see ExportRequest.unlocked (not recorded: a respawn after the move locks again)
     process: asyncio.subprocess.Process | None = None
     started: float = 0.0  # loop time of the last export request (see GRACE_S)
 
@@ -271,7 +283,10 @@ class NbdExports:
                 if port is None:
                     raise Conflict(f"host {self.host} exports {len(used)} volumes already (ports {NBD_PORTS.start}"
                                    f"-{NBD_PORTS.stop - 1})")
-                exp = Export(req.volume_id, port, tls=self.tls_dir is not None)
+                exp = Export(req.volume_id, port, tls=self.tls_dir is not None, locking=not req.unlocked)
+            elif req.unlocked and exp.locking and self._running(exp):
+                raise Conflict(f"volume {req.volume_id} is exported with its image lock taken: a server of host"
+                               f" {self.host} that opens it directly cannot move away while it is")
             exp.clients.add(req.client_host)
             exp.started = asyncio.get_running_loop().time()
             self._exports[req.volume_id] = exp
@@ -313,7 +328,7 @@ class NbdExports:
         if exp.tls and self.tls_dir is None:
             raise Conflict(f"the NBD export of volume {exp.volume_id} was made with TLS, but [tls] is off now")
         argv = qsd_argv(info, self.listen, exp.port, export_name(exp.volume_id), pidfile,
-                        self.tls_dir if exp.tls else None)
+                        self.tls_dir if exp.tls else None, exp.locking)
         logfile = self.dir / f"{exp.volume_id}.log"
         try:
             with logfile.open("ab") as err_out:  # the daemon's own messages, for the operator
@@ -362,12 +377,14 @@ class NbdExports:
 
     # --- the server's host -----------------------------------------------------------------------
 
-    async def connect(self, volume: dict[str, Any], client_host: str) -> dict[str, Any]:
-        """The connection info of a network disk to ``volume``'s export on its own host."""
+    async def connect(self, volume: dict[str, Any], client_host: str, unlocked: bool = False) -> dict[str, Any]:
+        """The connection info of a network disk to ``volume``'s export on its own host
+        (``unlocked``: see ExportRequest)."""
         if self.peers is None:
             raise Conflict(f"volume {volume['id']} lives on host {volume['host']}: reaching it needs the cluster")
         answer = await self.peers.call(volume["host"], EXPORT_PATH,
-                                       ExportRequest(volume_id=volume["id"], client_host=client_host),
+                                       ExportRequest(volume_id=volume["id"], client_host=client_host,
+                                                     unlocked=unlocked),
                                        ExportAnswer, timeout=30.0)
         return {"type": "nbd", "host": answer.host, "port": answer.port, "export": answer.export, "tls": answer.tls}
 
