@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -43,6 +44,21 @@ class HostState:
     @property
     def free_disk_gb(self) -> int:
         return self.disk_capacity_gb - self.disk_claimed_gb
+
+
+BOOT_VOLUME_KEY = "boot_volume_id"  # instance extra naming its boot volume (hvd.api.v1.server_bdm.BOOT_ID)
+
+
+def claim_disk_gb(flavor: Mapping[str, Any], boots_from_volume: bool) -> int:
+    """Local disk an instance of `flavor` uses on its host: the root disk, unless the instance
+    boots from a volume (its root lives in the volume's pool, claimed there), plus the ephemeral disk."""
+    root = 0 if boots_from_volume else int(flavor["disk_gb"])
+    return root + int(flavor.get("ephemeral_gb", 0))
+
+
+def boots_from_volume(inst: Mapping[str, Any]) -> bool:
+    """The instance's root disk is a volume (block_device_mapping boot_index 0)."""
+    return bool((inst.get("extra") or {}).get(BOOT_VOLUME_KEY))
 
 
 @dataclass(frozen=True)

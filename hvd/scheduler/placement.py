@@ -19,7 +19,7 @@ from hvd.catalog.sql import fetch_all
 from hvd.config import Config
 from hvd.errors import CapacityExceeded, HvdError, InvalidState, NotFound, NoValidHost
 from hvd.identity.service import now_iso
-from hvd.scheduler.model import HostState, RequestSpec
+from hvd.scheduler.model import HostState, RequestSpec, boots_from_volume, claim_disk_gb
 from hvd.scheduler.select import Selection, Weights, select
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class Placement:
             instance_id=inst["id"],
             vcpus=int(flavor["vcpus"]),
             memory_mb=int(flavor["ram_mb"]),
-            disk_gb=int(flavor["disk_gb"]) + int(flavor.get("ephemeral_gb", 0)),
+            disk_gb=claim_disk_gb(flavor, boots_from_volume(inst)),
             availability_zone=inst.get("availability_zone"),
             extra_specs=dict(flavor.get("extra_specs", {})),
             image_properties={k: str(v) for k, v in props.items()},

@@ -150,3 +150,17 @@ def test_capacity_rounds_down_and_ratio_below_one_undercommits() -> None:
     row = {**HOST_ROW, "cpu_ratio": 0.5, "ram_ratio": 1.0, "disk_ratio": 0.9, "vcpus": 3, "reserved_vcpus": 0,
            "disk_gb": 11, "reserved_disk_gb": 0}
     assert capacity(row) == {"vcpus": 1, "memory_mb": 7680, "disk_gb": 9}  # floor(1.5), floor(9.9)
+
+
+def test_a_server_booted_from_a_volume_claims_no_local_root_disk() -> None:
+    """Its root is a volume (in the volume pool), so only the ephemeral disk is local; an
+    image-booted server claims root + ephemeral. The key is the one server_bdm writes."""
+    from hvd.api.v1.server_bdm import BOOT_ID
+    from hvd.scheduler.model import BOOT_VOLUME_KEY, boots_from_volume, claim_disk_gb
+
+    assert BOOT_VOLUME_KEY == BOOT_ID
+    flavor = {"disk_gb": 20, "ephemeral_gb": 5, "swap_mb": 512}
+    assert claim_disk_gb(flavor, boots_from_volume({"extra": {BOOT_ID: "vol-1"}})) == 5
+    assert claim_disk_gb(flavor, boots_from_volume({"extra": {}})) == 25
+    assert claim_disk_gb({"disk_gb": 1}, boots_from_volume({"extra": {BOOT_ID: "vol-1"}})) == 0
+    assert not boots_from_volume({})
