@@ -104,6 +104,11 @@ class ColdMoves:
             revert.add("boot the old copy again", lambda: manager._restore_old(inst, old_power))
             await asyncio.to_thread(old_dir.rename, keep)
             revert.add("restore the old dir", lambda: manager._move_back(old_dir, keep))
+            # volumes opened directly here: the destination's definition reaches them over NBD
+            moving = await self.svc.volumes.prepare_move(inst, dest, live=False)
+            revert.add("stop the exports", lambda: self.svc.volumes.abandon_move(moving, dest))
+            await self.svc.volumes.finish_move(moving, dest)
+            revert.add("volumes opened here again", lambda: self.svc.volumes.undo_move(moving, dest))
             await manager.set_task(inst_id, TaskState.RESIZE_MIGRATING, TaskState.RESIZE_MIGRATED)
             call = MoveCall(instance_id=inst_id, source=self.host, flavor=flavor, was_running=was_running)
             try:
@@ -167,6 +172,7 @@ class ColdMoves:
         source = inst["extra"]["old_host"]
         assert self.peers is not None
         await self.svc.manager.cleanup_host(inst)
+        await self.svc.volumes.follow_server(inst["id"], source)  # before the source regenerates its definition
         await self.peers.call(source, REVERT_PATH, MoveCall(instance_id=inst["id"], source=source, flavor=old_flavor,
                                                             was_running=was_running), Done, timeout=600.0)
         return str(source)

@@ -109,6 +109,7 @@ class MovingVolume:
     volume_id: str
     info: dict[str, Any]  # the NBD connection info at the destination
     disk: VolumeDisk  # its network disk, at the attachment's device
+    direct: dict[str, Any]  # how the volume's host opens it (the attachment's before the move)
 
 
 def device_of(requested: str | None) -> str | None:
@@ -173,25 +174,25 @@ class ComputeVolumes:
         return [a for a in await self.catalog.read(attachments_of, instance_id)
                 if a["connection_info"].get("type") != "nbd"]
 
-    async def prepare_move(self, inst: dict[str, Any], dest: str) -> list[MovingVolume]:
+    async def prepare_move(self, inst: dict[str, Any], dest: str, live: bool = True) -> list[MovingVolume]:
         """Before ``inst`` leaves this host for ``dest``: export the volumes it opens directly here
-        (without the image lock its running QEMU holds) and say how ``dest`` reaches them. Undone by
-        ``abandon_move``; made final by ``finish_move`` once the server runs on ``dest``."""
+        (``live``: without the image lock its running QEMU holds) and say how ``dest`` reaches them.
+        Undone by ``abandon_move``; made final by ``finish_move`` once the server runs on ``dest``."""
         moving: list[MovingVolume] = []
         try:
             for att in await self.direct_attachments(inst["id"]):
                 if att["status"] != st.ATT_ATTACHED or not att["device"]:
                     raise Conflict(f"volume {att['volume_id']} of instance {inst['id']} is {att['status']}:"
                                    " wait for its attach or detach to end")
-                if reason := move_blocker(att["connection_info"], att["volume_id"]):
+                if live and (reason := move_blocker(att["connection_info"], att["volume_id"])):
                     raise Conflict(reason)
                 volume = await self._volume(att["volume_id"])
                 if reach(volume["host"], dest) != "nbd" or self.exports is None:
                     raise Conflict(f"volume {volume['id']} cannot be reached from host {dest} (no NBD exports here)")
-                info: dict[str, Any] = await self.exports.connect(volume, dest, unlocked=True)
+                info: dict[str, Any] = await self.exports.connect(volume, dest, unlocked=live)
                 disk = disk_from_connection(volume["id"], att["device"], info, read_only=att["attach_mode"] == "ro",
                                             shareable=bool(volume["multiattach"]))
-                moving.append(MovingVolume(att["id"], volume["id"], info, disk))
+                moving.append(MovingVolume(att["id"], volume["id"], info, disk, att["connection_info"]))
         except BaseException:
             await self.abandon_move(moving, dest)
             raise
@@ -210,6 +211,29 @@ class ComputeVolumes:
         for mv in moving:
             await self.catalog.propose(AttachmentMoved(id=mv.attachment_id, from_host=self.host, host=dest,
                                                        connection_info=mv.info, updated_at=now_iso()))
+
+    async def undo_move(self, moving: list[MovingVolume], dest: str) -> None:
+        """A cold move that ``finish_move`` recorded failed before the server ran on ``dest``: the
+        attachments open the volumes directly here again (``abandon_move`` then stops the exports)."""
+        from hvd.catalog.cmd_volume_moves import AttachmentMoved
+
+        for mv in moving:
+            try:
+                await self.catalog.propose(AttachmentMoved(id=mv.attachment_id, from_host=dest, host=self.host,
+                                                           connection_info=mv.direct, updated_at=now_iso()))
+            except HvdError as exc:
+                log.error("attachment %s could not come back to %s: %s", mv.attachment_id, self.host, exc.message)
+
+    async def follow_server(self, instance_id: str, to_host: str) -> None:
+        """The server goes back from this host to ``to_host`` (a reverted cold move): its NBD
+        attachments name that host (it keeps the network disk, also on the volume's own host)."""
+        from hvd.catalog.cmd_volume_moves import AttachmentMoved
+
+        for att in await self.catalog.read(attachments_of, instance_id):
+            if att["host"] == self.host and att["connection_info"].get("type") == "nbd":
+                await self.catalog.propose(AttachmentMoved(id=att["id"], from_host=self.host, host=to_host,
+                                                           connection_info=att["connection_info"],
+                                                           updated_at=now_iso()))
 
     # --- what a domain definition holds ----------------------------------------------------------
 

@@ -114,9 +114,8 @@ async def test_attach_detach_multiattach_and_a_refusing_guest(admin_api: Api, en
     assert status == 409 and "already attached" in body["error"]["message"], body
     status, body = await admin_api.call("POST", path, {"volume": vol, "device": "vda"})
     assert status == 400, body
-    for name in ("shelve", "migrate"):  # it could come back on a host without the volume's file
-        status, body = await action(admin_api, one, name)
-        assert status == 409 and "opened directly" in body["error"]["message"], body
+    status, body = await action(admin_api, one, "shelve")  # it could come back on a host without the volume's file
+    assert status == 409 and "opened directly" in body["error"]["message"], body
     status, body = await admin_api.call("POST", path, {"volume": str(uuid.uuid4())})
     assert status == 404, body
 

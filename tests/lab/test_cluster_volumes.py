@@ -7,7 +7,8 @@ back keeps it attached (only the server's own disks are copied); after a detach 
 over TLS with the lab's cluster CA (the disk says tls='yes'): a client on the lab network without a
 cluster certificate, or with another CA's, is refused. A server on the volume's own host (which
 opens the file directly) live-migrates to the other host: the volume's host exports it, the
-destination's definition gets the network disk, and the guest reads its mark and goes on writing."""
+destination's definition gets the network disk, and the guest reads its mark and goes on writing;
+a cold migration takes such a volume along as well."""
 
 from __future__ import annotations
 
@@ -189,4 +190,18 @@ def test_a_server_on_its_volume_host_live_migrates_away_with_it(lab: LabCluster)
         data = f.read(1024)
     assert data.startswith(b"HVDMARK-first") and data[512:].startswith(b"HVDTICK-"), data[:600]
     assert int(data[520:].split(b"\n")[0]) >= last  # the guest's writes reach the file on its host
+
+    # back on the volume's host it keeps the network disk; attached again, it opens the file directly,
+    # and a cold migration takes the volume along too
+    ok(lab, "h1", "POST", f"/v1/servers/{sid}/live-migrate?wait=true", {"host": vol_host, "block_migration": True},
+       202)
+    assert "protocol='nbd'" in lab.virsh(vol_host, "dumpxml", sid).stdout
+    ok(lab, "h1", "DELETE", f"/v1/servers/{sid}/volume-attachments/{vid}", status=204)
+    ok(lab, vol_host, "POST", f"/v1/servers/{sid}/volume-attachments", {"volume": vid}, 201)
+    assert "protocol='nbd'" not in lab.virsh(vol_host, "dumpxml", sid).stdout
+    moved = ok(lab, "h1", "POST", f"/v1/servers/{sid}/migrate?wait=true", {"host": other}, 202)
+    assert moved["status"] == "VERIFY_RESIZE" and moved["host"] == other, moved
+    assert ok(lab, "h1", "POST", f"/v1/servers/{sid}/confirm-resize?wait=true", {}, 202)["status"] == "ACTIVE"
+    assert "protocol='nbd'" in lab.virsh(other, "dumpxml", sid).stdout
+    wait_console(lab, sid, "HVD-TICK mark=HVDMARK-first tick=2")  # the rebooted guest reads and writes it
     ok(lab, "h1", "DELETE", f"/v1/servers/{sid}?wait=true", status=204)

@@ -239,7 +239,3 @@ async def check_op(request: web.Request, inst: dict[str, Any], op: Op) -> None:
         blocked = [r for a in local if (r := move_blocker(a["connection_info"], a["volume_id"]))]
         if blocked and op == Op.LIVE_MIGRATE:
             raise Conflict(f"Cannot {op.value} instance {inst['id']}: {blocked[0]}")
-        if local and op == Op.MIGRATE:
-            raise Conflict(f"Cannot {op.value} instance {inst['id']}: volume {local[0]['volume_id']} is opened"
-                           " directly on its host; a cold move does not take it along yet (live-migrate, or detach"
-                           " it first)")
