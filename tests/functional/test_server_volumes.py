@@ -116,6 +116,8 @@ async def test_attach_detach_multiattach_and_a_refusing_guest(admin_api: Api, en
     assert status == 400, body
     status, body = await action(admin_api, one, "shelve")  # it could come back on a host without the volume's file
     assert status == 409 and "opened directly" in body["error"]["message"], body
+    status, body = await action(admin_api, one, "evacuate")  # its volume lives on the host it would leave
+    assert status == 409 and "while that host is down its data is unreachable" in body["error"]["message"], body
     status, body = await admin_api.call("POST", path, {"volume": str(uuid.uuid4())})
     assert status == 404, body
 

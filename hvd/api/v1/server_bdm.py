@@ -232,7 +232,8 @@ async def check_op(request: web.Request, inst: dict[str, Any], op: Op) -> None:
         local = [a for a in attached if a["connection_info"].get("type") != "nbd"]
         if local and op == Op.EVACUATE:  # opened directly: the volume lives on the server's (dead) host
             raise Conflict(f"Cannot {op.value} instance {inst['id']}: volume {local[0]['volume_id']} lives on its"
-                           f" host {inst['host']}, which is down: its data is unreachable until that host is back")
+                           f" host {inst['host']} (opened directly there): while that host is down its data is"
+                           " unreachable from any other")
         if local and op == Op.SHELVE:
             raise Conflict(f"Cannot {op.value} instance {inst['id']}: volume {local[0]['volume_id']} is opened"
                            " directly on its host and the server may come back on another (detach it first)")
