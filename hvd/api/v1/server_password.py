@@ -3,15 +3,13 @@ service (Nova's os-server-password): its owner reads it, and clears it so the gu
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 from pydantic import BaseModel
 
 from hvd.api.helpers import context, json_response
 from hvd.api.routing import Router
 from hvd.api.services import services
-from hvd.catalog import queries
+from hvd.api.v1.server_lookup import visible_server
 from hvd.catalog.cmd_compute import PASSWORD_KEY, InstancePasswordClear
 from hvd.identity.service import now_iso
 
@@ -20,25 +18,18 @@ class ServerPassword(BaseModel):
     password: str  # encrypted with the server's key pair, base64-encoded; "" when the guest posted none
 
 
-async def _server(request: web.Request) -> dict[str, Any]:
-    """A live server of the caller's project (any project for admin) by id or name; else 404."""
-    svc, ctx = services(request), context(request)
-    admin = svc.policy.all_projects(ctx.roles)
-    where, args = ("deleted_at IS NULL", ()) if admin else ("deleted_at IS NULL AND project_id=?", (ctx.project_id,))
-    return await svc.catalog.read(queries.find, "instances", request.match_info["id"], "Instance", where, args)
-
 
 async def show_password(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
     svc.policy.enforce(ctx.roles, "compute:read")
-    inst = await _server(request)
+    inst = await visible_server(request)
     return json_response({"password": str(inst["extra"].get(PASSWORD_KEY) or "")})
 
 
 async def clear_password(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
     svc.policy.enforce(ctx.roles, "compute:action")
-    inst = await _server(request)
+    inst = await visible_server(request)
     await svc.catalog.propose(InstancePasswordClear(id=inst["id"], updated_at=now_iso()))
     return web.Response(status=204)
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from hvd.api.forward import catch_up_if_forwarded, to_owner
+from hvd.api.forward import to_owner
 from hvd.api.helpers import context, json_response, parse_body
 from hvd.api.routing import Router
 from hvd.api.services import services
@@ -29,7 +29,7 @@ from hvd.api.v1.netcommon import (
     notify,
     port_of,
 )
-from hvd.catalog import queries
+from hvd.api.v1.server_lookup import visible_server
 from hvd.catalog.cmd_network import FixedIpRequest, PortCreate, PortDelete, PortUpdate
 from hvd.catalog.sql import fetch_all
 from hvd.errors import BadRequest, Conflict, HvdError, InvalidState, NotFound
@@ -150,13 +150,6 @@ async def undo(request: web.Request, ports: list[tuple[str, bool]]) -> None:
 # --- /v1/servers/{id}/interfaces -------------------------------------------------------------
 
 
-async def _server(request: web.Request) -> dict[str, Any]:
-    svc, ctx = services(request), context(request)
-    admin = svc.policy.all_projects(ctx.roles)
-    where, args = ("deleted_at IS NULL", ()) if admin else ("deleted_at IS NULL AND project_id=?", (ctx.project_id,))
-    await catch_up_if_forwarded(request)
-    return await svc.catalog.read(queries.find, "instances", request.match_info["id"], "Instance", where, args)
-
 
 async def _ports_of(request: web.Request, instance_id: str) -> list[dict[str, Any]]:
     catalog = services(request).catalog
@@ -168,7 +161,7 @@ async def _ports_of(request: web.Request, instance_id: str) -> list[dict[str, An
 async def list_interfaces(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
     svc.policy.enforce(ctx.roles, "compute:read")
-    inst = await _server(request)
+    inst = await visible_server(request)
     return json_response({"interfaces": await _ports_of(request, inst["id"])})
 
 
@@ -188,7 +181,7 @@ async def attach_interface(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
     svc.policy.enforce(ctx.roles, "compute:action")
     body = await parse_body(request, NetworkRequest)
-    inst = await _server(request)
+    inst = await visible_server(request)
     forwarded = await to_owner(request, inst, svc.extra["compute"].placement.is_up)
     if forwarded is not None:  # the owning host changes its NICs
         return forwarded
@@ -217,7 +210,7 @@ async def attach_interface(request: web.Request) -> web.Response:
 async def detach_interface(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
     svc.policy.enforce(ctx.roles, "compute:action")
-    inst = await _server(request)
+    inst = await visible_server(request)
     forwarded = await to_owner(request, inst, svc.extra["compute"].placement.is_up)
     if forwarded is not None:  # the owning host changes its NICs
         return forwarded

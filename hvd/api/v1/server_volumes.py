@@ -15,9 +15,9 @@ from hvd.api.forward import catch_up_if_forwarded, to_owner
 from hvd.api.helpers import context, json_response, parse_body
 from hvd.api.routing import Router
 from hvd.api.services import services
+from hvd.api.v1.server_lookup import visible_server
 from hvd.api.v1.volumes import view as volume_view
 from hvd.api.v1.volumes import visible_volume
-from hvd.catalog import queries
 from hvd.catalog.sql import fetch_all
 from hvd.compute.volumes import ComputeVolumes
 from hvd.errors import Conflict
@@ -61,18 +61,11 @@ def _volumes(request: web.Request) -> ComputeVolumes:
     return volumes
 
 
-async def _server(request: web.Request) -> dict[str, Any]:
-    svc, ctx = services(request), context(request)
-    admin = svc.policy.all_projects(ctx.roles)
-    where, args = ("deleted_at IS NULL", ()) if admin else ("deleted_at IS NULL AND project_id=?", (ctx.project_id,))
-    await catch_up_if_forwarded(request)
-    return await svc.catalog.read(queries.find, "instances", request.match_info["id"], "Instance", where, args)
-
 
 async def list_attachments(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
     svc.policy.enforce(ctx.roles, "compute:read")
-    inst = await _server(request)
+    inst = await visible_server(request)
     rows = await _volumes(request).of_server(inst["id"])
     return json_response({"volume_attachments": [view(r) for r in rows]})
 
@@ -81,7 +74,7 @@ async def attach_volume(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
     svc.policy.enforce(ctx.roles, "compute:action")
     body = await parse_body(request, AttachRequest)
-    inst = await _server(request)
+    inst = await visible_server(request)
     compute = svc.extra["compute"]
     forwarded = await to_owner(request, inst, compute.placement.is_up)
     if forwarded is not None:  # the owning host changes its disks
@@ -95,7 +88,7 @@ async def attach_volume(request: web.Request) -> web.Response:
 async def detach_volume(request: web.Request) -> web.Response:
     svc, ctx = services(request), context(request)
     svc.policy.enforce(ctx.roles, "compute:action")
-    inst = await _server(request)
+    inst = await visible_server(request)
     compute = svc.extra["compute"]
     forwarded = await to_owner(request, inst, compute.placement.is_up)
     if forwarded is not None:
