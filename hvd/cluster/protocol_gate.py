@@ -18,7 +18,7 @@ from hvd.catalog.protocol import ClusterLevel, MemberLevel
 from hvd.cluster.gossip.core import MemberEvent
 from hvd.cluster.gossip.report import ResourceReport
 from hvd.cluster.gossip.service import MemberView
-from hvd.errors import UpgradeInProgress
+from hvd.errors import BadRequest, UpgradeInProgress
 
 
 class Reports(Protocol):
@@ -100,7 +100,7 @@ class ProtocolGate:
         _, body = split_identified(data)
         try:
             cmd = decode(body)
-        except Exception:
+        except BadRequest:  # decode's one error: an unknown type or bad fields
             cmd_type = _type_of(body)
             if cmd_type and command_class(cmd_type) is None:
                 raise protocol.unknown_command(cmd_type, self.cluster_level(), self.here) from None
