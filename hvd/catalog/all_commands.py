@@ -8,10 +8,11 @@ from hvd.catalog import (
     cmd_network,
     cmd_network_l3,
     cmd_resources,
+    cmd_volume_backups,
     cmd_volume_moves,
     cmd_volumes,
     purge,
 )
 
 MODULES = (cmd_identity, cmd_resources, cmd_hosts, cmd_compute, cmd_network, cmd_network_l3, cmd_aggregates,
-           cmd_volumes, cmd_volume_moves, purge)
+           cmd_volumes, cmd_volume_backups, cmd_volume_moves, purge)

@@ -1,4 +1,4 @@
-"""Apply handlers: volume types, volumes, volume snapshots, volume backups, volume attachments.
+"""Apply handlers: volume types, volumes, volume snapshots, volume attachments (backups: cmd_volume_backups).
 
 Every state change is a compare-and-swap on the row's status, decided by the pure tables of
 hvd/storage/volumes/states.py, so two operations racing on one volume cannot both win. The
@@ -37,20 +37,20 @@ def type_allows_multiattach(extra_specs: dict[str, Any]) -> bool:
     return str(extra_specs.get("multiattach", "")) in MULTIATTACH_TRUE
 
 
-def _usage(conn: sqlite3.Connection, project_id: str, resource: str) -> int:
+def usage_of(conn: sqlite3.Connection, project_id: str, resource: str) -> int:
     return int(conn.execute(USAGE_SQL[resource], (project_id,)).fetchone()[0])
 
 
-def _volume(conn: sqlite3.Connection, volume_id: str) -> dict[str, Any]:
+def volume_row(conn: sqlite3.Connection, volume_id: str) -> dict[str, Any]:
     return require(conn, "volumes", "id", volume_id, "Volume")
 
 
-def _set_volume(conn: sqlite3.Connection, volume_id: str, updated_at: str, **fields: Any) -> None:
+def set_volume(conn: sqlite3.Connection, volume_id: str, updated_at: str, **fields: Any) -> None:
     cols = ", ".join(f"{k}=?" for k in fields)
     conn.execute(f"UPDATE volumes SET {cols}, updated_at=? WHERE id=?", (*fields.values(), updated_at, volume_id))
 
 
-def _expect(row: dict[str, Any], expected: tuple[str, ...] | list[str], what: str) -> None:
+def expect_status(row: dict[str, Any], expected: tuple[str, ...] | list[str], what: str) -> None:
     if row["status"] not in expected:
         raise InvalidState(f"{what} {row['id']} is {row['status']}, expected {' or '.join(expected)}",
                            status=row["status"])
@@ -215,25 +215,25 @@ def volume_create(conn: sqlite3.Connection, cmd: VolumeCreate) -> Result:
         raise BadRequest("a volume has at most one source: image, snapshot, volume or backup")
     if cmd.source_snapshot_id is not None:
         snap = require(conn, "volume_snapshots", "id", cmd.source_snapshot_id, "Snapshot")
-        _expect(snap, (st.AVAILABLE,), "snapshot")
+        expect_status(snap, (st.AVAILABLE,), "snapshot")
         if snap["size_gb"] > cmd.size_gb:
             raise BadRequest(f"size {cmd.size_gb} GiB is smaller than snapshot {snap['id']} ({snap['size_gb']} GiB)")
     if cmd.source_volume_id is not None:
-        src = _volume(conn, cmd.source_volume_id)
-        _expect(src, (st.AVAILABLE, st.IN_USE), "source volume")
+        src = volume_row(conn, cmd.source_volume_id)
+        expect_status(src, (st.AVAILABLE, st.IN_USE), "source volume")
         if src["size_gb"] > cmd.size_gb:
             raise BadRequest(f"size {cmd.size_gb} GiB is smaller than volume {src['id']} ({src['size_gb']} GiB)")
     status = st.CREATING
     if cmd.restore_backup_id is not None:
         backup = require(conn, "volume_backups", "id", cmd.restore_backup_id, "Backup")
-        _expect(backup, (st.AVAILABLE,), "backup")
+        expect_status(backup, (st.AVAILABLE,), "backup")
         if backup["size_gb"] > cmd.size_gb:
             raise BadRequest(f"size {cmd.size_gb} GiB is smaller than backup {backup['id']} ({backup['size_gb']} GiB)")
         conn.execute("UPDATE volume_backups SET status=?, restore_volume_id=?, updated_at=? WHERE id=?",
                      (st.BACKUP_RESTORING, cmd.id, cmd.created_at, backup["id"]))
         status = st.RESTORING_BACKUP
-    quota.check(conn, cmd.project_id, "volumes", 1, _usage(conn, cmd.project_id, "volumes"))
-    quota.check(conn, cmd.project_id, "gigabytes", cmd.size_gb, _usage(conn, cmd.project_id, "gigabytes"))
+    quota.check(conn, cmd.project_id, "volumes", 1, usage_of(conn, cmd.project_id, "volumes"))
+    quota.check(conn, cmd.project_id, "gigabytes", cmd.size_gb, usage_of(conn, cmd.project_id, "gigabytes"))
     admit_claim(conn, cmd.host, cmd.backend, cmd.size_gb)
     conn.execute(
         "INSERT INTO volumes (id, project_id, user_id, name, description, size_gb, status, host, backend,"
@@ -251,19 +251,19 @@ def volume_create(conn: sqlite3.Connection, cmd: VolumeCreate) -> Result:
 
 @handles(VolumeCreateFinish)
 def volume_create_finish(conn: sqlite3.Connection, cmd: VolumeCreateFinish) -> Result:
-    row = _volume(conn, cmd.id)
-    _expect(row, (st.CREATING,), "volume")
+    row = volume_row(conn, cmd.id)
+    expect_status(row, (st.CREATING,), "volume")
     status = st.AVAILABLE if cmd.ok else st.ERROR
     bootable = row["bootable"] if cmd.bootable is None else cmd.bootable
-    _set_volume(conn, cmd.id, cmd.updated_at, status=status, error=None if cmd.ok else cmd.error,
+    set_volume(conn, cmd.id, cmd.updated_at, status=status, error=None if cmd.ok else cmd.error,
                 bootable=int(bootable))
     return {"id": cmd.id, "status": status}
 
 
 @handles(VolumeUpdate)
 def volume_update(conn: sqlite3.Connection, cmd: VolumeUpdate) -> Result:
-    row = _volume(conn, cmd.id)
-    _set_volume(
+    row = volume_row(conn, cmd.id)
+    set_volume(
         conn, cmd.id, cmd.updated_at,
         name=row["name"] if cmd.name is None else cmd.name,
         description=row["description"] if cmd.description is None else cmd.description,
@@ -275,7 +275,7 @@ def volume_update(conn: sqlite3.Connection, cmd: VolumeUpdate) -> Result:
 
 @handles(VolumeBegin)
 def volume_begin(conn: sqlite3.Connection, cmd: VolumeBegin) -> Result:
-    row = _volume(conn, cmd.id)
+    row = volume_row(conn, cmd.id)
     if cmd.op == "delete":
         attachments = conn.execute("SELECT COUNT(*) FROM volume_attachments WHERE volume_id=?", (cmd.id,)).fetchone()[0]
         snapshots = conn.execute("SELECT COUNT(*) FROM volume_snapshots WHERE volume_id=?", (cmd.id,)).fetchone()[0]
@@ -291,34 +291,34 @@ def volume_begin(conn: sqlite3.Connection, cmd: VolumeBegin) -> Result:
             raise BadRequest(f"{op.name} needs new_size_gb")
         st.check_extend_size(int(row["size_gb"]), cmd.new_size_gb)
         quota.check(conn, row["project_id"], "gigabytes", cmd.new_size_gb - int(row["size_gb"]),
-                    _usage(conn, row["project_id"], "gigabytes"))
+                    usage_of(conn, row["project_id"], "gigabytes"))
         admit_claim(conn, str(row["host"]), str(row["backend"]), cmd.new_size_gb - int(row["size_gb"]))
         new_size = cmd.new_size_gb
     op = st.OPERATIONS[cmd.op]
-    _set_volume(conn, cmd.id, cmd.updated_at, status=op.during, previous_status=row["status"],
+    set_volume(conn, cmd.id, cmd.updated_at, status=op.during, previous_status=row["status"],
                 new_size_gb=new_size, error=None)
     return {"id": cmd.id, "status": op.during, "previous_status": row["status"]}
 
 
 @handles(VolumeFinish)
 def volume_finish(conn: sqlite3.Connection, cmd: VolumeFinish) -> Result:
-    row = _volume(conn, cmd.id)
+    row = volume_row(conn, cmd.id)
     op = st.OPERATIONS[cmd.op]
-    _expect(row, (op.during,), "volume")
+    expect_status(row, (op.during,), "volume")
     if cmd.op == "delete" and cmd.ok:
         conn.execute("DELETE FROM volumes WHERE id=?", (cmd.id,))
         return {"id": cmd.id, "status": "deleted"}
     status = st.final_status(cmd.op, cmd.ok, row["previous_status"])
     size = row["new_size_gb"] if cmd.ok and row["new_size_gb"] is not None else row["size_gb"]
-    _set_volume(conn, cmd.id, cmd.updated_at, status=status, previous_status=None, new_size_gb=None, size_gb=size,
+    set_volume(conn, cmd.id, cmd.updated_at, status=status, previous_status=None, new_size_gb=None, size_gb=size,
                 error=None if cmd.ok else cmd.error)
     return {"id": cmd.id, "status": status, "size_gb": size}
 
 
 @handles(VolumeResetStatus)
 def volume_reset_status(conn: sqlite3.Connection, cmd: VolumeResetStatus) -> Result:
-    _volume(conn, cmd.id)
-    _set_volume(conn, cmd.id, cmd.updated_at, status=cmd.status, previous_status=None, new_size_gb=None)
+    volume_row(conn, cmd.id)
+    set_volume(conn, cmd.id, cmd.updated_at, status=cmd.status, previous_status=None, new_size_gb=None)
     return {"id": cmd.id, "status": cmd.status}
 
 
@@ -358,7 +358,7 @@ class SnapshotFinish(VolumeCommand):
 
 @handles(SnapshotCreate)
 def snapshot_create(conn: sqlite3.Connection, cmd: SnapshotCreate) -> Result:
-    vol = _volume(conn, cmd.volume_id)
+    vol = volume_row(conn, cmd.volume_id)
     if vol["project_id"] != cmd.project_id:
         raise NotFound(f"Volume {cmd.volume_id} could not be found")
     allowed = (st.AVAILABLE, st.IN_USE) if cmd.force else (st.AVAILABLE,)
@@ -366,7 +366,7 @@ def snapshot_create(conn: sqlite3.Connection, cmd: SnapshotCreate) -> Result:
         hint = " (force=true snapshots an attached volume; its data may be inconsistent)" \
             if vol["status"] == st.IN_USE else ""
         raise InvalidState(f"cannot snapshot volume {cmd.volume_id}: it is {vol['status']}{hint}", status=vol["status"])
-    quota.check(conn, cmd.project_id, "snapshots", 1, _usage(conn, cmd.project_id, "snapshots"))
+    quota.check(conn, cmd.project_id, "snapshots", 1, usage_of(conn, cmd.project_id, "snapshots"))
     conn.execute("INSERT INTO volume_snapshots VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                  (cmd.id, cmd.project_id, cmd.user_id, cmd.volume_id, cmd.name, cmd.description, vol["size_gb"],
                   st.CREATING, vol["host"], vol["backend"], None, cmd.created_at, cmd.created_at))
@@ -376,7 +376,7 @@ def snapshot_create(conn: sqlite3.Connection, cmd: SnapshotCreate) -> Result:
 @handles(SnapshotBeginDelete)
 def snapshot_begin_delete(conn: sqlite3.Connection, cmd: SnapshotBeginDelete) -> Result:
     snap = require(conn, "volume_snapshots", "id", cmd.id, "Snapshot")
-    _expect(snap, (st.AVAILABLE, st.ERROR, st.ERROR_DELETING), "snapshot")
+    expect_status(snap, (st.AVAILABLE, st.ERROR, st.ERROR_DELETING), "snapshot")
     users = conn.execute("SELECT COUNT(*) FROM volumes WHERE source_snapshot_id=? AND status=?",
                          (cmd.id, st.CREATING)).fetchone()[0]
     if users:
@@ -388,7 +388,7 @@ def snapshot_begin_delete(conn: sqlite3.Connection, cmd: SnapshotBeginDelete) ->
 @handles(SnapshotFinish)
 def snapshot_finish(conn: sqlite3.Connection, cmd: SnapshotFinish) -> Result:
     snap = require(conn, "volume_snapshots", "id", cmd.id, "Snapshot")
-    _expect(snap, (st.CREATING if cmd.op == "create" else st.DELETING,), "snapshot")
+    expect_status(snap, (st.CREATING if cmd.op == "create" else st.DELETING,), "snapshot")
     if cmd.op == "delete" and cmd.ok:
         conn.execute("DELETE FROM volume_snapshots WHERE id=?", (cmd.id,))
         return {"id": cmd.id, "status": "deleted"}
@@ -396,169 +396,6 @@ def snapshot_finish(conn: sqlite3.Connection, cmd: SnapshotFinish) -> Result:
     conn.execute("UPDATE volume_snapshots SET status=?, error=?, updated_at=? WHERE id=?",
                  (status, None if cmd.ok else cmd.error, cmd.updated_at, cmd.id))
     return {"id": cmd.id, "status": status}
-
-
-# --- backups --------------------------------------------------------------------------------------
-
-
-class BackupCreate(VolumeCommand):
-    """A backup record (creating) on ``host``; the volume goes to backing-up (from available, or
-    in-use with ``force``). ``incremental`` builds on the volume's newest available backup."""
-
-    type: Literal["volume_backup.create"] = "volume_backup.create"
-    id: str
-    volume_id: str
-    project_id: str
-    user_id: str
-    name: str
-    description: str = ""
-    force: bool = False
-    incremental: bool = True
-    host: str
-    created_at: str
-
-
-class BackupFinish(VolumeCommand):
-    type: Literal["volume_backup.finish"] = "volume_backup.finish"
-    id: str
-    ok: bool
-    error: str | None = None
-    chunks: Int64 = 0
-    new_chunks: Int64 = 0
-    data_bytes: Int64 = 0
-    stored_bytes: Int64 = 0
-    updated_at: str
-
-
-class BackupRestore(VolumeCommand):
-    """Restore into an existing available volume at least as big: volume → restoring-backup."""
-
-    type: Literal["volume_backup.restore"] = "volume_backup.restore"
-    id: str
-    volume_id: str
-    updated_at: str
-
-
-class BackupRestoreFinish(VolumeCommand):
-    """Backup back to available; the volume to available (ok) or error."""
-
-    type: Literal["volume_backup.restore_finish"] = "volume_backup.restore_finish"
-    id: str
-    volume_id: str
-    ok: bool
-    error: str | None = None
-    updated_at: str
-
-
-class BackupBeginDelete(VolumeCommand):
-    type: Literal["volume_backup.begin_delete"] = "volume_backup.begin_delete"
-    id: str
-    updated_at: str
-
-
-class BackupFinishDelete(VolumeCommand):
-    type: Literal["volume_backup.finish_delete"] = "volume_backup.finish_delete"
-    id: str
-    ok: bool
-    error: str | None = None
-    updated_at: str
-
-
-def _backup(conn: sqlite3.Connection, backup_id: str) -> dict[str, Any]:
-    return require(conn, "volume_backups", "id", backup_id, "Backup")
-
-
-@handles(BackupCreate)
-def backup_create(conn: sqlite3.Connection, cmd: BackupCreate) -> Result:
-    vol = _volume(conn, cmd.volume_id)
-    if vol["project_id"] != cmd.project_id:
-        raise NotFound(f"Volume {cmd.volume_id} could not be found")
-    st.check_operation("backup", vol["status"], force=cmd.force, volume_id=cmd.volume_id)
-    quota.check(conn, cmd.project_id, "backups", 1, _usage(conn, cmd.project_id, "backups"))
-    parent = fetch_one(conn, "SELECT id FROM volume_backups WHERE volume_id=? AND status=? AND host=?"
-                       " ORDER BY created_at DESC, id DESC LIMIT 1", (cmd.volume_id, st.AVAILABLE, cmd.host)) \
-        if cmd.incremental else None
-    parent_id = None if parent is None else parent["id"]
-    conn.execute(
-        "INSERT INTO volume_backups (id, project_id, user_id, volume_id, name, description, size_gb, status, host,"
-        " parent_id, is_incremental, chunks, new_chunks, data_bytes, stored_bytes, created_at, updated_at)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,0,0,0,0,?,?)",
-        (cmd.id, cmd.project_id, cmd.user_id, cmd.volume_id, cmd.name, cmd.description, vol["size_gb"], st.CREATING,
-         cmd.host, parent_id, int(parent_id is not None), cmd.created_at, cmd.created_at))
-    _set_volume(conn, cmd.volume_id, cmd.created_at, status=st.BACKING_UP, previous_status=vol["status"])
-    return {"id": cmd.id, "status": st.CREATING, "parent_id": parent_id}
-
-
-@handles(BackupFinish)
-def backup_finish(conn: sqlite3.Connection, cmd: BackupFinish) -> Result:
-    backup = _backup(conn, cmd.id)
-    _expect(backup, (st.CREATING,), "backup")
-    status = st.AVAILABLE if cmd.ok else st.ERROR
-    conn.execute("UPDATE volume_backups SET status=?, error=?, chunks=?, new_chunks=?, data_bytes=?, stored_bytes=?,"
-                 " updated_at=? WHERE id=?",
-                 (status, None if cmd.ok else cmd.error, cmd.chunks, cmd.new_chunks, cmd.data_bytes,
-                  cmd.stored_bytes, cmd.updated_at, cmd.id))
-    vol = fetch_one(conn, "SELECT * FROM volumes WHERE id=?", (backup["volume_id"],))
-    if vol is not None and vol["status"] == st.BACKING_UP:
-        _set_volume(conn, vol["id"], cmd.updated_at, status=st.final_status("backup", cmd.ok, vol["previous_status"]),
-                    previous_status=None)
-    return {"id": cmd.id, "status": status}
-
-
-@handles(BackupRestore)
-def backup_restore(conn: sqlite3.Connection, cmd: BackupRestore) -> Result:
-    backup = _backup(conn, cmd.id)
-    _expect(backup, (st.AVAILABLE,), "backup")
-    vol = _volume(conn, cmd.volume_id)
-    if vol["project_id"] != backup["project_id"]:
-        raise NotFound(f"Volume {cmd.volume_id} could not be found")
-    st.check_operation("restore", vol["status"], volume_id=cmd.volume_id)
-    if backup["size_gb"] > vol["size_gb"]:
-        raise BadRequest(f"volume {cmd.volume_id} ({vol['size_gb']} GiB) is smaller than backup {cmd.id}"
-                         f" ({backup['size_gb']} GiB)")
-    conn.execute("UPDATE volume_backups SET status=?, restore_volume_id=?, updated_at=? WHERE id=?",
-                 (st.BACKUP_RESTORING, cmd.volume_id, cmd.updated_at, cmd.id))
-    _set_volume(conn, cmd.volume_id, cmd.updated_at, status=st.RESTORING_BACKUP, previous_status=vol["status"],
-                restore_backup_id=cmd.id, error=None)
-    return {"id": cmd.id, "volume_id": cmd.volume_id, "status": st.BACKUP_RESTORING}
-
-
-@handles(BackupRestoreFinish)
-def backup_restore_finish(conn: sqlite3.Connection, cmd: BackupRestoreFinish) -> Result:
-    backup = _backup(conn, cmd.id)
-    vol = _volume(conn, cmd.volume_id)
-    _expect(vol, (st.RESTORING_BACKUP,), "volume")
-    if vol["restore_backup_id"] != cmd.id:
-        raise Conflict(f"volume {cmd.volume_id} is being restored from backup {vol['restore_backup_id']}, not {cmd.id}")
-    if backup["status"] == st.BACKUP_RESTORING and backup["restore_volume_id"] == cmd.volume_id:
-        conn.execute("UPDATE volume_backups SET status=?, restore_volume_id=NULL, updated_at=? WHERE id=?",
-                     (st.AVAILABLE, cmd.updated_at, cmd.id))
-    status = st.final_status("restore", cmd.ok, vol["previous_status"])
-    _set_volume(conn, cmd.volume_id, cmd.updated_at, status=status, previous_status=None, restore_backup_id=None,
-                error=None if cmd.ok else cmd.error)
-    return {"id": cmd.id, "volume_id": cmd.volume_id, "status": status}
-
-
-@handles(BackupBeginDelete)
-def backup_begin_delete(conn: sqlite3.Connection, cmd: BackupBeginDelete) -> Result:
-    backup = _backup(conn, cmd.id)
-    _expect(backup, (st.AVAILABLE, st.ERROR, st.ERROR_DELETING), "backup")
-    conn.execute("UPDATE volume_backups SET status=?, updated_at=? WHERE id=?", (st.DELETING, cmd.updated_at, cmd.id))
-    return {"id": cmd.id, "status": st.DELETING}
-
-
-@handles(BackupFinishDelete)
-def backup_finish_delete(conn: sqlite3.Connection, cmd: BackupFinishDelete) -> Result:
-    backup = _backup(conn, cmd.id)
-    _expect(backup, (st.DELETING,), "backup")
-    if cmd.ok:
-        conn.execute("DELETE FROM volume_backups WHERE id=?", (cmd.id,))
-        # a later backup keeps its own manifest (chunks are shared by content): it stands alone now
-        conn.execute("UPDATE volume_backups SET parent_id=NULL WHERE parent_id=?", (cmd.id,))
-        return {"id": cmd.id, "status": "deleted"}
-    conn.execute("UPDATE volume_backups SET status=?, error=?, updated_at=? WHERE id=?",
-                 (st.ERROR_DELETING, cmd.error, cmd.updated_at, cmd.id))
-    return {"id": cmd.id, "status": st.ERROR_DELETING}
 
 
 # --- attachments (the compute side drives these; see hvd/storage/volumes/__init__.py) ------------
@@ -629,20 +466,20 @@ def _attachment(conn: sqlite3.Connection, attachment_id: str) -> dict[str, Any]:
 def _recompute(conn: sqlite3.Connection, volume_id: str, updated_at: str) -> str:
     """The volume's status from its attachments; a volume in another operation (backing-up,
     extending) keeps it, and the attachment-derived status becomes its previous_status."""
-    vol = _volume(conn, volume_id)
+    vol = volume_row(conn, volume_id)
     derived = st.status_from_attachments(
         r["status"] for r in fetch_all(conn, "SELECT status FROM volume_attachments WHERE volume_id=?", (volume_id,)))
     if vol["status"] in st.ATTACHED_STATES or vol["status"] == st.AVAILABLE:
-        _set_volume(conn, volume_id, updated_at, status=derived)
+        set_volume(conn, volume_id, updated_at, status=derived)
         return derived
-    _set_volume(conn, volume_id, updated_at, previous_status=derived)
+    set_volume(conn, volume_id, updated_at, previous_status=derived)
     return str(vol["status"])
 
 
 def _attachment_step(conn: sqlite3.Connection, attachment_id: str, expect: tuple[str, ...], status: str,
                      updated_at: str, **fields: Any) -> Result:
     att = _attachment(conn, attachment_id)
-    _expect(att, expect, "volume attachment")
+    expect_status(att, expect, "volume attachment")
     cols = "".join(f", {k}=?" for k in fields)
     conn.execute(f"UPDATE volume_attachments SET status=?, updated_at=?{cols} WHERE id=?",
                  (status, updated_at, *fields.values(), attachment_id))
@@ -652,7 +489,7 @@ def _attachment_step(conn: sqlite3.Connection, attachment_id: str, expect: tuple
 
 @handles(AttachmentReserve)
 def attachment_reserve(conn: sqlite3.Connection, cmd: AttachmentReserve) -> Result:
-    vol = _volume(conn, cmd.volume_id)
+    vol = volume_row(conn, cmd.volume_id)
     require(conn, "instances", "id", cmd.instance_id, "Server")
     mine = fetch_one(conn, "SELECT id FROM volume_attachments WHERE volume_id=? AND instance_id=?",
                      (cmd.volume_id, cmd.instance_id)) is not None
@@ -679,7 +516,7 @@ def attachment_complete(conn: sqlite3.Connection, cmd: AttachmentComplete) -> Re
 @handles(AttachmentBeginDetach)
 def attachment_begin_detach(conn: sqlite3.Connection, cmd: AttachmentBeginDetach) -> Result:
     att = _attachment(conn, cmd.id)
-    vol = _volume(conn, att["volume_id"])
+    vol = volume_row(conn, att["volume_id"])
     if vol["status"] not in st.ATTACHED_STATES:
         raise InvalidState(f"cannot detach volume {vol['id']} while it is {vol['status']}", status=vol["status"])
     return _attachment_step(conn, cmd.id, (st.ATT_ATTACHED,), st.ATT_DETACHING, cmd.updated_at)
@@ -694,7 +531,7 @@ def attachment_detach_failed(conn: sqlite3.Connection, cmd: AttachmentDetachFail
 def attachment_remove(conn: sqlite3.Connection, cmd: AttachmentRemove) -> Result:
     att = _attachment(conn, cmd.id)
     if cmd.expect is not None:
-        _expect(att, cmd.expect, "volume attachment")
+        expect_status(att, cmd.expect, "volume attachment")
     conn.execute("DELETE FROM volume_attachments WHERE id=?", (cmd.id,))
     return {"id": cmd.id, "status": "removed", "volume_id": att["volume_id"],
             "volume_status": _recompute(conn, att["volume_id"], cmd.updated_at)}

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from hvd.catalog import all_commands  # noqa: F401 - registers the handlers
+from hvd.catalog import cmd_volume_backups as cvb
 from hvd.catalog import cmd_volumes as cv
 from hvd.catalog.cmd_compute import InstanceCreate
 from hvd.catalog.cmd_identity import ProjectCreate
@@ -108,7 +109,7 @@ def test_quotas_refuse_volumes_gigabytes_and_extends(apply: Replica) -> None:
     with pytest.raises(QuotaExceeded, match="snapshots"):
         apply(cv.SnapshotCreate(id="s1", volume_id=V1, project_id="p1", user_id="u1", name="s", created_at=T))
     with pytest.raises(QuotaExceeded, match="backups"):
-        apply(cv.BackupCreate(id="b1", volume_id=V1, project_id="p1", user_id="u1", name="b", host="h1", created_at=T))
+        apply(cvb.BackupCreate(id="b1", volume_id=V1, project_id="p1", user_id="u1", name="b", host="h1", created_at=T))
     assert apply.volume()["status"] == st.AVAILABLE  # a refused backup leaves no trace
 
 
@@ -167,40 +168,40 @@ def test_delete_refused_with_snapshots_and_record_gone_after_finish(apply: Repli
 
 def test_backup_needs_force_when_in_use_and_returns_to_the_previous_status(apply: Replica) -> None:
     available(apply)
-    first = apply(cv.BackupCreate(id="b1", volume_id=V1, project_id="p1", user_id="u1", name="b", host="h1",
+    first = apply(cvb.BackupCreate(id="b1", volume_id=V1, project_id="p1", user_id="u1", name="b", host="h1",
                                   created_at=T))
     assert first["parent_id"] is None and apply.volume()["status"] == st.BACKING_UP
-    apply(cv.BackupFinish(id="b1", ok=True, chunks=1, new_chunks=1, updated_at=T))
+    apply(cvb.BackupFinish(id="b1", ok=True, chunks=1, new_chunks=1, updated_at=T))
     assert apply.volume()["status"] == st.AVAILABLE
     server(apply, "i1")
     apply(cv.AttachmentReserve(id="a1", volume_id=V1, instance_id="i1", created_at=T))
     apply(cv.AttachmentAttaching(id="a1", host="h1", connection_info={}, updated_at=T))
     apply(cv.AttachmentComplete(id="a1", device="vdb", updated_at=T))
     with pytest.raises(InvalidState, match="force=true"):
-        apply(cv.BackupCreate(id="b2", volume_id=V1, project_id="p1", user_id="u1", name="b", host="h1",
+        apply(cvb.BackupCreate(id="b2", volume_id=V1, project_id="p1", user_id="u1", name="b", host="h1",
                               created_at=T))
-    second = apply(cv.BackupCreate(id="b2", volume_id=V1, project_id="p1", user_id="u1", name="b", host="h1",
+    second = apply(cvb.BackupCreate(id="b2", volume_id=V1, project_id="p1", user_id="u1", name="b", host="h1",
                                    force=True, created_at="2026-01-02T00:00:00.000000Z"))
     assert second["parent_id"] == "b1"
     with pytest.raises(InvalidState, match="backing-up"):  # no detach while the backup reads
         apply(cv.AttachmentBeginDetach(id="a1", updated_at=T))
-    apply(cv.BackupFinish(id="b2", ok=False, error="disk full", updated_at=T))
+    apply(cvb.BackupFinish(id="b2", ok=False, error="disk full", updated_at=T))
     assert apply.volume()["status"] == st.IN_USE
 
 
 def test_restore_into_a_new_and_an_existing_volume(apply: Replica) -> None:
     available(apply, size=2)
-    apply(cv.BackupCreate(id="b1", volume_id=V1, project_id="p1", user_id="u1", name="b", host="h1", created_at=T))
-    apply(cv.BackupFinish(id="b1", ok=True, updated_at=T))
+    apply(cvb.BackupCreate(id="b1", volume_id=V1, project_id="p1", user_id="u1", name="b", host="h1", created_at=T))
+    apply(cvb.BackupFinish(id="b1", ok=True, updated_at=T))
     with pytest.raises(BadRequest, match="smaller than backup"):
         create(apply, V2, size=1, restore_backup_id="b1")
     assert create(apply, V2, size=2, restore_backup_id="b1")["status"] == st.RESTORING_BACKUP
     with pytest.raises(InvalidState):  # one restore at a time per backup
-        apply(cv.BackupRestore(id="b1", volume_id=V1, updated_at=T))
-    apply(cv.BackupRestoreFinish(id="b1", volume_id=V2, ok=True, updated_at=T))
+        apply(cvb.BackupRestore(id="b1", volume_id=V1, updated_at=T))
+    apply(cvb.BackupRestoreFinish(id="b1", volume_id=V2, ok=True, updated_at=T))
     assert apply.volume(V2)["status"] == st.AVAILABLE
-    apply(cv.BackupRestore(id="b1", volume_id=V1, updated_at=T))
-    apply(cv.BackupRestoreFinish(id="b1", volume_id=V1, ok=False, error="bad chunk", updated_at=T))
+    apply(cvb.BackupRestore(id="b1", volume_id=V1, updated_at=T))
+    apply(cvb.BackupRestoreFinish(id="b1", volume_id=V1, ok=False, error="bad chunk", updated_at=T))
     assert apply.volume(V1)["status"] == st.ERROR
 
 

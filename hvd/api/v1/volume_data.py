@@ -15,6 +15,7 @@ from hvd.api.helpers import context, json_response, page_params, paginate, parse
 from hvd.api.routing import Router
 from hvd.api.services import services
 from hvd.api.v1.volumes import MAX_GB, NamePattern, find_type, view, visible_volume, volumes
+from hvd.catalog import cmd_volume_backups as cvb
 from hvd.catalog import cmd_volumes as cv
 from hvd.catalog import queries
 from hvd.catalog.sql import fetch_all, fetch_one
@@ -200,7 +201,7 @@ async def create_backup(request: web.Request) -> web.Response:
     vs = volumes(request)
     bid = str(uuid.uuid4())
     # the volume's host reads it and keeps the backup in its backup_dir
-    await vs.propose(cv.BackupCreate(id=bid, volume_id=str(vol["id"]), project_id=str(vol["project_id"]),
+    await vs.propose(cvb.BackupCreate(id=bid, volume_id=str(vol["id"]), project_id=str(vol["project_id"]),
                                      user_id=ctx.user_id, name=body.name, description=body.description,
                                      force=body.force, incremental=body.incremental, host=str(vol["host"]),
                                      created_at=now_iso()))
@@ -217,7 +218,7 @@ async def delete_backup(request: web.Request) -> web.Response:
     svc.policy.enforce(ctx.roles, "volume:manage")
     row = await _visible(request, "volume_backups", "Backup")
     vs = volumes(request)
-    await vs.propose(cv.BackupBeginDelete(id=str(row["id"]), updated_at=now_iso()))
+    await vs.propose(cvb.BackupBeginDelete(id=str(row["id"]), updated_at=now_iso()))
     after = await _after(request, "volume_backups", str(row["id"]), wait)
     if after is None:
         return web.Response(status=204)
@@ -235,7 +236,7 @@ async def restore_backup(request: web.Request) -> web.Response:
     if body.volume is not None:
         vol = await visible_volume(request, body.volume)
         vid = str(vol["id"])
-        await vs.propose(cv.BackupRestore(id=bid, volume_id=vid, updated_at=now_iso()))
+        await vs.propose(cvb.BackupRestore(id=bid, volume_id=vid, updated_at=now_iso()))
     else:
         source = await svc.catalog.read(fetch_one, "SELECT * FROM volumes WHERE id=?", (backup["volume_id"],))
         admin = svc.policy.all_projects(ctx.roles)

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from hvd.catalog import cmd_volume_backups as cvb
 from hvd.catalog import cmd_volumes as cv
 from hvd.catalog.commands import Command
 from hvd.catalog.service import Catalog
@@ -302,7 +303,7 @@ class VolumeService:
             self._generation += 1
             self._settled.notify_all()
         project = owner["project_id"] if owner else None
-        if isinstance(cmd, cv.BackupRestoreFinish):  # its result is the restored volume's status
+        if isinstance(cmd, cvb.BackupRestoreFinish):  # its result is the restored volume's status
             self.publish("backup.status", rid, st.AVAILABLE, project_id=project)
             self.publish("volume.status", cmd.volume_id, str(result.get("status", "")), project_id=project)
         else:
@@ -413,9 +414,9 @@ class VolumeService:
         if backup["status"] == st.DELETING:
             try:
                 await loop.run_in_executor(None, backup_io.delete_backup, self.backup_root, vid, bid)
-                await self._finish(cv.BackupFinishDelete(id=bid, ok=True, updated_at=now_iso()))
+                await self._finish(cvb.BackupFinishDelete(id=bid, ok=True, updated_at=now_iso()))
             except Exception as exc:
-                await self._finish(cv.BackupFinishDelete(id=bid, ok=False, error=_message(exc), updated_at=now_iso()))
+                await self._finish(cvb.BackupFinishDelete(id=bid, ok=False, error=_message(exc), updated_at=now_iso()))
             return
         try:
             vol = await self.catalog.read(fetch_one, "SELECT * FROM volumes WHERE id=?", (vid,))
@@ -429,14 +430,14 @@ class VolumeService:
                     int(backup["size_gb"]) * GIB, cfg.backup_chunk_mib << 20, cfg.backup_compression_level,
                     str(backup["created_at"]))
             checkpoint("backup.data_written")
-            await self._finish(cv.BackupFinish(id=bid, ok=True, chunks=stats.chunks, new_chunks=stats.new_chunks,
+            await self._finish(cvb.BackupFinish(id=bid, ok=True, chunks=stats.chunks, new_chunks=stats.new_chunks,
                                                data_bytes=stats.data_bytes, stored_bytes=stats.stored_bytes,
                                                updated_at=now_iso()))
         except Exception as exc:
             log.warning("backup %s of volume %s failed: %s", bid, vid, _message(exc))
             with contextlib.suppress(Exception):
                 await loop.run_in_executor(None, backup_io.delete_backup, self.backup_root, vid, bid)
-            await self._finish(cv.BackupFinish(id=bid, ok=False, error=_message(exc), updated_at=now_iso()))
+            await self._finish(cvb.BackupFinish(id=bid, ok=False, error=_message(exc), updated_at=now_iso()))
 
     async def _restore_work(self, vol: dict[str, Any]) -> None:
         """Fill a volume in restoring-backup from its backup (a new volume is made first)."""
@@ -465,10 +466,10 @@ class VolumeService:
                     await loop.run_in_executor(None, backup_io.restore, self.backup_root, manifest, scratch, True)
                     await backend.import_raw(vid, scratch)
             checkpoint("restore.data_written")
-            await self._finish(cv.BackupRestoreFinish(id=bid, volume_id=vid, ok=True, updated_at=now_iso()))
+            await self._finish(cvb.BackupRestoreFinish(id=bid, volume_id=vid, ok=True, updated_at=now_iso()))
         except Exception as exc:
             log.warning("restore of backup %s into volume %s failed: %s", bid, vid, _message(exc))
-            await self._finish(cv.BackupRestoreFinish(id=bid, volume_id=vid, ok=False, error=_message(exc),
+            await self._finish(cvb.BackupRestoreFinish(id=bid, volume_id=vid, ok=False, error=_message(exc),
                                                       updated_at=now_iso()))
 
     async def verify_backup(self, backup: dict[str, Any]) -> list[str]:
