@@ -288,8 +288,8 @@ class VolumesSection(Section):
     backup_dir: str = Field("", description="Directory of volume backups (empty = <data_dir>/backups); may be a"
                                             " shared NFS mount.")
     backup_chunk_mib: int = Field(4, ge=1, le=64, description="Backup chunk size: unit of dedup and of sha256.")
-    backup_compression_level: int = Field(1, ge=0, le=9, description="zlib level of backup chunks (0 = stored"
-                                                                     " uncompressed; 1 = fastest).")
+    backup_compression_level: int = Field(1, ge=0, le=19, description="zstd level of backup chunks (0 = stored"
+                                                                      " uncompressed; 1 = fastest).")
     operation_timeout_s: float = Field(
         3600.0, gt=0,
         description="Longest run of one external command (qemu-img convert, lvcreate, ...) before it is killed.")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,72 @@ def test_backup_io_round_trip_incremental_verify_and_delete(tmp_path: Path) -> N
     assert backup_io.known_backups(root) == {"b2": "v"}
     backup_io.delete_backup(root, "v", "b2")
     assert not (root / "volume-v").exists()
+
+
+TEXT = (b"the quick brown fox jumps over the lazy dog 0123456789\n" * 2000)[:CHUNK]
+
+
+def _objects(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (root / "volume-v" / "objects").rglob("*") if p.is_file()}
+
+
+def test_compressible_chunks_are_stored_as_zstd_frames_and_random_ones_as_they_are(tmp_path: Path) -> None:
+    src = tmp_path / "vol"
+    rand = os.urandom(CHUNK)
+    src.write_bytes(TEXT + rand)
+    root = tmp_path / "backups"
+    stats = backup_io.backup_volume(src, root, "v", "b1", None, 2 * CHUNK, CHUNK, 3, "t")
+    objects = _objects(root)
+    text_obj, rand_obj = objects[hashlib.sha256(TEXT).hexdigest()], objects[hashlib.sha256(rand).hexdigest()]
+    assert rand_obj == rand  # incompressible: the raw data, its length equal to the chunk's
+    assert len(text_obj) < CHUNK // 10 and text_obj[:4] == b"\x28\xb5\x2f\xfd"  # a zstd frame
+    assert stats.stored_bytes == len(text_obj) + len(rand_obj)
+    assert backup_io.read_manifest(root, "v", "b1").compression == "zstd"
+    dest = tmp_path / "restored"
+    dest.write_bytes(bytes(2 * CHUNK))
+    backup_io.restore(root, backup_io.read_manifest(root, "v", "b1"), dest, dest_reads_zero=True)
+    assert dest.read_bytes() == TEXT + rand
+
+
+def test_backups_made_before_zstd_still_restore_and_verify(tmp_path: Path) -> None:
+    """Objects of an "auto" backup: a tag byte, then zlib-compressed or raw data."""
+    rand = os.urandom(CHUNK)
+    root = tmp_path / "backups"
+    shas = [hashlib.sha256(TEXT).hexdigest(), hashlib.sha256(rand).hexdigest()]
+    for sha, blob in zip(shas, (b"z" + zlib.compress(TEXT, 1), b"r" + rand), strict=True):
+        obj = root / "volume-v" / f"objects/{sha[:2]}/{sha}"
+        obj.parent.mkdir(parents=True, exist_ok=True)
+        obj.write_bytes(blob)
+    chunks = (Chunk(0, CHUNK, shas[0]), Chunk(1, CHUNK, shas[1]))
+    old = Manifest("b0", "v", 2 * CHUNK, CHUNK, "auto", None, "t", chunks)
+    backup_io.manifest_path(root, "v", "b0").write_bytes(old.to_json().encode())
+    assert backup_io.verify(root, backup_io.read_manifest(root, "v", "b0")) == []
+    dest = tmp_path / "restored"
+    dest.write_bytes(bytes(2 * CHUNK))
+    backup_io.restore(root, backup_io.read_manifest(root, "v", "b0"), dest, dest_reads_zero=True)
+    assert dest.read_bytes() == TEXT + rand
+
+
+def test_a_filesystem_without_o_direct_gets_the_object_through_the_page_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open = os.open
+    refused: list[str] = []
+
+    def no_direct(path: object, flags: int, *args: object) -> int:
+        if flags & os.O_DIRECT:
+            refused.append(str(path))
+            raise OSError(22, "Invalid argument")  # what tmpfs answers
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(backup_io.os, "open", no_direct)
+    src = tmp_path / "vol"
+    rand = os.urandom(CHUNK)
+    src.write_bytes(rand)
+    root = tmp_path / "backups"
+    backup_io.backup_volume(src, root, "v", "b1", None, CHUNK, CHUNK, 1, "t")
+    assert refused and list(_objects(root).values()) == [rand]
+    assert not list(root.rglob(".tmp-*"))
+    assert backup_io.verify(root, backup_io.read_manifest(root, "v", "b1")) == []
 
 
 def test_lvm_argv_builders() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import mmap
 import os
 import stat
 import threading
@@ -22,6 +23,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
+
+import zstandard
 
 from hvd.storage.volumes.backup_plan import (
     BackupStats,
@@ -35,22 +38,30 @@ from hvd.storage.volumes.backup_plan import (
 
 T = TypeVar("T")
 R = TypeVar("R")
-HASH_THREADS = 2  # sha256 and zlib release the GIL: two chunks at once use both cores of a small host
-SAMPLE = 64 * 1024  # a chunk whose first 64 KiB zlib cannot shrink by 10% is stored as it is
-ZLIB_TAG, RAW_TAG = b"z", b"r"  # first byte of an object of an "auto" backup
+HASH_THREADS = 2  # sha256 and zstd release the GIL: two chunks at once use both cores of a small host
+SAMPLE = 64 * 1024  # a chunk whose first 64 KiB do not shrink by 10% is stored as it is
+ZLIB_TAG, RAW_TAG = b"z", b"r"  # first byte of an object of an "auto" backup (made before zstd)
+DIRECT_ALIGN = 4096  # O_DIRECT wants buffer, length and offset aligned to the device's block size
 
 
-def pack(data: bytes, level: int) -> bytes:
-    """An object's stored bytes: zlib-compressed, or raw when the data does not compress (random or
-    encrypted data would cost zlib's time for nothing)."""
-    if len(zlib.compress(data[:SAMPLE], 1)) > 0.9 * min(len(data), SAMPLE):
-        return RAW_TAG + data
-    return ZLIB_TAG + zlib.compress(data, level)
+def pack(data: bytes | bytearray, level: int) -> bytes | None:
+    """A chunk's zstd frame (the object of a "zstd" backup), or None when the data does not
+    compress by 10% (random or encrypted data): it is then stored as it is, which the object's
+    length (equal to the chunk's) tells apart from a frame (always shorter)."""
+    zstd = _compressor(level)
+    sample = data[:SAMPLE]
+    if len(zstd.compress(sample)) > 0.9 * len(sample):
+        return None
+    frame = zstd.compress(data)
+    return frame if len(frame) < 0.9 * len(data) else None
 
 
-def unpack(blob: bytes, compression: str) -> bytes:
+def unpack(blob: bytes, compression: str, length: int) -> bytes:
+    """A chunk's data from its object; ``length`` is the chunk's."""
     if compression == "none":
         return blob
+    if compression == "zstd":
+        return blob if len(blob) == length else zstandard.ZstdDecompressor().decompress(blob)
     if compression == "zlib":
         return zlib.decompress(blob)
     tag, body = blob[:1], blob[1:]
@@ -61,6 +72,34 @@ def unpack(blob: bytes, compression: str) -> bytes:
     raise ValueError(f"unknown object tag {tag!r}")
 
 
+_local = threading.local()  # per thread: zstd contexts and buffers are not shared across threads
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    made: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("compressors", {})
+    if level not in made:
+        made[level] = zstandard.ZstdCompressor(level=level)
+    return made[level]
+
+
+def _read_buffer(size: int) -> bytearray:
+    """This thread's read buffer, reused: a fresh 4 MiB object per chunk costs page faults that took
+    longer than hashing it. (A bytearray: comparing it with zeros is a memcmp, a memoryview's is 80
+    times slower.)"""
+    buf: bytearray | None = getattr(_local, "read", None)
+    if buf is None or len(buf) != size:
+        buf = _local.read = bytearray(size)
+    return buf
+
+
+def _direct_buffer(size: int) -> mmap.mmap:
+    """This thread's page-aligned buffer for O_DIRECT writes."""
+    buf: mmap.mmap | None = getattr(_local, "direct", None)
+    if buf is None or len(buf) != size:
+        buf = _local.direct = mmap.mmap(-1, size)
+    return buf
+
+
 def volume_dir(root: Path, volume_id: str) -> Path:
     return root / f"volume-{volume_id}"
 
@@ -69,14 +108,49 @@ def manifest_path(root: Path, volume_id: str, backup_id: str) -> Path:
     return volume_dir(root, volume_id) / f"manifest-{backup_id}.json"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, data: bytes | bytearray, direct: bool = False) -> None:
+    """Write ``path`` whole or not at all (a temporary name, fsync, rename). ``direct``: through
+    O_DIRECT when the filesystem takes it; measured 5 times faster than the page cache for 4 MiB
+    objects, which a small host's page cache would otherwise have to find fresh pages for."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}-{threading.get_ident()}")  # two threads may write one object
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    if not (direct and len(data) % DIRECT_ALIGN == 0 and _write_direct(tmp, data)):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     os.replace(tmp, path)
+
+
+def _write_all(fd: int, data: bytes | bytearray | mmap.mmap) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _write_direct(path: Path, data: bytes | bytearray) -> bool:
+    """``data`` into ``path`` with O_DIRECT and fsync; False when the filesystem refuses O_DIRECT."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:  # tmpfs and some network filesystems
+            return False
+        raise
+    try:
+        buf = _direct_buffer(len(data))
+        buf[:] = data
+        try:
+            _write_all(fd, buf)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            return False
+        os.fsync(fd)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _is_hole(fd: int, offset: int, length: int) -> bool:
@@ -100,12 +174,25 @@ def _zeros(length: int) -> bytes:
     return zeros
 
 
-def _read_chunks(fd: int, size: int, chunk_size: int) -> Iterator[tuple[int, int, bytes | None]]:
+def _read_chunks(fd: int, size: int, chunk_size: int) -> Iterator[tuple[int, int, int, bool]]:
+    """(index, offset, length, hole) of every chunk; the worker reads the data."""
     for index, offset, length in layout(size, chunk_size):
-        if _is_hole(fd, offset, length):
-            yield index, length, None
-        else:
-            yield index, length, os.pread(fd, length, offset)
+        yield index, offset, length, _is_hole(fd, offset, length)
+
+
+def _read_into(fd: int, offset: int, length: int) -> bytearray:
+    """The chunk at ``offset`` in this thread's buffer, padded with zeros past the end of a shorter
+    source (the rest of the volume reads as zeros). Valid until this thread's next read."""
+    buf = _read_buffer(length)
+    view = memoryview(buf)
+    got = 0
+    while got < length:
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if n == 0:
+            view[got:] = _zeros(length - got)
+            break
+        got += n
+    return buf
 
 
 def _bounded_map(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
@@ -156,21 +243,22 @@ def backup_volume(source: Path, root: Path, volume_id: str, backup_id: str, pare
                   size_bytes: int, chunk_size: int, level: int, created_at: str) -> BackupStats:
     """Back up ``size_bytes`` of ``source`` (raw data) into ``root``; write the manifest last."""
     vdir = volume_dir(root, volume_id)
-    compression = "auto" if level > 0 else "none"
+    compression = "zstd" if level > 0 else "none"
     written: dict[str, int] = {}
 
-    def one(item: tuple[int, int, bytes | None]) -> Chunk:
-        index, length, data = item
-        if data is None or data == _zeros(len(data)):
+    def one(item: tuple[int, int, int, bool]) -> Chunk:
+        index, offset, length, hole = item
+        if hole:
             return Chunk(index, length, None)
-        if len(data) < length:  # the source is shorter than the volume: the rest reads as zeros
-            data += bytes(length - len(data))
+        data = _read_into(fd, offset, length)
+        if data == _zeros(length):
+            return Chunk(index, length, None)
         sha = hashlib.sha256(data).hexdigest()
         obj = vdir / object_path(sha)
         if not obj.exists():
-            blob = pack(data, level) if level > 0 else data
-            _write_atomic(obj, blob)
-            written[sha] = len(blob)
+            frame = pack(data, level) if level > 0 else None
+            _write_atomic(obj, data if frame is None else frame, direct=frame is None)
+            written[sha] = length if frame is None else len(frame)
         return Chunk(index, length, sha)
 
     fd = os.open(source, os.O_RDONLY)
@@ -200,8 +288,8 @@ def _object_data(vdir: Path, chunk: Chunk, compression: str) -> bytes:
     assert chunk.sha256 is not None
     blob = (vdir / object_path(chunk.sha256)).read_bytes()
     try:
-        data = unpack(blob, compression)
-    except (zlib.error, ValueError) as exc:
+        data = unpack(blob, compression, chunk.length)
+    except (zlib.error, zstandard.ZstdError, ValueError) as exc:
         raise ValueError(f"chunk {chunk.index} (sha256 {chunk.sha256}) cannot be decompressed: {exc}") from exc
     if len(data) != chunk.length or hashlib.sha256(data).hexdigest() != chunk.sha256:
         raise ValueError(f"chunk {chunk.index} does not match its sha256 {chunk.sha256}")

@@ -36,7 +36,9 @@ class Manifest:
     volume_id: str
     size_bytes: int
     chunk_size: int
-    compression: str  # "auto" (each object zlib or raw, tagged), "zlib" or "none"
+    # "zstd" (an object shorter than its chunk is a zstd frame, else the raw data), "none"; read
+    # only: "auto" (a tag byte, then zlib or raw data) and "zlib", of backups made before zstd
+    compression: str
     parent_id: str | None
     created_at: str
     chunks: tuple[Chunk, ...] = field(default_factory=tuple)
@@ -91,7 +93,7 @@ def check_layout(m: Manifest) -> None:
             raise ValueError(f"chunk {chunk.index} ({chunk.length} bytes) is out of place")
         if chunk.sha256 is not None and not _SHA256.match(chunk.sha256):
             raise ValueError(f"chunk {index} has no valid sha256")
-    if m.compression not in ("auto", "zlib", "none"):
+    if m.compression not in ("zstd", "auto", "zlib", "none"):
         raise ValueError(f"unknown compression {m.compression!r}")
 
 
