@@ -265,6 +265,11 @@ class VolumeBackendConfig(Section):
     reserved_gb: int = Field(0, ge=0, le=1 << 40,
                              description="GiB of the backend never claimed by volumes (room for the filesystem's"
                              " other users); new volumes and extends are refused past total - reserved_gb.")
+    max_over_subscription_ratio: float = Field(
+        20.0, ge=1.0, le=1000.0,
+        description="Thin backends only (file: sparse files; lvm: with thin_pool): volumes and snapshots may claim"
+        " up to (total - reserved_gb) x this many GiB, as Cinder's option of that name; 1.0 = no over-subscription."
+        " Whatever the ratio, a thin backend whose real free space is down to reserved_gb takes no new volume.")
 
     @model_validator(mode="after")
     def _complete(self) -> VolumeBackendConfig:

@@ -25,7 +25,8 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     small = max(0, (fs.f_blocks * fs.f_frsize >> 30) - SMALL_GB)  # file-3 takes SMALL_GB of volumes
     try:
         for i, node in enumerate(IDS, start=1):
-            reserve = f', "reserved_gb": {small}' if i == 3 else ""
+            # no over-subscription: the reserve alone makes file-3 a 3 GiB backend
+            reserve = f', "reserved_gb": {small}, "max_over_subscription_ratio": 1.0' if i == 3 else ""
             backends = f'[{{"name": "file-{i}", "driver": "file"{reserve}}}]'
             c.start(node, env={"HVD_VOLUMES__BACKENDS": backends})
         c.wait_ready(IDS)

@@ -15,9 +15,11 @@ from hvd.bounds import QuotaLimit
 from hvd.catalog import queries, quota
 from hvd.catalog.cmd_hosts import HostSetEnabled, capacity, claimed
 from hvd.catalog.cmd_resources import QuotaSet
+from hvd.catalog.cmd_volumes import backend_claims, backend_reports
 from hvd.catalog.sql import fetch_all, require
 from hvd.catalog.usage import project_usage
 from hvd.errors import NotFound
+from hvd.storage.volumes.claims import Headroom
 
 GOSSIP = "gossip"  # key of the GossipService in ApiServices.extra
 
@@ -37,6 +39,20 @@ class QuotaIn(BaseModel):
     quotas: dict[str, QuotaLimit] = Field(description="resource -> limit (-1 = unlimited)")
 
 
+class VolumeBackendView(BaseModel):
+    name: str
+    driver: str
+    thin: bool
+    total_gb: int
+    free_gb: int = Field(description="Real free space as the host last measured it")
+    reserved_gb: int
+    max_over_subscription_ratio: float = Field(description="How far claims may pass the usable space (1.0 = not)")
+    capacity_gb: int = Field(description="(total_gb - reserved_gb) x max_over_subscription_ratio")
+    provisioned_gb: int = Field(description="GiB claimed by the volumes and snapshots on it")
+    available_gb: int = Field(description="What the volume scheduler may still place on it")
+    full: bool = Field(description="A thin backend whose real free space is down to its reserve: takes nothing")
+
+
 class HostView(BaseModel):
     name: str
     availability_zone: str
@@ -50,6 +66,8 @@ class HostView(BaseModel):
     updated_at: str
     resources: dict[str, dict[str, float]]
     instances: int
+    volume_backends: list[VolumeBackendView] = Field(
+        default_factory=list, description="The host's volume backends: last report and provisioned GiB (claims)")
     state: str = Field(description="alive | suspect | dead | left as gossip sees it here; unknown = not heard of")
     incarnation: int | None = Field(description="The host's gossip incarnation (grows at each refutation or report)")
     report_age_s: float | None = Field(description="Seconds since this host learned the host's current report")
@@ -105,8 +123,19 @@ async def set_quotas(request: web.Request) -> web.Response:
     return json_response(await svc.catalog.read(_quota_view, project_id))
 
 
-def host_view(conn: sqlite3.Connection, host: dict[str, Any]) -> dict[str, Any]:
+def volume_backend_views(conn: sqlite3.Connection) -> dict[str, list[dict[str, Any]]]:
+    """host -> its volume backends as last reported, with what is provisioned on each."""
+    used = backend_claims(conn)
+    return {host: [{"name": str(b.get("name")), "driver": str(b.get("driver")),
+                    **Headroom.of(b, used.get((host, str(b.get("name"))), 0)).view()}
+                   for b in report.get("backends", [])]
+            for host, report in backend_reports(conn).items()}
+
+
+def host_view(conn: sqlite3.Connection, host: dict[str, Any],
+              volumes: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
     cap, used = capacity(host), claimed(conn, host["name"])
+    volumes = volume_backend_views(conn) if volumes is None else volumes
     resources = {
         res: {
             "total": host[res],
@@ -120,11 +149,13 @@ def host_view(conn: sqlite3.Connection, host: dict[str, Any]) -> dict[str, Any]:
     }
     keys = ("name", "availability_zone", "enabled", "disabled_reason", "hypervisor_type", "hypervisor_version",
             "arch", "cpu_model", "api_url", "updated_at")
-    return {**{k: host[k] for k in keys}, "resources": resources, "instances": used["count"]}
+    return {**{k: host[k] for k in keys}, "resources": resources, "instances": used["count"],
+            "volume_backends": volumes.get(host["name"], [])}
 
 
 def _host_views(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    return [host_view(conn, h) for h in fetch_all(conn, "SELECT * FROM hosts ORDER BY name")]
+    volumes = volume_backend_views(conn)
+    return [host_view(conn, h, volumes) for h in fetch_all(conn, "SELECT * FROM hosts ORDER BY name")]
 
 
 def _one_host(conn: sqlite3.Connection, name: str) -> dict[str, Any]:

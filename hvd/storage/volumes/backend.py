@@ -22,6 +22,7 @@ from typing import Any
 
 from hvd.errors import BadRequest, NotImplementedYet
 from hvd.storage import qemu_img
+from hvd.storage.volumes.claims import Headroom
 
 GIB = 1 << 30
 VOLUME_PREFIX = "volume-"
@@ -82,8 +83,9 @@ class BackendInfo:
     name: str
     driver: str
     availability_zone: str
-    capacity: Capacity
+    capacity: Capacity  # free_gb: what the scheduler may still place (claims.Headroom.unclaimed_gb)
     capabilities: dict[str, str] = field(default_factory=dict)
+    headroom: Headroom | None = None  # how free_gb was reached (provisioned GiB, ratio), for the reasons
 
 
 class VolumeBackend(abc.ABC):

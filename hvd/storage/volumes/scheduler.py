@@ -1,7 +1,8 @@
 """The volume scheduler (cinder-scheduler), pure: filters and the capacity weigher over backends.
 
 Filters: AvailabilityZone, Capabilities (the type's ``volume_backend_name`` extra spec names the
-backend), Capacity (free GiB at least the size). Weigher: most free space wins. The trace says
+backend), Capacity (free GiB at least the size: for a thin backend what its over-subscription ratio
+leaves, hvd/storage/volumes/claims.py). Weigher: most free space wins. The trace says
 why each backend was rejected, so "no valid backend" names the reasons.
 """
 
@@ -28,6 +29,8 @@ def rejection(backend: BackendInfo, req: VolumeRequest) -> str | None:
     if wanted and wanted != backend.name:
         return f"volume_backend_name {wanted} does not match backend {backend.name}"
     if backend.capacity.free_gb < req.size_gb:
+        if backend.headroom is not None:  # names the provisioned GiB and the ratio of a thin backend
+            return backend.headroom.shortfall(req.size_gb)
         return f"{backend.capacity.free_gb} GiB free, {req.size_gb} GiB requested"
     return None
 

@@ -137,8 +137,7 @@ class VolumeService:
             except HvdError as exc:
                 log.warning("volume backend %s cannot report its capacity: %s", b.name, exc.message)
                 cap = Capacity(0, 0)
-            rows.append({"name": b.name, "driver": b.driver, "total_gb": cap.total_gb, "free_gb": cap.free_gb,
-                         "thin": cap.thin, "reserved_gb": self._reserved_gb(b.name)})
+            rows.append(self._report_row(b, cap))
         now = {str(r["name"]): int(r["free_gb"]) for r in rows}
         if not force and now.keys() == self._reported.keys() and all(
                 abs(now[k] - self._reported[k]) < 1 for k in now):
@@ -152,12 +151,17 @@ class VolumeService:
         self._reported = now
         self._report_sent = True
 
-    def _reserved_gb(self, backend: str) -> int:
-        return next((b.reserved_gb for b in self.config.volumes.backends if b.name == backend), 0)
+    def _report_row(self, backend: VolumeBackend, cap: Capacity) -> dict[str, str | int | bool]:
+        """One backend's row of the capacity report (the ratio as a decimal string: see claims.py)."""
+        conf = next((c for c in self.config.volumes.backends if c.name == backend.name), None)
+        return {"name": backend.name, "driver": backend.driver, "total_gb": cap.total_gb, "free_gb": cap.free_gb,
+                "thin": cap.thin, "reserved_gb": conf.reserved_gb if conf else 0,
+                claims.RATIO_KEY: claims.ratio_text(conf.max_over_subscription_ratio if conf else 1.0)}
 
     async def backend_infos(self) -> list[BackendInfo]:
         """Every host's backends as last reported (this host's measured now); a backend's free
-        space is what both its filesystem/group and its claims in the catalog leave."""
+        space is what both its filesystem/group and its claims in the catalog leave (a thin one's
+        claims up to its over-subscription ratio: claims.Headroom)."""
         reports = await self.catalog.read(cv.backend_reports)
         claimed = await self.catalog.read(cv.backend_claims)
         infos: list[BackendInfo] = []
@@ -165,15 +169,14 @@ class VolumeService:
             if host == self.host:
                 continue
             for b in report.get("backends", []):
-                used = claimed.get((host, str(b["name"])), 0)
-                free = claims.unclaimed_gb(int(b["free_gb"]), claims.limit_gb(b), used)
+                room = claims.Headroom.of(b, claimed.get((host, str(b["name"])), 0))
                 infos.append(BackendInfo(host, str(b["name"]), str(b["driver"]), str(report["availability_zone"]),
-                                         Capacity(int(b["total_gb"]), free, bool(b.get("thin")))))
+                                         Capacity(room.total_gb, room.unclaimed_gb, room.thin), headroom=room))
         for b in self.backends.values():
             cap = await b.capacity()
-            limit = claims.limit_gb({"total_gb": cap.total_gb, "reserved_gb": self._reserved_gb(b.name)})
-            free = claims.unclaimed_gb(cap.free_gb, limit, claimed.get((self.host, b.name), 0))
-            infos.append(BackendInfo(self.host, b.name, b.driver, self.az, Capacity(cap.total_gb, free, cap.thin)))
+            room = claims.Headroom.of(self._report_row(b, cap), claimed.get((self.host, b.name), 0))
+            infos.append(BackendInfo(self.host, b.name, b.driver, self.az,
+                                     Capacity(cap.total_gb, room.unclaimed_gb, cap.thin), headroom=room))
         return infos
 
     def backend_of(self, row: dict[str, Any]) -> VolumeBackend:
