@@ -15,6 +15,8 @@ Contract of every method:
 from __future__ import annotations
 
 import abc
+import asyncio
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +151,11 @@ class VolumeBackend(abc.ABC):
     def raw_path(self, volume_id: str) -> Path | None:
         """A path whose bytes are the volume's raw data (for backups), None when the format is not raw."""
 
+    async def flush(self, volume_id: str) -> None:
+        """The volume's data is on stable storage (an fdatasync of its file or device)."""
+        path = str(self.connection_info(volume_id)["path"])
+        await asyncio.get_running_loop().run_in_executor(None, _fdatasync, path)
+
     async def list_partials(self) -> dict[str, str]:
         """Scratch objects a cut write left behind (name -> the volume id it was for); none unless
         the backend writes beside its volumes (the file backend's ``import_raw``)."""
@@ -162,3 +169,11 @@ class VolumeBackend(abc.ABC):
         """Replace the (detached) volume's data with the raw image ``raw`` of the same size; only
         backends whose ``raw_path`` is None need it (a restore writes into raw paths directly)."""
         raise NotImplementedYet(f"backend {self.name} cannot import raw data")
+
+
+def _fdatasync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
