@@ -6,7 +6,9 @@ pulls the disk files from the source over the signed peer API (qcow2 overlays tr
 their base; each file resumable and sha256-checked), writes a new config drive, plugs the ports
 and boots the guest with the new flavor (powered off again if it was stopped). The server is then
 VERIFY_RESIZE on the destination: confirm tells the source to drop its copy; revert removes the
-destination's copy and has the source boot its kept one with the old flavor.
+destination's copy and has the source boot its kept one with the old flavor. Attached volumes are
+reconnected by the host that boots the server (hvd.compute.volumes.connect_here): opened directly
+on the volume's own host, else over NBD; an export nobody uses any more then stops.
 """
 
 from __future__ import annotations
@@ -104,11 +106,8 @@ class ColdMoves:
             revert.add("boot the old copy again", lambda: manager._restore_old(inst, old_power))
             await asyncio.to_thread(old_dir.rename, keep)
             revert.add("restore the old dir", lambda: manager._move_back(old_dir, keep))
-            # volumes opened directly here: the destination's definition reaches them over NBD
-            moving = await self.svc.volumes.prepare_move(inst, dest, live=False)
-            revert.add("stop the exports", lambda: self.svc.volumes.abandon_move(moving, dest))
-            await self.svc.volumes.finish_move(moving, dest)
-            revert.add("volumes opened here again", lambda: self.svc.volumes.undo_move(moving, dest))
+            # the destination reconnects the volumes for itself; if the move fails they are this host's again
+            revert.add("volumes reached from here again", lambda: self._volumes_back(inst))
             await manager.set_task(inst_id, TaskState.RESIZE_MIGRATING, TaskState.RESIZE_MIGRATED)
             call = MoveCall(instance_id=inst_id, source=self.host, flavor=flavor, was_running=was_running)
             try:
@@ -122,6 +121,11 @@ class ColdMoves:
         if manager.network is not None:  # the destination bound the ports; this host's taps go
             with contextlib.suppress(HvdError):
                 await manager.network.changed()
+
+    async def _volumes_back(self, inst: dict[str, Any]) -> None:
+        """The move failed: the attachments are reached from this host again (before its old copy
+        boots), and exports the destination started for itself stop."""
+        await self.svc.volumes.connect_here(inst)
 
     async def manifest(self, call: MoveCall) -> Manifest:
         keep = self.kept_dir(call.instance_id)
@@ -171,8 +175,7 @@ class ColdMoves:
         source boot its kept one. Returns the source."""
         source = inst["extra"]["old_host"]
         assert self.peers is not None
-        await self.svc.manager.cleanup_host(inst)
-        await self.svc.volumes.follow_server(inst["id"], source)  # before the source regenerates its definition
+        await self.svc.manager.cleanup_host(inst)  # the source reconnects the volumes for itself (revert_resize)
         await self.peers.call(source, REVERT_PATH, MoveCall(instance_id=inst["id"], source=source, flavor=old_flavor,
                                                             was_running=was_running), Done, timeout=600.0)
         return str(source)
@@ -206,6 +209,7 @@ class ColdMoves:
             return Done()
         if manager.network is not None:
             await manager.network.plug_instance(inst)
+        await self.svc.volumes.connect_here(inst)  # before the old copy's definition
         await manager.revert_resize(inst, call.flavor or inst["flavor"], call.was_running)
         return Done()
 
@@ -216,8 +220,11 @@ class ColdMoves:
         if inst["host"] != call.source or inst["task_state"] != TaskState.RESIZE_MIGRATED:
             raise Conflict(f"instance {call.instance_id} is not being moved from {call.source}")
         manager = self.svc.manager
-        spec = await manager.spec_of(inst, flavor=call.flavor or None)  # fetches the image base if missing
         async with Reverter() as revert:
+            # the volumes: opened directly when they live here, else over NBD (before the definition)
+            reconnected = await self.svc.volumes.connect_here(inst)
+            revert.add("volumes as before", lambda: self.svc.volumes.restore(reconnected))
+            spec = await manager.spec_of(inst, flavor=call.flavor or None)  # fetches the image base if missing
             spec.instance_dir.mkdir(mode=0o755, parents=True, exist_ok=False)
             revert.add("remove the received copy", lambda: manager._rmtree(spec.instance_dir))
             await self._pull(call, spec.instance_dir)

@@ -367,9 +367,13 @@ class ComputeManager:
         return PowerState.RUNNING
 
     async def unshelve(self, inst: dict[str, Any], image_id: str) -> None:
-        """Boot the instance again from its `<name>-shelved` image (as a launch)."""
-        spec = await self.spec_of(inst, image_id=image_id)
+        """Boot the instance again from its `<name>-shelved` image (as a launch), its volumes
+        reconnected for this host (opened directly when they live here, else over NBD)."""
+        reconnected = await self.volumes.connect_here(inst) if self.volumes is not None else []
         async with Reverter() as revert:
+            if self.volumes is not None:
+                revert.add("volumes offloaded again", lambda: self.volumes.restore(reconnected))
+            spec = await self.spec_of(inst, image_id=image_id)
             if self.network is not None:
                 await self.network.plug_instance(inst)
                 revert.add("unplug network", lambda: self.network.unplug_instance(inst))

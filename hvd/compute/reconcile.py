@@ -165,6 +165,7 @@ class Reconciler:
         if kind is RepairKind.REVERT_RESIZE or task is TaskState.RESIZE_REVERTING:
             old = inst["extra"].get("old_flavor") or inst["flavor"]
             previous = VmState(inst["extra"].get("old_vm_state") or "active")
+            await self.service.volumes.connect_here(inst)  # a cross-host move's destination may have reconnected them
             power = await m.revert_resize(inst, old, previous == VmState.ACTIVE)
             with contextlib.suppress(NotFound):
                 await self.catalog.propose(ReleaseClaim(instance_id=inst["id"], kind="resize"))
@@ -187,6 +188,7 @@ class Reconciler:
         if task is TaskState.UNSHELVING:
             if inst["host"] is not None:
                 await m.cleanup_host(inst)
+            await self.service.volumes.offload(inst)  # what the interrupted unshelve connected (exports)
             await self.catalog.propose(ReleaseClaim(instance_id=inst["id"]))
             await self._set(inst, vm_state=VmState.SHELVED_OFFLOADED, host=None)
             return

@@ -364,8 +364,10 @@ class ComputeService:
         return run
 
     async def offload(self, inst: dict[str, Any]) -> None:
-        """Remove the instance from its host and free its resources (shelve's last step)."""
+        """Remove the instance from its host and free its resources (shelve's last step); its
+        volumes stay attached with no connection (their exports stop) until the unshelve."""
         await self.manager.cleanup_host(inst)
+        await self.volumes.offload(inst)
         await self.placement.release(inst["id"])
 
     def unshelve(self) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:

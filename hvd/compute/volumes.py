@@ -7,6 +7,10 @@ hvd/storage/volumes/__init__.py): reserve → attaching (with the connection inf
 attach → attached (with the device), and attached → detaching → hypervisor detach → removed, or
 back to attached with the guest's refusal as the error. A volume on another host is reached over
 NBD (hvd.storage.volumes.nbd): the volume's host exports it, this host's libvirt connects to it.
+A server that moves keeps its attachments: a live migration's source says how the destination
+reaches them (``prepare_move``); a host that boots a server that ran elsewhere or nowhere (cold
+move, its revert, unshelve) reconnects them itself (``connect_here``, decided by
+hvd.compute.volume_reach); a shelve-offload leaves them with no connection (``offload``).
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from hvd.catalog.cmd_volume_moves import AttachmentMoved
 from hvd.catalog.cmd_volumes import (
     AttachmentAttaching,
     AttachmentBeginDetach,
@@ -29,6 +34,7 @@ from hvd.catalog.cmd_volumes import (
 )
 from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.compute.lifecycle import PowerState, VmState
+from hvd.compute.volume_reach import OFFLOADED, reach, reconnect, reconnect_blocker, recorded
 from hvd.drivers.volumes import BOOT_DEV, VolumeDisk, device_name, disk_from_connection, next_device
 from hvd.errors import BadRequest, Conflict, DriverError, HvdError, InvalidState, NotFound, ServiceUnavailable
 from hvd.faults import checkpoint
@@ -79,17 +85,8 @@ def busy_attachments(conn: Any, host: str) -> list[dict[str, Any]]:
                      (host, st.ATT_RESERVED, st.ATT_ATTACHING, st.ATT_DETACHING))
 
 
-Reach = Literal["direct", "nbd"]
-
-
-def reach(volume_host: str, server_host: str) -> Reach:
-    """How a server on ``server_host`` opens a volume of ``volume_host``: directly (the file or LV)
-    on the volume's own host, else over NBD from an export on the volume's host."""
-    return "direct" if volume_host == server_host else "nbd"
-
-
 def move_blocker(connection_info: dict[str, Any], volume_id: str) -> str | None:
-    """Why a volume the server opens directly cannot follow it to another host, or None.
+    """Why a volume the server opens directly cannot follow it to another host live, or None.
 
     The destination reaches it over NBD through a qemu-storage-daemon that opens the data while the
     source's QEMU still runs on it: safe for raw data (no cache of its own), not for qcow2, whose
@@ -109,7 +106,18 @@ class MovingVolume:
     volume_id: str
     info: dict[str, Any]  # the NBD connection info at the destination
     disk: VolumeDisk  # its network disk, at the attachment's device
-    direct: dict[str, Any]  # how the volume's host opens it (the attachment's before the move)
+
+
+@dataclass(frozen=True)
+class Reconnected:
+    """An attachment ``connect_here`` changed: where and how it was, how this host reaches it now."""
+
+    attachment_id: str
+    volume_id: str
+    host: str  # the host the attachment named before
+    before: dict[str, Any]
+    after: dict[str, Any]
+    release_export: bool  # the export ``before`` names is not needed by it once the server runs here
 
 
 def device_of(requested: str | None) -> str | None:
@@ -149,7 +157,10 @@ class ComputeVolumes:
     async def connection(self, volume: dict[str, Any]) -> dict[str, Any]:
         """How this host's hypervisor opens ``volume``: directly when its data is here, else over
         NBD from the volume's host."""
-        if reach(volume["host"], self.host) == "direct":
+        return await self._open(volume, reach(volume["host"], self.host) == "nbd")
+
+    async def _open(self, volume: dict[str, Any], export: bool) -> dict[str, Any]:
+        if not export:
             if self.volume_host is None:
                 raise Conflict(f"volume {volume['id']} is on host {self.host}, which runs no volume service")
             return self.volume_host.connection_info(volume)
@@ -174,25 +185,23 @@ class ComputeVolumes:
         return [a for a in await self.catalog.read(attachments_of, instance_id)
                 if a["connection_info"].get("type") != "nbd"]
 
-    async def prepare_move(self, inst: dict[str, Any], dest: str, live: bool = True) -> list[MovingVolume]:
-        """Before ``inst`` leaves this host for ``dest``: export the volumes it opens directly here
-        (``live``: without the image lock its running QEMU holds) and say how ``dest`` reaches them.
-        Undone by ``abandon_move``; made final by ``finish_move`` once the server runs on ``dest``."""
+    async def prepare_move(self, inst: dict[str, Any], dest: str) -> list[MovingVolume]:
+        """Before ``inst`` live-migrates from this host to ``dest``: export the volumes it opens
+        directly here (without the image lock its running QEMU holds) and say how ``dest`` reaches
+        them. Undone by ``abandon_move``; made final by ``finish_move`` once the server runs on
+        ``dest``. (A cold move's destination reconnects them itself: ``connect_here``.)"""
         moving: list[MovingVolume] = []
         try:
             for att in await self.direct_attachments(inst["id"]):
-                if att["status"] != st.ATT_ATTACHED or not att["device"]:
-                    raise Conflict(f"volume {att['volume_id']} of instance {inst['id']} is {att['status']}:"
-                                   " wait for its attach or detach to end")
-                if live and (reason := move_blocker(att["connection_info"], att["volume_id"])):
+                if reason := reconnect_blocker(att) or move_blocker(att["connection_info"], att["volume_id"]):
                     raise Conflict(reason)
                 volume = await self._volume(att["volume_id"])
                 if reach(volume["host"], dest) != "nbd" or self.exports is None:
                     raise Conflict(f"volume {volume['id']} cannot be reached from host {dest} (no NBD exports here)")
-                info: dict[str, Any] = await self.exports.connect(volume, dest, unlocked=live)
+                info: dict[str, Any] = await self.exports.connect(volume, dest, unlocked=True)
                 disk = disk_from_connection(volume["id"], att["device"], info, read_only=att["attach_mode"] == "ro",
                                             shareable=bool(volume["multiattach"]))
-                moving.append(MovingVolume(att["id"], volume["id"], info, disk, att["connection_info"]))
+                moving.append(MovingVolume(att["id"], volume["id"], info, disk))
         except BaseException:
             await self.abandon_move(moving, dest)
             raise
@@ -206,34 +215,82 @@ class ComputeVolumes:
     async def finish_move(self, moving: list[MovingVolume], dest: str) -> None:
         """The server runs on ``dest`` now: its attachments name ``dest`` and the NBD connection (a
         later regenerated definition keeps the network disk, and the export has its user)."""
-        from hvd.catalog.cmd_volume_moves import AttachmentMoved
-
         for mv in moving:
             await self.catalog.propose(AttachmentMoved(id=mv.attachment_id, from_host=self.host, host=dest,
                                                        connection_info=mv.info, updated_at=now_iso()))
 
-    async def undo_move(self, moving: list[MovingVolume], dest: str) -> None:
-        """A cold move that ``finish_move`` recorded failed before the server ran on ``dest``: the
-        attachments open the volumes directly here again (``abandon_move`` then stops the exports)."""
-        from hvd.catalog.cmd_volume_moves import AttachmentMoved
+    # --- a server defined on this host after it ran elsewhere or nowhere ---------------------
 
-        for mv in moving:
+    async def connect_here(self, inst: dict[str, Any]) -> list[Reconnected]:
+        """Before this host defines ``inst``'s domain after the server ran on another host or on
+        none (a cold move's destination, the source of a reverted cold move, an unshelve), its
+        previous domain gone: each attachment names this host and the connection this host uses
+        (hvd.compute.volume_reach): the volume opened directly on its own host, else over NBD from
+        its host's export. An export a volume opened directly here now used stops first (it holds
+        QEMU's image lock). On failure nothing is changed; undone by ``restore``."""
+        done: list[Reconnected] = []
+        try:
+            for att in await self.catalog.read(attachments_of, inst["id"]):
+                if reason := reconnect_blocker(att):
+                    raise Conflict(reason)
+                volume = await self._volume(att["volume_id"])
+                was = recorded(att["connection_info"])
+                step = reconnect(volume["host"], self.host, was)
+                info = await self._open(volume, step.export)
+                if info == att["connection_info"] and att["host"] == self.host:
+                    continue
+                try:
+                    await self.catalog.propose(AttachmentMoved(id=att["id"], from_host=att["host"], host=self.host,
+                                                               connection_info=info, updated_at=now_iso()))
+                except BaseException:
+                    if was != "nbd":  # the export just made has no user
+                        await self.disconnect(volume["id"], info)
+                    raise
+                done.append(Reconnected(att["id"], volume["id"], att["host"], att["connection_info"], info,
+                                        step.release_export))
+                if step.release_export:  # no attachment names it now: it stops, unless another server uses it
+                    await self.disconnect(volume["id"], att["connection_info"])
+                if step.reach != was:
+                    log.info("volume %s of %s: reached %s from %s now (was %s)", volume["id"], inst["id"],
+                             step.reach, self.host, was)
+        except BaseException:
+            await self.restore(done)
+            raise
+        return done
+
+    async def restore(self, done: list[Reconnected]) -> None:
+        """Undo ``connect_here``: the attachments as they were (an export it stopped starts again,
+        on whatever port it gets); an export started for this host that the old record does not
+        name stops (its volume's host counts the catalog's users)."""
+        for rc in reversed(done):
             try:
-                await self.catalog.propose(AttachmentMoved(id=mv.attachment_id, from_host=dest, host=self.host,
-                                                           connection_info=mv.direct, updated_at=now_iso()))
+                before = rc.before
+                if rc.release_export:
+                    volume = await self._volume(rc.volume_id)
+                    before = await self.exports.connect(volume, rc.host)
+                await self.catalog.propose(AttachmentMoved(id=rc.attachment_id, from_host=self.host, host=rc.host,
+                                                           connection_info=before, updated_at=now_iso()))
             except HvdError as exc:
-                log.error("attachment %s could not come back to %s: %s", mv.attachment_id, self.host, exc.message)
+                log.error("attachment %s could not go back to %s: %s", rc.attachment_id, rc.host, exc.message)
+                continue
+            if recorded(rc.before) != "nbd":
+                await self.disconnect(rc.volume_id, rc.after)
 
-    async def follow_server(self, instance_id: str, to_host: str) -> None:
-        """The server goes back from this host to ``to_host`` (a reverted cold move): its NBD
-        attachments name that host (it keeps the network disk, also on the volume's own host)."""
-        from hvd.catalog.cmd_volume_moves import AttachmentMoved
-
-        for att in await self.catalog.read(attachments_of, instance_id):
-            if att["host"] == self.host and att["connection_info"].get("type") == "nbd":
-                await self.catalog.propose(AttachmentMoved(id=att["id"], from_host=self.host, host=to_host,
-                                                           connection_info=att["connection_info"],
-                                                           updated_at=now_iso()))
+    async def offload(self, inst: dict[str, Any]) -> None:
+        """The server left this host without going to another (shelve-offload; its domain is
+        gone): its attachments stay, with no connection, and the exports they used stop.
+        Idempotent (a restart repeats it)."""
+        for att in await self.catalog.read(attachments_of, inst["id"]):
+            if recorded(att["connection_info"]) == "none":
+                continue
+            try:
+                await self.catalog.propose(AttachmentMoved(id=att["id"], from_host=att["host"], host=att["host"],
+                                                           connection_info=OFFLOADED, updated_at=now_iso()))
+            except HvdError as exc:  # not attached: it was half-way (its repair decides)
+                log.warning("attachment %s of shelved %s keeps its connection: %s", att["id"], inst["id"],
+                            exc.message)
+                continue
+            await self.disconnect(att["volume_id"], att["connection_info"])
 
     # --- what a domain definition holds ----------------------------------------------------------
 
@@ -313,13 +370,13 @@ class ComputeVolumes:
                 except HvdError as undo_exc:
                     log.warning("could not take volume %s back from %s: %s", volume["id"], inst["id"],
                                 undo_exc.message)
-            if info is not None:
-                await self.disconnect(volume["id"], info)
             try:
                 await self.catalog.propose(AttachmentRemove(id=att_id, expect=[st.ATT_RESERVED, st.ATT_ATTACHING],
                                                             updated_at=now_iso()))
             except HvdError as undo_exc:
                 log.warning("could not roll back attachment %s: %s", att_id, undo_exc.message)
+            if info is not None:  # after the removal: an export stops only when no attachment names it
+                await self.disconnect(volume["id"], info)
             self._event(volume["id"], inst["id"], "removed")
             raise
         self._event(volume["id"], inst["id"], st.ATT_ATTACHED)
@@ -452,9 +509,10 @@ class ComputeVolumes:
         """After the server's domain is gone: remove its attachments (whatever their state) and
         drop its exports; when ``deleting``, its delete_on_termination volumes go too."""
         for att in await self.catalog.read(attachments_of, inst["id"]):
-            await self.disconnect(att["volume_id"], att["connection_info"])
             with contextlib.suppress(NotFound):  # removed meanwhile
                 await self.catalog.propose(AttachmentRemove(id=att["id"], updated_at=now_iso()))
+            # after the removal: the volume's host stops an export only when no attachment names it
+            await self.disconnect(att["volume_id"], att["connection_info"])
             self._event(att["volume_id"], inst["id"], "removed")
         if not deleting:
             return
@@ -497,8 +555,8 @@ class ComputeVolumes:
                                                               error="detach interrupted by a restart; detach again"))
         else:
             log.warning("attachment %s (%s): not in the domain; removing it", att["id"], att["status"])
-            await self.disconnect(att["volume_id"], att["connection_info"])
             await self.catalog.propose(AttachmentRemove(id=att["id"], updated_at=now))
+            await self.disconnect(att["volume_id"], att["connection_info"])
         self._event(att["volume_id"], att["instance_id"], "repaired")
 
     def _event(self, volume_id: str, instance_id: str, status: str) -> None:

@@ -1,6 +1,6 @@
 """Volumes on servers over real HTTP and SQLite with the fake driver: attach (running and
 stopped), multi-attach refusal, detach, a guest that refuses the unplug, online extend, the volumes
-kept across hard reboot and stop/start, server delete, and crash repair of half-done attachments.
+kept across hard reboot, stop/start and shelve/unshelve, server delete, and crash repair of half-done attachments.
 Real guests: tests/lab/test_volumes_libvirt.py."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from hvd.catalog.cmd_compute import InstanceUpdate
 from hvd.catalog.cmd_volumes import (
     AttachmentAttaching,
     AttachmentBeginDetach,
@@ -21,6 +22,8 @@ from hvd.catalog.cmd_volumes import (
     VolumeCreateFinish,
     VolumeTypeCreate,
 )
+from hvd.compute.reconcile import Reconciler
+from hvd.compute.volume_reach import OFFLOADED
 from hvd.drivers.fake import FakeDriver
 from hvd.drivers.volumes import VolumeDisk
 from hvd.identity.service import now_iso
@@ -114,8 +117,6 @@ async def test_attach_detach_multiattach_and_a_refusing_guest(admin_api: Api, en
     assert status == 409 and "already attached" in body["error"]["message"], body
     status, body = await admin_api.call("POST", path, {"volume": vol, "device": "vda"})
     assert status == 400, body
-    status, body = await action(admin_api, one, "shelve")  # it could come back on a host without the volume's file
-    assert status == 409 and "opened directly" in body["error"]["message"], body
     status, body = await action(admin_api, one, "evacuate")  # its volume lives on the host it would leave
     assert status == 409 and "while that host is down its data is unreachable" in body["error"]["message"], body
     status, body = await admin_api.call("POST", path, {"volume": str(uuid.uuid4())})
@@ -170,7 +171,32 @@ async def test_volumes_follow_the_server_through_stop_reboot_and_delete(admin_ap
         status, answer = await action(admin_api, sid, name, body)
         assert status == 202 and answer["status"] == want, (name, answer)
         assert domain_volumes(env, sid) == {vol: "vdd"}, name  # the regenerated definition has it
+    # shelve-offload keeps the attachment with no connection; unshelve opens the volume again
+    status, answer = await action(admin_api, sid, "shelve")
+    assert status == 202 and answer["status"] == "SHELVED_OFFLOADED", answer
+    rows = await env["compute"].volumes.of_server(sid)
+    assert [(a["volume_id"], a["status"], a["connection_info"]) for a in rows] == [(vol, "attached", OFFLOADED)]
+    assert await volume_status(env, vol) == "in-use"
     driver: FakeDriver = env["compute"].manager.driver
+    driver.fail("spawn")  # the unshelve fails on the only host: the attachment is offloaded again
+    status, answer = await action(admin_api, sid, "unshelve")
+    assert answer["status"] == "SHELVED_OFFLOADED", answer
+    assert [a["connection_info"] for a in await env["compute"].volumes.of_server(sid)] == [OFFLOADED]
+    # a restart cuts an unshelve after it reconnected the volume: the repair offloads it again
+    compute = env["compute"]
+    await compute.volumes.connect_here(await compute.instance(sid))
+    assert [a["connection_info"]["type"] for a in await compute.volumes.of_server(sid)] == ["file"]
+    await env["catalog"].propose(InstanceUpdate(id=sid, task_state="unshelving", host=compute.host,
+                                                updated_at=now_iso()))
+    await Reconciler(compute).startup()
+    assert [a["connection_info"] for a in await compute.volumes.of_server(sid)] == [OFFLOADED]
+    assert (await compute.instance(sid))["vm_state"] == "shelved_offloaded"
+    status, answer = await action(admin_api, sid, "unshelve")
+    assert status == 202 and answer["status"] == "ACTIVE", answer
+    assert domain_volumes(env, sid) == {vol: "vdd"}
+    rows = await env["compute"].volumes.of_server(sid)
+    assert rows[0]["connection_info"] == env["compute"].volumes.volume_host.connection_info(
+        {"id": vol, "volume_format": "raw"})
     assert (await driver.console_log(sid)).splitlines()[-1] == "FAKE disks=vda vdb vdc"  # root, config drive, vol
     # online extend: a file the running QEMU holds is grown by QEMU (block resize), the guest told
     vols = env["compute"].volumes

@@ -7,8 +7,8 @@ failed copy is an error with nothing left behind. The server's host attaches the
 (hvd.compute.volumes.connect_at_build): the entry with boot_index 0 as vda, in place of a local
 root disk; the others as data disks. A snapshot of such a server is a snapshot of its boot volume
 plus an image record naming it (``snapshot_runner``); booting that image makes a volume from it.
-Operations that need the server's own files, or that may land it on a host without its volumes'
-files, are refused with the reason (``check_op``).
+Operations that need the server's own files, or that would need a volume's data from a host that
+is down, are refused with the reason (``check_op``).
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ async def check_op(request: web.Request, inst: dict[str, Any], op: Op) -> None:
     if reason and (inst.get("extra") or {}).get(BOOT_ID):
         raise Conflict(f"Cannot {op.value} instance {inst['id']}: it boots from volume"
                        f" {inst['extra'][BOOT_ID]}; {reason}")
-    if op in (Op.MIGRATE, Op.LIVE_MIGRATE, Op.SHELVE, Op.EVACUATE):  # the server may come back on another host
+    if op in (Op.LIVE_MIGRATE, Op.EVACUATE):  # cold moves and unshelve reconnect volumes on the new host
         attached = await services(request).catalog.read(
             fetch_all, "SELECT volume_id, connection_info FROM volume_attachments WHERE instance_id=?", (inst["id"],))
         local = [a for a in attached if a["connection_info"].get("type") != "nbd"]
@@ -234,9 +234,6 @@ async def check_op(request: web.Request, inst: dict[str, Any], op: Op) -> None:
             raise Conflict(f"Cannot {op.value} instance {inst['id']}: volume {local[0]['volume_id']} lives on its"
                            f" host {inst['host']} (opened directly there): while that host is down its data is"
                            " unreachable from any other")
-        if local and op == Op.SHELVE:
-            raise Conflict(f"Cannot {op.value} instance {inst['id']}: volume {local[0]['volume_id']} is opened"
-                           " directly on its host and the server may come back on another (detach it first)")
         blocked = [r for a in local if (r := move_blocker(a["connection_info"], a["volume_id"]))]
         if blocked and op == Op.LIVE_MIGRATE:
             raise Conflict(f"Cannot {op.value} instance {inst['id']}: {blocked[0]}")
