@@ -162,8 +162,7 @@ class VolumeService:
         """Every host's backends as last reported (this host's measured now); a backend's free
         space is what both its filesystem/group and its claims in the catalog leave (a thin one's
         claims up to its over-subscription ratio: claims.Headroom)."""
-        reports = await self.catalog.read(cv.backend_reports)
-        claimed = await self.catalog.read(cv.backend_claims)
+        reports, claimed = await self.catalog.read(_reports_and_claims)
         infos: list[BackendInfo] = []
         for host, report in sorted(reports.items()):
             if host == self.host:
@@ -290,13 +289,16 @@ class VolumeService:
         elif kind == "restore":
             await self._restore_work(row)
 
-    async def _finish(self, cmd: Command) -> None:
+    async def _finish(self, cmd: Command, project_id: str | None = None) -> None:
+        """Record a step's outcome and tell waiters and /v1/events; ``project_id``: the row's
+        owner when the caller has it (else read here)."""
         kind = "snapshot" if cmd.type.startswith("volume_snapshot") else \
             "backup" if cmd.type.startswith("volume_backup") else "volume"
         table = {"snapshot": "volume_snapshots", "backup": "volume_backups", "volume": "volumes"}[kind]
         rid = str(getattr(cmd, "id", ""))
         # read first: a finished delete removes the row; /v1/events shows a project its own events
-        owner = await self.catalog.read(fetch_one, f"SELECT project_id FROM {table} WHERE id=?", (rid,))
+        owner = {"project_id": project_id} if project_id else await self.catalog.read(
+            fetch_one, f"SELECT project_id FROM {table} WHERE id=?", (rid,))
         try:
             result = await self.catalog.propose(cmd)
         except HvdError as exc:  # someone else moved it (admin reset): nothing more to record
@@ -336,7 +338,7 @@ class VolumeService:
                     await backend.delete_volume(vid)
             made = loop.time()
             await self._finish(cv.VolumeCreateFinish(id=vid, ok=ok, error=error, bootable=bootable,
-                                                     updated_at=now_iso()))
+                                                     updated_at=now_iso()), vol.get("project_id"))
             log.info("volume %s %s: data %.2f s, recorded %.2f s later", vid, "created" if ok else "failed",
                      made - started, loop.time() - made)
             if ok:  # on disk now, not at the kernel's writeback up to 30 s later (a power cut in between loses it)
@@ -567,3 +569,8 @@ def _known_ids(conn: Any) -> dict[str, Any]:
     objects |= {("snapshot", r["id"]) for r in fetch_all(conn, "SELECT id FROM volume_snapshots")}
     backups = {r["id"] for r in fetch_all(conn, "SELECT id FROM volume_backups")}
     return {"objects": objects, "backups": backups, "volume_hosts": {r["id"]: r["host"] for r in volumes}}
+
+
+def _reports_and_claims(conn: Any) -> tuple[dict[str, Any], dict[tuple[str, str], int]]:
+    """Every host's backend report and the GiB claimed on each backend, in one read."""
+    return cv.backend_reports(conn), cv.backend_claims(conn)
