@@ -2,8 +2,8 @@
 lives on one host, the server runs on the other and reaches it over NBD (a libvirt network disk to
 the volume host's qemu-storage-daemon); the guest sees it and marks it; a cold migration to the
 volume's host boots the server there opening the volume directly (the export stops), whose guest
-finds the mark; a live migration back keeps it attached (only the server's own disks are copied,
-the volume's host exports it again); after a detach the export is gone
+finds the mark; reverted, the server boots on its first host over NBD again (the volume's host
+exports it again) and finds the mark; after a detach the export is gone
 (no orphan process, no record) and the mark is in the volume's file on its host. The export is NBD
 over TLS with the lab's cluster CA (the disk says tls='yes'): a client on the lab network without a
 cluster certificate, or with another CA's, is refused. A server on the volume's own host (which
@@ -97,7 +97,7 @@ def assert_opened_directly(lab: LabCluster, vol_host: str, sid: str, vid: str) -
     assert_no_export(lab, vol_host, vid)
 
 
-def test_a_volume_of_one_host_used_and_live_migrated_on_another(lab: LabCluster) -> None:
+def test_a_volume_of_one_host_used_on_another_and_cold_migrated_to_its_host(lab: LabCluster) -> None:
     ok(lab, "h1", "POST", "/v1/flavors", {"name": "v.tiny", "vcpus": 1, "ram_mb": 128, "disk_gb": 1}, 201)
     image = upload(lab, "h1", "guest")
     volume = ok(lab, "h1", "POST", "/v1/volumes?wait=true", {"name": "shared-data", "size_gb": 1}, 202)
@@ -125,18 +125,17 @@ def test_a_volume_of_one_host_used_and_live_migrated_on_another(lab: LabCluster)
     # the export stops, and its guest finds the mark written before the move
     moved = ok(lab, "h1", "POST", f"/v1/servers/{sid}/migrate?wait=true", {"host": vol_host}, 202)
     assert moved["status"] == "VERIFY_RESIZE" and moved["host"] == vol_host, moved
-    moved = ok(lab, "h1", "POST", f"/v1/servers/{sid}/confirm-resize?wait=true", {}, 202)
-    assert moved["status"] == "ACTIVE", moved
     assert_opened_directly(lab, vol_host, sid, vid)
     wait_console(lab, sid, f"serial={vid[:20]} bytes={1 << 30} mark=HVDMARK-nbd-user")
 
-    # live migration back: the volume's host exports it again (a network disk is not copied)
-    moved = ok(lab, "h1", "POST", f"/v1/servers/{sid}/live-migrate?wait=true",
-               {"host": srv_host, "block_migration": True}, 202)
+    # reverted, it boots its kept copy on its first host, and the volume's host exports it again
+    moved = ok(lab, "h1", "POST", f"/v1/servers/{sid}/revert-resize?wait=true", {}, 202)
     assert moved["status"] == "ACTIVE" and moved["host"] == srv_host, moved
-    assert "protocol='nbd'" in lab.virsh(srv_host, "dumpxml", sid).stdout
+    xml = lab.virsh(srv_host, "dumpxml", sid).stdout
+    assert "protocol='nbd'" in xml and f"name='volume-{vid}'" in xml, xml
     listed = ok(lab, "h1", "GET", f"/v1/servers/{sid}/volume-attachments")["volume_attachments"]
     assert [(a["volume_id"], a["status"]) for a in listed] == [(vid, "attached")]
+    wait_console(lab, sid, f"serial={vid[:20]} bytes={1 << 30} mark=HVDMARK-nbd-user")
 
     # detach: the guest lets go, the export stops (no process, no record)
     at = len(ok(lab, "h1", "GET", f"/v1/servers/{sid}/console-log")["output"])
