@@ -66,7 +66,9 @@ connection_info (what a backend returns, ``VolumeBackend.connection_info``):
   file backend: ``{"type": "file", "path": "<dir>/volume-<id>", "format": "raw" | "qcow2"}``
   lvm backend:  ``{"type": "block", "path": "/dev/<vg>/volume-<id>", "format": "raw"}``
 A compute host other than the volume's host cannot use these paths: it needs an export (NBD,
-the other helper's part), keyed by the volume's ``host``.
+hvd.storage.volumes.nbd), keyed by the volume's ``host``. A server that moves keeps its
+attachments: ``AttachmentMoved`` (hvd.catalog.cmd_volume_moves) re-points their host and
+connection_info; a shelved-offloaded server's hold ``{"type": "none"}`` (hvd.compute.volume_reach).
 
 Events on /v1/events: ``volume.status`` (and ``snapshot.status``, ``backup.status``) with id, status
 and project_id, published by the host that takes a request and by the host that finishes a step.
