@@ -117,7 +117,7 @@ class Reconnected:
     host: str  # the host the attachment named before
     before: dict[str, Any]
     after: dict[str, Any]
-    release_export: bool  # the export ``before`` names is not needed by it once the server runs here
+    release_export: bool  # the export ``before`` names was let go of (this host opens the volume directly)
 
 
 def device_of(requested: str | None) -> str | None:
@@ -226,8 +226,8 @@ class ComputeVolumes:
         none (a cold move's destination, the source of a reverted cold move, an unshelve), its
         previous domain gone: each attachment names this host and the connection this host uses
         (hvd.compute.volume_reach): the volume opened directly on its own host, else over NBD from
-        its host's export. An export a volume opened directly here now used stops first (it holds
-        QEMU's image lock). On failure nothing is changed; undone by ``restore``."""
+        its host's export. The export of a volume this host now opens directly is let go of first
+        (it holds QEMU's image lock). On failure nothing is changed; undone by ``restore``."""
         done: list[Reconnected] = []
         try:
             for att in await self.catalog.read(attachments_of, inst["id"]):
