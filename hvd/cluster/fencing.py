@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hvd import spawn
 from hvd.catalog.cmd_hosts import HostFence, HostUnfence, fenced_hosts
 from hvd.compute.lifecycle import PowerState, VmState
 from hvd.config import Config
@@ -192,17 +193,18 @@ class Fencer:
         argv: Sequence[str] = [a.replace("{host}", host) for a in self.config.fencing.fence_agent]
         if not argv:
             return True
-        try:
-            proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
-                                                        stderr=asyncio.subprocess.STDOUT)
-            async with asyncio.timeout(AGENT_TIMEOUT_S):
-                out, _ = await proc.communicate()
-        except (OSError, TimeoutError) as exc:
+        try:  # a hung agent is killed at the timeout (it would otherwise outlive the round)
+            done = await spawn.run(argv, timeout=AGENT_TIMEOUT_S, merge_stderr=True)
+        except TimeoutError:  # before OSError, of which it is a subclass
+            log.error("fence agent for %s gave no answer within %.0f s: killed (retrying next round)", host,
+                      AGENT_TIMEOUT_S)
+            return False
+        except OSError as exc:
             log.error("fence agent for %s failed to run: %s (retrying next round)", host, exc)
             return False
-        if proc.returncode != 0:
-            log.error("fence agent for %s exited %s: %s (retrying next round)", host, proc.returncode,
-                      out.decode(errors="replace")[-500:])
+        if done.returncode != 0:
+            log.error("fence agent for %s exited %s: %s (retrying next round)", host, done.returncode,
+                      done.stdout.decode(errors="replace")[-500:])
             return False
         return True
 

@@ -5,9 +5,10 @@ Always an argv list, never a shell; namespaces are entered with `ip netns exec`.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from hvd import spawn
 
 
 class NetError(Exception):
@@ -45,23 +46,13 @@ TIMEOUT_S = 60.0  # nft, dnsmasq, sysctl, ip netns exec answer in milliseconds; 
 
 async def run(argv: Sequence[str], *, stdin: str | None = None, check: bool = True,
               timeout: float = TIMEOUT_S) -> Result:
-    """Run `argv` to completion without blocking the event loop; killed (CommandFailed) after
-    ``timeout`` seconds."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    """Run `argv` to completion without blocking the event loop (nor forking the daemon:
+    hvd/spawn.py); killed (CommandFailed) after ``timeout`` seconds."""
     try:
-        async with asyncio.timeout(timeout):
-            out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+        done = await spawn.run(argv, stdin=stdin.encode() if stdin is not None else None, timeout=timeout)
     except TimeoutError:
-        proc.kill()
-        await proc.wait()
         raise CommandFailed(argv, -9, f"no answer within {timeout:.0f} s: killed") from None
-    assert proc.returncode is not None
-    result = Result(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+    result = Result(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
     if check and result.returncode != 0:
         raise CommandFailed(argv, result.returncode, result.stderr)
     return result

@@ -7,19 +7,14 @@ format of a guest-writable raw image is how a guest makes the host read its file
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
-import functools
 import json
 import shutil
-import subprocess
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hvd import spawn
 from hvd.errors import BadRequest, DriverError, Timeout
 
 QEMU_IMG = "qemu-img"
@@ -185,62 +180,20 @@ def _describe(argv: Sequence[str]) -> str:
     return " ".join(tool[:2])
 
 
-# spawning takes a millisecond: its own threads, never queued behind long jobs in the default executor
-_SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="spawn")
-
-
-def _wait_in_thread(proc: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop,
-                    done: asyncio.Future[tuple[bytes, bytes]]) -> None:
-    """Collect ``proc``'s output and exit in a thread of its own, then hand them to the loop."""
-
-    def settle(result: tuple[bytes, bytes] | None, exc: BaseException | None) -> None:
-        if done.done():
-            return
-        if exc is None:
-            done.set_result(result or (b"", b""))
-        else:
-            done.set_exception(exc)
-
-    try:
-        out, err = proc.communicate()
-    except BaseException as exc:  # handed to the awaiting coroutine
-        result: tuple[tuple[bytes, bytes] | None, BaseException | None] = (None, exc)
-    else:
-        result = ((out, err), None)
-    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (daemon stopped): nobody waits
-        loop.call_soon_threadsafe(settle, *result)
-
-
 async def run(argv: Sequence[str], timeout: float | None = 3600.0, env: Mapping[str, str] | None = None) -> bytes:
-    """Exec ``argv`` (never through a shell); return stdout, raise DriverError on failure.
-
-    On timeout the process is killed and Timeout is raised (and on cancellation, which propagates).
-    The process is started by ``subprocess`` in an executor thread: it spawns with vfork, where the
-    daemon's event loop (uvloop) forks the whole daemon, 10-15 ms per run for a 200 MB process.
-    """
-    loop = asyncio.get_running_loop()
-    spawn = functools.partial(subprocess.Popen, list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, env=None if env is None else dict(env))
+    """Exec ``argv`` (never through a shell, without forking the daemon: hvd/spawn.py); return
+    stdout, raise DriverError on failure. On timeout the process is killed and Timeout is raised
+    (and on cancellation, which propagates)."""
     try:
-        proc = await loop.run_in_executor(_SPAWNER, spawn)
+        done = await spawn.run(argv, timeout=timeout, env=env)
+    except TimeoutError as exc:  # first: TimeoutError is an OSError too
+        raise Timeout(f"{_describe(argv)} took longer than {timeout} s") from exc
     except OSError as exc:
         raise DriverError(f"cannot run {argv[0]}: {exc}") from exc
-    done: asyncio.Future[tuple[bytes, bytes]] = loop.create_future()
-    threading.Thread(target=_wait_in_thread, args=(proc, loop, done), name="subprocess-wait", daemon=True).start()
-    try:
-        out, err = await asyncio.wait_for(asyncio.shield(done), timeout)
-    except (TimeoutError, asyncio.CancelledError) as exc:
-        if proc.poll() is None:
-            proc.kill()
-        with contextlib.suppress(Exception):
-            await done  # the thread sees the killed process's pipes close
-        if isinstance(exc, TimeoutError):
-            raise Timeout(f"{_describe(argv)} took longer than {timeout} s") from exc
-        raise
-    if proc.returncode != 0:
-        message = err.decode(errors="replace").strip() or f"exit status {proc.returncode}"
+    if done.returncode != 0:
+        message = done.stderr.decode(errors="replace").strip() or f"exit status {done.returncode}"
         raise DriverError(f"{_describe(argv)} failed: {message}", argv=list(argv))
-    return out
+    return done.stdout
 
 
 async def info(path: Path | str, fmt: str | None = None, *, force_share: bool = False) -> ImageInfo:
