@@ -113,8 +113,8 @@ def run(url: str, base: Path, args: argparse.Namespace) -> None:
           f" {api:.3f} s (min {min(api_s):.3f})\n  vs qemu-img convert p50 {raw:.3f} s (min {min(raw_s):.3f}):"
           f" ratio p50 {api / raw:.2f}, min {min(api_s) / min(raw_s):.2f}\n  vs qemu-img convert + sync p50"
           f" {synced:.3f} s (min {min(sync_s):.3f}): ratio p50 {api / synced:.2f}, min {min(api_s) / min(sync_s):.2f}"
-          " (the target, <= 1.2, is against the bare convert: a sync after hvd's create takes as long as after a"
-          " bare convert, so hvd has not flushed the volume's data either)")
+          " (the target, <= 1.2, is against the bare convert: hvd records the volume available with its data"
+          " where a bare convert leaves it, in the page cache, and flushes it right after)")
 
     # a volume full of data: restore the image's pattern into every GiB of it
     vol = call("POST", "/v1/volumes?wait=true", {"name": "bench-backup", "size_gb": args.volume_gib})

@@ -194,7 +194,7 @@ class Reconciler:
             return
         # snapshot/shelve aborted, resize_prep, power tasks: kill half images, trust the hypervisor
         for image_id in await self.catalog.read(pending_images, inst["id"]):
-            self.manager.store.delete(image_id)
+            await asyncio.to_thread(self.manager.store.delete, image_id)  # a big file: off the loop
             await self.catalog.propose(
                 ImageSetStatus(id=image_id, status="killed", expect=["queued", "saving"], updated_at=now_iso())
             )

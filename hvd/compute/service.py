@@ -387,7 +387,7 @@ class ComputeService:
             host = await self.placement.place(req, build_on)
             try:
                 await self.catalog.propose(ImageDelete(id=image_id, updated_at=now_iso()))
-                self.manager.store.delete(image_id)
+                await asyncio.to_thread(self.manager.store.delete, image_id)  # a big file: off the loop
             except HvdError as exc:
                 log.warning("could not delete shelved image %s: %s", image_id, exc.message)
             return {"vm_state": VmState.ACTIVE, "power_state": int(PowerState.RUNNING), "host": host,
@@ -443,7 +443,7 @@ class ComputeService:
         if shelved:
             with contextlib.suppress(NotFound):
                 await self.catalog.propose(ImageDelete(id=shelved, updated_at=now_iso()))
-            self.manager.store.delete(shelved)
+            await asyncio.to_thread(self.manager.store.delete, shelved)  # a big file: off the loop
         await self.catalog.propose(InstanceDestroy(id=inst["id"], deleted_at=now_iso()))
         self.events.publish("instance.delete", instance_id=inst["id"], project_id=inst["project_id"])
 

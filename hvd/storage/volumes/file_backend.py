@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -125,8 +126,7 @@ class FileBackend(VolumeBackend):
         path = self.path(volume_id)
         if wipe == "zero" and path.exists():
             await asyncio.get_running_loop().run_in_executor(None, _zero_file, path)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        await _unlink(path)
 
     async def extend(self, volume_id: str, size_bytes: int) -> None:
         await self._run(qemu_img.resize_argv(self.path(volume_id), size_bytes, self.volume_format))
@@ -135,8 +135,7 @@ class FileBackend(VolumeBackend):
         await self._convert(self.path(volume_id), self.volume_format, self.snapshot_path(snapshot_id), None)
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.snapshot_path(snapshot_id).unlink()
+        await _unlink(self.snapshot_path(snapshot_id))
 
     async def capacity(self) -> Capacity:
         st = await asyncio.get_running_loop().run_in_executor(None, os.statvfs, self.root)
@@ -162,3 +161,8 @@ class FileBackend(VolumeBackend):
         if self.volume_format == "raw":
             return path.stat().st_size
         return (await qemu_img.info(path, self.volume_format, force_share=True)).virtual_size
+
+
+async def _unlink(path: Path) -> None:
+    """Remove ``path`` if it is there, off the event loop: freeing a big file's extents took 40 ms."""
+    await asyncio.get_running_loop().run_in_executor(None, functools.partial(path.unlink, missing_ok=True))
