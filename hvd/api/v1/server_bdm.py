@@ -213,13 +213,6 @@ async def discard(request: web.Request, plan: BootPlan) -> None:
                 vs.wake()
 
 
-async def pinned_host(request: web.Request, inst: dict[str, Any]) -> str | None:
-    """The server's host when a volume is opened directly there (its resize must stay on it)."""
-    attached = await services(request).catalog.read(
-        fetch_all, "SELECT connection_info FROM volume_attachments WHERE instance_id=?", (inst["id"],))
-    return inst["host"] if any(a["connection_info"].get("type") != "nbd" for a in attached) else None
-
-
 async def check_op(request: web.Request, inst: dict[str, Any], op: Op) -> None:
     """409 for an operation a server booted from a volume, or with volumes attached, cannot do."""
     reason = REFUSED_FOR_VOLUME_BOOT.get(op)

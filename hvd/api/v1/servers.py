@@ -415,8 +415,8 @@ async def _action(request: web.Request, op: Op, body_model: type[BaseModel]) -> 
                              f" {flavor['disk_gb']} GB)")
         flavor_copy = {k: flavor[k] for k in ("id", "name", "vcpus", "ram_mb", "disk_gb", "ephemeral_gb",
                                                 "swap_mb", "extra_specs")}
-        # a volume opened directly on this host pins the resize to it (it keeps the volume)
-        await comp.begin(ctx, inst, op, comp.resize(flavor_copy, host=await server_bdm.pinned_host(request, inst)))
+        # to any host: the one that boots it reconnects its volumes (directly or over NBD), as a migrate does
+        await comp.begin(ctx, inst, op, comp.resize(flavor_copy))
     elif op == Op.CONFIRM_RESIZE:
         await comp.begin(ctx, inst, op, comp.confirm_resize())
     elif op == Op.REVERT_RESIZE:
