@@ -39,7 +39,8 @@ def cache_name(image_id: str) -> str:
     return hashlib.sha1(image_id.encode(), usedforsecurity=False).hexdigest()
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path | str) -> None:
+    """The file's data and size are on stable storage."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -119,7 +120,7 @@ class ImageCache:
                 result = converted
             result.chmod(_FILE_MODE)
             # A crash after the rename must not leave a truncated base that looks complete.
-            await asyncio.to_thread(_fsync, result)
+            await asyncio.to_thread(fsync_path, result)
             result.rename(final)
         except (HvdError, OSError, asyncio.CancelledError):
             for leftover in (download, converted):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 from hvd.errors import BadRequest, NotImplementedYet
 from hvd.storage import qemu_img
+from hvd.storage.image_cache import fsync_path
 from hvd.storage.volumes.claims import Headroom
 
 GIB = 1 << 30
@@ -152,9 +152,9 @@ class VolumeBackend(abc.ABC):
         """A path whose bytes are the volume's raw data (for backups), None when the format is not raw."""
 
     async def flush(self, volume_id: str) -> None:
-        """The volume's data is on stable storage (an fdatasync of its file or device)."""
+        """The volume's data is on stable storage (an fsync of its file or device)."""
         path = str(self.connection_info(volume_id)["path"])
-        await asyncio.get_running_loop().run_in_executor(None, _fdatasync, path)
+        await asyncio.get_running_loop().run_in_executor(None, fsync_path, path)
 
     async def list_partials(self) -> dict[str, str]:
         """Scratch objects a cut write left behind (name -> the volume id it was for); none unless
@@ -170,10 +170,3 @@ class VolumeBackend(abc.ABC):
         backends whose ``raw_path`` is None need it (a restore writes into raw paths directly)."""
         raise NotImplementedYet(f"backend {self.name} cannot import raw data")
 
-
-def _fdatasync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
