@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -151,19 +149,10 @@ async def test_runner_failure_is_a_driver_error(tmp_path: Path) -> None:
         await q.run(["/nonexistent/tool"])
 
 
-async def test_runner_kills_a_process_past_its_timeout_or_cancelled(tmp_path: Path) -> None:
+async def test_runner_reports_a_process_past_its_timeout_as_timeout() -> None:
+    """(The kill itself, on a timeout or a cancellation, is hvd/spawn.py's: tests/unit/test_spawn.py.)"""
     with pytest.raises(Timeout, match=r"sleep 30 took longer than 0\.2 s"):
         await q.run(["sleep", "30"], timeout=0.2)
-    marker = tmp_path / "pid"
-    task = asyncio.create_task(q.run(["sh", "-c", f"echo $$ > {marker}; exec sleep 30"]))
-    while not marker.exists() or not marker.read_text().strip():
-        await asyncio.sleep(0.01)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    pid = int(marker.read_text())
-    with pytest.raises(ProcessLookupError):  # killed and reaped: no process, no zombie
-        os.kill(pid, 0)
 
 
 def test_runner_works_under_the_daemons_event_loop() -> None:
