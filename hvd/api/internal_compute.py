@@ -15,7 +15,7 @@ from hvd.api.internal import _authenticated_body, _wire
 from hvd.api.services import SERVICES
 from hvd.cluster import event_relay
 from hvd.cluster.peers import APPLIED_HEADER
-from hvd.compute import coldmove, migration
+from hvd.compute import base_source, coldmove, migration
 from hvd.compute.builds import (
     BUILD_PATH,
     PLACE_PATH,
@@ -26,9 +26,10 @@ from hvd.compute.builds import (
     UnshelveRequest,
 )
 from hvd.compute.coldmove import MoveCall
+from hvd.compute.manager import instances_using
 from hvd.compute.migration import MigrationCall
 from hvd.compute.service import ComputeService
-from hvd.errors import BadRequest, Conflict, HvdError, ServiceUnavailable
+from hvd.errors import BadRequest, Conflict, HvdError, NotFound, ServiceUnavailable
 from hvd.storage import transfer
 from hvd.storage.transfer import ReplicateAnswer, ReplicateRequest
 from hvd.storage.volumes import nbd
@@ -101,6 +102,22 @@ async def _image_data(request: web.Request) -> web.StreamResponse:
         return _wire(exc)
 
 
+async def _cached_base(request: web.Request) -> web.StreamResponse:
+    """This host's cached base of an image, only while one of its instances uses it."""
+    try:
+        await _authenticated_body(request)
+        service: ComputeService = request.app[SERVICES].extra[COMPUTE_KEY]
+        image_id = request.match_info["id"]
+        if not base_source.valid_image_id(image_id):
+            raise BadRequest(f"image id {image_id!r} is not a uuid")
+        users = await service.catalog.read(instances_using, image_id)
+        if not base_source.serves_base(image_id, service.host, users):
+            raise NotFound(f"no instance on host {service.host} uses image {image_id}")
+        return await transfer.serve_cached_base(request, service.manager.cache, image_id)
+    except HvdError as exc:
+        return _wire(exc)
+
+
 async def _events(request: web.Request) -> web.StreamResponse:
     try:
         await _authenticated_body(request)
@@ -128,4 +145,5 @@ def install(app: web.Application) -> None:
     add(coldmove.REVERT_PATH, _typed(MoveCall, lambda s, p: s.moves.reverted(p)))
     app.router.add_get(coldmove.FILE_PATH, _move_file)
     app.router.add_get(transfer.DATA_PATH, _image_data)
+    app.router.add_get(transfer.BASE_PATH, _cached_base)
     app.router.add_get(event_relay.STREAM_PATH, _events)

@@ -12,15 +12,16 @@ import contextlib
 import hashlib
 import logging
 import shutil
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from hvd.catalog.cmd_compute import ImageCreate, ImageSetStatus, InstanceUpdate
 from hvd.catalog.service import Catalog
-from hvd.catalog.sql import fetch_one
+from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.cluster.peers import PeerCaller
-from hvd.compute import metadata_content
+from hvd.compute import base_source, metadata_content
 from hvd.compute.lifecycle import PowerState, TaskState
 from hvd.compute.metadata_content import hostname_of
 from hvd.compute.revert import Reverter
@@ -37,6 +38,12 @@ from hvd.storage.image_store import ImageStore
 log = logging.getLogger(__name__)
 
 RESIZE_SUFFIX = "_resize"
+
+
+def instances_using(conn: sqlite3.Connection, image_id: str) -> list[dict[str, Any]]:
+    """Live instances whose image or rescue image is ``image_id`` (catalog query)."""
+    return fetch_all(conn, "SELECT * FROM instances WHERE deleted_at IS NULL AND"
+                           " (image_id=? OR json_extract(extra, '$.rescue_image_id')=?)", (image_id, image_id))
 
 
 def file_sha256(path: Path) -> str:
@@ -90,15 +97,18 @@ class ComputeManager:
             raise NotFound(f"Image {image_id} could not be found")
         return row
 
-    async def cached_image(self, image_id: str) -> tuple[Path, str]:
-        """The cached base of an image (fetched from the local store the first time)."""
+    async def cached_image(self, image_id: str, inst: dict[str, Any] | None = None) -> tuple[Path, str]:
+        """The cached base of an image (fetched from the local store the first time). When the
+        image is deleted and ``inst`` runs on it, from another host's image cache instead."""
         if self.cache.is_cached(image_id):
             row = await self.catalog.read(fetch_one, "SELECT disk_format FROM images WHERE id=?", (image_id,))
             fmt = row["disk_format"] if row else "raw"
             return self.cache.path_for(image_id), self.cache.format_of(fmt)
         image = await self.image_row(image_id)
         if image["status"] != "active":
-            raise BadRequest(f"Image {image_id} is {image['status']}, not active")
+            if self.peers is None or not base_source.from_peer_caches(image, inst):
+                raise BadRequest(f"Image {image_id} is {image['status']}, not active")
+            return await self._base_from_peer_caches(image, inst or {})
         source = self.store.path(image_id)
 
         async def fetch(dest: Path) -> None:
@@ -112,13 +122,26 @@ class ComputeManager:
         path = await self.cache.ensure_cached(image_id, fetch, image["disk_format"])
         return path, self.cache.format_of(image["disk_format"])
 
+    async def _base_from_peer_caches(self, image: dict[str, Any], inst: dict[str, Any]) -> tuple[Path, str]:
+        assert self.peers is not None
+        peers = self.peers
+        users = await self.catalog.read(instances_using, image["id"])
+        hosts = base_source.cache_holders(inst, self.host, users)
+        # the holder sends its base as cached there: already raw when the hosts force raw bases
+        fmt = self.cache.format_of(image["disk_format"])
+
+        async def fetch(dest: Path) -> None:
+            await transfer.fetch_base_to(peers, hosts, image["id"], dest)
+
+        return await self.cache.ensure_cached(image["id"], fetch, fmt), fmt
+
     async def spec_of(self, inst: dict[str, Any], *, image_id: str | None = None, rescue: bool = False,
                       flavor: dict[str, Any] | None = None) -> InstanceSpec:
         volumes = await self.volumes.disks_of(inst) if self.volumes is not None else ()
         if any(v.boot for v in volumes):  # booted from a volume: no image in the cache needed
             image_path, image_format = Path(), "raw"
         else:
-            image_path, image_format = await self.cached_image(image_id or inst["image_id"])
+            image_path, image_format = await self.cached_image(image_id or inst["image_id"], inst)
         flavor = flavor or inst["flavor"]
         instance_dir = self.instances_path / inst["id"]
         nics: tuple[Nic, ...] = ()

@@ -24,11 +24,13 @@ from pydantic import BaseModel, Field
 from hvd.catalog.service import Catalog
 from hvd.cluster.peers import PeerCaller, PeerErrors, PeerUnreachable
 from hvd.errors import BadRequest, HvdError, NotFound
+from hvd.storage.image_cache import ImageCache
 from hvd.storage.image_store import CHUNK, ImageStore
 
 log = logging.getLogger(__name__)
 
 DATA_PATH = "/internal/v1/images/{id}/data"
+BASE_PATH = "/internal/v1/images/{id}/cached-base"  # a host's image cache copy (of a deleted image)
 REPLICATE_PATH = "/internal/v1/images/replicate"
 FETCH_TIMEOUT_S = 3600.0
 
@@ -51,9 +53,10 @@ async def holders(catalog: Catalog, image: dict[str, Any], me: str) -> list[str]
     return first + [n for n in names if n != me and n not in first]
 
 
-async def stream_from(peers: PeerCaller, host: str, image_id: str) -> AsyncIterator[bytes]:
-    """The image's bytes as ``host`` holds them; NotFound when it does not hold them."""
-    path = DATA_PATH.format(id=image_id)
+async def stream_from(peers: PeerCaller, host: str, image_id: str, route: str = DATA_PATH) -> AsyncIterator[bytes]:
+    """The image's bytes as ``host`` holds them (in its store, or at ``route`` BASE_PATH its cached
+    base); NotFound when it does not hold them."""
+    path = route.format(id=image_id)
     base = await peers.url_of(host)
     try:
         async with peers.session.get(base + path, headers=peers.signed("GET", path, b""),
@@ -81,6 +84,24 @@ async def fetch_to(peers: PeerCaller, catalog: Catalog, image: dict[str, Any], d
             dest.unlink(missing_ok=True)
             tried.append(f"{host}: {exc.message if isinstance(exc, HvdError) else exc}")
     raise NotFound(f"no host could send the data of image {image['id']} ({'; '.join(tried) or 'no other host'})")
+
+
+async def fetch_base_to(peers: PeerCaller, hosts: list[str], image_id: str, dest: Path) -> None:
+    """Write the cached base of ``image_id`` from the first of ``hosts`` that sends it to ``dest``
+    (hvd.compute.base_source decides whom to ask). No sha256 check: a base may be converted from
+    the uploaded data; the signed peer channel carries it, and the image cache checks its format.
+    NotFound when no host sends it."""
+    tried: list[str] = []
+    for host in hosts:
+        try:
+            await _write_checked(stream_from(peers, host, image_id, BASE_PATH), dest, None)
+            log.info("fetched the cached base of image %s from host %s", image_id, host)
+            return
+        except (HvdError, OSError) as exc:
+            dest.unlink(missing_ok=True)
+            tried.append(f"{host}: {exc.message if isinstance(exc, HvdError) else exc}")
+    raise NotFound(f"image {image_id} is deleted and no host could send its cached base"
+                   f" ({'; '.join(tried) or 'no other host uses it'})")
 
 
 async def _write_checked(chunks: AsyncIterator[bytes], dest: Path, sha256: str | None) -> None:
@@ -145,6 +166,32 @@ async def serve_data(request: web.Request, store: ImageStore, image_id: str) -> 
     await response.prepare(request)
     async for chunk in store.read(image_id):
         await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def serve_cached_base(request: web.Request, cache: ImageCache, image_id: str) -> web.StreamResponse:
+    """The peer side of ``fetch_base_to``: this host's cached base of ``image_id``, or 404. The
+    caller has checked that an instance here uses the image (hvd.compute.base_source.serves_base)."""
+    path = cache.path_for(image_id)
+    base_dir = cache.base_dir.resolve()
+    # a regular file right inside _base (no symlink out of it)
+    if path.is_symlink() or not path.is_file() or path.resolve().parent != base_dir:
+        raise NotFound(f"this host has no cached base of image {image_id}")
+    return await _stream_file(request, path)
+
+
+async def _stream_file(request: web.Request, path: Path) -> web.StreamResponse:
+    loop = asyncio.get_running_loop()
+    fh = await loop.run_in_executor(None, open, path, "rb")
+    try:
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
+                                               "Content-Length": str(os.fstat(fh.fileno()).st_size)})
+        await response.prepare(request)
+        while chunk := await loop.run_in_executor(None, fh.read, CHUNK):
+            await response.write(chunk)
+    finally:
+        fh.close()
     await response.write_eof()
     return response
 

@@ -302,6 +302,42 @@ def test_cold_migration_and_cross_host_resize_with_confirm_and_revert(cloud: Clu
     assert cloud.call("node2", "DELETE", f"/v1/servers/{sid}?wait=true").status_code == 204
 
 
+def test_a_server_whose_image_was_deleted_moves_cold_and_live_to_hosts_without_its_base(
+        cloud: Cluster, image: dict[str, Any], tmp_path: Path) -> None:  # image: the module's flavor too
+    img = upload(cloud, "node1", "doomed", tmp_path)
+    server = create(cloud, "node2", "orphan", img["id"], host="node1")
+    sid = server["id"]
+    assert cloud.call("node2", "DELETE", f"/v1/images/{img['id']}").status_code == 204
+    wait_for(lambda: not held_by(cloud, img["id"]), "every store copy of the deleted image to go")
+    # node3 never cached the base: it copies node1's cached base, the one the server's disk overlays
+    r = cloud.call("node2", "POST", f"/v1/servers/{sid}/migrate?wait=true", {"host": "node3"})
+    assert r.status_code == 202 and (r.json()["status"], r.json()["host"]) == ("VERIFY_RESIZE", "node3"), r.text
+    r = cloud.call("node1", "POST", f"/v1/servers/{sid}/confirm-resize?wait=true")
+    assert r.status_code == 202 and r.json()["status"] == "ACTIVE", r.text
+    r = cloud.call("node1", "POST", f"/v1/servers/{sid}/live-migrate?wait=true", {"host": "node2"})
+    assert r.status_code == 202 and (r.json()["status"], r.json()["host"]) == ("ACTIVE", "node2"), r.text
+    r = cloud.call("node3", "POST", f"/v1/servers/{sid}/stop?wait=true")  # node2's driver has it now
+    assert r.status_code == 202 and r.json()["status"] == "SHUTOFF", r.text
+    # the peer route gives out a cached base only where an instance uses it, and only to peers
+    assert cached_base(cloud, "node2", img["id"]).status_code == 200
+    assert cached_base(cloud, "node1", img["id"]).status_code == 404  # cached there, no longer used
+    assert cached_base(cloud, "node2", "..").status_code == 404  # not even routed
+    assert cached_base(cloud, "node2", img["id"].upper()).status_code == 400
+    unsigned = requests.get(cloud.url("node2") + f"/internal/v1/images/{img['id']}/cached-base", timeout=30)
+    assert unsigned.status_code == 401, unsigned.text
+    assert cloud.call("node2", "DELETE", f"/v1/servers/{sid}?wait=true").status_code == 204
+
+
+def cached_base(cloud: Cluster, node: str, image_id: str) -> requests.Response:
+    from hvd.cluster.keys import peer_key
+    from hvd.cluster.peer_auth import sign_headers
+    from tests.functional.test_cluster import KEY
+
+    path = f"/internal/v1/images/{image_id}/cached-base"
+    headers = sign_headers(peer_key(KEY.encode()), "node3", "GET", path, b"")
+    return requests.get(cloud.url(node) + path, headers=headers, timeout=30)
+
+
 def test_drain_empties_a_host_and_leaves_it_disabled(cloud: Cluster, image: dict[str, Any]) -> None:
     servers = [create(cloud, "node3", f"drained-{i}", image["id"], host="node2") for i in range(3)]
     r = cloud.call("node1", "POST", f"/v1/servers/{servers[2]['id']}/stop?wait=true")
