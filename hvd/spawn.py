@@ -4,7 +4,8 @@ uvloop starts a child with fork(): the daemon's page tables are copied in the ev
 about 12 ms for a daemon holding 200 MB, during which nothing else runs (bench/spawn.py).
 ``subprocess`` spawns with vfork (the child borrows the parent's memory until it execs), about 1 ms,
 and here it runs in small dedicated threads, so the loop never waits for a spawn, and a waiter
-thread per child collects its output and exit.
+thread per child collects its output and exit. ``run`` runs a child to its end; ``start`` starts a
+long-running one (an NBD export daemon).
 
 Always an argv list, never a shell.
 """
@@ -19,6 +20,7 @@ import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import IO
 
 # spawning takes a millisecond: its own threads, never queued behind long jobs in the default executor
 _SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="spawn")
@@ -83,3 +85,53 @@ async def run(argv: Sequence[str], *, stdin: bytes | None = None, timeout: float
         raise
     assert proc.returncode is not None  # communicate() returned: the child was reaped
     return Completed(proc.returncode, out, err)
+
+
+class Child:
+    """A long-running child made by :func:`start`: a thread waits for its exit."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], exited: asyncio.Future[int]) -> None:
+        self._proc = proc
+        self._exited = exited
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """Its exit status once it has ended (and was reaped), else None."""
+        return self._exited.result() if self._exited.done() and not self._exited.cancelled() else None
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.kill()
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
+
+
+def _reap_in_thread(proc: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop,
+                    exited: asyncio.Future[int]) -> None:
+    code = proc.wait()
+
+    def settle() -> None:
+        if not exited.done():
+            exited.set_result(code)
+
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (daemon stopped): nobody waits
+        loop.call_soon_threadsafe(settle)
+
+
+async def start(argv: Sequence[str], *, stderr: int | IO[bytes] = subprocess.DEVNULL,
+                new_session: bool = False) -> Child:
+    """Start ``argv`` (stdin and stdout /dev/null, stderr as given) and return at once; OSError
+    when it cannot be started. ``new_session``: its own session, so it outlives the daemon."""
+    loop = asyncio.get_running_loop()
+    spawn: functools.partial[subprocess.Popen[bytes]] = functools.partial(
+        subprocess.Popen, list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+        start_new_session=new_session)
+    proc = await loop.run_in_executor(_SPAWNER, spawn)
+    exited: asyncio.Future[int] = loop.create_future()
+    threading.Thread(target=_reap_in_thread, args=(proc, loop, exited), name="subprocess-reap", daemon=True).start()
+    return Child(proc, exited)

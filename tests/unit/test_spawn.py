@@ -1,6 +1,6 @@
 """Children started without forking the daemon (hvd/spawn.py), and the runners built on it: what
 a child prints and its status come back; a hung child is killed at its timeout or when its caller
-is cancelled; a failing fence agent counts as not fenced."""
+is cancelled; a started child is reaped when it ends; a failing fence agent counts as not fenced."""
 
 from __future__ import annotations
 
@@ -53,6 +53,20 @@ async def test_a_cancelled_caller_kills_its_child(tmp_path: Path) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not alive(int(pidfile.read_text()))
+
+
+async def test_a_started_child_runs_until_it_exits_or_is_killed(tmp_path: Path) -> None:
+    log = tmp_path / "err"
+    with log.open("ab") as err:
+        child = await spawn.start(["sh", "-c", "echo started >&2; exec sleep 30"], stderr=err, new_session=True)
+    assert child.returncode is None and alive(child.pid)
+    assert os.getsid(child.pid) == child.pid  # its own session: it outlives the daemon
+    while log.read_text() != "started\n":  # its stderr goes to the file given
+        await asyncio.sleep(0.01)
+    child.kill()
+    assert await child.wait() == -9 and child.returncode == -9 and not alive(child.pid)  # reaped: no zombie
+    quick = await spawn.start(["sh", "-c", "exit 4"])
+    assert await quick.wait() == 4
 
 
 def fencer(agent: list[str]) -> Any:

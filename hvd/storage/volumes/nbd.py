@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, Field
 
+from hvd import spawn
 from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.errors import Conflict, DriverError, HvdError, NotFound
 
@@ -162,7 +163,7 @@ class Export:
     clients: set[str] = field(default_factory=set)
     tls: bool = False
     locking: bool = True  # see ExportRequest.unlocked (not recorded: a respawn after the move locks again)
-    process: asyncio.subprocess.Process | None = None
+    process: spawn.Child | None = None
     started: float = 0.0  # loop time of the last export request (see GRACE_S)
 
 
@@ -332,9 +333,7 @@ class NbdExports:
         logfile = self.dir / f"{exp.volume_id}.log"
         try:
             with logfile.open("ab") as err_out:  # the daemon's own messages, for the operator
-                proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                            stdout=asyncio.subprocess.DEVNULL, stderr=err_out,
-                                                            start_new_session=True)
+                proc = await spawn.start(argv, stderr=err_out, new_session=True)  # outlives a restart of hvd
         except OSError as exc:
             raise DriverError(f"cannot run {QSD}: {exc} (Debian package qemu-system-common)") from exc
         exp.process = proc
