@@ -369,6 +369,12 @@ def test_unshelve_boots_on_whichever_host_placement_chooses(cloud: Cluster, imag
         cloud.call("node1", "PATCH", "/v1/hosts/node2", {"enabled": True})
     back = r.json()
     assert r.status_code == 202 and back["status"] == "ACTIVE" and back["host"] in ("node1", "node3"), back
+    assert cloud.call("node1", "GET", f"/v1/images/{back['image']['id']}").status_code == 404  # snapshot gone
+    # only its host cached the deleted snapshot's base: a move copies that host's cached base
+    r = cloud.call("node1", "POST", f"/v1/servers/{sid}/migrate?wait=true", {"host": "node2"})
+    assert r.status_code == 202 and (r.json()["status"], r.json()["host"]) == ("VERIFY_RESIZE", "node2"), r.text
+    r = cloud.call("node1", "POST", f"/v1/servers/{sid}/confirm-resize?wait=true")
+    assert r.status_code == 202 and r.json()["status"] == "ACTIVE", r.text
     r = cloud.call("node2", "POST", f"/v1/servers/{sid}/stop?wait=true")  # its host's driver has it
     assert r.status_code == 202 and r.json()["status"] == "SHUTOFF", r.text
     assert cloud.call("node2", "DELETE", f"/v1/servers/{sid}?wait=true").status_code == 204

@@ -253,6 +253,24 @@ def test_cold_migration_carries_the_disk_and_a_revert_brings_the_server_back(lab
     delete_all(lab, "h1", [server])
 
 
+def test_a_server_whose_image_was_deleted_cold_migrates_to_a_host_without_its_base(
+        lab: LabCluster, image: str) -> None:  # image: the module's flavor too
+    doomed = upload(lab, "h2", "doomed")  # no host has booted it: only h3 will cache its base
+    [server] = create(lab, "h1", "orphan", doomed, availability_zone="nova:h3", user_data=MARK_SCRIPT)
+    sid = server["id"]
+    console_until(lab, "h1", sid, r"HVD-MARK written")
+    r = lab.call("h1", "DELETE", f"/v1/images/{doomed}")  # allowed while in use, as in Glance
+    assert r.status_code == 204, r.text
+    r = lab.call("h1", "POST", f"/v1/servers/{sid}/migrate?wait=true", {"host": "h2"}, timeout=600)
+    assert r.status_code == 202 and (r.json()["status"], r.json()["host"]) == ("VERIFY_RESIZE", "h2"), r.text
+    r = lab.call("h1", "POST", f"/v1/servers/{sid}/confirm-resize?wait=true", timeout=300)
+    assert r.status_code == 202 and (r.json()["status"], r.json()["host"]) == ("ACTIVE", "h2"), r.text
+    assert state(lab, "h2", sid) == "running" and state(lab, "h3", sid) == "absent"
+    # h2's base came from h3's image cache: the moved overlay boots on it and finds its mark
+    console_until(lab, "h3", sid, r"HVD-MARK found kept")
+    delete_all(lab, "h1", [server])
+
+
 PINGER = """#!/bin/sh
 while :; do
   if ping -c 1 -W 1 {peer} >/dev/null 2>&1; then echo "HVD-PING ok"; else echo "HVD-PING lost"; fi
