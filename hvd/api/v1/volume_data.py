@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from hvd.api.v1.volumes import MAX_GB, NamePattern, find_type, view, visible_vol
 from hvd.catalog import cmd_volume_backups as cvb
 from hvd.catalog import cmd_volumes as cv
 from hvd.catalog import queries
+from hvd.catalog.commands import Command
 from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.errors import NotFound
 from hvd.identity.service import now_iso
@@ -139,15 +141,43 @@ async def _list(request: web.Request, table: str, plural: str, keys: tuple[str, 
     return json_response({plural: page, "next": nxt})
 
 
+async def _show(request: web.Request, table: str, what: str, keys: tuple[str, ...]) -> web.Response:
+    svc, ctx = services(request), context(request)
+    svc.policy.enforce(ctx.roles, "volume:read")
+    row = await _visible(request, table, what)
+    return json_response({k: row[k] for k in keys})
+
+
+async def _made(request: web.Request, table: str, what: str, row_id: str, wait: bool,
+                keys: tuple[str, ...]) -> web.Response:
+    """The answer to a create: the new row (once stable with ?wait=true), 202."""
+    row = await _after(request, table, row_id, wait)
+    if row is None:
+        raise NotFound(f"{what} {row_id} could not be found")
+    plural = "snapshots" if table == "volume_snapshots" else "backups"
+    return json_response({k: row[k] for k in keys}, status=202, location=f"/v1/{plural}/{row_id}")
+
+
+async def _delete(request: web.Request, table: str, what: str, keys: tuple[str, ...],
+                  begin: Callable[[str], Command]) -> web.Response:
+    """Begin deleting the row ``begin(id)`` names; 204 once gone (?wait=true), else 202 and the row."""
+    svc, ctx = services(request), context(request)
+    wait = query_bool(request, "wait")  # a bad value is refused before anything changes
+    svc.policy.enforce(ctx.roles, "volume:manage")
+    row = await _visible(request, table, what)
+    await volumes(request).propose(begin(str(row["id"])))
+    after = await _after(request, table, str(row["id"]), wait)
+    if after is None:
+        return web.Response(status=204)
+    return json_response({k: after[k] for k in keys}, status=202)
+
+
 async def list_snapshots(request: web.Request) -> web.Response:
     return await _list(request, "volume_snapshots", "snapshots", _SNAP_KEYS)
 
 
 async def show_snapshot(request: web.Request) -> web.Response:
-    svc, ctx = services(request), context(request)
-    svc.policy.enforce(ctx.roles, "volume:read")
-    row = await _visible(request, "volume_snapshots", "Snapshot")
-    return json_response({k: row[k] for k in _SNAP_KEYS})
+    return await _show(request, "volume_snapshots", "Snapshot", _SNAP_KEYS)
 
 
 async def create_snapshot(request: web.Request) -> web.Response:
@@ -162,23 +192,12 @@ async def create_snapshot(request: web.Request) -> web.Response:
                                        user_id=ctx.user_id, name=body.name, description=body.description,
                                        force=body.force, created_at=now_iso()))
     vs.publish("snapshot.status", sid, "creating", volume_id=vol["id"], project_id=vol["project_id"])
-    row = await _after(request, "volume_snapshots", sid, wait)
-    if row is None:
-        raise NotFound(f"Snapshot {sid} could not be found")
-    return json_response({k: row[k] for k in _SNAP_KEYS}, status=202, location=f"/v1/snapshots/{sid}")
+    return await _made(request, "volume_snapshots", "Snapshot", sid, wait, _SNAP_KEYS)
 
 
 async def delete_snapshot(request: web.Request) -> web.Response:
-    svc, ctx = services(request), context(request)
-    wait = query_bool(request, "wait")  # a bad value is refused before anything changes
-    svc.policy.enforce(ctx.roles, "volume:manage")
-    row = await _visible(request, "volume_snapshots", "Snapshot")
-    vs = volumes(request)
-    await vs.propose(cv.SnapshotBeginDelete(id=str(row["id"]), updated_at=now_iso()))
-    after = await _after(request, "volume_snapshots", str(row["id"]), wait)
-    if after is None:
-        return web.Response(status=204)
-    return json_response({k: after[k] for k in _SNAP_KEYS}, status=202)
+    return await _delete(request, "volume_snapshots", "Snapshot", _SNAP_KEYS,
+                         lambda sid: cv.SnapshotBeginDelete(id=sid, updated_at=now_iso()))
 
 
 async def list_backups(request: web.Request) -> web.Response:
@@ -186,10 +205,7 @@ async def list_backups(request: web.Request) -> web.Response:
 
 
 async def show_backup(request: web.Request) -> web.Response:
-    svc, ctx = services(request), context(request)
-    svc.policy.enforce(ctx.roles, "volume:read")
-    row = await _visible(request, "volume_backups", "Backup")
-    return json_response({k: row[k] for k in _BACKUP_KEYS})
+    return await _show(request, "volume_backups", "Backup", _BACKUP_KEYS)
 
 
 async def create_backup(request: web.Request) -> web.Response:
@@ -206,23 +222,12 @@ async def create_backup(request: web.Request) -> web.Response:
                                      force=body.force, incremental=body.incremental, host=str(vol["host"]),
                                      created_at=now_iso()))
     vs.publish("backup.status", bid, "creating", volume_id=vol["id"], project_id=vol["project_id"])
-    row = await _after(request, "volume_backups", bid, wait)
-    if row is None:
-        raise NotFound(f"Backup {bid} could not be found")
-    return json_response({k: row[k] for k in _BACKUP_KEYS}, status=202, location=f"/v1/backups/{bid}")
+    return await _made(request, "volume_backups", "Backup", bid, wait, _BACKUP_KEYS)
 
 
 async def delete_backup(request: web.Request) -> web.Response:
-    svc, ctx = services(request), context(request)
-    wait = query_bool(request, "wait")  # a bad value is refused before anything changes
-    svc.policy.enforce(ctx.roles, "volume:manage")
-    row = await _visible(request, "volume_backups", "Backup")
-    vs = volumes(request)
-    await vs.propose(cvb.BackupBeginDelete(id=str(row["id"]), updated_at=now_iso()))
-    after = await _after(request, "volume_backups", str(row["id"]), wait)
-    if after is None:
-        return web.Response(status=204)
-    return json_response({k: after[k] for k in _BACKUP_KEYS}, status=202)
+    return await _delete(request, "volume_backups", "Backup", _BACKUP_KEYS,
+                         lambda bid: cvb.BackupBeginDelete(id=bid, updated_at=now_iso()))
 
 
 async def restore_backup(request: web.Request) -> web.Response:
