@@ -42,6 +42,17 @@ def instances_of_host(conn: sqlite3.Connection, host: str) -> list[dict[str, Any
     return fetch_all(conn, "SELECT * FROM instances WHERE host=? AND deleted_at IS NULL", (host,))
 
 
+def bases_in_use(conn: sqlite3.Connection, host: str) -> set[str]:
+    """Images whose cached base ``host`` must keep: its instances' (and rescue images'), and those
+    of instances that left it in a cold move not yet confirmed (their kept copy on this host is an
+    overlay on the base, which a revert boots again)."""
+    rows = fetch_all(conn, "SELECT image_id, extra FROM instances WHERE deleted_at IS NULL AND (host=?"
+                           " OR (vm_state=? AND json_extract(extra, '$.old_host')=?))",
+                     (host, VmState.RESIZED.value, host))
+    return {r["image_id"] for r in rows if r["image_id"]} | {
+        r["extra"]["rescue_image_id"] for r in rows if r["extra"].get("rescue_image_id")}
+
+
 def hostless_busy(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """Instances with a task_state but no host yet (a crash during scheduling)."""
     return fetch_all(conn, "SELECT * FROM instances WHERE host IS NULL AND deleted_at IS NULL"
@@ -352,9 +363,7 @@ class Reconciler:
         max_age = self.service.config.compute.image_cache_max_age_s
         if not max_age:
             return
-        instances = await self.catalog.read(instances_of_host, self.host)
-        in_use = {i["image_id"] for i in instances} | {i["extra"]["rescue_image_id"] for i in instances
-                                                          if i["extra"].get("rescue_image_id")}
+        in_use = await self.catalog.read(bases_in_use, self.host)
         try:
             removed = await asyncio.get_running_loop().run_in_executor(
                 None, self.manager.cache.remove_unused, in_use, float(max_age)
