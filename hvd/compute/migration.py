@@ -163,7 +163,7 @@ class LiveMigrations:
         # the switch-over happened: from here on the guest lives on the destination
         checkpoint("live_migrate.switched")
         try:
-            await svc.volumes.finish_move(moving, dest)
+            await svc.volumes.finish_move(inst_id, moving, dest)
         except HvdError as exc:  # the guest uses the exports all the same; its next definition would not
             log.error("attachments of %s could not follow it to %s: %s", inst_id, dest, exc.message)
         try:
@@ -205,7 +205,7 @@ class LiveMigrations:
             return
         log.warning("live migration of %s to %s completed while this host was down: finishing it", inst["id"], dest)
         try:  # its volumes opened directly here are reached from there over NBD (the export is running)
-            await svc.volumes.finish_move(await svc.volumes.prepare_move(inst, dest), dest)
+            await svc.volumes.finish_move(inst["id"], await svc.volumes.prepare_move(inst, dest), dest)
         except HvdError as exc:
             log.error("attachments of %s could not follow it to %s: %s", inst["id"], dest, exc.message)
         with contextlib.suppress(NotFound):

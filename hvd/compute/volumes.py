@@ -212,12 +212,18 @@ class ComputeVolumes:
         for mv in moving:
             await self.disconnect(mv.volume_id, mv.info)
 
-    async def finish_move(self, moving: list[MovingVolume], dest: str) -> None:
-        """The server runs on ``dest`` now: its attachments name ``dest`` and the NBD connection (a
-        later regenerated definition keeps the network disk, and the export has its user)."""
+    async def finish_move(self, instance_id: str, moving: list[MovingVolume], dest: str) -> None:
+        """The server runs on ``dest`` now: its attachments name ``dest``, those it opened directly
+        here with the NBD connection ``prepare_move`` made (a later regenerated definition keeps the
+        network disk, and the export has its user), those it already reached over NBD unchanged."""
         for mv in moving:
             await self.catalog.propose(AttachmentMoved(id=mv.attachment_id, from_host=self.host, host=dest,
                                                        connection_info=mv.info, updated_at=now_iso()))
+        for att in await self.catalog.read(attachments_of, instance_id):
+            if att["connection_info"].get("type") == "nbd" and att["host"] == self.host and att["status"] == "attached":
+                await self.catalog.propose(AttachmentMoved(id=att["id"], from_host=self.host, host=dest,
+                                                           connection_info=att["connection_info"],
+                                                           updated_at=now_iso()))
 
     # --- a server defined on this host after it ran elsewhere or nowhere ---------------------
 

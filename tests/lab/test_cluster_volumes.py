@@ -209,6 +209,8 @@ def test_a_server_on_its_volume_host_live_migrates_away_with_it(lab: LabCluster)
     ok(lab, "h1", "POST", f"/v1/servers/{sid}/live-migrate?wait=true", {"host": vol_host, "block_migration": True},
        202)
     assert "protocol='nbd'" in lab.virsh(vol_host, "dumpxml", sid).stdout
+    att = ok(lab, "h1", "GET", f"/v1/servers/{sid}/volume-attachments")["volume_attachments"]
+    assert [(a["volume_id"], a["host"]) for a in att] == [(vid, vol_host)], att  # the NBD attachment followed
     ok(lab, "h1", "DELETE", f"/v1/servers/{sid}/volume-attachments/{vid}", status=204)
     ok(lab, vol_host, "POST", f"/v1/servers/{sid}/volume-attachments", {"volume": vid}, 201)
     assert_opened_directly(lab, vol_host, sid, vid)
