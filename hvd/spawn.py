@@ -20,6 +20,7 @@ import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 # spawning takes a millisecond: its own threads, never queued behind long jobs in the default executor
@@ -124,13 +125,13 @@ def _reap_in_thread(proc: subprocess.Popen[bytes], loop: asyncio.AbstractEventLo
 
 
 async def start(argv: Sequence[str], *, stderr: int | IO[bytes] = subprocess.DEVNULL,
-                new_session: bool = False) -> Child:
-    """Start ``argv`` (stdin and stdout /dev/null, stderr as given) and return at once; OSError
-    when it cannot be started. ``new_session``: its own session, so it outlives the daemon."""
+                new_session: bool = False, cwd: Path | None = None) -> Child:
+    """Start ``argv`` (stdin and stdout /dev/null, stderr as given, in ``cwd``) and return at once;
+    OSError when it cannot be started. ``new_session``: its own session, so it outlives the daemon."""
     loop = asyncio.get_running_loop()
     spawn: functools.partial[subprocess.Popen[bytes]] = functools.partial(
         subprocess.Popen, list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-        start_new_session=new_session)
+        start_new_session=new_session, cwd=cwd)
     proc = await loop.run_in_executor(_SPAWNER, spawn)
     exited: asyncio.Future[int] = loop.create_future()
     threading.Thread(target=_reap_in_thread, args=(proc, loop, exited), name="subprocess-reap", daemon=True).start()

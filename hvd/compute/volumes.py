@@ -188,8 +188,9 @@ class ComputeVolumes:
     async def prepare_move(self, inst: dict[str, Any], dest: str) -> list[MovingVolume]:
         """Before ``inst`` live-migrates from this host to ``dest``: export the volumes it opens
         directly here (without the image lock its running QEMU holds) and say how ``dest`` reaches
-        them. Undone by ``abandon_move``; made final by ``finish_move`` once the server runs on
-        ``dest``. (A cold move's destination reconnects them itself: ``connect_here``.)"""
+        them; the exports of those it reaches over NBD admit ``dest`` too (nbd_authz). Undone by
+        ``abandon_move``; made final by ``finish_move`` once the server runs on ``dest``. (A cold
+        move's destination reconnects them itself: ``connect_here``.)"""
         moving: list[MovingVolume] = []
         try:
             for att in await self.direct_attachments(inst["id"]):
@@ -202,6 +203,10 @@ class ComputeVolumes:
                 disk = disk_from_connection(volume["id"], att["device"], info, read_only=att["attach_mode"] == "ro",
                                             shareable=bool(volume["multiattach"]))
                 moving.append(MovingVolume(att["id"], volume["id"], info, disk))
+            for att in await self.catalog.read(attachments_of, inst["id"]):
+                if att["connection_info"].get("type") == "nbd" and self.exports is not None:
+                    # the destination's QEMU opens the same export: its host must be admitted first
+                    await self.exports.connect(await self._volume(att["volume_id"]), dest)
         except BaseException:
             await self.abandon_move(moving, dest)
             raise

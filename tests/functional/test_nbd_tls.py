@@ -1,7 +1,9 @@
 """An NBD export with TLS (hvd.storage.volumes.nbd + hvd.cluster.qemu_tls) against a real
-qemu-storage-daemon on loopback: a client with a certificate of the cluster CA reads the volume;
-a client without a certificate, one with another CA's certificate, and a plain NBD client are
-refused. The lab test (tests/lab/test_cluster_volumes.py) does the same through libvirt."""
+qemu-storage-daemon on loopback: the host the volume is exported to reads it with its certificate
+of the cluster CA; another member of the same CA is refused until it asks for the export too, and
+again once it let go; a client without a certificate, one with another CA's certificate, and a
+plain NBD client are refused. The lab test (tests/lab/test_cluster_volumes.py) does the same through
+libvirt."""
 
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ async def test_only_cluster_members_reach_a_tls_export(tmp_path: Path) -> None:
     now = dt.datetime.now(dt.UTC)
     ca, ca_key = create_ca("nbd-test", now)
     cert, key = issue_host(ca, ca_key, "h1", ["h1", LISTEN], now)
+    members = {h: issue_host(ca, ca_key, h, [h], now) for h in ("h2", "h3")}
     other_ca, other_key = create_ca("stranger", now)
     stranger_cert, stranger_key = issue_host(other_ca, other_key, "h9", ["h9"], now)
     x509 = tmp_path / "qemu-x509"
@@ -52,13 +55,36 @@ async def test_only_cluster_members_reach_a_tls_export(tmp_path: Path) -> None:
     data = tmp_path / f"volume-{VOL}"
     with data.open("wb") as f:
         f.truncate(16 << 20)
-    exports = NbdExports("h1", LISTEN, tmp_path / "nbd", Catalog({"id": VOL, "host": "h1"}), Paths(data), None, x509)
+    catalog = Catalog({"id": VOL, "host": "h1"})
+    exports = NbdExports("h1", LISTEN, tmp_path / "nbd", catalog, Paths(data), None, x509)
     await exports.start()
+
+    def reads(host: str) -> bool:
+        creds = tmp_path / f"as-{host}"
+        if not creds.exists():
+            client_dir(creds, ca, *members[host])
+        result = qemu_img_info(answer.port, creds)
+        return result.returncode == 0 and "virtual size: 16 MiB" in result.stdout
+
     try:
         answer = await exports.export(ExportRequest(volume_id=VOL, client_host="h2"))
         assert answer.tls
-        member = qemu_img_info(answer.port, x509)  # a member's own directory holds client-cert.pem too
-        assert member.returncode == 0 and "virtual size: 16 MiB" in member.stdout, member.stderr
+        assert reads("h2") and not reads("h3")  # a member, but no server of h3 uses the volume
+        await exports.export(ExportRequest(volume_id=VOL, client_host="h3"))  # a second user (multi-attach)
+        assert reads("h3") and reads("h2")
+        catalog.users, catalog.wanted = ["h2"], {VOL: {"h2"}}  # the catalog's attachments: h2's only
+        await exports.unexport(ExportRequest(volume_id=VOL, client_host="h3"))
+        await exports.supervise()
+        assert reads("h2") and not reads("h3")
+        # hvd restarts: the new run adopts the running daemon and sets its list from the catalog
+        catalog.users, catalog.wanted = ["h3"], {VOL: {"h3"}}
+        restarted = NbdExports("h1", LISTEN, tmp_path / "nbd", catalog, Paths(data), None, x509)
+        await restarted.start()
+        await restarted.stop()  # its supervision loop; the daemon keeps serving
+        assert reads("h3") and not reads("h2")
+        catalog.users, catalog.wanted = ["h2"], {VOL: {"h2"}}
+        await restarted.supervise()
+        assert reads("h2") and not reads("h3")
         refused = {
             "no certificate": qemu_img_info(answer.port, client_dir(tmp_path / "none", ca, None, None)),
             "another CA": qemu_img_info(answer.port, client_dir(tmp_path / "other", ca, stranger_cert, stranger_key)),
@@ -70,6 +96,7 @@ async def test_only_cluster_members_reach_a_tls_export(tmp_path: Path) -> None:
         log = (tmp_path / "nbd" / f"{VOL}.log").read_text()
         assert "Verify failed" in log  # the server, not the client, turned the certificate-less ones away
     finally:
+        catalog.users = []  # h2 let go too: the daemon stops
         await exports.unexport(ExportRequest(volume_id=VOL, client_host="h2"))
         await exports.stop()
     assert list((tmp_path / "nbd").iterdir()) == []

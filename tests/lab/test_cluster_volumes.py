@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from hvd.cluster.tls import create_ca, issue_host
+from hvd.cluster.tls import TlsFiles, create_ca, issue_host
 from tests.lab.cluster import LabCluster, lab_available
 from tests.lab.test_cluster_compute import upload
 from tests.lab.test_volumes_libvirt import VOLUME_SCRIPT
@@ -60,7 +60,8 @@ def wait_console(lab: LabCluster, sid: str, needle: str, after: int = 0, timeout
 def assert_only_members_reach(lab: LabCluster, vid: str, vol_host: str, client: str, xml: str, port: int) -> None:
     """The export is TLS with a client certificate required: the guest's disk uses TLS, and clients
     inside the lab (the server's host namespace, never the root one) without a cluster
-    certificate, or with another CA's, are refused by the export."""
+    certificate, with another CA's, or with a cluster certificate of a member the volume is not
+    exported to, are refused by the export."""
     assert "tls='yes'" in xml, xml
     pid = int(lab.host(vol_host).data_dir.joinpath("nbd", f"{vid}.pid").read_text())
     assert "endpoint=server,verify-peer=on" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
@@ -71,11 +72,20 @@ def assert_only_members_reach(lab: LabCluster, vid: str, vol_host: str, client: 
     creds.mkdir(exist_ok=True)
     for name, data in (("ca-cert.pem", lab.ca_file.read_bytes()), ("client-cert.pem", cert), ("client-key.pem", key)):
         (creds / name).write_bytes(data)
+    ca_key = TlsFiles.under(lab.host("h1").data_dir / "tls").ca_key.read_bytes()  # h1 keeps the CA key
+    member_cert, member_key = issue_host(lab.ca_file.read_bytes(), ca_key, "h9", ["h9"], now)
+    member = lab.host(client).root / "member-x509"
+    member.mkdir(exist_ok=True)
+    for name, data in (("ca-cert.pem", lab.ca_file.read_bytes()), ("client-cert.pem", member_cert),
+                       ("client-key.pem", member_key)):
+        (member / name).write_bytes(data)
     target = f"driver=nbd,host={lab.host(vol_host).ip},port={port},export=volume-{vid}"
     attempts = {
         "plain NBD": ["qemu-img", "info", f"nbd://{lab.host(vol_host).ip}:{port}/volume-{vid}"],
         "another CA": ["qemu-img", "info", "--object", f"tls-creds-x509,id=c,dir={creds},endpoint=client,"
                        "sanity-check=off", "--image-opts", f"{target},tls-creds=c"],
+        "a member it is not exported to": ["qemu-img", "info", "--object", f"tls-creds-x509,id=c,dir={member},"
+                                           "endpoint=client", "--image-opts", f"{target},tls-creds=c"],
     }
     results = {why: lab.exec(client, argv, timeout=30) for why, argv in attempts.items()}
     for why, r in results.items():

@@ -14,12 +14,14 @@ guests on other hosts keep their disks across an hvd restart); any other is stop
 removed. Stopping hvd leaves the exports running for the same reason.
 
 With ``[tls] enabled`` an export is x509 TLS with the cluster CA, both ways: the daemon presents
-this host's certificate and admits only clients presenting one of the same CA (cluster members;
-``tls_dir`` is QEMU's x509 directory, hvd.cluster.qemu_tls), and the server's disk says
-``tls='yes'`` so its QEMU presents its host's certificate from the directory qemu.conf names.
-An export keeps the mode it started with (recorded) until its last user lets go: the guests using
-it opened it that way. Without TLS (a lab with ``insecure_plaintext``) an export is plain NBD on
-the cluster address: anyone who reaches that address and port can read and write the volume.
+this host's certificate and admits only clients presenting one of the same CA (``tls_dir`` is
+QEMU's x509 directory, hvd.cluster.qemu_tls) whose name is a host using the export
+(hvd.storage.volumes.nbd_authz: the catalog's users, and hosts that asked in the last GRACE_S),
+and the server's disk says ``tls='yes'`` so its QEMU presents its host's certificate from the
+directory qemu.conf names. An export keeps the mode it started with (recorded) until its last user
+lets go: the guests using it opened it that way. Without TLS (a lab with ``insecure_plaintext``)
+an export is plain NBD on the cluster address: anyone who reaches that address and port can read
+and write the volume.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from pydantic import BaseModel, Field
 from hvd import spawn
 from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.errors import Conflict, DriverError, HvdError, NotFound
+from hvd.storage.volumes import nbd_authz
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +87,21 @@ def export_name(volume_id: str) -> str:
     return f"volume-{volume_id}"
 
 
+def _monitor_name(volume_id: str) -> str:
+    """The export daemon's QMP socket, in the exports directory (its working directory)."""
+    return f"{volume_id}.qmp"
+
+
 def qsd_argv(info: dict[str, Any], listen: str, port: int, name: str, pidfile: Path,
-             tls_dir: Path | None = None, locking: bool = True) -> list[str]:
+             tls_dir: Path | None = None, locking: bool = True, clients: set[str] | None = None,
+             monitor: str | None = None) -> list[str]:
     """qemu-storage-daemon serving one volume (its local connection info) over NBD: pure. With
     ``tls_dir`` (QEMU's x509 directory) the server speaks TLS only and requires a client
-    certificate of the same CA (verify-peer). Without ``locking`` it opens the file or device
-    while a QEMU of this host still holds it (a live migration leaving the volume's host)."""
+    certificate of the same CA (verify-peer); with ``clients`` and ``monitor`` too, only those
+    hosts' certificates (hvd.storage.volumes.nbd_authz), changed later through the QMP monitor
+    socket ``monitor`` (relative to the daemon's working directory). Without ``locking`` it opens
+    the file or device while a QEMU of this host still holds it (a live migration leaving the
+    volume's host)."""
     path = str(info["path"])
     if "," in path:
         raise DriverError(f"volume path {path} contains a comma, which qemu option syntax cannot carry")
@@ -102,6 +114,9 @@ def qsd_argv(info: dict[str, Any], listen: str, port: int, name: str, pidfile: P
             raise DriverError(f"qemu_x509_dir {tls_dir} contains a comma, which qemu option syntax cannot carry")
         tls = ["--object", f"tls-creds-x509,id=tls0,dir={tls_dir},endpoint=server,verify-peer=on"]
         server += ",tls-creds=tls0"
+        if clients is not None and monitor is not None:
+            tls += nbd_authz.daemon_argv(clients, monitor)
+            server += f",tls-authz={nbd_authz.AUTHZ_ID}"
     return [
         QSD,
         *tls,
@@ -118,12 +133,12 @@ def wanted_clients(conn: Any, host: str) -> dict[str, set[str]]:
     live-migrated keeps its network disk, wherever it runs now)."""
     rows = fetch_all(conn, "SELECT a.volume_id, a.host FROM volume_attachments a JOIN volumes v ON v.id=a.volume_id"
                            " WHERE v.host=? AND json_extract(a.connection_info, '$.type')='nbd'", (host,))
-    # a server of this host live-migrating away with a volume it opens directly: its destination
-    # uses the export before the attachment says so (hvd.compute.volumes.prepare_move)
+    # a server live-migrating: its destination uses the export before the attachment says so,
+    # whether the server opens the volume directly here (hvd.compute.volumes.prepare_move) or
+    # already reaches it over NBD from a third host
     rows += fetch_all(conn, "SELECT a.volume_id, json_extract(i.extra, '$.migration.dest') AS host"
                             " FROM volume_attachments a JOIN volumes v ON v.id=a.volume_id"
                             " JOIN instances i ON i.id=a.instance_id WHERE v.host=? AND i.task_state='migrating'"
-                            " AND json_extract(a.connection_info, '$.type')<>'nbd'"
                             " AND json_extract(i.extra, '$.migration.dest') IS NOT NULL", (host,))
     out: dict[str, set[str]] = {}
     for r in rows:
@@ -165,6 +180,10 @@ class Export:
     locking: bool = True  # see ExportRequest.unlocked (not recorded: a respawn after the move locks again)
     process: spawn.Child | None = None
     started: float = 0.0  # loop time of the last export request (see GRACE_S)
+    asked: dict[str, float] = field(default_factory=dict)  # client -> loop time of its export request
+    # the hosts the running daemon admits (nbd_authz); None: it admits every member (plain, or
+    # started by an hvd without the list), set(): not known yet (adopted: set at the next round)
+    admitted: set[str] | None = None
 
 
 class NbdExports:
@@ -201,7 +220,8 @@ class NbdExports:
 
     def _save(self, exp: Export) -> None:
         tmp = self._record(exp.volume_id).with_suffix(".tmp")
-        tmp.write_text(json.dumps({"port": exp.port, "clients": sorted(exp.clients), "tls": exp.tls}))
+        tmp.write_text(json.dumps({"port": exp.port, "clients": sorted(exp.clients), "tls": exp.tls,
+                                   "authz": exp.admitted is not None}))
         tmp.rename(self._record(exp.volume_id))
 
     def _pid(self, volume_id: str) -> int | None:
@@ -219,7 +239,8 @@ class NbdExports:
             try:
                 data = json.loads(record.read_text())
                 self._exports[record.stem] = Export(record.stem, int(data["port"]), set(data["clients"]),
-                                                    bool(data.get("tls", False)))
+                                                    bool(data.get("tls", False)),
+                                                    admitted=set() if data.get("authz") else None)
             except (OSError, ValueError, KeyError, TypeError):
                 log.warning("unreadable NBD export record %s: removed", record)
                 record.unlink(missing_ok=True)
@@ -255,13 +276,30 @@ class NbdExports:
                     continue
                 exp.clients = wanted[volume_id]
                 self._save(exp)
-                if not self._running(exp):
-                    log.warning("NBD export of volume %s is not running; starting it again on port %d",
-                                volume_id, exp.port)
-                    try:
+                try:
+                    if not self._running(exp):
+                        log.warning("NBD export of volume %s is not running; starting it again on port %d",
+                                    volume_id, exp.port)
                         await self._spawn(exp)
-                    except HvdError as exc:
-                        log.error("NBD export of volume %s: %s", volume_id, exc.message)
+                    await self._admit(exp)
+                except HvdError as exc:
+                    log.error("NBD export of volume %s: %s", volume_id, exc.message)
+
+    def _allowed(self, exp: Export) -> set[str]:
+        """The hosts the export admits: its users in the catalog, and hosts that asked for it in the
+        last GRACE_S (an attach or a move records its attachment after its export request)."""
+        now = asyncio.get_running_loop().time()
+        exp.asked = {h: t for h, t in exp.asked.items() if now - t < GRACE_S}
+        return exp.clients | set(exp.asked)
+
+    async def _admit(self, exp: Export) -> None:
+        """Bring the running daemon's list of admitted hosts up to date (DriverError if it cannot)."""
+        allowed = self._allowed(exp)
+        if exp.admitted is None or exp.admitted == allowed:
+            return
+        await nbd_authz.set_clients(self.dir, _monitor_name(exp.volume_id), allowed)
+        log.info("NBD export of volume %s admits %s", exp.volume_id, ", ".join(sorted(allowed)) or "nobody")
+        exp.admitted = allowed
 
     def _running(self, exp: Export) -> bool:
         if exp.process is not None and exp.process.returncode is None:
@@ -289,7 +327,7 @@ class NbdExports:
                 raise Conflict(f"volume {req.volume_id} is exported with its image lock taken: a server of host"
                                f" {self.host} that opens it directly cannot move away while it is")
             exp.clients.add(req.client_host)
-            exp.started = asyncio.get_running_loop().time()
+            exp.started = exp.asked[req.client_host] = asyncio.get_running_loop().time()
             self._exports[req.volume_id] = exp
             self._save(exp)  # recorded before the spawn: a crash now leaves a record, never an orphan
             if not self._running(exp):
@@ -299,6 +337,8 @@ class NbdExports:
                     self._exports.pop(req.volume_id, None)
                     self._record(req.volume_id).unlink(missing_ok=True)
                     raise
+            else:
+                await self._admit(exp)  # before the answer: the client connects right after it
             return ExportAnswer(host=self.listen, port=exp.port, export=export_name(req.volume_id), tls=exp.tls)
 
     async def unexport(self, req: ExportRequest) -> ExportAnswer:
@@ -311,6 +351,7 @@ class NbdExports:
                 return ExportAnswer(host=self.listen, port=0, export=export_name(req.volume_id))
             users = await self.catalog.read(nbd_users, req.volume_id)
             exp.clients.discard(req.client_host)
+            exp.asked.pop(req.client_host, None)  # the next round takes it off the admitted list
             if users:
                 self._save(exp)
             else:
@@ -328,15 +369,21 @@ class NbdExports:
         pidfile.unlink(missing_ok=True)
         if exp.tls and self.tls_dir is None:
             raise Conflict(f"the NBD export of volume {exp.volume_id} was made with TLS, but [tls] is off now")
+        admitted = self._allowed(exp) if exp.tls else None
+        monitor = _monitor_name(exp.volume_id)
+        (self.dir / monitor).unlink(missing_ok=True)  # a dead daemon's socket: the new one binds the name
         argv = qsd_argv(info, self.listen, exp.port, export_name(exp.volume_id), pidfile,
-                        self.tls_dir if exp.tls else None, exp.locking)
+                        self.tls_dir if exp.tls else None, exp.locking, admitted, monitor)
         logfile = self.dir / f"{exp.volume_id}.log"
         try:
             with logfile.open("ab") as err_out:  # the daemon's own messages, for the operator
-                proc = await spawn.start(argv, stderr=err_out, new_session=True)  # outlives a restart of hvd
+                # its own session: it outlives a restart of hvd; its monitor socket binds in self.dir
+                proc = await spawn.start(argv, stderr=err_out, new_session=True, cwd=self.dir)
         except OSError as exc:
             raise DriverError(f"cannot run {QSD}: {exc} (Debian package qemu-system-common)") from exc
         exp.process = proc
+        exp.admitted = admitted
+        self._save(exp)
         # ready once it wrote its pidfile (after binding the port); an early exit is the error
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT_S
@@ -372,6 +419,7 @@ class NbdExports:
         self._record(exp.volume_id).unlink(missing_ok=True)
         self._pidfile(exp.volume_id).unlink(missing_ok=True)
         (self.dir / f"{exp.volume_id}.log").unlink(missing_ok=True)
+        (self.dir / _monitor_name(exp.volume_id)).unlink(missing_ok=True)
         log.info("NBD export of volume %s stopped", exp.volume_id)
 
     # --- the server's host -----------------------------------------------------------------------
