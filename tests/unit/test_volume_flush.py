@@ -8,9 +8,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from hvd.catalog.commands import Command
 from hvd.config import Config
 from hvd.events import EventBus
+from hvd.storage.volumes import service
 from hvd.storage.volumes.file_backend import FileBackend
 from hvd.storage.volumes.service import VolumeService
 
@@ -35,6 +38,11 @@ class StandInCatalog:
     async def propose(self, cmd: Command) -> dict[str, Any]:
         self.proposed.append(cmd)
         return {"status": "available" if getattr(cmd, "ok", False) else "error"}
+
+
+@pytest.fixture(autouse=True)
+def no_flush_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service, "FLUSH_DELAY_S", 0.0)
 
 
 def run_create(tmp_path: Path, size_gb: int) -> tuple[RecordingBackend, StandInCatalog, str]:
