@@ -4,7 +4,9 @@ side by side in the same process).
     python3 bench/volumes.py [--image-mib 256] [--volume-gib 1] [--repeat 3]
 
 1. Create-from-image latency through the API (POST /v1/volumes?wait=true, file backend, the image
-   already in the host's cache) against `qemu-img convert -O raw` of the same cached image.
+   already in the host's cache) against `qemu-img convert -O raw` of the same cached image. (hvd
+   copies a raw base into a raw file with copy_file_range, hvd/storage/sparse_copy.py; qcow2 files
+   and LVs are written by qemu-img.)
 2. Full backup of a volume holding data (POST /v1/backups?wait=true: read, sha256, zstd level 1,
    4 MiB chunks, each object fsynced) against `zstd -1` and `gzip -1` of the same file (MB/s of
    volume data), alternating which goes first.

@@ -112,7 +112,10 @@ class ComputeManager:
         source = self.store.path(image_id)
 
         async def fetch(dest: Path) -> None:
-            if source.exists():
+            if source.exists() and image["disk_format"] == "raw":
+                # written sparse (zero runs become holes): volumes copied from the base stay sparse
+                await qemu_img.run(qemu_img.convert_argv(source, dest, "raw", "raw"))
+            elif source.exists():
                 await asyncio.get_running_loop().run_in_executor(None, shutil.copyfile, source, dest)
             elif self.peers is not None:  # another host holds it: stream it from there
                 await transfer.fetch_to(self.peers, self.catalog, image, dest)

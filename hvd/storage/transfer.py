@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from hvd.catalog.service import Catalog
 from hvd.cluster.peers import PeerCaller, PeerErrors, PeerUnreachable
 from hvd.errors import BadRequest, HvdError, NotFound
+from hvd.storage import sparse_copy
 from hvd.storage.image_cache import ImageCache
 from hvd.storage.image_store import CHUNK, ImageStore
 
@@ -111,7 +112,11 @@ async def _write_checked(chunks: AsyncIterator[bytes], dest: Path, sha256: str |
     try:
         async for chunk in chunks:
             digest.update(chunk)
-            await loop.run_in_executor(None, fh.write, chunk)
+            if sparse_copy.is_zero(chunk):  # a hole: volumes copied from a sparse base stay sparse
+                fh.seek(len(chunk), os.SEEK_CUR)
+            else:
+                await loop.run_in_executor(None, fh.write, chunk)
+        await loop.run_in_executor(None, fh.truncate)  # a trailing hole still counts in the length
         await loop.run_in_executor(None, os.fsync, fh.fileno())
     finally:
         fh.close()

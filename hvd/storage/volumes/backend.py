@@ -109,7 +109,7 @@ class VolumeBackend(abc.ABC):
 
     @abc.abstractmethod
     async def create_from_image(self, volume_id: str, image: Path, image_format: str, size_bytes: int) -> None:
-        """A volume of ``size_bytes`` holding the image's data (qemu-img convert, sparse)."""
+        """A volume of ``size_bytes`` holding the image's data, as sparse as the image."""
 
     @abc.abstractmethod
     async def create_from_snapshot(self, volume_id: str, snapshot_id: str, size_bytes: int) -> None:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hvd.storage import qemu_img
+from hvd.storage import qemu_img, sparse_copy
 from hvd.storage.volumes.backend import (
     Capacity,
     VolumeBackend,
@@ -101,6 +101,18 @@ class FileBackend(VolumeBackend):
 
     async def create_from_image(self, volume_id: str, image: Path, image_format: str, size_bytes: int) -> None:
         await check_fits(image, image_format, size_bytes)
+        if image_format == "raw" and self.volume_format == "raw" and sparse_copy.has_holes(image):
+            # a cached raw base into a raw file: the kernel copies its data extents (no qemu-img)
+            dest = self.path(volume_id)
+            try:
+                await sparse_copy.copy_sparse_async(image, dest, size_bytes, self.timeout)
+                return
+            except sparse_copy.CopyUnsupported:
+                pass  # another filesystem, an old kernel: qemu-img reads and writes it
+            except BaseException:  # also a cancellation that came as the copy ended
+                with contextlib.suppress(FileNotFoundError):
+                    dest.unlink()
+                raise
         await self._convert(image, image_format, self.path(volume_id), size_bytes)
 
     async def create_from_snapshot(self, volume_id: str, snapshot_id: str, size_bytes: int) -> None:
