@@ -66,6 +66,38 @@ def test_a_volume_is_made_and_served_by_the_host_its_type_names(cloud: Cluster) 
     assert not path.exists()
 
 
+def _placed(cloud: Cluster, node: str, body: dict[str, Any]) -> Any:
+    """Create a volume, waiting out the first backend reports' gossip (409 until they arrive)."""
+    deadline = time.monotonic() + 30
+    while (r := cloud.call(node, "POST", "/v1/volumes?wait=true", body)).status_code == 409:
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.2)
+    return ok(r)
+
+
+def test_restore_into_a_volume_of_a_host_without_the_backup_is_refused_and_changes_nothing(cloud: Cluster) -> None:
+    for i in (1, 2):
+        ok(cloud.call("node1", "POST", "/v1/volume-types", {"name": f"only-{i}",
+                                                            "extra_specs": {"volume_backend_name": f"file-{i}"}}))
+    source = _placed(cloud, "node1", {"name": "bk-src", "size_gb": 1, "volume_type": "only-2"})
+    target = _placed(cloud, "node1", {"name": "bk-dst", "size_gb": 1, "volume_type": "only-1"})
+    backup = ok(cloud.call("node3", "POST", "/v1/backups?wait=true", {"volume": source["id"]}))
+    assert backup["status"] == "available"
+    # node3 takes it; node1 (the volume's host, asked by node3) does not see node2's backup_dir
+    err = ok(cloud.call("node3", "POST", f"/v1/backups/{backup['id']}/restore", {"volume": target["id"]}), 409)
+    message = err["error"]["message"]
+    assert f"backup_dir of host node2, which host node1 (volume {target['id']}'s) does not see" in message
+    after = ok(cloud.call("node1", "GET", f"/v1/volumes/{target['id']}"))
+    assert after["status"] == "available"
+    assert ok(cloud.call("node1", "GET", f"/v1/backups/{backup['id']}"))["status"] == "available"
+    made = ok(cloud.call("node1", "POST", f"/v1/backups/{backup['id']}/restore?wait=true", {}))  # a new one: on node2
+    assert (made["volume"]["status"], made["volume"]["host"]) == ("available", "node2@file-2")
+    ok(cloud.call("node1", "POST", f"/v1/backups/{backup['id']}/restore?wait=true", {"volume": source["id"]}))
+    for vid in (made["volume_id"], target["id"], source["id"]):
+        ok(cloud.call("node1", "DELETE", f"/v1/volumes/{vid}?wait=true"), 204)
+    ok(cloud.call("node1", "DELETE", f"/v1/backups/{backup['id']}?wait=true"), 204)
+
+
 def test_no_host_has_the_named_backend_names_every_rejection(cloud: Cluster) -> None:
     ok(cloud.call("node2", "POST", "/v1/volume-types", {"name": "nowhere",
                                                         "extra_specs": {"volume_backend_name": "file-9"}}))

@@ -21,7 +21,7 @@ from hvd.catalog import cmd_volumes as cv
 from hvd.catalog import queries
 from hvd.catalog.commands import Command
 from hvd.catalog.sql import fetch_all, fetch_one
-from hvd.errors import NotFound
+from hvd.errors import Conflict, NotFound
 from hvd.identity.service import now_iso
 from hvd.storage.volumes.scheduler import VolumeRequest
 
@@ -241,6 +241,15 @@ async def restore_backup(request: web.Request) -> web.Response:
     if body.volume is not None:
         vol = await visible_volume(request, body.volume)
         vid = str(vol["id"])
+        if vol["host"] and vol["host"] != backup["host"]:  # the volume's host restores: ask it whether it can
+            forwarded = await to_host(request, str(vol["host"]), lambda _h: True, f"Volume {vid} is on host"
+                                      f" {vol['host']}")
+            if forwarded is not None:
+                return forwarded
+            if not await vs.sees_backup(backup):
+                raise Conflict(f"backup {bid} is in the backup_dir of host {backup['host']}, which host"
+                               f" {vol['host']} (volume {vid}'s) does not see: restore it into a new volume"
+                               " (made on that host), or give the hosts a shared backup_dir")
         await vs.propose(cvb.BackupRestore(id=bid, volume_id=vid, updated_at=now_iso()))
     else:
         source = await svc.catalog.read(fetch_one, "SELECT * FROM volumes WHERE id=?", (backup["volume_id"],))

@@ -491,6 +491,12 @@ class VolumeService:
             await self._finish(cvb.BackupRestoreFinish(id=bid, volume_id=vid, ok=False, error=_message(exc),
                                                       updated_at=now_iso()))
 
+    async def sees_backup(self, backup: dict[str, Any]) -> bool:
+        """Whether this host's backup_dir holds ``backup``'s manifest (its own backups, or any host's
+        when the directory is shared)."""
+        path = backup_io.manifest_path(self.backup_root, str(backup["volume_id"]), str(backup["id"]))
+        return await asyncio.get_running_loop().run_in_executor(None, path.is_file)
+
     async def verify_backup(self, backup: dict[str, Any]) -> list[str]:
         """Read back every chunk of a backup of this host: the problems found (empty = intact)."""
         if backup["host"] != self.host:
