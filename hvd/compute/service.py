@@ -16,6 +16,7 @@ from typing import Any
 
 from hvd.api.context import RequestContext
 from hvd.catalog.cmd_compute import (
+    PASSWORD_KEY,
     ActionFinish,
     ActionStart,
     ImageDelete,
@@ -56,6 +57,7 @@ from hvd.scheduler.placement import Placement
 log = logging.getLogger(__name__)
 
 BUILD_CALL_TIMEOUT_S = 900.0  # a build call waits for the whole build (image fetch included)
+NEW_GUEST = {PASSWORD_KEY: ""}  # extra of a server whose guest starts afresh (rebuild, evacuate): no password
 RESULT_STATE: dict[Op, tuple[VmState, PowerState]] = {
     Op.STOP: (VmState.STOPPED, PowerState.SHUTDOWN),
     Op.START: (VmState.ACTIVE, PowerState.RUNNING),
@@ -263,7 +265,9 @@ class ComputeService:
 
     def rebuild(self, image_id: str) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
         async def run(inst: dict[str, Any]) -> dict[str, Any]:
-            await self.manager.set_task(inst["id"], TaskState.REBUILDING, TaskState.REBUILD_SPAWNING)
+            # the new guest posts its own password: a stored one would have it refused (409)
+            await self.manager.set_task(inst["id"], TaskState.REBUILDING, TaskState.REBUILD_SPAWNING,
+                                        extra=NEW_GUEST)
             power = await self.manager.rebuild(inst, image_id)
             return {"vm_state": VmState.ACTIVE, "power_state": int(power), "image_id": image_id}
 
@@ -491,7 +495,7 @@ class ComputeService:
             await self.update(inst["id"], expect_task_state=[None], expect_host=[source], host=None,
                               vm_state=VmState.BUILDING, task_state=TaskState.SCHEDULING,
                               power_state=int(PowerState.NOSTATE), fault=None,
-                              extra={"evacuated_from": source})
+                              extra={"evacuated_from": source, **NEW_GUEST})
             with contextlib.suppress(NotFound):  # the fenced host's claim goes: its resources are free
                 await self.catalog.propose(ReleaseClaim(instance_id=inst["id"]))
             action_id = await self.start_action(ctx, inst, "evacuate")

@@ -9,7 +9,7 @@ from typing import Any
 from hvd.catalog.cmd_compute import InstancePasswordSet
 from hvd.identity.service import now_iso
 from tests.conftest import Api
-from tests.functional.compute_helpers import make_flavor, make_qcow2, upload_image
+from tests.functional.compute_helpers import action, make_flavor, make_qcow2, upload_image
 
 
 async def test_the_owner_reads_and_clears_the_password_the_guest_posted(admin_api: Api, api_server: tuple[Any, str],
@@ -37,3 +37,21 @@ async def test_the_owner_reads_and_clears_the_password_the_guest_posted(admin_ap
     assert (await admin_api.call("DELETE", url))[0] == 204
     assert await admin_api.call("GET", url) == (200, {"password": ""})
     assert (await admin_api.call("GET", "/v1/servers/no-such-server/password"))[0] == 404
+
+
+async def test_a_rebuilt_guest_may_post_its_new_password(admin_api: Api, api_server: tuple[Any, str],
+                                                         tmp_path: Path) -> None:
+    """A rebuild starts a new guest from the image: the old password goes, or the new guest's post
+    would be refused (409, Nova's once-only rule) and its owner could never read its password."""
+    await upload_image(admin_api, make_qcow2(tmp_path / "base.qcow2"), name="base")
+    await make_flavor(admin_api)
+    _, server = await admin_api.call("POST", "/v1/servers?wait=true", {"name": "pw", "flavor": "m1.tiny",
+                                                                       "image": "base"})
+    catalog = api_server[0].catalog
+    await catalog.propose(InstancePasswordSet(id=server["id"], password="b2xk", updated_at=now_iso()))
+    status, rebuilt = await action(admin_api, server["id"], "rebuild", {"image": "base"})
+    assert status == 202 and rebuilt["status"] == "ACTIVE", rebuilt
+    url = f"/v1/servers/{server['id']}/password"
+    assert await admin_api.call("GET", url) == (200, {"password": ""})
+    await catalog.propose(InstancePasswordSet(id=server["id"], password="bmV3", updated_at=now_iso()))
+    assert await admin_api.call("GET", url) == (200, {"password": "bmV3"})
