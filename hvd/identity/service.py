@@ -193,7 +193,11 @@ class IdentityService:
         Answers are cached until the next identity change is applied (a revocation, a role or
         user change) or the token expires, which saves a database round trip per request.
         """
-        digest = token_hash(token)
+        return await self.validate_hash(token_hash(token))
+
+    async def validate_hash(self, digest: str) -> RequestContext:
+        """``validate`` for the token whose ``token_hash`` is ``digest`` (a context's ``token_hash``):
+        for holders that keep only the digest, such as an attached console (hvd/api/v1/consoles.py)."""
         generation = self.catalog.state.identity_generation  # read before the lookup it guards
         cached = self._validated.get(digest)
         if cached is not None and cached[1] == generation and cached[0].expires_at > now_iso():
