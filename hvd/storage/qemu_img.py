@@ -61,15 +61,19 @@ def convert_argv(
     *,
     compress: bool = False,
     force_share: bool = False,
+    into_new: bool = False,
 ) -> list[str]:
     """Copy ``src`` into a standalone ``dest`` (the backing chain is flattened).
 
     ``force_share`` (-U) reads an image a running QEMU holds open; only consistent while the
-    guest is paused or its disk is otherwise quiesced.
+    guest is paused or its disk is otherwise quiesced. ``into_new``: ``dest`` exists, was just
+    made (reads zeros) and is at least as large as ``src`` (-n --target-is-zero).
     """
     argv = [QEMU_IMG, "convert"]
     if force_share:
         argv.append("-U")
+    if into_new:
+        argv += ["-n", "--target-is-zero"]
     argv += ["-f", qemu_format(src_fmt), "-O", qemu_format(out_fmt)]
     if compress:
         argv.append("-c")

@@ -48,6 +48,10 @@ def test_qcow2_volumes_round_trip(hvd: DaemonProcess) -> None:
     assert vol["status"] == "available" and vol["host"].endswith("@qcow")
     path = vols / f"volume-{vol['id']}"
     assert info(path)["format"] == "qcow2" and info(path)["virtual-size"] == 1 << 30
+    source = hvd.config.parent / "q-src.raw"
+    source.write_bytes(data)  # the image's bytes; past them the volume reads zeros (non-strict compare)
+    assert subprocess.run(["qemu-img", "compare", "-U", "-f", "raw", "-F", "qcow2", str(source), str(path)],
+                          capture_output=True).returncode == 0
     admin.call("POST", f"/v1/volumes/{vol['id']}/extend?wait=true", {"new_size_gb": 2})
     assert info(path)["virtual-size"] == 2 << 30
     blank = admin.call("POST", "/v1/volumes?wait=true", {"size_gb": 2})

@@ -37,6 +37,9 @@ def test_convert_argv_always_names_the_source_format() -> None:
         "qemu-img", "convert", "-U", "-f", "qcow2", "-O", "qcow2", "/i/disk", "/s.qcow2",
     ]  # fmt: skip
     assert q.to_raw_argv("/x", "/y", "qcow2")[2:6] == ["-f", "qcow2", "-O", "raw"]
+    assert q.convert_argv("/a", "/b", "raw", "qcow2", force_share=True, into_new=True) == [
+        "qemu-img", "convert", "-U", "-n", "--target-is-zero", "-f", "raw", "-O", "qcow2", "/a", "/b",
+    ]  # fmt: skip
 
 
 def test_info_resize_create_argv() -> None:
