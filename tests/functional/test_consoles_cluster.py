@@ -1,15 +1,17 @@
 """Remote consoles in a cloud of three `hvd daemon` processes (fake driver): asked for through any
-host, the console URL points at the host that runs the server, its token works only there, and a
-screenshot asked anywhere comes from the owner."""
+host, the console URL points at the host that runs the server, its token works only there, a
+screenshot asked anywhere comes from the owner, and a logout on another host closes the console."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+import requests
 
 from hvd.drivers.remote_console import png_size
 from tests.functional.test_cluster import IDS, Cluster
@@ -60,4 +62,21 @@ async def test_console_asked_anywhere_opens_on_the_owner(cloud: Cluster, tmp_pat
             headers={"Authorization": f"Bearer {cloud.tokens['node3']}"}) as resp:
         assert resp.status == 200 and resp.content_type == "image/png"
         assert png_size(await resp.read()) == (640, 480)
+
+    # a logout on another host closes the console its token opened (identity is replicated: node2
+    # sees the revocation in its catalog, within its periodic check)
+    creds = {"username": "admin", "password": "admin-secret", "project": "admin"}
+    r = requests.post(cloud.url("node1") + "/v1/auth/tokens", json=creds, timeout=30)
+    assert r.status_code == 201, r.text
+    auth = {"Authorization": f"Bearer {r.json()['token']}"}
+    r = requests.post(cloud.url("node3") + f"/v1/servers/{sid}/remote-console", json={"protocol": "serial"},
+                      headers=auth, timeout=30)
+    assert r.status_code == 200, r.text
+    async with aiohttp.ClientSession() as http, http.ws_connect(r.json()["remote_console"]["url"]) as ws:
+        assert requests.delete(cloud.url("node1") + "/v1/auth/token", headers=auth, timeout=30).status_code == 204
+        async with asyncio.timeout(60):
+            while (msg := await ws.receive()).type == aiohttp.WSMsgType.BINARY:
+                pass
+        assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 4401,
+                                                   "the token that opened this console is no longer valid"), msg
     assert cloud.call("node1", "DELETE", f"/v1/servers/{sid}?wait=true").status_code == 204

@@ -1,6 +1,7 @@
 """Remote consoles over real HTTP and WebSockets with the fake driver: the remote-console answer,
 refusals, one-time tokens bound to protocol and project, the serial relay (and `hvd console` with
-a piped stdin), the VNC proxy's RFB handshake and the screenshot PNG. Real guests:
+a piped stdin), the VNC proxy's RFB handshake and the screenshot PNG, and attached consoles closing
+once the API token that opened them loses its access or the server stops. Real guests:
 tests/lab/test_consoles_libvirt.py."""
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from hvd.api import console_tokens
 from hvd.api.app import build_app
+from hvd.api.console_tokens import ConsoleGrant, Refusal
+from hvd.api.v1 import consoles
 from hvd.drivers.remote_console import png_size
 from tests.conftest import Api
 from tests.functional.compute_helpers import action, make_flavor, make_qcow2, upload_image
@@ -241,3 +245,90 @@ async def test_hvd_console_with_a_piped_stdin(admin_api: Api, server: dict[str, 
     out, err = await asyncio.wait_for(proc.communicate(b"echo from-a-script\r"), 60)
     assert proc.returncode == 0, err.decode()
     assert b"\r\nfrom-a-script\r\n" in out, (out, err)
+
+
+@pytest.fixture
+def checks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Refusal | None]]:
+    """Attached consoles check their access often (not every 5 s); each check's (issuing user, answer) is recorded."""
+    seen: list[tuple[str, Refusal | None]] = []
+
+    def recorded(grant: ConsoleGrant, *args: Any) -> Refusal | None:
+        answer = console_tokens.console_refusal(grant, *args)
+        seen.append((grant.user, answer))
+        return answer
+
+    monkeypatch.setattr(consoles, "ACCESS_CHECK_S", 0.05)
+    monkeypatch.setattr(consoles, "console_refusal", recorded)
+    return seen
+
+
+async def closed_with(ws: aiohttp.ClientWebSocketResponse, timeout: float = 30.0) -> tuple[int, str]:
+    """The close code and message the server sends next (output before it is skipped)."""
+    async with asyncio.timeout(timeout):
+        while (msg := await ws.receive()).type == aiohttp.WSMsgType.BINARY:
+            pass
+    assert msg.type == aiohttp.WSMsgType.CLOSE, msg
+    return int(msg.data), str(msg.extra)
+
+
+async def test_a_console_closes_when_the_token_that_opened_it_is_revoked(
+        admin_api: Api, server: dict[str, Any], checks: list[tuple[str, Refusal | None]],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Logging out (DELETE /v1/auth/token) closes the consoles that token opened (4401), not those of
+    another still-valid token; the same rule refuses a URL the revoked token asked for."""
+    caplog.set_level(logging.INFO, logger="hvd.api.v1.consoles")
+    sid = server["id"]
+    assert (await admin_api.call("POST", "/v1/users", {"name": "op", "password": "password-1",
+                                                       "project": "admin", "role": "member"}))[0] == 201
+    leaving = admin_api.as_other()
+    await leaving.login("op", "password-1", "admin")
+    unused_url = await console_url(leaving, sid, "vnc")
+    async with aiohttp.ClientSession() as http, \
+            http.ws_connect(await console_url(leaving, sid, "serial")) as doomed, \
+            http.ws_connect(await console_url(admin_api, sid, "vnc"), protocols=("binary",)) as staying:
+        await doomed.send_bytes(b"echo before-logout\r")
+        await read_until(doomed, b"\r\nbefore-logout\r\n")
+        assert (await leaving.call("DELETE", "/v1/auth/token"))[0] == 204
+
+        code, message = await closed_with(doomed)
+        assert (code, message) == (4401, "the token that opened this console is no longer valid")
+        refused_at = next(i for i, (user, answer) in enumerate(checks) if user == "op" and answer is not None)
+        # the other console's access is checked after the logout too (the second check after the refusal
+        # started after it): allowed, and the console still relays
+        async with asyncio.timeout(30):
+            while len(after := [answer for user, answer in checks[refused_at:] if user == "admin"]) < 2:
+                await asyncio.sleep(0.05)
+        assert after == [None] * len(after)
+        width, _, _ = await rfb_handshake(staying)
+        assert width == 640
+    assert any("serial console of" in r.getMessage() and "opened by op" in r.getMessage()
+               and "no longer valid" in r.getMessage() for r in caplog.records)
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(unused_url)
+    assert refused.value.status == 401
+
+
+async def test_consoles_close_when_access_is_taken_or_the_server_stops(
+        admin_api: Api, server: dict[str, Any], checks: list[tuple[str, Refusal | None]]) -> None:
+    """A role taken away (4403: the token still validates, but may no longer open consoles), and a
+    stopped server (4409: the fake driver keeps a stopped server's display, as the VNC relay did)."""
+    sid = server["id"]
+    status, user = await admin_api.call("POST", "/v1/users", {"name": "demoted", "password": "password-1",
+                                                              "project": "admin", "role": "member"})
+    assert status == 201, user
+    demoted = admin_api.as_other()
+    await demoted.login("demoted", "password-1", "admin")
+    status, project = await admin_api.call("GET", "/v1/projects/admin")
+    assert status == 200, project
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(await console_url(demoted, sid, "serial")) as ws:
+            base = f"/v1/projects/{project['id']}/users/{user['id']}/roles"
+            assert (await admin_api.call("PUT", f"{base}/reader"))[0] == 200
+            assert (await admin_api.call("DELETE", f"{base}/member"))[0] == 204
+            code, message = await closed_with(ws)
+            assert (code, message) == (4403, "the token that opened this console may no longer open it")
+        async with http.ws_connect(await console_url(admin_api, sid, "vnc")) as ws:
+            await action(admin_api, sid, "stop")
+            code, message = await closed_with(ws)
+            assert (code, message) == (4409, f"server {sid} is no longer running")

@@ -8,6 +8,13 @@ this host (noVNC speaks RFB over the WebSocket, as with Nova's novncproxy; the `
 subprotocol is accepted). The WebSocket routes take no API token: the console token is their
 credential (browsers cannot set headers on a WebSocket), so they are public paths for the auth
 middleware and are left out of the OpenAPI document (which cannot describe WebSockets).
+
+An attached console does not outlive the access that opened it: every ``ACCESS_CHECK_S`` the relay
+asks ``console_refusal`` (console_tokens.py) whether the API token that asked for the URL still
+validates (the identity cache: no database read until an identity change) and may still open the
+server's console, and whether the server still runs on this host; if not, it closes the WebSocket
+with the refusal's code (4401, 4403, 4409) and message, and logs it. The same check runs when the
+URL is redeemed.
 """
 
 from __future__ import annotations
@@ -23,16 +30,16 @@ from typing import Any, Literal
 from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field
 
-from hvd.api.console_tokens import ConsoleGrant, ConsoleTokens, check_grant
+from hvd.api.console_tokens import ConsoleGrant, ConsoleTokens, Refusal, console_refusal
 from hvd.api.forward import to_owner
 from hvd.api.helpers import context, json_response, parse_body
 from hvd.api.routing import Router
-from hvd.api.services import services
+from hvd.api.services import ApiServices, services
 from hvd.api.v1.servers import compute, visible_server
 from hvd.catalog.sql import fetch_one
 from hvd.compute.lifecycle import PowerState, VmState
 from hvd.drivers.remote_console import SERIAL, VNC
-from hvd.errors import BadRequest, Conflict
+from hvd.errors import BadRequest, Conflict, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,8 @@ CONSOLE_TOKENS = "console_tokens"  # key of this host's ConsoleTokens in ApiServ
 WS_PATHS = {SERIAL: "/v1/console/serial", VNC: "/v1/console/vnc"}
 HEARTBEAT_S = 30.0  # a vanished client is noticed, and its serial session freed, within about this long
 RELAY_CHUNK = 64 * 1024
+ACCESS_CHECK_S = 5.0  # an attached console closes within about this long of losing its access
+MAX_CLOSE_MESSAGE = 123  # bytes: a close frame's payload is at most 125, 2 of them the code (RFC 6455 5.5)
 SOCKETS = web.AppKey("hvd.console_sockets", set[web.WebSocketResponse])  # attached consoles, closed at shutdown
 
 
@@ -109,7 +118,7 @@ async def create_remote_console(request: web.Request) -> web.Response:
     if body.protocol == VNC:
         await driver.vnc_address(inst["id"])  # 409 now, rather than a URL that cannot work
     # the server's project, not the caller's: an admin may open any project's console (visible_server)
-    token, _grant = tokens(request).issue(inst["id"], inst["project_id"], body.protocol, time.monotonic())
+    token, _grant = tokens(request).issue(inst["id"], inst["project_id"], body.protocol, time.monotonic(), issuer=ctx)
     expires_at = datetime.now(UTC) + timedelta(seconds=tokens(request).ttl_s)
     return json_response({"remote_console": {
         "protocol": body.protocol, "url": console_url(request, body.protocol, token),
@@ -138,16 +147,48 @@ async def _redeem(request: web.Request, protocol: str) -> tuple[ConsoleGrant, we
         raise BadRequest(f"{request.path} is a WebSocket endpoint: connect with a WebSocket client"
                          " (hvd console, noVNC) and the URL from POST /v1/servers/{id}/remote-console")
     grant = tokens(request).redeem(request.query.get("token", ""), protocol, time.monotonic())
-    inst = await services(request).catalog.read(fetch_one, "SELECT * FROM instances WHERE id=?", (grant.server_id,))
-    check_grant(grant, inst, compute(request).host)
+    refusal, inst = await _access(services(request), grant, compute(request).host)
+    if refusal is not None:
+        raise refusal.error()
     assert inst is not None
-    _require_running(inst, "a console")
+    _require_running(inst, "a console")  # stricter than an attached console's rule: not paused
     return grant, ws
 
 
+async def _access(svc: ApiServices, grant: ConsoleGrant,
+                  host: str) -> tuple[Refusal | None, dict[str, Any] | None]:
+    """``console_refusal`` of ``grant`` now, and the server's row it was decided on."""
+    try:
+        caller = await svc.identity.validate_hash(grant.issuer)  # cached until the next identity change
+    except Unauthorized:
+        caller = None
+    inst = await svc.catalog.read(fetch_one, "SELECT * FROM instances WHERE id=?", (grant.server_id,))
+    return console_refusal(grant, caller, svc.policy, inst, host), inst
+
+
+async def _watch(svc: ApiServices, grant: ConsoleGrant, host: str) -> Refusal:
+    """Return once the attached console of ``grant`` must close (checked every ACCESS_CHECK_S)."""
+    while True:
+        await asyncio.sleep(ACCESS_CHECK_S)
+        refusal, _ = await _access(svc, grant, host)
+        if refusal is not None:
+            log.info("%s console of %s (opened by %s) closed: %s", grant.protocol, grant.server_id, grant.user,
+                     refusal.message)
+            return refusal
+
+
+def close_message(message: str) -> bytes:
+    """``message`` cut to fit a close frame, on a character boundary."""
+    data = message.encode()
+    if len(data) <= MAX_CLOSE_MESSAGE:
+        return data
+    return data[:MAX_CLOSE_MESSAGE - 3].decode(errors="ignore").encode() + b"..."
+
+
 async def _relay(ws: web.WebSocketResponse, read: Callable[[], Awaitable[bytes]],
-                 write: Callable[[bytes], Awaitable[None]]) -> None:
-    """Copy ``read()`` to the client and the client's frames to ``write`` until either side ends."""
+                 write: Callable[[bytes], Awaitable[None]], watch: Awaitable[Refusal]) -> None:
+    """Copy ``read()`` to the client and the client's frames to ``write`` until either side ends,
+    or ``watch`` answers why the console must close (sent as the close code and message)."""
 
     async def to_client() -> None:
         while data := await read():
@@ -160,17 +201,24 @@ async def _relay(ws: web.WebSocketResponse, read: Callable[[], Awaitable[bytes]]
             elif msg.type == WSMsgType.TEXT:
                 await write(msg.data.encode())
 
-    tasks = [asyncio.ensure_future(to_client()), asyncio.ensure_future(from_client())]
+    watcher = asyncio.ensure_future(watch)
+    tasks = [asyncio.ensure_future(to_client()), asyncio.ensure_future(from_client()), watcher]
+    refusal: Refusal | None = None
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 log.info("console relay ended: %s", task.exception())
+            elif task is watcher:
+                refusal = watcher.result()
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await ws.close()
+        if refusal is None:
+            await ws.close()
+        else:
+            await ws.close(code=refusal.code, message=close_message(refusal.message))
 
 
 @contextlib.asynccontextmanager
@@ -196,7 +244,7 @@ async def serial_websocket(request: web.Request) -> web.StreamResponse:
     try:
         async with _attached(request, ws):
             log.info("serial console of %s attached", grant.server_id)
-            await _relay(ws, session.read, session.write)
+            await _relay(ws, session.read, session.write, _watch(services(request), grant, compute(request).host))
     finally:
         await session.close()
         log.info("serial console of %s detached", grant.server_id)
@@ -220,7 +268,7 @@ async def vnc_websocket(request: web.Request) -> web.StreamResponse:
 
     try:
         async with _attached(request, ws):
-            await _relay(ws, read, write)
+            await _relay(ws, read, write, _watch(services(request), grant, compute(request).host))
     finally:
         writer.close()
         with contextlib.suppress(OSError):
