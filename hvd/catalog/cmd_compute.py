@@ -129,6 +129,7 @@ class InstanceDestroy(Command):
 
 PASSWORD_MAX_BYTES = 256  # Nova's metadata password limit (an encrypted, base64-encoded password)
 PASSWORD_KEY = "password"  # key in the instance's extra
+BOOT_VOLUME_KEY = "boot_volume_id"  # key in the instance's extra: the volume the server boots from
 
 
 class InstancePasswordSet(Command):

@@ -11,13 +11,14 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import shutil
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from hvd.catalog.cmd_compute import ImageCreate, ImageSetStatus, InstanceUpdate
+from hvd.catalog.cmd_compute import PASSWORD_KEY, ImageCreate, ImageSetStatus, InstanceUpdate
 from hvd.catalog.service import Catalog
 from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.cluster.peers import PeerCaller
@@ -38,6 +39,7 @@ from hvd.storage.image_store import ImageStore
 log = logging.getLogger(__name__)
 
 RESIZE_SUFFIX = "_resize"
+NEW_GUEST = {PASSWORD_KEY: ""}  # extra of a server whose guest starts afresh from its image: no password
 
 
 def instances_using(conn: sqlite3.Connection, image_id: str) -> list[dict[str, Any]]:
@@ -116,6 +118,7 @@ class ComputeManager:
             if source.exists() and image["disk_format"] == "raw":
                 # written sparse (zero runs become holes): volumes copied from the base stay sparse
                 await qemu_img.run(qemu_img.convert_argv(source, dest, "raw", "raw"))
+                os.truncate(dest, source.stat().st_size)  # qemu-img pads to 512 bytes: the image's bytes exactly
             elif source.exists():
                 await asyncio.get_running_loop().run_in_executor(None, shutil.copyfile, source, dest)
             elif self.peers is not None:  # another host holds it: stream it from there
@@ -337,6 +340,8 @@ class ComputeManager:
         """New root disk from `image_id`; same flavor, claims and network (the seed's rebuild)."""
         new_spec = await self.spec_of(inst, image_id=image_id)
         await self.driver.destroy(inst["id"])
+        # the old guest is gone: the new one posts its own password (a stored one would have it refused)
+        await self.catalog.propose(InstanceUpdate(id=inst["id"], extra=NEW_GUEST, updated_at=now_iso()))
         await self._rmtree(new_spec.instance_dir)
         new_spec.instance_dir.mkdir(parents=True, exist_ok=True)
         await self.write_config_drive({**inst, "image_id": image_id}, new_spec)

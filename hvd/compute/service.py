@@ -16,7 +16,7 @@ from typing import Any
 
 from hvd.api.context import RequestContext
 from hvd.catalog.cmd_compute import (
-    PASSWORD_KEY,
+    BOOT_VOLUME_KEY,
     ActionFinish,
     ActionStart,
     ImageDelete,
@@ -33,7 +33,7 @@ from hvd.compute.builds import ClusterBuilds
 from hvd.compute.coldmove import ColdMoves
 from hvd.compute.drain import Drains
 from hvd.compute.lifecycle import Op, PowerState, TaskState, VmState
-from hvd.compute.manager import ComputeManager
+from hvd.compute.manager import NEW_GUEST, ComputeManager
 from hvd.compute.migration import LiveMigrations
 from hvd.compute.oplock import OperationLocks
 from hvd.compute.volumes import ComputeVolumes
@@ -57,7 +57,6 @@ from hvd.scheduler.placement import Placement
 log = logging.getLogger(__name__)
 
 BUILD_CALL_TIMEOUT_S = 900.0  # a build call waits for the whole build (image fetch included)
-NEW_GUEST = {PASSWORD_KEY: ""}  # extra of a server whose guest starts afresh (rebuild, evacuate): no password
 RESULT_STATE: dict[Op, tuple[VmState, PowerState]] = {
     Op.STOP: (VmState.STOPPED, PowerState.SHUTDOWN),
     Op.START: (VmState.ACTIVE, PowerState.RUNNING),
@@ -73,6 +72,13 @@ RESULT_STATE: dict[Op, tuple[VmState, PowerState]] = {
 }
 # after a failure of these, the domain or disk may be half-made: the instance goes to ERROR
 ERROR_ON_FAILURE = {Op.REBUILD, Op.RESCUE, Op.UNRESCUE, Op.RESIZE, Op.REVERT_RESIZE, Op.UNSHELVE}
+
+
+def evacuated_extra(inst: dict[str, Any], source: str) -> dict[str, Any]:
+    """What an evacuation merges into the server's extra: where it came from; and no password when
+    it is rebuilt from its image (the new guest posts its own), while a server booted from a volume
+    keeps its disk, its guest and so its password."""
+    return {"evacuated_from": source, **({} if inst["extra"].get(BOOT_VOLUME_KEY) else NEW_GUEST)}
 
 
 def get_instance(conn: Any, instance_id: str) -> dict[str, Any] | None:
@@ -265,9 +271,7 @@ class ComputeService:
 
     def rebuild(self, image_id: str) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
         async def run(inst: dict[str, Any]) -> dict[str, Any]:
-            # the new guest posts its own password: a stored one would have it refused (409)
-            await self.manager.set_task(inst["id"], TaskState.REBUILDING, TaskState.REBUILD_SPAWNING,
-                                        extra=NEW_GUEST)
+            await self.manager.set_task(inst["id"], TaskState.REBUILDING, TaskState.REBUILD_SPAWNING)
             power = await self.manager.rebuild(inst, image_id)
             return {"vm_state": VmState.ACTIVE, "power_state": int(power), "image_id": image_id}
 
@@ -495,7 +499,7 @@ class ComputeService:
             await self.update(inst["id"], expect_task_state=[None], expect_host=[source], host=None,
                               vm_state=VmState.BUILDING, task_state=TaskState.SCHEDULING,
                               power_state=int(PowerState.NOSTATE), fault=None,
-                              extra={"evacuated_from": source, **NEW_GUEST})
+                              extra=evacuated_extra(inst, source))
             with contextlib.suppress(NotFound):  # the fenced host's claim goes: its resources are free
                 await self.catalog.propose(ReleaseClaim(instance_id=inst["id"]))
             action_id = await self.start_action(ctx, inst, "evacuate")

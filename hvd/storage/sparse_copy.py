@@ -18,18 +18,23 @@ import functools
 import os
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from hvd.errors import Timeout
 
 STEP = 64 << 20  # bytes per copy_file_range call: the stop flag is looked at this often
+BLOCK = 64 << 10  # SparseWriter: an all-zero block of this size, at a multiple of it, is left a hole
+# copies get their own threads: long ones must not take the loop's default pool (Raft snapshot
+# frames, network applies and file work run there)
+_COPIER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sparse-copy")
 _UNSUPPORTED = {errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF}
 
 
 _ZEROS = bytes(1 << 20)
 
 
-def is_zero(data: bytes) -> bool:
+def is_zero(data: bytes | memoryview) -> bool:
     """Whether ``data`` is all zero bytes (compared in C, a MiB at a time)."""
     view = memoryview(data)
     for at in range(0, len(view), len(_ZEROS)):
@@ -37,6 +42,45 @@ def is_zero(data: bytes) -> bool:
         if piece != _ZEROS[: len(piece)]:
             return False
     return True
+
+
+class SparseWriter:
+    """Writes a stream into a new, empty file from offset 0, leaving every all-zero BLOCK (at a
+    multiple of BLOCK, whatever sizes the stream comes in) a hole. Blocking: run it in a thread."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pending = bytearray()  # the stream past the last whole block
+        self._offset = 0  # where _pending starts in the file
+
+    def write(self, data: bytes) -> None:
+        self._pending += data
+        whole = len(self._pending) - len(self._pending) % BLOCK
+        if whole:
+            blocks = bytes(self._pending[:whole])
+            del self._pending[:whole]
+            self._emit(blocks)
+
+    def close(self) -> None:
+        """Write the last, partial block and set the length (a trailing hole still counts)."""
+        self._emit(bytes(self._pending))
+        self._pending.clear()
+        os.ftruncate(self._fd, self._offset)
+
+    def _emit(self, data: bytes) -> None:
+        view = memoryview(data)
+        start = 0  # first byte of the run of data blocks not written yet
+        for at in range(0, len(view), BLOCK):
+            if is_zero(view[at : at + BLOCK]):
+                self._pwrite(view[start:at], self._offset + start)
+                start = at + BLOCK
+        self._pwrite(view[start:], self._offset + start)
+        self._offset += len(view)
+
+    def _pwrite(self, data: memoryview, offset: int) -> None:
+        while data:
+            done = os.pwrite(self._fd, data, offset)
+            data, offset = data[done:], offset + done
 
 
 def has_holes(path: Path) -> bool:
@@ -99,13 +143,17 @@ async def copy_sparse_async(src: Path, dest: Path, size: int, timeout: float | N
     Timeout is raised), stops the copy and waits until its file is gone: nothing is left behind."""
     stop = threading.Event()
     loop = asyncio.get_running_loop()
-    job = loop.run_in_executor(None, functools.partial(copy_sparse, src, dest, size, stop))
+    job = loop.run_in_executor(_COPIER, functools.partial(copy_sparse, src, dest, size, stop))
     try:
         await asyncio.wait_for(asyncio.shield(job), timeout)
     except (TimeoutError, asyncio.CancelledError) as exc:
         stop.set()
-        with contextlib.suppress(Exception):
+        try:
             await job  # the thread removes the file once it sees the flag
+        except Exception:
+            pass
+        else:  # it ended just as we stopped it: the caller gets no file
+            dest.unlink(missing_ok=True)
         if isinstance(exc, TimeoutError):
             raise Timeout(f"copying {src.name} took longer than {timeout} s") from exc
         raise

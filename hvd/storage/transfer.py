@@ -110,13 +110,11 @@ async def _write_checked(chunks: AsyncIterator[bytes], dest: Path, sha256: str |
     digest = hashlib.sha256()
     fh = await loop.run_in_executor(None, open, dest, "wb")
     try:
+        writer = sparse_copy.SparseWriter(fh.fileno())  # zero blocks as holes: volumes copied from it stay sparse
         async for chunk in chunks:
             digest.update(chunk)
-            if sparse_copy.is_zero(chunk):  # a hole: volumes copied from a sparse base stay sparse
-                fh.seek(len(chunk), os.SEEK_CUR)
-            else:
-                await loop.run_in_executor(None, fh.write, chunk)
-        await loop.run_in_executor(None, fh.truncate)  # a trailing hole still counts in the length
+            await loop.run_in_executor(None, writer.write, chunk)
+        await loop.run_in_executor(None, writer.close)
         await loop.run_in_executor(None, os.fsync, fh.fileno())
     finally:
         fh.close()

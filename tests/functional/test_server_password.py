@@ -55,3 +55,13 @@ async def test_a_rebuilt_guest_may_post_its_new_password(admin_api: Api, api_ser
     assert await admin_api.call("GET", url) == (200, {"password": ""})
     await catalog.propose(InstancePasswordSet(id=server["id"], password="bmV3", updated_at=now_iso()))
     assert await admin_api.call("GET", url) == (200, {"password": "bmV3"})
+
+
+def test_an_evacuation_clears_the_password_only_of_a_server_rebuilt_from_its_image() -> None:
+    from hvd.catalog.cmd_compute import BOOT_VOLUME_KEY, PASSWORD_KEY
+    from hvd.compute.service import evacuated_extra
+
+    from_image = {"id": "a", "extra": {PASSWORD_KEY: "b2xk"}}
+    from_volume = {"id": "b", "extra": {PASSWORD_KEY: "b2xk", BOOT_VOLUME_KEY: "vol-1"}}
+    assert evacuated_extra(from_image, "node3") == {"evacuated_from": "node3", PASSWORD_KEY: ""}
+    assert evacuated_extra(from_volume, "node3") == {"evacuated_from": "node3"}  # same disk, same guest

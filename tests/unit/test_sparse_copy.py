@@ -150,6 +150,7 @@ def test_streamed_image_data_is_written_sparse(tmp_path: Path) -> None:
     from hvd.storage import transfer
 
     parts = [os.urandom(MIB), bytes(MIB), bytes(MIB), os.urandom(MIB), bytes(MIB)]
+    parts = [b"".join(parts)[i : i + 100_000] for i in range(0, 5 * MIB, 100_000)]  # unaligned pieces
 
     async def chunks() -> Any:
         for part in parts:
@@ -166,3 +167,41 @@ def test_has_holes(holey: Path, tmp_path: Path) -> None:
     whole = tmp_path / "whole"
     whole.write_bytes(bytes(MIB))  # zeros written as data, as earlier builds cached raw bases
     assert sparse_copy.has_holes(holey) and not sparse_copy.has_holes(whole)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sparse_writer_makes_holes_of_zero_blocks_whatever_the_chunking(tmp_path: Path, seed: int) -> None:
+    """Chunks arrive in any size (as a network stream gives them): every all-zero aligned block
+    becomes a hole, every byte reads back, and the length is the stream's."""
+    import random
+
+    rng = random.Random(seed)
+    block = sparse_copy.BLOCK
+    layout = [rng.choice((True, False)) for _ in range(48)]  # data or zeros, block by block
+    layout[-1] = False  # a trailing zero block: the length must still count it
+    whole = b"".join(os.urandom(block) if data else bytes(block) for data in layout) + os.urandom(rng.randrange(1, 999))
+    dest = tmp_path / "out"
+    with open(dest, "wb") as fh:
+        writer = sparse_copy.SparseWriter(fh.fileno())
+        at = 0
+        while at < len(whole):
+            step = rng.randrange(1, 3 * block)
+            writer.write(whole[at : at + step])
+            at += step
+        writer.close()
+    assert dest.read_bytes() == whole
+    data_blocks = sum(layout) + 1  # the partial last block holds data
+    assert dest.stat().st_blocks * 512 <= data_blocks * block + 64 * 1024
+
+
+def test_copy_left_by_a_cancellation_that_came_as_it_ended_is_removed(holey: Path, tmp_path: Path) -> None:
+    async def go() -> None:
+        task = asyncio.ensure_future(sparse_copy.copy_sparse_async(holey, tmp_path / "vol", 8 * MIB))
+        while not (tmp_path / "vol").exists() or (tmp_path / "vol").stat().st_size < 8 * MIB:
+            await asyncio.sleep(0)  # the thread copies; cancel once it is done but before we learn it
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    assert not (tmp_path / "vol").exists()

@@ -29,7 +29,7 @@ from hvd.api.v1.images import find_image
 from hvd.api.v1.volumes import find_type, visible_volume, volumes
 from hvd.catalog import cmd_volumes as cv
 from hvd.catalog import queries
-from hvd.catalog.cmd_compute import ImageCreate, ImageSetStatus
+from hvd.catalog.cmd_compute import BOOT_VOLUME_KEY, ImageCreate, ImageSetStatus
 from hvd.catalog.sql import fetch_all
 from hvd.compute.lifecycle import Op
 from hvd.compute.volumes import move_blocker
@@ -41,7 +41,7 @@ from hvd.storage.volumes.scheduler import VolumeRequest
 log = logging.getLogger(__name__)
 
 GIB = 1 << 30
-BOOT_ID = "boot_volume_id"  # instance extra: the volume the server boots from
+BOOT_ID = BOOT_VOLUME_KEY  # instance extra: the volume the server boots from
 BDM = "block_device_mapping"  # instance extra: [{"volume_id", "boot_index"}] attached at build
 DELETE_ON_TERMINATION = "delete_on_termination"  # instance extra: volume ids deleted with the server
 SNAPSHOT_PROPERTY = "boot_volume_snapshot_id"  # image property: booting the image = a volume from this snapshot

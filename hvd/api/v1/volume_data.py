@@ -15,6 +15,7 @@ from hvd.api.forward import to_host
 from hvd.api.helpers import context, json_response, page_params, paginate, parse_body, query_bool
 from hvd.api.routing import Router
 from hvd.api.services import services
+from hvd.api.v1.servers import COMPUTE
 from hvd.api.v1.volumes import MAX_GB, NamePattern, find_type, view, visible_volume, volumes
 from hvd.catalog import cmd_volume_backups as cvb
 from hvd.catalog import cmd_volumes as cv
@@ -242,8 +243,9 @@ async def restore_backup(request: web.Request) -> web.Response:
         vol = await visible_volume(request, body.volume)
         vid = str(vol["id"])
         if vol["host"] and vol["host"] != backup["host"]:  # the volume's host restores: ask it whether it can
-            forwarded = await to_host(request, str(vol["host"]), lambda _h: True, f"Volume {vid} is on host"
-                                      f" {vol['host']}")
+            comp = svc.extra.get(COMPUTE)  # its view of who is up: a down host is a prompt 409
+            is_up = comp.placement.is_up if comp is not None else (lambda _h: True)
+            forwarded = await to_host(request, str(vol["host"]), is_up, f"Volume {vid} is on host {vol['host']}")
             if forwarded is not None:
                 return forwarded
             if not await vs.sees_backup(backup):
