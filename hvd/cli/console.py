@@ -103,7 +103,8 @@ def _watch_input(loop: asyncio.AbstractEventLoop, fd: int, queue: asyncio.Queue[
 
 async def attach(url: str, in_fd: int, out_fd: int, linger: float, tls: ssl.SSLContext | bool = True) -> str:
     """Relay ``in_fd`` to the console WebSocket at ``url`` and its output to ``out_fd``. Returns why
-    it ended: "detached" (^]), "input ended" or "closed" (by the server: the guest stopped)."""
+    it ended: "detached" (^]), "input ended" or "closed" (by the server: the guest stopped), with the
+    server's reason after a colon when it gave one (its access was taken: "closed: the token ...")."""
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession() as http:
         try:
@@ -125,11 +126,10 @@ async def attach(url: str, in_fd: int, out_fd: int, linger: float, tls: ssl.SSLC
             return "input ended"
 
         async def to_user() -> str:
-            async for msg in ws:
-                if msg.type == aiohttp.WSMsgType.BINARY:
-                    _write_all(out_fd, msg.data)
-                elif msg.type == aiohttp.WSMsgType.TEXT:
-                    _write_all(out_fd, msg.data.encode())
+            while (msg := await ws.receive()).type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
+                _write_all(out_fd, msg.data if isinstance(msg.data, bytes) else msg.data.encode())
+            if msg.type == aiohttp.WSMsgType.CLOSE and msg.extra:  # the server said why (4401, 4403, 4409)
+                return f"closed: {msg.extra}"
             return "closed"
 
         sending, receiving = asyncio.ensure_future(to_guest()), asyncio.ensure_future(to_user())
@@ -167,7 +167,7 @@ def run_console(session: Session, args: argparse.Namespace) -> None:
         if raw:
             print(f"Connected to {args.server} (escape character is ^])\r", file=sys.stderr, flush=True)
         why = asyncio.run(attach(url, in_fd, out_fd, args.linger, _tls(session)))
-    if raw or why == "closed":
+    if raw or why.startswith("closed"):
         print(f"\nhvd: console of {args.server} {why}", file=sys.stderr)
 
 

@@ -332,3 +332,30 @@ async def test_consoles_close_when_access_is_taken_or_the_server_stops(
             await action(admin_api, sid, "stop")
             code, message = await closed_with(ws)
             assert (code, message) == (4409, f"server {sid} is no longer running")
+
+
+async def test_hvd_console_tells_why_the_server_closed_it(
+        admin_api: Api, server: dict[str, Any], checks: list[tuple[str, Refusal | None]]) -> None:
+    """`hvd console` ends with the server's reason when its token is revoked, not a bare "closed"."""
+    from hvd.cli.console import attach
+
+    status, _ = await admin_api.call("POST", "/v1/users", {"name": "cli-user", "password": "password-1",
+                                                           "project": "admin", "role": "member"})
+    assert status == 201
+    user = admin_api.as_other()
+    await user.login("cli-user", "password-1", "admin")
+    url = await console_url(user, server["id"], "serial")
+    keys_r, keys_w = os.pipe()  # stdin that stays open: only the server ends this console
+    out_r, out_w = os.pipe()
+    os.set_blocking(out_r, False)
+    try:
+        attached = asyncio.ensure_future(attach(url, keys_r, out_w, linger=0, tls=False))
+        async with asyncio.timeout(30):
+            while not any(u == "cli-user" for u, _ in checks):  # attached and watched
+                await asyncio.sleep(0.05)
+        assert (await user.call("DELETE", "/v1/auth/token"))[0] == 204
+        why = await asyncio.wait_for(attached, 30)
+    finally:
+        for fd in (keys_r, keys_w, out_r, out_w):
+            os.close(fd)
+    assert why == "closed: the token that opened this console is no longer valid"
