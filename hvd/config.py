@@ -157,6 +157,11 @@ class ComputeSection(Section):
         description="Base of the remote-console URLs this host hands out (e.g. wss://console.example:443 behind a"
                     " proxy); empty = the URL the client used, or this host's cluster.peers entry when forwarded.",
     )
+    novnc_dir: str = Field(
+        "/usr/share/novnc", max_length=4096,
+        description="noVNC's files (Debian package novnc), served read-only at /novnc/ so a VNC console opens in"
+                    " a browser (remote-console's web_url); empty = off; a missing directory is off too (logged).",
+    )
 
     @field_validator("vnc_listen")
     @classmethod
@@ -165,6 +170,13 @@ class ComputeSection(Section):
             ipaddress.ip_address(value)
         except ValueError as exc:
             raise ValueError(f"vnc_listen: {value!r} is not an IP address") from exc
+        return value
+
+    @field_validator("novnc_dir")
+    @classmethod
+    def _novnc_dir(cls, value: str) -> str:
+        if value and not value.startswith("/"):
+            raise ValueError(f"novnc_dir: {value!r} must be an absolute path (or empty: off)")
         return value
 
     @field_validator("console_base_url")

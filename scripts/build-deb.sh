@@ -56,7 +56,7 @@ Priority: optional
 Installed-Size: $(du -sk "$root" | cut -f1)
 Depends: $py_pkg, libvirt0, libvirt-daemon-system, libvirt-daemon-driver-qemu, qemu-system-x86,
  qemu-utils, dnsmasq-base, nftables, iproute2, dosfstools, mtools, procps
-Recommends: libxml2-utils
+Recommends: libxml2-utils, novnc
 Description: compute daemon for small virtualization labs
  hvd is OpenStack Nova, with the parts of Keystone, Glance and Neutron a compute
  cloud needs, collapsed into one asyncio process per hypervisor host. The hosts

@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 
 DEB_PKGS=(libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils libvirt-dev
   pkg-config dnsmasq-base iproute2 nftables busybox-static cpio syslinux syslinux-common mtools
-  dosfstools genisoimage kmod libxml2-utils python3-venv python3-dev gcc lvm2 zstd)
+  dosfstools genisoimage kmod libxml2-utils python3-venv python3-dev gcc lvm2 zstd novnc)
 
 missing=()
 for p in "${DEB_PKGS[@]}"; do

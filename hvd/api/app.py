@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 import hvd
-from hvd.api import internal, internal_compute
+from hvd.api import internal, internal_compute, novnc
 from hvd.api.helpers import json_response
 from hvd.api.middleware import auth_middleware, bearer_token, error_body, error_middleware, request_id_middleware
 from hvd.api.routing import Router, openapi_document
@@ -119,6 +119,7 @@ def build_app(services: ApiServices, extra_modules: list[object] | None = None) 
     app[ROUTER_KEY] = router
     router.install(app)
     consoles.install_websockets(app)  # their token is in the URL; not part of the OpenAPI document
+    novnc.install(app, services.config.compute.novnc_dir)  # static files: not part of the OpenAPI document
     events.install_shutdown(app)
     peer = services.extra.get(internal.PEER_SERVICE)
     if peer is not None:

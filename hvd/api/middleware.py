@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
+from hvd.api import novnc
 from hvd.api.helpers import CONTEXT_KEY
 from hvd.api.routing import Handler
 from hvd.api.services import SERVICES
@@ -47,6 +48,9 @@ def _metric_children(method: str, route: str, status: int) -> tuple[Any, Any]:
 # the console WebSockets authenticate with their one-time console token instead (hvd/api/v1/consoles.py)
 PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/v1/openapi.json", "/v1/auth/tokens", "/v1", "/v1/console/serial",
                           "/v1/console/vnc"})
+# noVNC's static files (hvd/api/novnc.py): a browser loads the console page and its modules without headers;
+# /internal/ routes check the peer signature themselves
+PUBLIC_PREFIXES = (f"{novnc.PREFIX}/", "/internal/")
 
 
 def error_body(status: int, title: str, message: str) -> dict[str, object]:
@@ -75,8 +79,9 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
         count, latency = _metric_children(request.method, route_name, status)
         count.inc()
         latency.observe(elapsed)
-        # peer traffic (forwarded writes, read-index) would double every write's log line; failures stay
-        level = logging.DEBUG if status < 400 and request.path.startswith("/internal/") else logging.INFO
+        # peer traffic (forwarded writes, read-index) would double every write's log line, and a noVNC page
+        # loads dozens of files; failures stay
+        level = logging.DEBUG if status < 400 and request.path.startswith(PUBLIC_PREFIXES) else logging.INFO
         log.log(level, "%s %s -> %s in %.1f ms", request.method, _loggable_path(request), status, elapsed * 1000)
 
 
@@ -127,7 +132,7 @@ def bearer_token(request: web.Request) -> str:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Resolve the token (Authorization: Bearer or X-Auth-Token) into a RequestContext."""
-    if request.path in PUBLIC_PATHS or request.path.startswith("/internal/"):
+    if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
         return await handler(request)
     token = bearer_token(request)
     if not token:

@@ -7,7 +7,8 @@ sent as it comes, and the guest's output is still printed for ``--linger`` secon
 ends, so ``printf 'uname -a\\r' | hvd console web1`` works in scripts.
 
 ``hvd server remote-console SERVER [--protocol vnc]`` prints a one-time console URL (for noVNC or
-any WebSocket client); ``hvd server screenshot SERVER`` saves the screen as a PNG.
+any WebSocket client) and, for VNC, ``web_url``: the page that opens it in a browser; ``hvd server
+screenshot SERVER`` saves the screen as a PNG.
 """
 
 from __future__ import annotations
@@ -225,7 +226,7 @@ def register_console(registry: Registry) -> None:
         "console", "attach this terminal to a server's serial console (^] detaches)", run_console, output=False,
         configure=_console_options, operations=(REMOTE_CONSOLE,)))
     registry.register_action("server", Action(
-        "remote-console", "print a one-time console URL (WebSocket: VNC for noVNC, or the serial port)",
+        "remote-console", "print a one-time console URL (WebSocket: VNC, with a browser page, or the serial port)",
         run_remote_console, configure=_remote_console_options, operations=(REMOTE_CONSOLE,)))
     registry.register_action("server", Action(
         "screenshot", "save the server's screen as a PNG", run_screenshot, output=False,

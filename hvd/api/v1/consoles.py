@@ -7,7 +7,8 @@ frames both ways: to the guest's serial port (``hvd console``), or to the domain
 this host (noVNC speaks RFB over the WebSocket, as with Nova's novncproxy; the ``binary``
 subprotocol is accepted). The WebSocket routes take no API token: the console token is their
 credential (browsers cannot set headers on a WebSocket), so they are public paths for the auth
-middleware and are left out of the OpenAPI document (which cannot describe WebSockets).
+middleware and are left out of the OpenAPI document (which cannot describe WebSockets). For VNC the
+answer also carries ``web_url``, a noVNC page on that host that opens the WebSocket (novnc.py).
 
 An attached console does not outlive the access that opened it: every ``ACCESS_CHECK_S`` the relay
 asks ``console_refusal`` (console_tokens.py) whether the API token that asked for the URL still
@@ -30,6 +31,7 @@ from typing import Any, Literal
 from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field
 
+from hvd.api import novnc
 from hvd.api.console_tokens import ConsoleGrant, ConsoleTokens, Refusal, console_refusal
 from hvd.api.forward import to_owner
 from hvd.api.helpers import context, json_response, parse_body
@@ -62,6 +64,8 @@ class RemoteConsole(BaseModel):
     protocol: str
     url: str = Field(description="A WebSocket URL on the server's host; it works once, until expires_at.")
     expires_at: str
+    web_url: str | None = Field(None, description="vnc: a noVNC page on the server's host that opens url in a browser"
+                                                  " (null for serial, and when that host does not serve noVNC).")
 
 
 class RemoteConsoleOut(BaseModel):
@@ -120,9 +124,11 @@ async def create_remote_console(request: web.Request) -> web.Response:
     # the server's project, not the caller's: an admin may open any project's console (visible_server)
     token, _grant = tokens(request).issue(inst["id"], inst["project_id"], body.protocol, time.monotonic(), issuer=ctx)
     expires_at = datetime.now(UTC) + timedelta(seconds=tokens(request).ttl_s)
+    url = console_url(request, body.protocol, token)
+    page = novnc.web_url(url, WS_PATHS[VNC]) if body.protocol == VNC and request.app.get(novnc.SERVED) else None
     return json_response({"remote_console": {
-        "protocol": body.protocol, "url": console_url(request, body.protocol, token),
-        "expires_at": expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")}})
+        "protocol": body.protocol, "url": url, "expires_at": expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "web_url": page}})
 
 
 async def screenshot(request: web.Request) -> web.Response:
