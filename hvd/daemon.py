@@ -123,7 +123,8 @@ async def start_volumes(config: Config, catalog: Catalog, events: EventBus,
             root = Path(b.path) if b.path else data_dir / "volumes"
             backends[b.name] = FileBackend(b.name, root, b.format, timeout)
     backup_root = Path(config.volumes.backup_dir) if config.volumes.backup_dir else data_dir / "backups"
-    service = VolumeService(config, catalog, events, backends, backup_root, manager.cached_image)
+    service = VolumeService(config, catalog, events, backends, backup_root, manager.cached_image, manager.store)
+    service.peers = manager.peers  # an uploaded volume's image is copied to peers like an API upload
     await service.start()
     return service
 

@@ -170,13 +170,16 @@ class VolumeUpdate(VolumeCommand):
 
 
 class VolumeBegin(VolumeCommand):
-    """Start ``op`` (delete, extend, extend_online): CAS from the op's allowed states to its
-    transitional one (deleting, extending); the state before is kept in previous_status."""
+    """Start ``op`` (delete, extend, extend_online, upload): CAS from the op's allowed states (with
+    ``force``, its forced ones too) to its transitional one (deleting, extending, uploading); the
+    state before is kept in previous_status. An upload's image record is made just before it
+    (ImageCreate, properties ``volume_id``)."""
 
     type: Literal["volume.begin"] = "volume.begin"
     id: str
-    op: Literal["delete", "extend", "extend_online"]
+    op: Literal["delete", "extend", "extend_online", "upload"]
     new_size_gb: Int64 | None = None
+    force: bool = False
     updated_at: str
 
 
@@ -186,7 +189,7 @@ class VolumeFinish(VolumeCommand):
 
     type: Literal["volume.finish"] = "volume.finish"
     id: str
-    op: Literal["delete", "extend", "extend_online"]
+    op: Literal["delete", "extend", "extend_online", "upload"]
     ok: bool
     error: str | None = None
     updated_at: str
@@ -284,6 +287,9 @@ def volume_begin(conn: sqlite3.Connection, cmd: VolumeBegin) -> Result:
                               (cmd.id, st.CREATING)).fetchone()[0]
         if clones:
             raise Conflict(f"volume {cmd.id} is being copied into {clones} new volume(s): delete it when they are")
+        new_size = None
+    elif cmd.op == "upload":  # the data is only read: no size change, no claim
+        st.check_operation(cmd.op, row["status"], force=cmd.force, volume_id=cmd.id)
         new_size = None
     else:
         op = st.check_operation(cmd.op, row["status"], volume_id=cmd.id)

@@ -95,6 +95,22 @@ def volume_extend(session: Session, args: argparse.Namespace) -> None:
                                        {"new_size_gb": args.size}, query=_wait(args))), args)
 
 
+UPLOAD_OPTS = (
+    Opt("volume", "", "volume id or name"),
+    Opt("--name", "name", "the new image's name", required=True),
+    Opt("--disk-format", "disk_format", "the image's format (default qcow2)", choices=("raw", "qcow2")),
+    Opt("--public", "visibility", "every project sees the image (admin)", kind="const", const="public"),
+    Opt("--force", "force", "upload an attached volume (its data may be inconsistent)", kind="const", const=True),
+    WAIT,
+)
+
+
+def volume_upload_image(session: Session, args: argparse.Namespace) -> None:
+    answer = session.call("POST", _ref("/v1/volumes", args.volume) + "/upload-image", body_from(UPLOAD_OPTS[1:], args),
+                          query=_wait(args))
+    print_one({**_volume_row(answer["volume"]), "image_id": answer["image_id"]}, args)
+
+
 def volume_reset(session: Session, args: argparse.Namespace) -> None:
     print_one(_volume_row(session.call("POST", _ref("/v1/volumes", args.volume) + "/reset-status",
                                        {"status": args.opt_state})), args)
@@ -198,6 +214,8 @@ def register_volumes(registry: Registry) -> None:
     act("volume", Action("extend", "grow an available volume", volume_extend,
                          (Opt("volume", "", "volume id or name"), Opt("size", "", "new size in GiB", type=int), WAIT),
                          operations=(f"POST {item}/extend",)))
+    act("volume", Action("upload-image", "make an image of a volume (an attached one with --force)",
+                         volume_upload_image, UPLOAD_OPTS, operations=(f"POST {item}/upload-image",)))
     act("volume", Action("set", "rename a volume, set its bootable flag or metadata", volume_set, SET_OPTS,
                          output=False, operations=(f"PATCH {item}",)))
     act("volume", Action("reset-status", "admin: set a stuck volume's status (no check is made)", volume_reset,

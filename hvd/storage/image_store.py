@@ -57,6 +57,22 @@ class ImageStore:
             raise
         return size, digest.hexdigest()
 
+    def adopt_partial(self, image_id: str) -> tuple[int, str]:
+        """Make the partial file a tool wrote (qemu-img convert) the image's data: flushed, private,
+        renamed into place; returns (size, sha256 hex). Blocking: call it in a worker thread."""
+        tmp = self.partial_path(image_id)
+        digest = hashlib.sha256()
+        size = 0
+        with open(tmp, "rb+") as fh:
+            for chunk in iter(lambda: fh.read(CHUNK), b""):
+                size += len(chunk)
+                digest.update(chunk)
+            os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, self.path(image_id))
+        fsync_dir(self.root)  # an "active" image must not lose its file to a power cut
+        return size, digest.hexdigest()
+
     async def read(self, image_id: str) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         fh = await loop.run_in_executor(None, open, self.path(image_id), "rb")

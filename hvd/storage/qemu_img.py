@@ -85,6 +85,12 @@ def snapshot_argv(disk: Path | str, dest: Path | str, disk_fmt: str = "qcow2") -
     return convert_argv(disk, dest, disk_fmt, "qcow2", force_share=True)
 
 
+def volume_to_image_argv(src: Path | str, dest: Path | str, src_fmt: str, out_fmt: str) -> list[str]:
+    """A standalone image of a volume's data (upload-to-image); -U: an attached (in-use) volume is
+    held open by its guest's QEMU, which only a forced upload reads."""
+    return convert_argv(src, dest, src_fmt, out_fmt, force_share=True)
+
+
 def to_raw_argv(src: Path | str, dest: Path | str, src_fmt: str) -> list[str]:
     """Convert a cached image to raw (force_raw_images)."""
     return convert_argv(src, dest, src_fmt, "raw")

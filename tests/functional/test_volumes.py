@@ -1,6 +1,7 @@
 """Volumes against a real daemon (fake compute driver; the file backend is real files and real
 qemu-img): create from nothing, an image, a snapshot or a volume; extend; Cinder's refusals;
 quotas; volume types; backups (round trip, incremental, verify, restore into an existing volume);
+upload-to-image (raw and qcow2, force, refusals, a failure);
 the CLI. One daemon for the module."""
 
 from __future__ import annotations
@@ -264,3 +265,82 @@ def test_admin_resets_a_stuck_volume_and_members_may_not(admin: Client, hvd: Dae
     assert admin.call("POST", f"/v1/volumes/{vol['id']}/reset-status", {"status": "error"})["status"] == "error"
     admin.call("POST", f"/v1/volumes/{vol['id']}/reset-status", {"status": "creating"}, status=400)
     user.call("DELETE", f"/v1/volumes/{vol['id']}?wait=true", status=204)  # an error volume may be deleted
+
+
+def sha256_chunked(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(MIB), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def upload(client: Client, vid: str, body: Any, status: int = 202) -> Any:
+    return client.call("POST", f"/v1/volumes/{vid}/upload-image?wait=true", body, status=status)
+
+
+def test_upload_to_image_as_raw_and_qcow2_keeps_the_data_and_boots(admin: Client, hvd: DaemonProcess, data_dir: Path,
+                                                                   image: dict[str, Any], tmp_path: Path) -> None:
+    vol = admin.call("POST", "/v1/volumes?wait=true", {"name": "up-src", "size_gb": 1, "image": image["id"]})
+    source = sha256_chunked(volume_file(data_dir, vol["id"]))
+    raw = upload(admin, vol["id"], {"name": "up-raw", "disk_format": "raw"})
+    assert (raw["volume"]["status"], raw["volume"]["error"]) == ("available", None)
+    img = admin.call("GET", f"/v1/images/{raw['image_id']}")
+    assert (img["status"], img["disk_format"], img["size"], img["min_disk"]) == ("active", "raw", 1 << 30, 1)
+    assert img["properties"] == {"volume_id": vol["id"]} and img["visibility"] == "private"
+    assert img["checksum"] == sha256_chunked(data_dir / "images" / raw["image_id"]) == source
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HVD_")}, "HVD_URL": hvd.url,
+           "HVD_TOKEN": admin.token}
+    out = subprocess.run([sys.executable, "-m", "hvd", "volume", "upload-image", "up-src", "--name", "up-qcow2",
+                          "--wait", "-f", "json"], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["status"] == "available"
+    qcow = admin.call("GET", f"/v1/images/{answer['image_id']}")
+    stored = data_dir / "images" / qcow["id"]
+    assert (qcow["status"], qcow["disk_format"], qcow["virtual_size"]) == ("active", "qcow2", 1 << 30)
+    assert (qcow["size"], qcow["checksum"]) == (stored.stat().st_size, sha256_chunked(stored))
+    assert qcow["size"] < 16 * MIB  # qcow2 stores the data, not the zeros
+    back = tmp_path / "back.raw"
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(stored), str(back)], check=True)
+    assert sha256_chunked(back) == source
+    admin.call("POST", "/v1/flavors", {"name": "up.tiny", "vcpus": 1, "ram_mb": 64, "disk_gb": 1})
+    server = admin.call("POST", "/v1/servers?wait=true", {"name": "from-upload", "flavor": "up.tiny",
+                                                          "image": qcow["id"]})
+    assert server["status"] == "ACTIVE", server
+    admin.call("DELETE", f"/v1/servers/{server['id']}?wait=true")
+    for image_id in (raw["image_id"], qcow["id"]):
+        admin.call("DELETE", f"/v1/images/{image_id}", status=204)
+    admin.call("DELETE", f"/v1/volumes/{vol['id']}?wait=true", status=204)
+
+
+def test_upload_refusals_force_and_a_failed_upload_leave_the_volume_as_it_was(admin: Client, hvd: DaemonProcess,
+                                                                              data_dir: Path) -> None:
+    vol = admin.call("POST", "/v1/volumes?wait=true", {"name": "up-refused", "size_gb": 1})
+    images_before = admin.call("GET", "/v1/images")["images"]
+    for body, words in (({"name": "x", "disk_format": "vmdk"}, "disk_format"), ({"name": "x" * 256}, "name"),
+                        ({"disk_format": "raw"}, "name"), ({"name": "x", "bogus": 1}, "bogus")):
+        assert words in upload(admin, vol["id"], body, status=400)["error"]["message"]
+    admin.call("POST", f"/v1/volumes/{vol['id']}/reset-status", {"status": "in-use"})
+    err = upload(admin, vol["id"], {"name": "busy"}, status=409)["error"]["message"]
+    assert "it is in-use" in err and "force=true" in err
+    assert admin.call("GET", "/v1/images")["images"] == images_before  # refused: nothing changed
+    assert admin.call("GET", f"/v1/volumes/{vol['id']}")["status"] == "in-use"
+    forced = upload(admin, vol["id"], {"name": "forced", "force": True})
+    assert forced["volume"]["status"] == "in-use"
+    assert admin.call("GET", f"/v1/images/{forced['image_id']}")["status"] == "active"
+    admin.call("DELETE", f"/v1/images/{forced['image_id']}", status=204)
+    admin.call("POST", f"/v1/volumes/{vol['id']}/reset-status", {"status": "available"})
+    admin.call("DELETE", f"/v1/volumes/{vol['id']}?wait=true", status=204)
+    # a failure after the copy (the image's size is over its owner's quota): image killed, files gone
+    admin.call("POST", "/v1/projects", {"name": "upq"})
+    admin.call("POST", "/v1/users", {"name": "upq-user", "password": "upq-secret-1", "project": "upq",
+                                     "role": "member"})
+    admin.call("PUT", "/v1/quotas/upq", {"quotas": {"image_megabytes": 1}})
+    user = Client(hvd.url, "upq", "upq-user", "upq-secret-1")
+    mine = user.call("POST", "/v1/volumes?wait=true", {"name": "up-fails", "size_gb": 1})
+    failed = upload(user, mine["id"], {"name": "too-big", "disk_format": "raw"})
+    assert failed["volume"]["status"] == "available" and "image_megabytes" in failed["volume"]["error"]
+    assert user.call("GET", f"/v1/images/{failed['image_id']}")["status"] == "killed"
+    assert not any(failed["image_id"] in p.name for p in (data_dir / "images").iterdir())
+    user.call("DELETE", f"/v1/volumes/{mine['id']}?wait=true", status=204)

@@ -204,3 +204,21 @@ def test_scratch_files_of_a_cut_restore_are_removed_at_start(node: Node) -> None
     assert not planted & node.files()
     assert {".mine.partial", f"volume-{vol['id']}"} <= node.files()
     assert node.call("GET", f"/v1/volumes/{vol['id']}").json()["status"] == "available"
+
+
+def test_crash_in_upload_to_image_is_redone_and_leaves_no_partial_file(node: Node) -> None:
+    node.stop()
+    node.start("volume.upload.partial_written")
+    vol = node.call("POST", "/v1/volumes?wait=true", {"name": "upme", "size_gb": 1}).json()
+    node.fire("POST", f"/v1/volumes/{vol['id']}/upload-image", {"name": "up", "disk_format": "qcow2"})
+    assert node.died() == 99
+    [(image_id, image_status)] = node.catalog(
+        f"SELECT id, status FROM images WHERE json_extract(properties, '$.volume_id')='{vol['id']}'")
+    images = node.base / "data" / "images"
+    assert image_status == "saving" and (images / f".{image_id}.partial").exists()  # cut between copy and rename
+    assert node.catalog(f"SELECT status FROM volumes WHERE id='{vol['id']}'") == [("uploading",)]
+    node.start()
+    assert node.wait_status(vol["id"], {"available"}) is not None
+    image = node.call("GET", f"/v1/images/{image_id}").json()
+    assert image["status"] == "active" and image["checksum"]
+    assert sorted(p.name for p in images.iterdir() if image_id in p.name) == [image_id]  # no partial left

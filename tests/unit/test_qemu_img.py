@@ -37,6 +37,9 @@ def test_convert_argv_always_names_the_source_format() -> None:
         "qemu-img", "convert", "-U", "-f", "qcow2", "-O", "qcow2", "/i/disk", "/s.qcow2",
     ]  # fmt: skip
     assert q.to_raw_argv("/x", "/y", "qcow2")[2:6] == ["-f", "qcow2", "-O", "raw"]
+    assert q.volume_to_image_argv("/dev/vg/volume-1", "/s/.i.partial", "raw", "qcow2") == [
+        "qemu-img", "convert", "-U", "-f", "raw", "-O", "qcow2", "/dev/vg/volume-1", "/s/.i.partial",
+    ]  # fmt: skip
     assert q.convert_argv("/a", "/b", "raw", "qcow2", force_share=True, into_new=True) == [
         "qemu-img", "convert", "-U", "-n", "--target-is-zero", "-f", "raw", "-O", "qcow2", "/a", "/b",
     ]  # fmt: skip

@@ -189,6 +189,34 @@ def test_backup_needs_force_when_in_use_and_returns_to_the_previous_status(apply
     assert apply.volume()["status"] == st.IN_USE
 
 
+def test_upload_needs_force_when_in_use_blocks_other_operations_and_returns_to_the_previous_status(
+        apply: Replica) -> None:
+    available(apply)
+    begun = apply(cv.VolumeBegin(id=V1, op="upload", updated_at=T))
+    assert (begun["status"], begun["previous_status"]) == (st.UPLOADING, st.AVAILABLE)
+    with pytest.raises(InvalidState, match="it is uploading"):
+        apply(cv.VolumeBegin(id=V1, op="upload", updated_at=T))  # one upload at a time: CAS on status
+    with pytest.raises(InvalidState, match="uploading"):
+        apply(cv.VolumeBegin(id=V1, op="delete", updated_at=T))
+    with pytest.raises(InvalidState, match="uploading"):
+        apply(cv.VolumeBegin(id=V1, op="extend", new_size_gb=2, updated_at=T))
+    apply(cv.VolumeFinish(id=V1, op="upload", ok=False, error="qemu-img failed", updated_at=T))
+    vol = apply.volume()
+    assert (vol["status"], vol["error"], vol["size_gb"]) == (st.AVAILABLE, "qemu-img failed", 1)  # data untouched
+    server(apply, "i1")
+    apply(cv.AttachmentReserve(id="a1", volume_id=V1, instance_id="i1", created_at=T))
+    apply(cv.AttachmentAttaching(id="a1", host="h1", connection_info={}, updated_at=T))
+    apply(cv.AttachmentComplete(id="a1", device="vdb", updated_at=T))
+    with pytest.raises(InvalidState, match=r"it is in-use.*force=true"):
+        apply(cv.VolumeBegin(id=V1, op="upload", updated_at=T))
+    assert apply(cv.VolumeBegin(id=V1, op="upload", force=True, updated_at=T))["status"] == st.UPLOADING
+    with pytest.raises(InvalidState, match="uploading"):  # no detach while the upload reads
+        apply(cv.AttachmentBeginDetach(id="a1", updated_at=T))
+    apply(cv.VolumeFinish(id=V1, op="upload", ok=True, updated_at=T))
+    vol = apply.volume()
+    assert (vol["status"], vol["error"], vol["previous_status"]) == (st.IN_USE, None, None)
+
+
 def test_restore_into_a_new_and_an_existing_volume(apply: Replica) -> None:
     available(apply, size=2)
     apply(cvb.BackupCreate(id="b1", volume_id=V1, project_id="p1", user_id="u1", name="b", host="h1", created_at=T))
@@ -220,6 +248,14 @@ def test_state_tables() -> None:
     assert st.final_status("backup", True, st.IN_USE) == st.IN_USE
     assert st.final_status("delete", False, st.AVAILABLE) == st.ERROR_DELETING
     assert st.final_status("extend_online", True, None) == st.IN_USE
+    # an upload only reads the volume: it ends as it was, whatever happened
+    for previous in (st.AVAILABLE, st.IN_USE):
+        assert st.final_status("upload", True, previous) == st.final_status("upload", False, previous) == previous
+    assert st.UPLOADING in st.TRANSITIONAL and st.UPLOADING in st.VOLUME_STATES  # crash repair sees it
+    assert st.check_operation("upload", st.IN_USE, force=True).during == st.UPLOADING
+    for status in sorted(set(st.VOLUME_STATES) - {st.AVAILABLE}):
+        with pytest.raises(InvalidState, match=f"it is {status}"):
+            st.check_operation("upload", status)
     for status in st.VOLUME_STATES:
         allowed = status in (st.AVAILABLE, st.ERROR, st.ERROR_DELETING)
         if allowed:

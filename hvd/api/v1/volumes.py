@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
 import uuid
 from typing import Any, Literal
@@ -15,10 +17,12 @@ from hvd.api.routing import Router
 from hvd.api.services import services
 from hvd.api.v1.images import find_image
 from hvd.catalog import cmd_volumes as cv
-from hvd.catalog import queries
+from hvd.catalog import queries, quota
+from hvd.catalog.cmd_compute import ImageCreate
 from hvd.catalog.sql import fetch_all, fetch_one
-from hvd.errors import BadRequest, NotFound
+from hvd.errors import BadRequest, HvdError, NotFound
 from hvd.identity.service import now_iso
+from hvd.storage.volumes import states as st
 from hvd.storage.volumes.scheduler import VolumeRequest
 from hvd.storage.volumes.service import VolumeService
 
@@ -53,6 +57,14 @@ class VolumePatch(BaseModel):
 class ExtendIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     new_size_gb: int = Field(ge=1, le=MAX_GB, description="The new size in GiB (greater than the current one).")
+
+
+class UploadImageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=255, description="The new image's name.")
+    disk_format: Literal["raw", "qcow2"] = "qcow2"
+    visibility: Literal["public", "private"] = Field("private", description="public needs image:publicize")
+    force: bool = Field(False, description="Upload an attached (in-use) volume; its data may be inconsistent.")
 
 
 class ResetStatusIn(BaseModel):
@@ -90,6 +102,11 @@ class Volume(BaseModel):
     metadata: Metadata
     created_at: str
     updated_at: str
+
+
+class VolumeUpload(BaseModel):
+    volume: Volume
+    image_id: str = Field(description="The new image (queued, then saving, then active once the data is in)")
 
 
 class VolumeList(BaseModel):
@@ -307,6 +324,52 @@ async def extend_volume(request: web.Request) -> web.Response:
     return json_response(await view(request, after), status=202)
 
 
+def _image_count_room(conn: sqlite3.Connection, owner: str) -> None:
+    """QuotaExceeded unless the owner may have one more image (the commit checks it again)."""
+    used = conn.execute("SELECT COUNT(*) FROM images WHERE owner=? AND status NOT IN ('deleted', 'killed')",
+                        (owner,)).fetchone()[0]
+    quota.check(conn, owner, "images", 1, int(used))
+
+
+async def upload_to_image(request: web.Request) -> web.Response:
+    """Cinder's upload-to-image: the volume goes uploading and a queued image is recorded; the
+    volume's host copies the data into it, then the volume returns to its previous status."""
+    svc, ctx = services(request), context(request)
+    wait = query_bool(request, "wait")  # a bad value is refused before anything changes
+    svc.policy.enforce(ctx.roles, "volume:manage")
+    svc.policy.enforce(ctx.roles, "image:manage")
+    body = await parse_body(request, UploadImageIn)
+    if body.visibility == "public":
+        svc.policy.enforce(ctx.roles, "image:publicize")
+    row = await visible_volume(request)
+    vs = volumes(request)
+    vid, owner = str(row["id"]), str(row["project_id"])
+    # prompt refusals before anything changes (the commits check both again)
+    st.check_operation("upload", str(row["status"]), force=body.force, volume_id=vid)
+    await svc.catalog.read(_image_count_room, owner)
+    # the begin first: of two uploads of one volume only one gets past it, and it owns the image made next
+    await vs.propose(cv.VolumeBegin(id=vid, op="upload", force=body.force, updated_at=now_iso()))
+    image_id = str(uuid.uuid4())
+    try:
+        await svc.catalog.propose(ImageCreate(
+            id=image_id, name=body.name, owner=owner, disk_format=body.disk_format, container_format="bare",
+            visibility=body.visibility, min_disk=int(row["size_gb"]), properties={"volume_id": vid},
+            created_at=now_iso()))
+    except BaseException as exc:  # no image: the volume goes back to its status, nothing was copied
+        error = exc.message if isinstance(exc, HvdError) else type(exc).__name__
+        with contextlib.suppress(HvdError):
+            await asyncio.shield(vs.propose(cv.VolumeFinish(id=vid, op="upload", ok=False,
+                                                            error=f"no image was made: {error}",
+                                                            updated_at=now_iso())))
+        raise
+    vs.publish("volume.status", vid, st.UPLOADING, project_id=owner)
+    after = await _wait_view(request, "volumes", vid, wait)
+    if after is None:
+        raise NotFound(f"Volume {vid} could not be found")
+    return json_response({"volume": await view(request, after), "image_id": image_id}, status=202,
+                         location=f"/v1/images/{image_id}")
+
+
 async def reset_status(request: web.Request) -> web.Response:
     """Admin repair (Cinder's reset-state): a volume stuck in a state no host will finish."""
     svc, ctx = services(request), context(request)
@@ -388,6 +451,9 @@ def register(router: Router) -> None:
                status=202, response=Volume, query=wait, tag=t)
     router.add("POST", "/v1/volumes/{id}/extend", extend_volume, "Grow a volume (an in-use one online)", body=ExtendIn,
                response=Volume, status=202, query=wait, tag=t)
+    router.add("POST", "/v1/volumes/{id}/upload-image", upload_to_image,
+               "Make an image of a volume (an in-use one with force)", body=UploadImageIn, response=VolumeUpload,
+               status=202, query=wait, tag=t)
     router.add("POST", "/v1/volumes/{id}/reset-status", reset_status, "Admin: set a stuck volume's status",
                body=ResetStatusIn, response=Volume, tag=t)
     router.add("GET", "/v1/volume-types", list_types, "List volume types", response=VolumeTypeList, query=page, tag=t)

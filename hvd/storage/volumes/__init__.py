@@ -20,10 +20,10 @@ Volume record (``SELECT * FROM volumes``, JSON/bool columns decoded by hvd.catal
   of a running extend), error, metadata, created_at, updated_at.
 
 Volume states (``states.py``): creating, available, reserved, attaching, in-use, detaching,
-extending, deleting, error, error_deleting, backing-up, restoring-backup. The volume's status
+extending, deleting, error, error_deleting, backing-up, restoring-backup, uploading. The volume's status
 while attachments change is DERIVED from its attachments (``states.status_from_attachments``):
 none → available; any detaching → detaching; any attaching → attaching; any attached → in-use;
-else reserved. A volume busy with another operation (backing-up with force, extending online)
+else reserved. A volume busy with another operation (backing-up or uploading with force, extending online)
 keeps that status and refuses new attachments and detaches.
 
 Attachment record (``volume_attachments``): id, volume_id, instance_id, host (compute host that
@@ -44,7 +44,7 @@ Attach flow (each step one catalog command from hvd.catalog.cmd_volumes, all CAS
   (volume back to available, or in-use if attached elsewhere).
 Detach flow:
   1. ``AttachmentBeginDetach(id, updated_at)``   attached → detaching (volume → detaching);
-       refused while the volume is backing-up or extending.
+       refused while the volume is backing-up, uploading or extending.
   2a. done: ``AttachmentRemove(id, expect=["detaching"], updated_at)`` (volume → available/in-use)
   2b. the guest refused: ``AttachmentDetachFailed(id, error, updated_at)`` (→ attached, in-use).
   Server deleted: ``AttachmentRemove(id, updated_at)`` from any state.
@@ -54,6 +54,9 @@ Online extend of an in-use volume:
   ``VolumeService.grow_data(volume, new_size_gb)`` (backend extend on the volume's host), then
   libvirt block resize, then ``VolumeFinish(id, op="extend_online", ok, error, updated_at)``
   → in-use with size_gb = new size (ok) or the old size (failed).
+Upload to image (the API): ``VolumeBegin(id, op="upload", force, updated_at)`` (available, or in-use
+  with force → uploading), then ``ImageCreate`` (queued, properties ``volume_id``); the volume's
+  host copies the data into the image and ends with ``VolumeFinish(op="upload")`` (→ previous status).
 Boot from volume: ``VolumeService.create_placed(VolumeRequest(size_gb, az, type extra_specs),
 lambda backend: VolumeCreate(..., backend.host, backend.name, source_image_id=...))`` places it
 and proposes the create, trying the next backend when the catalog refuses the capacity claim (the

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import tempfile
 import uuid
@@ -23,9 +24,11 @@ from typing import Any
 
 from hvd.catalog import cmd_volume_backups as cvb
 from hvd.catalog import cmd_volumes as cv
+from hvd.catalog.cmd_compute import ImageSetStatus
 from hvd.catalog.commands import Command
 from hvd.catalog.service import Catalog
 from hvd.catalog.sql import fetch_all, fetch_one
+from hvd.cluster.peers import PeerCaller
 from hvd.config import Config
 from hvd.errors import (
     CapacityExceeded,
@@ -40,7 +43,8 @@ from hvd.errors import (
 from hvd.events import EventBus
 from hvd.faults import checkpoint
 from hvd.identity.service import now_iso
-from hvd.storage import qemu_img
+from hvd.storage import qemu_img, transfer
+from hvd.storage.image_store import ImageStore
 from hvd.storage.volumes import backup_io, claims
 from hvd.storage.volumes import states as st
 from hvd.storage.volumes.backend import GIB, BackendInfo, Capacity, VolumeBackend, parse_name
@@ -51,6 +55,7 @@ log = logging.getLogger(__name__)
 PICKUP_INTERVAL_S = 2.0
 FLUSH_DELAY_S = 1.0  # a new volume's data is flushed this long after it is recorded (see _flush)
 REPORT_INTERVAL_S = 60.0
+UPLOAD_GRACE_S = 60.0  # an upload's image is recorded just after its begin: a volume without one after this was cut
 ImageSource = Callable[[str], Awaitable[tuple[Path, str]]]  # image id -> (local path, qemu format)
 
 
@@ -58,17 +63,27 @@ def _message(exc: BaseException) -> str:
     return exc.message if isinstance(exc, HvdError) else f"{type(exc).__name__}: {exc}"
 
 
+def _age_s(timestamp: str) -> float:
+    then = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=datetime.UTC)
+    return (datetime.datetime.now(datetime.UTC) - then).total_seconds()
+
+
 class VolumeService:
     """Volumes of this host's backends; see hvd/storage/volumes/__init__.py for the contract."""
 
     def __init__(self, config: Config, catalog: Catalog, events: EventBus, backends: dict[str, VolumeBackend],
-                 backup_root: Path, image_source: ImageSource | None = None) -> None:
+                 backup_root: Path, image_source: ImageSource | None = None,
+                 image_store: ImageStore | None = None) -> None:
         self.config = config
         self.catalog = catalog
         self.events = events
         self.backends = backends
         self.backup_root = backup_root
         self.image_source = image_source
+        self.image_store = image_store  # where an upload-to-image writes (this host's Glance store)
+        self.peers: PeerCaller | None = None  # set in a cluster: uploaded images are copied to peers
         self.host = config.host_name
         self.az = config.host.availability_zone
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -289,6 +304,8 @@ class VolumeService:
             await self._backup_work(row)
         elif kind == "restore":
             await self._restore_work(row)
+        elif kind == "upload":
+            await self._upload_work(row)
 
     async def _finish(self, cmd: Command, project_id: str | None = None) -> None:
         """Record a step's outcome and tell waiters and /v1/events; ``project_id``: the row's
@@ -491,6 +508,58 @@ class VolumeService:
             await self._finish(cvb.BackupRestoreFinish(id=bid, volume_id=vid, ok=False, error=_message(exc),
                                                       updated_at=now_iso()))
 
+    async def _upload_work(self, vol: dict[str, Any]) -> None:
+        """Copy an uploading volume into its image (queued → saving → active; killed and its
+        files removed on failure), then return the volume to its previous status. Redone from
+        the start after a crash: a cut attempt's files are removed first."""
+        vid = str(vol["id"])
+        image = await self.catalog.read(upload_image_of, vid, str(vol["updated_at"]))
+        if image is None or image["status"] not in ("queued", "saving"):
+            if image is None and _age_s(str(vol["updated_at"])) < UPLOAD_GRACE_S:
+                return  # the API records the image just after the begin: the next round looks again
+            ok = image is not None and image["status"] == "active"  # done, cut before the volume's finish
+            error = None if ok else "the upload's image record is missing or was deleted; nothing was uploaded"
+            await self._finish(cv.VolumeFinish(id=vid, op="upload", ok=ok, error=error, updated_at=now_iso()))
+            return
+        image_id = str(image["id"])
+        store = self.image_store
+        try:
+            if store is None:
+                raise NotImplementedYet(f"host {self.host} has no image store to upload volume {vid} into")
+            backend = self.backend_of(vol)
+            if image["status"] == "queued":
+                await self.catalog.propose(ImageSetStatus(id=image_id, status="saving", expect=["queued"],
+                                                          host=self.host, updated_at=now_iso()))
+            await asyncio.to_thread(store.delete, image_id)  # what a cut attempt left
+            raw = backend.raw_path(vid)
+            if raw is not None:
+                src, src_fmt = str(raw), "raw"
+            else:  # a qcow2 file, read with -U like the raw ones (an in-use volume's QEMU holds it)
+                info = backend.connection_info(vid)
+                src, src_fmt = str(info["path"]), str(info["format"])
+            fmt = str(image["disk_format"])
+            await qemu_img.run(qemu_img.volume_to_image_argv(src, store.partial_path(image_id), src_fmt, fmt))
+            checkpoint("volume.upload.partial_written")
+            virtual_size = (await qemu_img.info(store.partial_path(image_id), fmt)).virtual_size
+            size, checksum = await asyncio.to_thread(store.adopt_partial, image_id)
+            await self.catalog.propose(ImageSetStatus(id=image_id, status="active", expect=["saving"], size=size,
+                                                      virtual_size=virtual_size, checksum=checksum,
+                                                      updated_at=now_iso()))
+        except Exception as exc:
+            log.warning("upload of volume %s into image %s failed: %s", vid, image_id, _message(exc))
+            if store is not None:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(store.delete, image_id)
+            with contextlib.suppress(HvdError):
+                await self.catalog.propose(ImageSetStatus(id=image_id, status="killed", expect=["queued", "saving"],
+                                                          updated_at=now_iso()))
+            await self._finish(cv.VolumeFinish(id=vid, op="upload", ok=False, error=_message(exc),
+                                               updated_at=now_iso()))
+            return
+        if self.peers is not None:  # copies on other hosts, like an API upload
+            transfer.spread_later(self.peers, self.catalog, image_id, self.config.images.replicas)
+        await self._finish(cv.VolumeFinish(id=vid, op="upload", ok=True, updated_at=now_iso()))
+
     async def sees_backup(self, backup: dict[str, Any]) -> bool:
         """Whether this host's backup_dir holds ``backup``'s manifest (its own backups, or any host's
         when the directory is shared)."""
@@ -556,11 +625,11 @@ class VolumeService:
 def _pending_work(conn: Any, host: str) -> list[tuple[str, dict[str, Any]]]:
     """(key, row) of every transitional volume, snapshot and backup of ``host``."""
     work: list[tuple[str, dict[str, Any]]] = []
-    for vol in fetch_all(conn, "SELECT * FROM volumes WHERE host=? AND status IN (?,?,?,?) ORDER BY created_at",
-                         (host, st.CREATING, st.DELETING, st.EXTENDING, st.RESTORING_BACKUP)):
+    for vol in fetch_all(conn, "SELECT * FROM volumes WHERE host=? AND status IN (?,?,?,?,?) ORDER BY created_at",
+                         (host, st.CREATING, st.DELETING, st.EXTENDING, st.RESTORING_BACKUP, st.UPLOADING)):
         if vol["status"] == st.EXTENDING and vol["previous_status"] == st.IN_USE:
             continue  # online extend: the compute side's
-        key = "restore" if vol["status"] == st.RESTORING_BACKUP else "volume"
+        key = {st.RESTORING_BACKUP: "restore", st.UPLOADING: "upload"}.get(vol["status"], "volume")
         work.append((f"{key}:{vol['id']}", vol))
     for snap in fetch_all(conn, "SELECT * FROM volume_snapshots WHERE host=? AND status IN (?,?)",
                           (host, st.CREATING, st.DELETING)):
@@ -569,6 +638,19 @@ def _pending_work(conn: Any, host: str) -> list[tuple[str, dict[str, Any]]]:
                             (host, st.CREATING, st.DELETING)):
         work.append((f"backup:{backup['id']}", backup))
     return work
+
+
+def upload_image_of(conn: Any, volume_id: str, begun_at: str) -> dict[str, Any] | None:
+    """The image an uploading volume is copied into: its newest queued or saving image, else the
+    newest one recorded since the upload began (active: done; killed or deleted: failed); None
+    when the API has not recorded it (yet)."""
+    where = "json_extract(properties, '$.volume_id')=?"
+    pending = fetch_one(conn, f"SELECT * FROM images WHERE {where} AND status IN ('queued', 'saving')"
+                              " ORDER BY created_at DESC LIMIT 1", (volume_id,))
+    if pending is not None:
+        return pending
+    return fetch_one(conn, f"SELECT * FROM images WHERE {where} AND created_at>=? ORDER BY created_at DESC LIMIT 1",
+                     (volume_id, begun_at))
 
 
 def _known_ids(conn: Any) -> dict[str, Any]:

@@ -24,11 +24,12 @@ ERROR = "error"
 ERROR_DELETING = "error_deleting"
 BACKING_UP = "backing-up"
 RESTORING_BACKUP = "restoring-backup"
+UPLOADING = "uploading"  # its data is being copied into a new image (Cinder's upload-to-image)
 
 VOLUME_STATES = (CREATING, AVAILABLE, RESERVED, ATTACHING, IN_USE, DETACHING, EXTENDING, DELETING, ERROR,
-                 ERROR_DELETING, BACKING_UP, RESTORING_BACKUP)
+                 ERROR_DELETING, BACKING_UP, RESTORING_BACKUP, UPLOADING)
 # states a daemon's crash can leave a volume in while this host's volume service worked on it
-TRANSITIONAL = frozenset({CREATING, EXTENDING, DELETING, BACKING_UP, RESTORING_BACKUP})
+TRANSITIONAL = frozenset({CREATING, EXTENDING, DELETING, BACKING_UP, RESTORING_BACKUP, UPLOADING})
 # states in which a volume has (or is getting) attachments: the compute side owns these moves
 ATTACHED_STATES = frozenset({RESERVED, ATTACHING, IN_USE, DETACHING})
 
@@ -69,6 +70,8 @@ OPERATIONS: dict[str, Operation] = {
         Operation("extend_online", frozenset({IN_USE}), EXTENDING, IN_USE, IN_USE),
         Operation("backup", frozenset({AVAILABLE}), BACKING_UP, None, None, forced_allowed=frozenset({IN_USE})),
         Operation("restore", frozenset({AVAILABLE}), RESTORING_BACKUP, AVAILABLE, ERROR),
+        # a copy into a new image: the volume's data is only read, so it ends as it was either way
+        Operation("upload", frozenset({AVAILABLE}), UPLOADING, None, None, forced_allowed=frozenset({IN_USE})),
     )
 }
 
