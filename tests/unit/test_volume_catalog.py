@@ -263,3 +263,20 @@ def test_state_tables() -> None:
         else:
             with pytest.raises(InvalidState):
                 st.check_deletable(V1, status, 0, 0)
+
+
+def test_an_upload_never_writes_into_an_image_of_another_project(apply: Replica) -> None:
+    """Anyone may put a volume_id property on an image of their own: the volume's host picks only an
+    image of the volume's project, however new another project's is."""
+    from hvd.catalog.cmd_compute import ImageCreate
+    from hvd.storage.volumes.service import upload_image_of
+
+    available(apply)
+    apply(ProjectCreate(id="p2", name="p2", created_at=T))
+    apply(cv.VolumeBegin(id=V1, op="upload", updated_at=T))
+    for image_id, owner, at in (("img-own", "p1", T), ("img-intruder", "p2", "2026-01-01T00:00:01.000000Z")):
+        apply(ImageCreate(id=image_id, name=image_id, owner=owner, disk_format="qcow2", container_format="bare",
+                          visibility="private", properties={"volume_id": V1}, created_at=at))
+    picked = upload_image_of(apply.state.conn, V1, "p1", T)
+    assert picked is not None and picked["id"] == "img-own"
+    assert upload_image_of(apply.state.conn, V1, "p3", T) is None

@@ -513,7 +513,7 @@ class VolumeService:
         files removed on failure), then return the volume to its previous status. Redone from
         the start after a crash: a cut attempt's files are removed first."""
         vid = str(vol["id"])
-        image = await self.catalog.read(upload_image_of, vid, str(vol["updated_at"]))
+        image = await self.catalog.read(upload_image_of, vid, str(vol["project_id"]), str(vol["updated_at"]))
         if image is None or image["status"] not in ("queued", "saving"):
             if image is None and _age_s(str(vol["updated_at"])) < UPLOAD_GRACE_S:
                 return  # the API records the image just after the begin: the next round looks again
@@ -640,17 +640,18 @@ def _pending_work(conn: Any, host: str) -> list[tuple[str, dict[str, Any]]]:
     return work
 
 
-def upload_image_of(conn: Any, volume_id: str, begun_at: str) -> dict[str, Any] | None:
+def upload_image_of(conn: Any, volume_id: str, project_id: str, begun_at: str) -> dict[str, Any] | None:
     """The image an uploading volume is copied into: its newest queued or saving image, else the
     newest one recorded since the upload began (active: done; killed or deleted: failed); None
-    when the API has not recorded it (yet)."""
-    where = "json_extract(properties, '$.volume_id')=?"
+    when the API has not recorded it (yet). Only images of the volume's project count: anyone may
+    set a volume_id property on an image of their own, and another project's must never get the data."""
+    where = "json_extract(properties, '$.volume_id')=? AND owner=?"
     pending = fetch_one(conn, f"SELECT * FROM images WHERE {where} AND status IN ('queued', 'saving')"
-                              " ORDER BY created_at DESC LIMIT 1", (volume_id,))
+                              " ORDER BY created_at DESC LIMIT 1", (volume_id, project_id))
     if pending is not None:
         return pending
     return fetch_one(conn, f"SELECT * FROM images WHERE {where} AND created_at>=? ORDER BY created_at DESC LIMIT 1",
-                     (volume_id, begun_at))
+                     (volume_id, project_id, begun_at))
 
 
 def _known_ids(conn: Any) -> dict[str, Any]:
