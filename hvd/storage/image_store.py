@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from hvd.errors import InsufficientStorage
 from hvd.private_files import FILE_MODE, fsync_dir, private_dir
 
 CHUNK = 1 << 20
@@ -20,6 +22,14 @@ class ImageStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         private_dir(root)  # images may hold tenants' data; hvd (root) copies them into the cache
+
+    def check_room(self, incoming: int, reserve: int) -> None:
+        """InsufficientStorage when ``incoming`` more bytes would leave the store's filesystem less
+        than ``reserve`` free (the catalog may share it: a full disk stops the catalog)."""
+        free = shutil.disk_usage(self.root).free
+        if free - incoming < reserve:
+            raise InsufficientStorage(f"the image store has {free >> 20} MiB free; this upload would leave less than"
+                                      f" the {reserve >> 20} MiB reserve ([images] free_space_reserve_mb)")
 
     def path(self, image_id: str) -> Path:
         return self.root / image_id

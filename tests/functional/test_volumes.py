@@ -344,3 +344,18 @@ def test_upload_refusals_force_and_a_failed_upload_leave_the_volume_as_it_was(ad
     assert user.call("GET", f"/v1/images/{failed['image_id']}")["status"] == "killed"
     assert not any(failed["image_id"] in p.name for p in (data_dir / "images").iterdir())
     user.call("DELETE", f"/v1/volumes/{mine['id']}?wait=true", status=204)
+
+
+def test_an_upload_that_would_eat_the_image_store_reserve_fails_before_writing(tmp_path: Path) -> None:
+    """The store's filesystem may hold the catalog: an upload that would leave less than
+    [images] free_space_reserve_mb free is refused before a byte is written (as API uploads are)."""
+    d = start_daemon(tmp_path / "hvd", env={"HVD_IMAGES__FREE_SPACE_RESERVE_MB": str(1 << 40)})
+    try:
+        admin = Client(d.url)
+        vol = admin.call("POST", "/v1/volumes?wait=true", {"name": "up-reserve", "size_gb": 1})
+        failed = upload(admin, vol["id"], {"name": "no-room"})
+        assert failed["volume"]["status"] == "available" and "reserve" in failed["volume"]["error"]
+        assert admin.call("GET", f"/v1/images/{failed['image_id']}")["status"] == "killed"
+        assert not list((tmp_path / "hvd" / "data" / "images").iterdir())
+    finally:
+        d.stop()

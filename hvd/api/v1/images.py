@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
@@ -22,7 +21,7 @@ from hvd.catalog import queries, quota
 from hvd.catalog.cmd_compute import ImageCreate, ImageDelete, ImageSetStatus, ImageUpdate
 from hvd.catalog.sql import fetch_all
 from hvd.catalog.usage import project_usage
-from hvd.errors import BadRequest, Conflict, HvdError, InsufficientStorage, NotFound, QuotaExceeded
+from hvd.errors import BadRequest, Conflict, HvdError, NotFound, QuotaExceeded
 from hvd.identity.service import now_iso
 from hvd.storage import qemu_img, transfer
 from hvd.storage.image_store import ImageStore
@@ -179,13 +178,6 @@ def _within_quota(conn: sqlite3.Connection, owner: str, size: int) -> None:
     quota.check(conn, owner, "image_megabytes", (size + 2**20 - 1) // 2**20, used)
 
 
-def _check_room(image_store: ImageStore, incoming: int, reserve: int) -> None:
-    free = shutil.disk_usage(image_store.root).free
-    if free - incoming < reserve:
-        raise InsufficientStorage(f"the image store has {free >> 20} MiB free; this upload would leave less than the"
-                                  f" {reserve >> 20} MiB reserve ([images] free_space_reserve_mb)")
-
-
 async def upload_image(request: web.Request) -> web.Response:
     """Stream the body into the store; queued → saving → active, or killed (nothing kept)."""
     svc, ctx = services(request), context(request)
@@ -196,7 +188,7 @@ async def upload_image(request: web.Request) -> web.Response:
     image_id = row["id"]
     image_store = store(request)
     reserve = svc.config.images.free_space_reserve_mb * 2**20
-    _check_room(image_store, request.content_length or 0, reserve)  # before anything changes
+    image_store.check_room(request.content_length or 0, reserve)  # before anything changes
     if request.content_length:  # the quota is checked again, atomically, when the image becomes active
         await svc.catalog.read(_within_quota, row["owner"], request.content_length)
     await svc.catalog.propose(
@@ -209,7 +201,7 @@ async def upload_image(request: web.Request) -> web.Response:
             async for chunk in request.content.iter_chunked(1 << 20):
                 received += len(chunk)
                 if received % ROOM_CHECK_EVERY < len(chunk):  # a chunked upload has no length to check first
-                    _check_room(image_store, 0, reserve)
+                    image_store.check_room(0, reserve)
                 yield chunk
 
         try:

@@ -16,6 +16,8 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import os
+import stat
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -538,6 +540,10 @@ class VolumeService:
                 info = backend.connection_info(vid)
                 src, src_fmt = str(info["path"]), str(info["format"])
             fmt = str(image["disk_format"])
+            # at most what the volume stores (its allocated blocks; a block device: its size)
+            st_src = await asyncio.to_thread(os.stat, src)
+            incoming = st_src.st_blocks * 512 if stat.S_ISREG(st_src.st_mode) else int(vol["size_gb"]) * GIB
+            store.check_room(incoming, self.config.images.free_space_reserve_mb << 20)
             await qemu_img.run(qemu_img.volume_to_image_argv(src, store.partial_path(image_id), src_fmt, fmt))
             checkpoint("volume.upload.partial_written")
             virtual_size = (await qemu_img.info(store.partial_path(image_id), fmt)).virtual_size
