@@ -57,13 +57,15 @@ class BackupRestore(VolumeCommand):
 
 
 class BackupRestoreFinish(VolumeCommand):
-    """Backup back to available; the volume to available (ok) or error."""
+    """Backup back to available; the volume to available (ok) or error, or back to the status it
+    had when the restore failed before writing into it (``untouched``; states.restore_status)."""
 
     type: Literal["volume_backup.restore_finish"] = "volume_backup.restore_finish"
     id: str
     volume_id: str
     ok: bool
     error: str | None = None
+    untouched: bool = False
     updated_at: str
 
 
@@ -150,7 +152,7 @@ def backup_restore_finish(conn: sqlite3.Connection, cmd: BackupRestoreFinish) ->
     if backup["status"] == st.BACKUP_RESTORING and backup["restore_volume_id"] == cmd.volume_id:
         conn.execute("UPDATE volume_backups SET status=?, restore_volume_id=NULL, updated_at=? WHERE id=?",
                      (st.AVAILABLE, cmd.updated_at, cmd.id))
-    status = st.final_status("restore", cmd.ok, vol["previous_status"])
+    status = st.restore_status(cmd.ok, vol["previous_status"], cmd.untouched)
     cv.set_volume(conn, cmd.volume_id, cmd.updated_at, status=status, previous_status=None, restore_backup_id=None,
                 error=None if cmd.ok else cmd.error)
     return {"id": cmd.id, "volume_id": cmd.volume_id, "status": status}

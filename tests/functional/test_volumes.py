@@ -359,3 +359,22 @@ def test_an_upload_that_would_eat_the_image_store_reserve_fails_before_writing(t
         assert not list((tmp_path / "hvd" / "data" / "images").iterdir())
     finally:
         d.stop()
+
+
+def test_a_restore_that_fails_before_writing_leaves_the_volume_as_it_was(admin: Client, data_dir: Path,
+                                                                          image: dict[str, Any]) -> None:
+    """The backup's manifest vanished from backup_dir (an unmounted share, a hand-made mess): the
+    restore fails before touching the volume, which stays available with its data and the reason."""
+    from hvd.storage.volumes.backup_io import manifest_path
+
+    vol = admin.call("POST", "/v1/volumes?wait=true", {"name": "keep-me", "size_gb": 1, "image": image["id"]})
+    before = sha256_of(volume_file(data_dir, vol["id"]))
+    backup = admin.call("POST", "/v1/backups?wait=true", {"volume": vol["id"]})
+    manifest_path(data_dir / "backups", vol["id"], backup["id"]).unlink()
+    answer = admin.call("POST", f"/v1/backups/{backup['id']}/restore?wait=true", {"volume": vol["id"]})
+    assert answer["volume"]["status"] == "available", answer
+    assert answer["volume"]["error"] and "No such file" in answer["volume"]["error"]
+    assert sha256_of(volume_file(data_dir, vol["id"])) == before
+    assert admin.call("GET", f"/v1/backups/{backup['id']}")["status"] == "available"
+    admin.call("DELETE", f"/v1/backups/{backup['id']}?wait=true", status=(204, 202))
+    admin.call("DELETE", f"/v1/volumes/{vol['id']}?wait=true", status=204)

@@ -231,6 +231,14 @@ def test_restore_into_a_new_and_an_existing_volume(apply: Replica) -> None:
     apply(cvb.BackupRestore(id="b1", volume_id=V1, updated_at=T))
     apply(cvb.BackupRestoreFinish(id="b1", volume_id=V1, ok=False, error="bad chunk", updated_at=T))
     assert apply.volume(V1)["status"] == st.ERROR
+    # one that failed before writing into the existing volume leaves it as it was, the reason recorded
+    apply(cv.VolumeResetStatus(id=V1, status=st.AVAILABLE, updated_at=T))
+    apply(cvb.BackupRestore(id="b1", volume_id=V1, updated_at=T))
+    apply(cvb.BackupRestoreFinish(id="b1", volume_id=V1, ok=False, error="no manifest", untouched=True,
+                                  updated_at=T))
+    assert (apply.volume(V1)["status"], apply.volume(V1)["error"]) == (st.AVAILABLE, "no manifest")
+    assert st.restore_status(False, None, True) == st.ERROR  # a volume made for the restore holds nothing
+    assert st.restore_status(True, st.AVAILABLE, False) == st.AVAILABLE
 
 
 def test_volume_type_in_use_cannot_be_deleted(apply: Replica) -> None:

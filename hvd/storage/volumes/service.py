@@ -481,6 +481,7 @@ class VolumeService:
         """Fill a volume in restoring-backup from its backup (a new volume is made first)."""
         vid, bid = str(vol["id"]), str(vol["restore_backup_id"])
         loop = asyncio.get_running_loop()
+        touched = False  # whether the volume's data may have changed (a failure before leaves it as it was)
         try:
             backend = self.backend_of(vol)
             backup = await self.catalog.read(fetch_one, "SELECT * FROM volume_backups WHERE id=?", (bid,))
@@ -490,10 +491,12 @@ class VolumeService:
                                                   str(backup["volume_id"]), bid)
             new = vol["previous_status"] is None  # made for this restore (VolumeCreate with a backup)
             if new:
+                touched = True
                 await backend.delete_volume(vid)
                 await backend.create_blank(vid, int(vol["size_gb"]) * GIB)
             raw = backend.raw_path(vid)
             if raw is not None:
+                touched = True
                 await loop.run_in_executor(None, backup_io.restore, self.backup_root, manifest, raw,
                                            new and backend.driver == "file")
             else:  # a qcow2 file: restore into a sparse raw copy, then convert it into place
@@ -502,13 +505,14 @@ class VolumeService:
                     with open(scratch, "wb") as fh:
                         fh.truncate(int(vol["size_gb"]) * GIB)
                     await loop.run_in_executor(None, backup_io.restore, self.backup_root, manifest, scratch, True)
+                    touched = True  # a rename over the volume's file: the old data or the new
                     await backend.import_raw(vid, scratch)
             checkpoint("restore.data_written")
             await self._finish(cvb.BackupRestoreFinish(id=bid, volume_id=vid, ok=True, updated_at=now_iso()))
         except Exception as exc:
             log.warning("restore of backup %s into volume %s failed: %s", bid, vid, _message(exc))
             await self._finish(cvb.BackupRestoreFinish(id=bid, volume_id=vid, ok=False, error=_message(exc),
-                                                      updated_at=now_iso()))
+                                                      untouched=not touched, updated_at=now_iso()))
 
     async def _upload_work(self, vol: dict[str, Any]) -> None:
         """Copy an uploading volume into its image (queued → saving → active; killed and its

@@ -97,6 +97,14 @@ def final_status(op_name: str, ok: bool, previous: str | None) -> str:
     return target
 
 
+def restore_status(ok: bool, previous: str | None, untouched: bool) -> str:
+    """The status after a restore: ``final_status``, except that a restore into an existing volume
+    (``previous`` set) that failed before writing a byte of it leaves the volume as it was."""
+    if not ok and untouched and previous is not None:
+        return previous
+    return final_status("restore", ok, previous)
+
+
 def check_extend_size(current_gb: int, new_gb: int) -> None:
     """A volume grows only: BadRequest for a size not above the current one."""
     if new_gb <= current_gb:
