@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from hvd.api import novnc
 from hvd.config import Config
 
 if TYPE_CHECKING:
@@ -229,6 +230,17 @@ def check_tls(config: Config) -> list[Check]:
     return [Check("tls", f.status, f.detail, f.fix) for f in tls_check.findings(config, dt.datetime.now(dt.UTC))]
 
 
+def check_novnc(config: Config) -> Check:
+    """noVNC's files for the browser console page (optional: any noVNC client works with the URL)."""
+    directory = config.compute.novnc_dir
+    if not directory:
+        return Check("novnc", "OK", "off ([compute] novnc_dir is empty): VNC consoles answer no web_url")
+    if not (Path(directory) / novnc.PAGE).is_file():
+        return Check("novnc", "WARN", f"{directory} has no {novnc.PAGE}: VNC consoles answer no web_url",
+                     "apt-get install novnc, or set [compute] novnc_dir")
+    return Check("novnc", "OK", f"serving {directory} at {novnc.PREFIX}/ (browser console pages)")
+
+
 def run_checks(config: Config) -> list[Check]:
     checks = [Check("config", "OK", "valid")]
     checks.append(check_libvirt(config))
@@ -247,6 +259,7 @@ def run_checks(config: Config) -> list[Check]:
     checks.append(check_instances_path(config))
     checks.extend(check_tls(config))
     checks.append(check_qemu_x509(config))
+    checks.append(check_novnc(config))
     return checks
 
 

@@ -60,3 +60,13 @@ def test_cli_prints_table_and_exit_status(tmp_path: Path) -> None:
                          cwd=REPO, timeout=120)
     assert bad.returncode == 1
     assert "FAIL" in bad.stdout and "libvirtd" in bad.stdout
+
+
+def test_novnc_check_says_whether_browser_consoles_are_served(tmp_path: Path) -> None:
+    from hvd.doctor import check_novnc
+
+    (tmp_path / "vnc_lite.html").write_text("<html></html>")
+    cases = {"": ("OK", "off"), str(tmp_path / "none"): ("WARN", "no vnc_lite.html"), str(tmp_path): ("OK", "serving")}
+    for directory, (status, words) in cases.items():
+        check = check_novnc(load_config(None, environ={"HVD_COMPUTE__NOVNC_DIR": directory}))
+        assert check.status == status and words in check.detail, (directory, check)
