@@ -189,6 +189,25 @@ def test_crash_in_snapshot_and_restore_is_redone(node: Node) -> None:
     assert node.call("GET", f"/v1/backups/{backup['id']}").json()["status"] == "available"
 
 
+def test_a_restore_cut_mid_write_whose_redo_fails_early_ends_in_error(node: Node) -> None:
+    """The restore wrote into the existing volume, then the daemon died; at restart the redo fails
+    before writing (the manifest is unreadable): the volume's data changed, so it must end in error,
+    not "available as it was"."""
+    from hvd.storage.volumes.backup_io import manifest_path
+
+    node.stop()
+    node.start("restore.data_written")
+    vol = node.call("POST", "/v1/volumes?wait=true", {"name": "overwritten", "size_gb": 1}).json()
+    backup = node.call("POST", "/v1/backups?wait=true", {"volume": vol["id"]}).json()
+    node.fire("POST", f"/v1/backups/{backup['id']}/restore", {"volume": vol["id"]})
+    assert node.died() == 99
+    manifest_path(node.base / "data" / "backups", vol["id"], backup["id"]).unlink()
+    node.start()
+    after = node.wait_status(vol["id"], {"available", "error"})
+    assert after is not None and after["status"] == "error", after
+    assert not list((node.base / "data" / "volume-work").iterdir())  # the marker went with the finish
+
+
 def test_scratch_files_of_a_cut_restore_are_removed_at_start(node: Node) -> None:
     """A qcow2 restore converts into ``.volume-<id>.partial`` and renames it over the volume; a
     crash between the two whose restore is not redone (volume reset or deleted meanwhile) left the

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import logging
 import os
 import stat
@@ -45,6 +46,7 @@ from hvd.errors import (
 from hvd.events import EventBus
 from hvd.faults import checkpoint
 from hvd.identity.service import now_iso
+from hvd.private_files import fsync_dir, private_dir
 from hvd.storage import qemu_img, transfer
 from hvd.storage.image_store import ImageStore
 from hvd.storage.volumes import backup_io, claims
@@ -59,6 +61,14 @@ FLUSH_DELAY_S = 1.0  # a new volume's data is flushed this long after it is reco
 REPORT_INTERVAL_S = 60.0
 UPLOAD_GRACE_S = 60.0  # an upload's image is recorded just after its begin: a volume without one after this was cut
 ImageSource = Callable[[str], Awaitable[tuple[Path, str]]]  # image id -> (local path, qemu format)
+
+
+def _write_marker(path: Path) -> None:
+    """A durable empty file ``path`` (its directory made if missing)."""
+    private_dir(path.parent)
+    with open(path, "wb") as fh:
+        os.fsync(fh.fileno())
+    fsync_dir(path.parent)
 
 
 def _message(exc: BaseException) -> str:
@@ -481,7 +491,17 @@ class VolumeService:
         """Fill a volume in restoring-backup from its backup (a new volume is made first)."""
         vid, bid = str(vol["id"]), str(vol["restore_backup_id"])
         loop = asyncio.get_running_loop()
-        touched = False  # whether the volume's data may have changed (a failure before leaves it as it was)
+        # whether the volume's data may have changed (a failure before leaves it as it was); kept on
+        # disk, so that a restore redone after a crash that cut it mid-write knows
+        marker = Path(self.config.host.data_dir) / "volume-work" / f"restore-{vid}"
+        touched = await loop.run_in_executor(None, marker.exists)
+
+        async def touch() -> None:
+            nonlocal touched
+            if not touched:
+                await loop.run_in_executor(None, _write_marker, marker)
+                touched = True
+
         try:
             backend = self.backend_of(vol)
             backup = await self.catalog.read(fetch_one, "SELECT * FROM volume_backups WHERE id=?", (bid,))
@@ -491,12 +511,12 @@ class VolumeService:
                                                   str(backup["volume_id"]), bid)
             new = vol["previous_status"] is None  # made for this restore (VolumeCreate with a backup)
             if new:
-                touched = True
+                touched = True  # a volume made for the restore ends in error on any failure anyway
                 await backend.delete_volume(vid)
                 await backend.create_blank(vid, int(vol["size_gb"]) * GIB)
             raw = backend.raw_path(vid)
             if raw is not None:
-                touched = True
+                await touch()
                 await loop.run_in_executor(None, backup_io.restore, self.backup_root, manifest, raw,
                                            new and backend.driver == "file")
             else:  # a qcow2 file: restore into a sparse raw copy, then convert it into place
@@ -505,7 +525,7 @@ class VolumeService:
                     with open(scratch, "wb") as fh:
                         fh.truncate(int(vol["size_gb"]) * GIB)
                     await loop.run_in_executor(None, backup_io.restore, self.backup_root, manifest, scratch, True)
-                    touched = True  # a rename over the volume's file: the old data or the new
+                    await touch()  # a rename over the volume's file: the old data or the new
                     await backend.import_raw(vid, scratch)
             checkpoint("restore.data_written")
             await self._finish(cvb.BackupRestoreFinish(id=bid, volume_id=vid, ok=True, updated_at=now_iso()))
@@ -513,6 +533,7 @@ class VolumeService:
             log.warning("restore of backup %s into volume %s failed: %s", bid, vid, _message(exc))
             await self._finish(cvb.BackupRestoreFinish(id=bid, volume_id=vid, ok=False, error=_message(exc),
                                                       untouched=not touched, updated_at=now_iso()))
+        await loop.run_in_executor(None, functools.partial(marker.unlink, missing_ok=True))  # recorded: done
 
     async def _upload_work(self, vol: dict[str, Any]) -> None:
         """Copy an uploading volume into its image (queued → saving → active; killed and its
