@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -377,4 +378,22 @@ def test_a_restore_that_fails_before_writing_leaves_the_volume_as_it_was(admin: 
     assert sha256_of(volume_file(data_dir, vol["id"])) == before
     assert admin.call("GET", f"/v1/backups/{backup['id']}")["status"] == "available"
     admin.call("DELETE", f"/v1/backups/{backup['id']}?wait=true", status=(204, 202))
+    admin.call("DELETE", f"/v1/volumes/{vol['id']}?wait=true", status=204)
+
+
+def test_an_uploads_image_takes_no_data_from_anyone_else(admin: Client, data_dir: Path,
+                                                          image: dict[str, Any]) -> None:
+    """The image is handed to the volume's host before the answer: a PUT of other data into it
+    (its owner project may PUT its images) is refused, and the image ends with the volume's data."""
+    vol = admin.call("POST", "/v1/volumes?wait=true", {"name": "up-own", "size_gb": 1, "image": image["id"]})
+    made = admin.call("POST", f"/v1/volumes/{vol['id']}/upload-image", {"name": "up-own", "disk_format": "raw"})
+    r = requests.put(f"{admin.url}/v1/images/{made['image_id']}/file", data=b"planted" * 1000, timeout=60,
+                     headers={"Authorization": f"Bearer {admin.token}", "Content-Type": "application/octet-stream"})
+    assert r.status_code == 409 and "saving" in r.text, r.text
+    deadline = time.monotonic() + 60
+    while (img := admin.call("GET", f"/v1/images/{made['image_id']}"))["status"] == "saving":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert img["status"] == "active" and img["checksum"] == sha256_chunked(volume_file(data_dir, vol["id"]))
+    admin.call("DELETE", f"/v1/images/{made['image_id']}", status=204)
     admin.call("DELETE", f"/v1/volumes/{vol['id']}?wait=true", status=204)

@@ -18,7 +18,7 @@ from hvd.api.services import services
 from hvd.api.v1.images import find_image
 from hvd.catalog import cmd_volumes as cv
 from hvd.catalog import queries, quota
-from hvd.catalog.cmd_compute import ImageCreate
+from hvd.catalog.cmd_compute import ImageCreate, ImageSetStatus
 from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.errors import BadRequest, HvdError, NotFound
 from hvd.identity.service import now_iso
@@ -332,8 +332,9 @@ def _image_count_room(conn: sqlite3.Connection, owner: str) -> None:
 
 
 async def upload_to_image(request: web.Request) -> web.Response:
-    """Cinder's upload-to-image: the volume goes uploading and a queued image is recorded; the
-    volume's host copies the data into it, then the volume returns to its previous status."""
+    """Cinder's upload-to-image: the volume goes uploading and an image is recorded, handed to the
+    volume's host (saving: no one else may write it), which copies the data into it; then the
+    volume returns to its previous status."""
     svc, ctx = services(request), context(request)
     wait = query_bool(request, "wait")  # a bad value is refused before anything changes
     svc.policy.enforce(ctx.roles, "volume:manage")
@@ -350,18 +351,28 @@ async def upload_to_image(request: web.Request) -> web.Response:
     # the begin first: of two uploads of one volume only one gets past it, and it owns the image made next
     await vs.propose(cv.VolumeBegin(id=vid, op="upload", force=body.force, updated_at=now_iso()))
     image_id = str(uuid.uuid4())
+    made = False
     try:
         await svc.catalog.propose(ImageCreate(
             id=image_id, name=body.name, owner=owner, disk_format=body.disk_format, container_format="bare",
             visibility=body.visibility, min_disk=int(row["size_gb"]), properties={"volume_id": vid},
             created_at=now_iso()))
-    except BaseException as exc:  # no image: the volume goes back to its status, nothing was copied
+        made = True
+        # handed to the volume's host at once: a queued image would take data from anyone who may PUT it
+        await svc.catalog.propose(ImageSetStatus(id=image_id, status="saving", expect=["queued"],
+                                                 host=str(row["host"]), updated_at=now_iso()))
+    except BaseException as exc:  # no image to write: the volume goes back to its status, nothing was copied
         error = exc.message if isinstance(exc, HvdError) else type(exc).__name__
+        if made:  # not handed over: no one writes it (one someone else took stays theirs)
+            with contextlib.suppress(HvdError):
+                await asyncio.shield(svc.catalog.propose(ImageSetStatus(id=image_id, status="killed",
+                                                                        expect=["queued"], updated_at=now_iso())))
         with contextlib.suppress(HvdError):
             await asyncio.shield(vs.propose(cv.VolumeFinish(id=vid, op="upload", ok=False,
                                                             error=f"no image was made: {error}",
                                                             updated_at=now_iso())))
         raise
+    vs.wake()  # the image is ready for the volume's host (this one: at once; another picks it up within 2 s)
     vs.publish("volume.status", vid, st.UPLOADING, project_id=owner)
     after = await _wait_view(request, "volumes", vid, wait)
     if after is None:

@@ -541,11 +541,18 @@ class VolumeService:
         the start after a crash: a cut attempt's files are removed first."""
         vid = str(vol["id"])
         image = await self.catalog.read(upload_image_of, vid, str(vol["project_id"]), str(vol["updated_at"]))
-        if image is None or image["status"] not in ("queued", "saving"):
-            if image is None and _age_s(str(vol["updated_at"])) < UPLOAD_GRACE_S:
-                return  # the API records the image just after the begin: the next round looks again
-            ok = image is not None and image["status"] == "active"  # done, cut before the volume's finish
-            error = None if ok else "the upload's image record is missing or was deleted; nothing was uploaded"
+        status = None if image is None else str(image["status"])
+        if status in (None, "queued") and _age_s(str(vol["updated_at"])) < UPLOAD_GRACE_S:
+            return  # the API records the image and hands it to this host just after the begin: look again
+        if image is None or status != "saving" or image["host"] != self.host:
+            ok = image is not None and status == "active" and image["host"] == self.host  # done, cut before
+            if image is not None and status == "queued":  # its API request was cut before the hand-over
+                with contextlib.suppress(HvdError):
+                    await self.catalog.propose(ImageSetStatus(id=str(image["id"]), status="killed", expect=["queued"],
+                                                              updated_at=now_iso()))
+            error = None if ok else (
+                "the upload's image record is missing, was deleted or is written by another host; nothing was"
+                " uploaded")
             await self._finish(cv.VolumeFinish(id=vid, op="upload", ok=ok, error=error, updated_at=now_iso()))
             return
         image_id = str(image["id"])
@@ -554,9 +561,6 @@ class VolumeService:
             if store is None:
                 raise NotImplementedYet(f"host {self.host} has no image store to upload volume {vid} into")
             backend = self.backend_of(vol)
-            if image["status"] == "queued":
-                await self.catalog.propose(ImageSetStatus(id=image_id, status="saving", expect=["queued"],
-                                                          host=self.host, updated_at=now_iso()))
             await asyncio.to_thread(store.delete, image_id)  # what a cut attempt left
             raw = backend.raw_path(vid)
             if raw is not None:
@@ -578,15 +582,24 @@ class VolumeService:
                                                       updated_at=now_iso()))
         except Exception as exc:
             log.warning("upload of volume %s into image %s failed: %s", vid, image_id, _message(exc))
+            try:  # the file goes only with the image: an activation whose answer was lost may have committed
+                await self.catalog.propose(ImageSetStatus(id=image_id, status="killed", expect=["saving"],
+                                                          updated_at=now_iso()))
+            except HvdError:
+                now = await self.catalog.read(fetch_one, "SELECT status FROM images WHERE id=?", (image_id,))
+                if now is not None and now["status"] == "active":
+                    log.info("image %s was recorded active after all; upload of volume %s done", image_id, vid)
+                    await self._uploaded(vid, image_id)
+                    return
             if store is not None:
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(store.delete, image_id)
-            with contextlib.suppress(HvdError):
-                await self.catalog.propose(ImageSetStatus(id=image_id, status="killed", expect=["queued", "saving"],
-                                                          updated_at=now_iso()))
             await self._finish(cv.VolumeFinish(id=vid, op="upload", ok=False, error=_message(exc),
                                                updated_at=now_iso()))
             return
+        await self._uploaded(vid, image_id)
+
+    async def _uploaded(self, vid: str, image_id: str) -> None:
         if self.peers is not None:  # copies on other hosts, like an API upload
             transfer.spread_later(self.peers, self.catalog, image_id, self.config.images.replicas)
         await self._finish(cv.VolumeFinish(id=vid, op="upload", ok=True, updated_at=now_iso()))
