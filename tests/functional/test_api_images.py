@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import subprocess
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.conftest import Api
 from tests.functional.compute_helpers import make_flavor, make_qcow2, upload_image
@@ -145,3 +148,29 @@ def test_an_upload_that_would_eat_the_free_space_reserve_is_refused(tmp_path: Pa
         assert shown["status"] == "queued"
     finally:
         daemon.stop()
+
+
+async def test_an_activation_whose_answer_was_lost_keeps_the_image(
+        admin_api: Api, api_server: tuple[Any, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The catalog committed the activation but its answer was lost (OutcomeUnknown): the upload
+    succeeds and the image keeps its file (it was deleted: an active image with no data)."""
+    from hvd.catalog.cmd_compute import ImageSetStatus
+    from hvd.errors import OutcomeUnknown
+
+    catalog = api_server[0].catalog
+    real = catalog.propose
+
+    async def lost_answer(cmd: Any, *args: Any, **kw: Any) -> Any:
+        result = await real(cmd, *args, **kw)
+        if isinstance(cmd, ImageSetStatus) and cmd.status == "active":
+            raise OutcomeUnknown("the leader moved before it answered")
+        return result
+
+    monkeypatch.setattr(catalog, "propose", lost_answer)
+    image = await _create(admin_api, disk_format="qcow2")
+    data = make_qcow2(tmp_path / "kept.qcow2", "1M").read_bytes()
+    status, _ = await _put(admin_api, image["id"], data)
+    assert status == 204
+    _, shown = await admin_api.call("GET", f"/v1/images/{image['id']}")
+    assert shown["status"] == "active"
+    assert (tmp_path / "hvd" / "data" / "images" / image["id"]).read_bytes() == data

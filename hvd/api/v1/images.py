@@ -19,7 +19,7 @@ from hvd.api.routing import Router
 from hvd.api.services import services
 from hvd.catalog import queries, quota
 from hvd.catalog.cmd_compute import ImageCreate, ImageDelete, ImageSetStatus, ImageUpdate
-from hvd.catalog.sql import fetch_all
+from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.catalog.usage import project_usage
 from hvd.errors import BadRequest, Conflict, HvdError, NotFound, QuotaExceeded
 from hvd.identity.service import now_iso
@@ -226,12 +226,22 @@ async def upload_image(request: web.Request) -> web.Response:
         if peers is not None:  # copies on other hosts, so one dead host does not lose the image
             transfer.spread_later(peers, svc.catalog, image_id, svc.config.images.replicas)
     except BaseException as exc:
-        image_store.delete(image_id)
         if isinstance(exc, QuotaExceeded):  # the activation was refused: the data goes, the record is killed
             log.info("upload of image %s refused: %s", image_id, exc.message)
-        await asyncio.shield(svc.catalog.propose(
-            ImageSetStatus(id=image_id, status="killed", expect=["saving"], updated_at=now_iso())
-        ))
+        try:  # the file goes only with the record: an activation whose answer was lost may have committed
+            await asyncio.shield(svc.catalog.propose(
+                ImageSetStatus(id=image_id, status="killed", expect=["saving"], updated_at=now_iso())
+            ))
+        except HvdError:
+            now = await svc.catalog.read(fetch_one, "SELECT status FROM images WHERE id=?", (image_id,))
+            if now is not None and now["status"] == "active":
+                log.info("image %s was recorded active after all (%s)", image_id, type(exc).__name__)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                return web.Response(status=204)
+            image_store.delete(image_id)
+            raise exc from None
+        image_store.delete(image_id)
         raise
     return web.Response(status=204)
 
