@@ -359,3 +359,31 @@ async def test_hvd_console_tells_why_the_server_closed_it(
         for fd in (keys_r, keys_w, out_r, out_w):
             os.close(fd)
     assert why == "closed: the token that opened this console is no longer valid"
+
+
+async def test_a_console_rides_out_a_short_catalog_hiccup_and_closes_if_it_lasts(
+        admin_api: Api, server: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Access checks that fail (a leader change) keep the console open for a few rounds; if they go
+    on failing it closes with 1011 and a reason, not silently."""
+    failing = {"rounds": 2}
+    calls = {"n": 0}
+
+    def flaky(grant: ConsoleGrant, *args: Any) -> Refusal | None:
+        calls["n"] += 1
+        if failing["rounds"] > 0:
+            failing["rounds"] -= 1
+            raise RuntimeError("catalog unavailable")
+        return console_tokens.console_refusal(grant, *args)
+
+    monkeypatch.setattr(consoles, "ACCESS_CHECK_S", 0.05)
+    async with aiohttp.ClientSession() as http, http.ws_connect(await console_url(admin_api, server["id"],
+                                                                                  "serial")) as ws:
+        monkeypatch.setattr(consoles, "console_refusal", flaky)  # after the redemption's own check
+        async with asyncio.timeout(30):
+            while calls["n"] < 4:  # two failures, then answers: still attached
+                await asyncio.sleep(0.05)
+        await ws.send_bytes(b"echo still-here\r")
+        await read_until(ws, b"\r\nstill-here\r\n")
+        failing["rounds"] = 1000
+        code, message = await closed_with(ws)
+    assert code == 1011 and "cannot be checked" in message

@@ -50,6 +50,7 @@ WS_PATHS = {SERIAL: "/v1/console/serial", VNC: "/v1/console/vnc"}
 HEARTBEAT_S = 30.0  # a vanished client is noticed, and its serial session freed, within about this long
 RELAY_CHUNK = 64 * 1024
 ACCESS_CHECK_S = 5.0  # an attached console closes within about this long of losing its access
+MAX_CHECK_FAILURES = 3  # access checks failing in a row (catalog unavailable) before the console closes
 MAX_CLOSE_MESSAGE = 123  # bytes: a close frame's payload is at most 125, 2 of them the code (RFC 6455 5.5)
 SOCKETS = web.AppKey("hvd.console_sockets", set[web.WebSocketResponse])  # attached consoles, closed at shutdown
 
@@ -174,9 +175,20 @@ async def _access(svc: ApiServices, grant: ConsoleGrant,
 
 async def _watch(svc: ApiServices, grant: ConsoleGrant, host: str) -> Refusal:
     """Return once the attached console of ``grant`` must close (checked every ACCESS_CHECK_S)."""
+    failures = 0
     while True:
         await asyncio.sleep(ACCESS_CHECK_S)
-        refusal, _ = await _access(svc, grant, host)
+        try:
+            refusal, _ = await _access(svc, grant, host)
+        except Exception as exc:  # a catalog hiccup (a leader change): look again; closed if it lasts
+            failures += 1
+            log.info("cannot check the access of the %s console of %s (%d in a row): %s", grant.protocol,
+                     grant.server_id, failures, exc)
+            if failures < MAX_CHECK_FAILURES:
+                continue
+            refusal = Refusal(WSCloseCode.INTERNAL_ERROR, "this console's access cannot be checked; reconnect")
+        else:
+            failures = 0
         if refusal is not None:
             log.info("%s console of %s (opened by %s) closed: %s", grant.protocol, grant.server_id, grant.user,
                      refusal.message)
