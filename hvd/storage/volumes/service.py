@@ -22,6 +22,7 @@ import stat
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,9 @@ PICKUP_INTERVAL_S = 2.0
 FLUSH_DELAY_S = 1.0  # a new volume's data is flushed this long after it is recorded (see _flush)
 REPORT_INTERVAL_S = 60.0
 UPLOAD_GRACE_S = 60.0  # an upload's image is recorded just after its begin: a volume without one after this was cut
+# long reads and writes of volume data (backups, restores, verifies, an upload's hash) run on their own
+# threads: on the loop's default pool they held up Raft snapshot frames and network applies
+_DATA_IO = ThreadPoolExecutor(max_workers=2, thread_name_prefix="volume-data")
 ImageSource = Callable[[str], Awaitable[tuple[Path, str]]]  # image id -> (local path, qemu format)
 
 
@@ -461,7 +465,7 @@ class VolumeService:
         loop = asyncio.get_running_loop()
         if backup["status"] == st.DELETING:
             try:
-                await loop.run_in_executor(None, backup_io.delete_backup, self.backup_root, vid, bid)
+                await loop.run_in_executor(_DATA_IO, backup_io.delete_backup, self.backup_root, vid, bid)
                 await self._finish(cvb.BackupFinishDelete(id=bid, ok=True, updated_at=now_iso()))
             except Exception as exc:
                 await self._finish(cvb.BackupFinishDelete(id=bid, ok=False, error=_message(exc), updated_at=now_iso()))
@@ -474,7 +478,7 @@ class VolumeService:
             self.backup_root.mkdir(parents=True, exist_ok=True)
             async with self._raw_source(backend, vol) as source:
                 stats = await loop.run_in_executor(
-                    None, backup_io.backup_volume, source, self.backup_root, vid, bid, backup["parent_id"],
+                    _DATA_IO, backup_io.backup_volume, source, self.backup_root, vid, bid, backup["parent_id"],
                     int(backup["size_gb"]) * GIB, cfg.backup_chunk_mib << 20, cfg.backup_compression_level,
                     str(backup["created_at"]))
             checkpoint("backup.data_written")
@@ -484,7 +488,7 @@ class VolumeService:
         except Exception as exc:
             log.warning("backup %s of volume %s failed: %s", bid, vid, _message(exc))
             with contextlib.suppress(Exception):
-                await loop.run_in_executor(None, backup_io.delete_backup, self.backup_root, vid, bid)
+                await loop.run_in_executor(_DATA_IO, backup_io.delete_backup, self.backup_root, vid, bid)
             await self._finish(cvb.BackupFinish(id=bid, ok=False, error=_message(exc), updated_at=now_iso()))
 
     async def _restore_work(self, vol: dict[str, Any]) -> None:
@@ -517,14 +521,14 @@ class VolumeService:
             raw = backend.raw_path(vid)
             if raw is not None:
                 await touch()
-                await loop.run_in_executor(None, backup_io.restore, self.backup_root, manifest, raw,
+                await loop.run_in_executor(_DATA_IO, backup_io.restore, self.backup_root, manifest, raw,
                                            new and backend.driver == "file")
             else:  # a qcow2 file: restore into a sparse raw copy, then convert it into place
                 with tempfile.TemporaryDirectory(dir=self.backup_root, prefix=".raw-") as tmp:
                     scratch = Path(tmp) / "raw"
                     with open(scratch, "wb") as fh:
                         fh.truncate(int(vol["size_gb"]) * GIB)
-                    await loop.run_in_executor(None, backup_io.restore, self.backup_root, manifest, scratch, True)
+                    await loop.run_in_executor(_DATA_IO, backup_io.restore, self.backup_root, manifest, scratch, True)
                     await touch()  # a rename over the volume's file: the old data or the new
                     await backend.import_raw(vid, scratch)
             checkpoint("restore.data_written")
@@ -576,7 +580,7 @@ class VolumeService:
             await qemu_img.run(qemu_img.volume_to_image_argv(src, store.partial_path(image_id), src_fmt, fmt))
             checkpoint("volume.upload.partial_written")
             virtual_size = (await qemu_img.info(store.partial_path(image_id), fmt)).virtual_size
-            size, checksum = await asyncio.to_thread(store.adopt_partial, image_id)
+            size, checksum = await asyncio.get_running_loop().run_in_executor(_DATA_IO, store.adopt_partial, image_id)
             await self.catalog.propose(ImageSetStatus(id=image_id, status="active", expect=["saving"], size=size,
                                                       virtual_size=virtual_size, checksum=checksum,
                                                       updated_at=now_iso()))
@@ -620,7 +624,7 @@ class VolumeService:
                                                   str(backup["volume_id"]), str(backup["id"]))
         except (OSError, ValueError) as exc:
             return [f"manifest: {exc}"]
-        return await loop.run_in_executor(None, backup_io.verify, self.backup_root, manifest)
+        return await loop.run_in_executor(_DATA_IO, backup_io.verify, self.backup_root, manifest)
 
     # --- crash repair ------------------------------------------------------------------------------
 
@@ -661,7 +665,7 @@ class VolumeService:
         for bid, vid in (await loop.run_in_executor(None, backup_io.known_backups, self.backup_root)).items():
             if bid not in known["backups"]:
                 log.warning("removing orphan backup %s of volume %s", bid, vid)
-                await loop.run_in_executor(None, backup_io.delete_backup, self.backup_root, vid, bid)
+                await loop.run_in_executor(_DATA_IO, backup_io.delete_backup, self.backup_root, vid, bid)
                 removed.append(f"backup-{bid}")
         return removed
 
