@@ -4,7 +4,7 @@ A raw volume made from a cached raw base needs no format work: the kernel copies
 extents (found with SEEK_DATA/SEEK_HOLE) and leaves its holes holes, without a qemu-img process
 (its start alone is ~6 ms here) and without the data crossing into user space; on a filesystem
 that shares extents (XFS, btrfs) the copy is a reflink. The result is as sparse as the source:
-cached raw bases are written sparse (hvd.storage.image_cache), so it is as sparse as a
+cached raw bases are written sparse (hvd.compute.manager, hvd.storage.transfer), so it is as sparse as a
 ``qemu-img convert`` of them. Where the kernel or filesystem cannot do it, ``CopyUnsupported``
 is raised before a byte is written and the caller runs qemu-img instead.
 """
@@ -29,8 +29,6 @@ BLOCK = 64 << 10  # SparseWriter: an all-zero block of this size, at a multiple 
 # frames, network applies and file work run there)
 _COPIER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sparse-copy")
 _UNSUPPORTED = {errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF}
-
-
 _ZEROS = bytes(1 << 20)
 
 
