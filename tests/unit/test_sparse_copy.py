@@ -194,11 +194,22 @@ def test_sparse_writer_makes_holes_of_zero_blocks_whatever_the_chunking(tmp_path
     assert dest.stat().st_blocks * 512 <= data_blocks * block + 64 * 1024
 
 
-def test_copy_left_by_a_cancellation_that_came_as_it_ended_is_removed(holey: Path, tmp_path: Path) -> None:
+def test_copy_left_by_a_cancellation_that_came_as_it_ended_is_removed(
+        holey: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    finished = threading.Event()
+    real = sparse_copy.copy_sparse
+
+    def copy_then_signal(*args: Any) -> None:
+        real(*args)
+        finished.set()
+
+    monkeypatch.setattr(sparse_copy, "copy_sparse", copy_then_signal)
+
     async def go() -> None:
         task = asyncio.ensure_future(sparse_copy.copy_sparse_async(holey, tmp_path / "vol", 8 * MIB))
-        while not (tmp_path / "vol").exists() or (tmp_path / "vol").stat().st_size < 8 * MIB:
-            await asyncio.sleep(0)  # the thread copies; cancel once it is done but before we learn it
+        await asyncio.sleep(0)  # it started and waits on its thread
+        assert finished.wait(10)  # blocks the loop: the copy's end cannot reach the task before the cancel
+        assert (tmp_path / "vol").exists()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
