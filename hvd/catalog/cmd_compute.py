@@ -186,12 +186,17 @@ def _require_live(conn: sqlite3.Connection, instance_id: str) -> dict[str, Any]:
     return row
 
 
+def check_image_room(conn: sqlite3.Connection, owner: str) -> None:
+    """QuotaExceeded unless ``owner`` may have one more image (killed ones do not count)."""
+    usage = conn.execute(
+        "SELECT COUNT(*) FROM images WHERE owner=? AND status NOT IN ('deleted', 'killed')", (owner,)
+    ).fetchone()[0]
+    quota.check(conn, owner, "images", 1, usage)
+
+
 @handles(ImageCreate)
 def image_create(conn: sqlite3.Connection, cmd: ImageCreate) -> Result:
-    usage = conn.execute(
-        "SELECT COUNT(*) FROM images WHERE owner=? AND status NOT IN ('deleted', 'killed')", (cmd.owner,)
-    ).fetchone()[0]
-    quota.check(conn, cmd.owner, "images", 1, usage)
+    check_image_room(conn, cmd.owner)
     conn.execute(
         "INSERT INTO images (id, name, owner, status, disk_format, container_format, visibility, protected,"
         " min_disk, min_ram, properties, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +27,7 @@ from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.cluster.peers import PeerCaller, PeerUnreachable
 from hvd.compute.lifecycle import PowerState, TaskState, VmState
 from hvd.errors import Conflict, DriverError, HvdError, InvalidState, NotFound, NotLeader, ServiceUnavailable
-from hvd.identity.service import now_iso
+from hvd.identity.service import now_iso, seconds_since
 
 if TYPE_CHECKING:
     from hvd.compute.service import ComputeService
@@ -74,13 +73,6 @@ class UnshelveRequest(BaseModel):
 
     instance_id: str = Field(max_length=64)
     image_id: str = Field(max_length=64)
-
-
-def _age_s(timestamp: str) -> float:
-    then = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    if then.tzinfo is None:
-        then = then.replace(tzinfo=datetime.UTC)
-    return (datetime.datetime.now(datetime.UTC) - then).total_seconds()
 
 
 def _open_create_action(conn: Any, instance_id: str) -> str | None:
@@ -271,7 +263,7 @@ class ClusterBuilds:
             fetch_all, "SELECT id, host, updated_at FROM instances WHERE deleted_at IS NULL AND vm_state=?"
                        " AND task_state=?", (VmState.BUILDING.value, TaskState.SCHEDULING.value))
         for row in rows:
-            if _age_s(row["updated_at"]) < RECOVER_GRACE_S:
+            if seconds_since(row["updated_at"]) < RECOVER_GRACE_S:
                 continue
             inst_id = row["id"]
             action_id = await self.svc.catalog.read(_open_create_action, inst_id) or ""

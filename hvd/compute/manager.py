@@ -84,13 +84,12 @@ class ComputeManager:
     # --- helpers ----------------------------------------------------------------------------
 
     async def set_task(self, inst_id: str, expect: TaskState | None, task: TaskState,
-                       expect_host: str | None = None, extra: dict[str, Any] | None = None) -> None:
+                       expect_host: str | None = None) -> None:
         """Advance task_state by compare-and-swap; fails (InvalidState) if someone else moved it,
-        e.g. a delete during a build, or (with ``expect_host``) placed the instance elsewhere.
-        ``extra`` is merged into the instance's extra in the same step."""
+        e.g. a delete during a build, or (with ``expect_host``) placed the instance elsewhere."""
         await self.catalog.propose(
             InstanceUpdate(id=inst_id, expect_task_state=[expect], task_state=task, updated_at=now_iso(),
-                           expect_host=None if expect_host is None else [expect_host], extra=extra)
+                           expect_host=None if expect_host is None else [expect_host])
         )
         self.events.publish("instance.task", instance_id=inst_id, task_state=task)
 

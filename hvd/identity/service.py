@@ -45,6 +45,14 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def seconds_since(timestamp: str) -> float:
+    """Seconds from ``timestamp`` (``now_iso``'s form; a naive one is UTC) to now."""
+    then = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - then).total_seconds()
+
+
 def token_hash(token: str) -> str:
     # tokens are 256 random bits: a fast hash is enough, and keeps validation cheap
     return hashlib.sha256(token.encode()).hexdigest()

@@ -148,7 +148,7 @@ async def copy_sparse_async(src: Path, dest: Path, size: int, timeout: float | N
         stop.set()
         try:
             await job  # the thread removes the file once it sees the flag
-        except Exception:
+        except (CopyStopped, OSError, ValueError):  # stopped or failed: it removed its file itself
             pass
         else:  # it ended just as we stopped it: the caller gets no file
             dest.unlink(missing_ok=True)

@@ -277,7 +277,7 @@ def test_an_upload_never_writes_into_an_image_of_another_project(apply: Replica)
     """Anyone may put a volume_id property on an image of their own: the volume's host picks only an
     image of the volume's project, however new another project's is."""
     from hvd.catalog.cmd_compute import ImageCreate
-    from hvd.storage.volumes.service import upload_image_of
+    from hvd.storage.volumes.upload import upload_image_of
 
     available(apply)
     apply(ProjectCreate(id="p2", name="p2", created_at=T))

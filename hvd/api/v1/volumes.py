@@ -17,8 +17,8 @@ from hvd.api.routing import Router
 from hvd.api.services import services
 from hvd.api.v1.images import find_image
 from hvd.catalog import cmd_volumes as cv
-from hvd.catalog import queries, quota
-from hvd.catalog.cmd_compute import ImageCreate, ImageSetStatus
+from hvd.catalog import queries
+from hvd.catalog.cmd_compute import ImageCreate, ImageSetStatus, check_image_room
 from hvd.catalog.sql import fetch_all, fetch_one
 from hvd.errors import BadRequest, HvdError, NotFound
 from hvd.identity.service import now_iso
@@ -324,13 +324,6 @@ async def extend_volume(request: web.Request) -> web.Response:
     return json_response(await view(request, after), status=202)
 
 
-def _image_count_room(conn: sqlite3.Connection, owner: str) -> None:
-    """QuotaExceeded unless the owner may have one more image (the commit checks it again)."""
-    used = conn.execute("SELECT COUNT(*) FROM images WHERE owner=? AND status NOT IN ('deleted', 'killed')",
-                        (owner,)).fetchone()[0]
-    quota.check(conn, owner, "images", 1, int(used))
-
-
 async def upload_to_image(request: web.Request) -> web.Response:
     """Cinder's upload-to-image: the volume goes uploading and an image is recorded, handed to the
     volume's host (saving: no one else may write it), which copies the data into it; then the
@@ -347,7 +340,7 @@ async def upload_to_image(request: web.Request) -> web.Response:
     vid, owner = str(row["id"]), str(row["project_id"])
     # prompt refusals before anything changes (the commits check both again)
     st.check_operation("upload", str(row["status"]), force=body.force, volume_id=vid)
-    await svc.catalog.read(_image_count_room, owner)
+    await svc.catalog.read(check_image_room, owner)  # the commit checks it again
     # the begin first: of two uploads of one volume only one gets past it, and it owns the image made next
     await vs.propose(cv.VolumeBegin(id=vid, op="upload", force=body.force, updated_at=now_iso()))
     image_id = str(uuid.uuid4())

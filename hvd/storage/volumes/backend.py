@@ -17,14 +17,24 @@ from __future__ import annotations
 import abc
 import asyncio
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hvd.errors import BadRequest, NotImplementedYet
+from hvd.errors import BadRequest, HvdError, NotImplementedYet
 from hvd.storage import qemu_img
 from hvd.storage.image_cache import fsync_path
 from hvd.storage.volumes.claims import Headroom
+
+# long reads and writes of volume data (backups, restores, verifies, an upload's hash) run on their own
+# threads: on the loop's default pool they held up Raft snapshot frames and network applies
+DATA_IO = ThreadPoolExecutor(max_workers=2, thread_name_prefix="volume-data")
+
+
+def message_of(exc: BaseException) -> str:
+    """What a failed step records: an hvd error's message, else the exception's type and text."""
+    return exc.message if isinstance(exc, HvdError) else f"{type(exc).__name__}: {exc}"
 
 GIB = 1 << 30
 VOLUME_PREFIX = "volume-"

@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import functools
 import logging
 import os
-import stat
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from hvd.catalog import cmd_volume_backups as cvb
 from hvd.catalog import cmd_volumes as cv
-from hvd.catalog.cmd_compute import ImageSetStatus
 from hvd.catalog.commands import Command
 from hvd.catalog.service import Catalog
 from hvd.catalog.sql import fetch_all, fetch_one
@@ -48,11 +44,11 @@ from hvd.events import EventBus
 from hvd.faults import checkpoint
 from hvd.identity.service import now_iso
 from hvd.private_files import fsync_dir, private_dir
-from hvd.storage import qemu_img, transfer
+from hvd.storage import qemu_img
 from hvd.storage.image_store import ImageStore
-from hvd.storage.volumes import backup_io, claims
+from hvd.storage.volumes import backup_io, claims, upload
 from hvd.storage.volumes import states as st
-from hvd.storage.volumes.backend import GIB, BackendInfo, Capacity, VolumeBackend, parse_name
+from hvd.storage.volumes.backend import DATA_IO, GIB, BackendInfo, Capacity, VolumeBackend, message_of, parse_name
 from hvd.storage.volumes.scheduler import VolumeRequest, select
 
 log = logging.getLogger(__name__)
@@ -60,10 +56,6 @@ log = logging.getLogger(__name__)
 PICKUP_INTERVAL_S = 2.0
 FLUSH_DELAY_S = 1.0  # a new volume's data is flushed this long after it is recorded (see _flush)
 REPORT_INTERVAL_S = 60.0
-UPLOAD_GRACE_S = 60.0  # an upload's image is recorded just after its begin: a volume without one after this was cut
-# long reads and writes of volume data (backups, restores, verifies, an upload's hash) run on their own
-# threads: on the loop's default pool they held up Raft snapshot frames and network applies
-_DATA_IO = ThreadPoolExecutor(max_workers=2, thread_name_prefix="volume-data")
 ImageSource = Callable[[str], Awaitable[tuple[Path, str]]]  # image id -> (local path, qemu format)
 
 
@@ -73,17 +65,6 @@ def _write_marker(path: Path) -> None:
     with open(path, "wb") as fh:
         os.fsync(fh.fileno())
     fsync_dir(path.parent)
-
-
-def _message(exc: BaseException) -> str:
-    return exc.message if isinstance(exc, HvdError) else f"{type(exc).__name__}: {exc}"
-
-
-def _age_s(timestamp: str) -> float:
-    then = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    if then.tzinfo is None:
-        then = then.replace(tzinfo=datetime.UTC)
-    return (datetime.datetime.now(datetime.UTC) - then).total_seconds()
 
 
 class VolumeService:
@@ -321,7 +302,7 @@ class VolumeService:
         elif kind == "restore":
             await self._restore_work(row)
         elif kind == "upload":
-            await self._upload_work(row)
+            await upload.upload_work(self, row)
 
     async def _finish(self, cmd: Command, project_id: str | None = None) -> None:
         """Record a step's outcome and tell waiters and /v1/events; ``project_id``: the row's
@@ -366,7 +347,7 @@ class VolumeService:
                 bootable = await self._create_data(backend, vol)
                 checkpoint("volume.create.data_made")
             except Exception as exc:
-                ok, error = False, _message(exc)
+                ok, error = False, message_of(exc)
                 log.warning("creating volume %s failed: %s", vid, error)
                 with contextlib.suppress(Exception):
                     await backend.delete_volume(vid)
@@ -384,7 +365,7 @@ class VolumeService:
                 checkpoint("volume.delete.data_removed")
                 await self._finish(cv.VolumeFinish(id=vid, op="delete", ok=True, updated_at=now_iso()))
             except Exception as exc:
-                await self._finish(cv.VolumeFinish(id=vid, op="delete", ok=False, error=_message(exc),
+                await self._finish(cv.VolumeFinish(id=vid, op="delete", ok=False, error=message_of(exc),
                                                    updated_at=now_iso()))
         elif status == st.EXTENDING:
             try:
@@ -392,7 +373,7 @@ class VolumeService:
                 checkpoint("volume.extend.data_grown")
                 await self._finish(cv.VolumeFinish(id=vid, op="extend", ok=True, updated_at=now_iso()))
             except Exception as exc:
-                await self._finish(cv.VolumeFinish(id=vid, op="extend", ok=False, error=_message(exc),
+                await self._finish(cv.VolumeFinish(id=vid, op="extend", ok=False, error=message_of(exc),
                                                    updated_at=now_iso()))
 
     async def _flush(self, backend: VolumeBackend, vid: str) -> None:
@@ -436,14 +417,14 @@ class VolumeService:
             except Exception as exc:
                 with contextlib.suppress(Exception):
                     await backend.delete_snapshot(sid)
-                await self._finish(cv.SnapshotFinish(id=sid, op="create", ok=False, error=_message(exc),
+                await self._finish(cv.SnapshotFinish(id=sid, op="create", ok=False, error=message_of(exc),
                                                      updated_at=now_iso()))
         elif snap["status"] == st.DELETING:
             try:
                 await backend.delete_snapshot(sid)
                 await self._finish(cv.SnapshotFinish(id=sid, op="delete", ok=True, updated_at=now_iso()))
             except Exception as exc:
-                await self._finish(cv.SnapshotFinish(id=sid, op="delete", ok=False, error=_message(exc),
+                await self._finish(cv.SnapshotFinish(id=sid, op="delete", ok=False, error=message_of(exc),
                                                      updated_at=now_iso()))
 
     @contextlib.asynccontextmanager
@@ -465,10 +446,11 @@ class VolumeService:
         loop = asyncio.get_running_loop()
         if backup["status"] == st.DELETING:
             try:
-                await loop.run_in_executor(_DATA_IO, backup_io.delete_backup, self.backup_root, vid, bid)
+                await loop.run_in_executor(DATA_IO, backup_io.delete_backup, self.backup_root, vid, bid)
                 await self._finish(cvb.BackupFinishDelete(id=bid, ok=True, updated_at=now_iso()))
             except Exception as exc:
-                await self._finish(cvb.BackupFinishDelete(id=bid, ok=False, error=_message(exc), updated_at=now_iso()))
+                await self._finish(cvb.BackupFinishDelete(id=bid, ok=False, error=message_of(exc),
+                                                          updated_at=now_iso()))
             return
         try:
             vol = await self.catalog.read(fetch_one, "SELECT * FROM volumes WHERE id=?", (vid,))
@@ -478,7 +460,7 @@ class VolumeService:
             self.backup_root.mkdir(parents=True, exist_ok=True)
             async with self._raw_source(backend, vol) as source:
                 stats = await loop.run_in_executor(
-                    _DATA_IO, backup_io.backup_volume, source, self.backup_root, vid, bid, backup["parent_id"],
+                    DATA_IO, backup_io.backup_volume, source, self.backup_root, vid, bid, backup["parent_id"],
                     int(backup["size_gb"]) * GIB, cfg.backup_chunk_mib << 20, cfg.backup_compression_level,
                     str(backup["created_at"]))
             checkpoint("backup.data_written")
@@ -486,10 +468,10 @@ class VolumeService:
                                                data_bytes=stats.data_bytes, stored_bytes=stats.stored_bytes,
                                                updated_at=now_iso()))
         except Exception as exc:
-            log.warning("backup %s of volume %s failed: %s", bid, vid, _message(exc))
+            log.warning("backup %s of volume %s failed: %s", bid, vid, message_of(exc))
             with contextlib.suppress(Exception):
-                await loop.run_in_executor(_DATA_IO, backup_io.delete_backup, self.backup_root, vid, bid)
-            await self._finish(cvb.BackupFinish(id=bid, ok=False, error=_message(exc), updated_at=now_iso()))
+                await loop.run_in_executor(DATA_IO, backup_io.delete_backup, self.backup_root, vid, bid)
+            await self._finish(cvb.BackupFinish(id=bid, ok=False, error=message_of(exc), updated_at=now_iso()))
 
     async def _restore_work(self, vol: dict[str, Any]) -> None:
         """Fill a volume in restoring-backup from its backup (a new volume is made first)."""
@@ -521,92 +503,23 @@ class VolumeService:
             raw = backend.raw_path(vid)
             if raw is not None:
                 await touch()
-                await loop.run_in_executor(_DATA_IO, backup_io.restore, self.backup_root, manifest, raw,
+                await loop.run_in_executor(DATA_IO, backup_io.restore, self.backup_root, manifest, raw,
                                            new and backend.driver == "file")
             else:  # a qcow2 file: restore into a sparse raw copy, then convert it into place
                 with tempfile.TemporaryDirectory(dir=self.backup_root, prefix=".raw-") as tmp:
                     scratch = Path(tmp) / "raw"
                     with open(scratch, "wb") as fh:
                         fh.truncate(int(vol["size_gb"]) * GIB)
-                    await loop.run_in_executor(_DATA_IO, backup_io.restore, self.backup_root, manifest, scratch, True)
+                    await loop.run_in_executor(DATA_IO, backup_io.restore, self.backup_root, manifest, scratch, True)
                     await touch()  # a rename over the volume's file: the old data or the new
                     await backend.import_raw(vid, scratch)
             checkpoint("restore.data_written")
             await self._finish(cvb.BackupRestoreFinish(id=bid, volume_id=vid, ok=True, updated_at=now_iso()))
         except Exception as exc:
-            log.warning("restore of backup %s into volume %s failed: %s", bid, vid, _message(exc))
-            await self._finish(cvb.BackupRestoreFinish(id=bid, volume_id=vid, ok=False, error=_message(exc),
+            log.warning("restore of backup %s into volume %s failed: %s", bid, vid, message_of(exc))
+            await self._finish(cvb.BackupRestoreFinish(id=bid, volume_id=vid, ok=False, error=message_of(exc),
                                                       untouched=not touched, updated_at=now_iso()))
         await loop.run_in_executor(None, functools.partial(marker.unlink, missing_ok=True))  # recorded: done
-
-    async def _upload_work(self, vol: dict[str, Any]) -> None:
-        """Copy an uploading volume into its image (queued → saving → active; killed and its
-        files removed on failure), then return the volume to its previous status. Redone from
-        the start after a crash: a cut attempt's files are removed first."""
-        vid = str(vol["id"])
-        image = await self.catalog.read(upload_image_of, vid, str(vol["project_id"]), str(vol["updated_at"]))
-        status = None if image is None else str(image["status"])
-        if status in (None, "queued") and _age_s(str(vol["updated_at"])) < UPLOAD_GRACE_S:
-            return  # the API records the image and hands it to this host just after the begin: look again
-        if image is None or status != "saving" or image["host"] != self.host:
-            ok = image is not None and status == "active" and image["host"] == self.host  # done, cut before
-            if image is not None and status == "queued":  # its API request was cut before the hand-over
-                with contextlib.suppress(HvdError):
-                    await self.catalog.propose(ImageSetStatus(id=str(image["id"]), status="killed", expect=["queued"],
-                                                              updated_at=now_iso()))
-            error = None if ok else (
-                "the upload's image record is missing, was deleted or is written by another host; nothing was"
-                " uploaded")
-            await self._finish(cv.VolumeFinish(id=vid, op="upload", ok=ok, error=error, updated_at=now_iso()))
-            return
-        image_id = str(image["id"])
-        store = self.image_store
-        try:
-            if store is None:
-                raise NotImplementedYet(f"host {self.host} has no image store to upload volume {vid} into")
-            backend = self.backend_of(vol)
-            await asyncio.to_thread(store.delete, image_id)  # what a cut attempt left
-            raw = backend.raw_path(vid)
-            if raw is not None:
-                src, src_fmt = str(raw), "raw"
-            else:  # a qcow2 file, read with -U like the raw ones (an in-use volume's QEMU holds it)
-                info = backend.connection_info(vid)
-                src, src_fmt = str(info["path"]), str(info["format"])
-            fmt = str(image["disk_format"])
-            # at most what the volume stores (its allocated blocks; a block device: its size)
-            st_src = await asyncio.to_thread(os.stat, src)
-            incoming = st_src.st_blocks * 512 if stat.S_ISREG(st_src.st_mode) else int(vol["size_gb"]) * GIB
-            store.check_room(incoming, self.config.images.free_space_reserve_mb << 20)
-            await qemu_img.run(qemu_img.volume_to_image_argv(src, store.partial_path(image_id), src_fmt, fmt))
-            checkpoint("volume.upload.partial_written")
-            virtual_size = (await qemu_img.info(store.partial_path(image_id), fmt)).virtual_size
-            size, checksum = await asyncio.get_running_loop().run_in_executor(_DATA_IO, store.adopt_partial, image_id)
-            await self.catalog.propose(ImageSetStatus(id=image_id, status="active", expect=["saving"], size=size,
-                                                      virtual_size=virtual_size, checksum=checksum,
-                                                      updated_at=now_iso()))
-        except Exception as exc:
-            log.warning("upload of volume %s into image %s failed: %s", vid, image_id, _message(exc))
-            try:  # the file goes only with the image: an activation whose answer was lost may have committed
-                await self.catalog.propose(ImageSetStatus(id=image_id, status="killed", expect=["saving"],
-                                                          updated_at=now_iso()))
-            except HvdError:
-                now = await self.catalog.read(fetch_one, "SELECT status FROM images WHERE id=?", (image_id,))
-                if now is not None and now["status"] == "active":
-                    log.info("image %s was recorded active after all; upload of volume %s done", image_id, vid)
-                    await self._uploaded(vid, image_id)
-                    return
-            if store is not None:
-                with contextlib.suppress(OSError):
-                    await asyncio.to_thread(store.delete, image_id)
-            await self._finish(cv.VolumeFinish(id=vid, op="upload", ok=False, error=_message(exc),
-                                               updated_at=now_iso()))
-            return
-        await self._uploaded(vid, image_id)
-
-    async def _uploaded(self, vid: str, image_id: str) -> None:
-        if self.peers is not None:  # copies on other hosts, like an API upload
-            transfer.spread_later(self.peers, self.catalog, image_id, self.config.images.replicas)
-        await self._finish(cv.VolumeFinish(id=vid, op="upload", ok=True, updated_at=now_iso()))
 
     async def sees_backup(self, backup: dict[str, Any]) -> bool:
         """Whether this host's backup_dir holds ``backup``'s manifest (its own backups, or any host's
@@ -624,7 +537,7 @@ class VolumeService:
                                                   str(backup["volume_id"]), str(backup["id"]))
         except (OSError, ValueError) as exc:
             return [f"manifest: {exc}"]
-        return await loop.run_in_executor(_DATA_IO, backup_io.verify, self.backup_root, manifest)
+        return await loop.run_in_executor(DATA_IO, backup_io.verify, self.backup_root, manifest)
 
     # --- crash repair ------------------------------------------------------------------------------
 
@@ -638,7 +551,7 @@ class VolumeService:
                 names = await backend.list_objects()
                 partials = await backend.list_partials()
             except (HvdError, OSError) as exc:
-                log.warning("volume backend %s cannot list its objects: %s", backend.name, _message(exc))
+                log.warning("volume backend %s cannot list its objects: %s", backend.name, message_of(exc))
                 continue
             for name, vid in sorted(partials.items()):
                 # a volume of another host sharing this directory may be writing its scratch copy now
@@ -665,7 +578,7 @@ class VolumeService:
         for bid, vid in (await loop.run_in_executor(None, backup_io.known_backups, self.backup_root)).items():
             if bid not in known["backups"]:
                 log.warning("removing orphan backup %s of volume %s", bid, vid)
-                await loop.run_in_executor(_DATA_IO, backup_io.delete_backup, self.backup_root, vid, bid)
+                await loop.run_in_executor(DATA_IO, backup_io.delete_backup, self.backup_root, vid, bid)
                 removed.append(f"backup-{bid}")
         return removed
 
@@ -686,20 +599,6 @@ def _pending_work(conn: Any, host: str) -> list[tuple[str, dict[str, Any]]]:
                             (host, st.CREATING, st.DELETING)):
         work.append((f"backup:{backup['id']}", backup))
     return work
-
-
-def upload_image_of(conn: Any, volume_id: str, project_id: str, begun_at: str) -> dict[str, Any] | None:
-    """The image an uploading volume is copied into: its newest queued or saving image, else the
-    newest one recorded since the upload began (active: done; killed or deleted: failed); None
-    when the API has not recorded it (yet). Only images of the volume's project count: anyone may
-    set a volume_id property on an image of their own, and another project's must never get the data."""
-    where = "json_extract(properties, '$.volume_id')=? AND owner=?"
-    pending = fetch_one(conn, f"SELECT * FROM images WHERE {where} AND status IN ('queued', 'saving')"
-                              " ORDER BY created_at DESC LIMIT 1", (volume_id, project_id))
-    if pending is not None:
-        return pending
-    return fetch_one(conn, f"SELECT * FROM images WHERE {where} AND created_at>=? ORDER BY created_at DESC LIMIT 1",
-                     (volume_id, project_id, begun_at))
 
 
 def _known_ids(conn: Any) -> dict[str, Any]:
